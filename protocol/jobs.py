@@ -1,0 +1,307 @@
+"""The job model: what a user registers (``JobSpec``) and what is stored (``Job``).
+
+Rules:
+- Public input forbids unknown fields, so a typo (``"timout_ms"``) is an error, not a silently ignored key.
+- Every field has a default except ``name``, ``schedule`` and ``target``; new fields must get defaults
+  (msgspec's schema-evolution rules), so nodes and API replicas of different versions interoperate.
+- ``decode_job_spec`` is the one entry for untrusted bytes: structural errors from msgspec and semantic
+  errors from ``validate_job_spec`` both come out as ``SpecError`` naming the field
+  (``schedule.cron: minute field '61' out of range 0-59``). Rows read back from PostgreSQL skip the
+  semantic pass (they were validated on the way in; re-parsing a million cron strings at start costs seconds).
+
+Example::
+
+    {"name": "nightly-report", "schedule": {"kind": "cron", "cron": "0 30 2 * * *"},
+     "timezone": "Europe/London", "target": {"url": "https://reports.example.com/run"}}
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import zoneinfo
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from .errors import SpecError
+from .schedules import Schedule, validate_schedule
+
+__all__ = [
+    "Concurrency",
+    "DstGap",
+    "DstPolicy",
+    "DstRepeat",
+    "HttpMethod",
+    "Job",
+    "JobSpec",
+    "JobState",
+    "LIMITS",
+    "Misfire",
+    "MisfirePolicy",
+    "RetryPolicy",
+    "Semantics",
+    "Success",
+    "Target",
+    "decode_job_spec",
+    "validate_job_spec",
+]
+
+
+class Limits(msgspec.Struct, frozen=True):
+    name_chars: int = 200
+    description_chars: int = 2_000
+    tags: int = 32
+    tag_chars: int = 64
+    url_chars: int = 2_048
+    headers: int = 32
+    header_bytes: int = 8_192
+    body_bytes: int = 65_536
+    max_attempts: int = 20
+    max_timeout_ms: int = 300_000
+    max_backoff_ms: int = 86_400_000
+
+
+LIMITS = Limits()
+
+
+class Semantics(enum.StrEnum):
+    AT_LEAST_ONCE = "AT_LEAST_ONCE"
+    AT_MOST_ONCE = "AT_MOST_ONCE"
+
+
+class Concurrency(enum.StrEnum):
+    ALLOW = "ALLOW"
+    FORBID = "FORBID"  # skip a slot while the previous run is in flight (recorded skipped_overlap)
+    BUFFER_ONE = "BUFFER_ONE"  # keep at most one slot waiting for the run in flight
+    REPLACE = "REPLACE"  # cancel the run in flight (recorded cancelled) and start the new one
+
+
+class MisfirePolicy(enum.StrEnum):
+    FIRE_ONCE = "FIRE_ONCE"  # missed slots collapse into one late firing
+    SKIP = "SKIP"  # missed slots are recorded skipped_misfire
+    FIRE_ALL = "FIRE_ALL"  # every missed slot fires, up to Misfire.max_catchup
+
+
+class JobState(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    AUTO_PAUSED = "auto_paused"  # paused after pause_after_failures consecutive failures
+    COMPLETED = "completed"  # an `at` job after its slot, or a job past end_at
+
+
+class DstGap(enum.StrEnum):
+    SKIP = "skip"  # a wall time that does not exist that day does not fire
+    SHIFT = "shift"  # it fires once at the first instant after the gap
+
+
+class DstRepeat(enum.StrEnum):
+    FIRST = "first"  # a wall time that occurs twice fires at its first occurrence
+    SECOND = "second"
+    BOTH = "both"
+
+
+class HttpMethod(enum.StrEnum):
+    GET = "GET"
+    POST = "POST"
+    PUT = "PUT"
+    PATCH = "PATCH"
+    DELETE = "DELETE"
+
+
+class DstPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Applies to cron schedules whose hour field is fixed; wildcard or stepped hours follow absolute time."""
+
+    gap: DstGap = DstGap.SHIFT
+    repeat: DstRepeat = DstRepeat.FIRST
+
+
+class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    url: str
+    method: HttpMethod = HttpMethod.POST
+    headers: dict[str, str] = {}
+    body: Any = None  # any JSON value, sent as application/json; None sends no body
+
+
+class Success(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    status: list[Annotated[int, msgspec.Meta(ge=100, le=599)]] = []  # empty: any 2xx
+    body_contains: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+
+class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3  # attempts in all, the first included
+    initial_backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 1_000
+    multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
+    max_backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    jitter: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.2  # +/- fraction of each backoff
+
+
+class Misfire(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What happens to slots missed while no node could fire them (outage, takeover, restart).
+
+    A slot late by at most ``grace_ms`` still fires normally; older ones follow ``policy``.
+    """
+
+    policy: MisfirePolicy = MisfirePolicy.FIRE_ONCE
+    grace_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 60_000
+    max_catchup: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100  # FIRE_ALL bound
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=False):
+    """What a user registers. Validated by ``decode_job_spec`` / ``validate_job_spec``."""
+
+    name: str
+    schedule: Schedule
+    target: Target
+    description: str = ""
+    tags: list[str] = []
+    timezone: str = "UTC"
+    dst: DstPolicy = DstPolicy()
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    success: Success = Success()
+    semantics: Semantics = Semantics.AT_LEAST_ONCE
+    retry: RetryPolicy = RetryPolicy()
+    timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    concurrency: Concurrency = Concurrency.ALLOW
+    misfire: Misfire = Misfire()
+    pause_after_failures: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    alert_webhook: str | None = None
+
+
+class Job(msgspec.Struct, frozen=True, omit_defaults=False):
+    """A stored job as the API returns it. ``version`` is the optimistic-concurrency counter (the ETag)."""
+
+    id: str
+    tenant: str
+    spec: JobSpec
+    state: JobState
+    version: int
+    shard: int
+    created_at: datetime
+    updated_at: datetime
+    next_fire_at: datetime | None = None
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
+)
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/=-]*")
+
+
+def _check_url(field: str, url: str) -> None:
+    if len(url) > LIMITS.url_chars:
+        raise SpecError(field, f"longer than {LIMITS.url_chars} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise SpecError(field, f"not a valid URL ({e})") from None
+    if parts.scheme not in ("http", "https"):
+        raise SpecError(field, f"scheme must be http or https, got '{parts.scheme}'")
+    if not parts.hostname:
+        raise SpecError(field, "URL has no host")
+    if parts.username or parts.password:
+        raise SpecError(field, "credentials in the URL are not allowed; use target.headers")
+    if port == 0:
+        raise SpecError(field, "port 0 is not allowed")
+    if any(c in url for c in " \r\n\t"):
+        raise SpecError(field, "URL contains whitespace")
+
+
+def _check_headers(headers: dict[str, str]) -> None:
+    if len(headers) > LIMITS.headers:
+        raise SpecError("target.headers", f"at most {LIMITS.headers} headers, got {len(headers)}")
+    size = 0
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise SpecError(f"target.headers.{name}", "not a valid HTTP header name")
+        low = name.lower()
+        if low in _RESERVED_HEADERS or low.startswith("x-shardwheel-") or low == "idempotency-key":
+            raise SpecError(f"target.headers.{name}", "header is set by the scheduler and cannot be overridden")
+        if any(c in value for c in "\r\n\0"):
+            raise SpecError(f"target.headers.{name}", "value contains a line break or NUL")
+        size += len(name.encode()) + len(value.encode()) + 4
+    if size > LIMITS.header_bytes:
+        raise SpecError("target.headers", f"headers total {size} bytes, more than {LIMITS.header_bytes}")
+
+
+def validate_job_spec(spec: JobSpec) -> None:
+    """Semantic validation of a structurally valid spec; raises ``SpecError`` naming the first bad field."""
+    if not spec.name.strip():
+        raise SpecError("name", "must not be empty")
+    if len(spec.name) > LIMITS.name_chars:
+        raise SpecError("name", f"longer than {LIMITS.name_chars} characters")
+    if any(ord(c) < 32 for c in spec.name):
+        raise SpecError("name", "contains control characters")
+    if len(spec.description) > LIMITS.description_chars:
+        raise SpecError("description", f"longer than {LIMITS.description_chars} characters")
+    if len(spec.tags) > LIMITS.tags:
+        raise SpecError("tags", f"at most {LIMITS.tags} tags, got {len(spec.tags)}")
+    for i, tag in enumerate(spec.tags):
+        if len(tag) > LIMITS.tag_chars or not _TAG.fullmatch(tag):
+            raise SpecError(f"tags[{i}]", f"'{tag[:80]}' is not a tag (letters, digits, _.:/=-; at most 64)")
+    if len(set(spec.tags)) != len(spec.tags):
+        raise SpecError("tags", "duplicate tag")
+    validate_schedule(spec.schedule)
+    try:
+        zoneinfo.ZoneInfo(spec.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SpecError("timezone", f"unknown IANA zone '{spec.timezone[:80]}'") from None
+    for field in ("start_at", "end_at"):
+        value = getattr(spec, field)
+        if value is not None and value.tzinfo is None:
+            raise SpecError(field, "instant needs a UTC offset or Z (RFC 3339)")
+    if spec.start_at is not None and spec.end_at is not None and spec.end_at <= spec.start_at:
+        raise SpecError("end_at", "must be after start_at")
+    _check_url("target.url", spec.target.url)
+    _check_headers(spec.target.headers)
+    if spec.target.body is not None:
+        size = len(msgspec.json.encode(spec.target.body))
+        if size > LIMITS.body_bytes:
+            raise SpecError("target.body", f"encodes to {size} bytes, more than {LIMITS.body_bytes}")
+        if spec.target.method == HttpMethod.GET:
+            raise SpecError("target.body", "a GET request cannot carry a body")
+    if spec.timeout_ms > LIMITS.max_timeout_ms:
+        raise SpecError("timeout_ms", f"at most {LIMITS.max_timeout_ms} ms")
+    r = spec.retry
+    if r.max_attempts > LIMITS.max_attempts:
+        raise SpecError("retry.max_attempts", f"at most {LIMITS.max_attempts}")
+    if r.max_backoff_ms > LIMITS.max_backoff_ms:
+        raise SpecError("retry.max_backoff_ms", f"at most {LIMITS.max_backoff_ms} ms")
+    if r.initial_backoff_ms > r.max_backoff_ms:
+        raise SpecError("retry.initial_backoff_ms", "larger than retry.max_backoff_ms")
+    if spec.alert_webhook is not None:
+        _check_url("alert_webhook", spec.alert_webhook)
+
+
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+_PATH_SUFFIX = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def spec_error_from_msgspec(err: msgspec.ValidationError | msgspec.DecodeError) -> SpecError:
+    """Turn msgspec's ``Expected `str`, got `int` - at `$.schedule.cron``` into ``SpecError``."""
+    m = _PATH_SUFFIX.match(str(err))
+    assert m is not None  # the pattern matches any string
+    path = (m["path"] or "").lstrip(".")
+    msg = m["msg"]
+    if isinstance(err, msgspec.ValidationError):
+        # msgspec names unknown fields in the message ("Object contains unknown field `foo`"); put it in the path.
+        unknown = re.fullmatch(r"Object contains unknown field `([^`]*)`", msg)
+        if unknown:
+            path = f"{path}.{unknown[1]}" if path else unknown[1]
+            msg = "unknown field"
+    return SpecError(path, msg)
+
+
+def decode_job_spec(data: bytes | str) -> JobSpec:
+    """Decode and validate untrusted JSON; every failure is a ``SpecError`` naming the field."""
+    try:
+        spec = _spec_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise spec_error_from_msgspec(e) from None
+    validate_job_spec(spec)
+    return spec

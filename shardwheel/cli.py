@@ -1,0 +1,132 @@
+"""The `shardwheel` command: one entry point, a subcommand per tool.
+
+Errors are one readable line on stderr (``shardwheel: error: ...``) with exit code 2 for bad usage and 1 for a
+failure at run time; nothing already stored is touched by a command that fails validation.
+Configuration comes from flags, else from the environment (``SHARDWHEEL_PG_DSN``, ``SHARDWHEEL_ETCD``,
+``SHARDWHEEL_CLUSTER``, ``SHARDWHEEL_SHARDS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import NoReturn
+
+from protocol.errors import ShardwheelError
+from protocol.shards import DEFAULT_SHARD_COUNT, HASH_NAME
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"shardwheel: error: {name}={raw!r} is not an integer") from None
+
+
+def _shard_count(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= 65_536:
+        raise argparse.ArgumentTypeError(f"shard count must be 1-65536, got {n}")
+    return n
+
+
+async def _migrate(dsn: str, cluster: str, shards: int) -> tuple[list[str], object]:
+    import asyncpg
+
+    from scheduler_node.store.migrate import ensure_cluster, migrate
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
+        raise ShardwheelError(f"cannot connect to PostgreSQL at {dsn}: {e}") from None
+    try:
+        applied = await migrate(conn)
+        info = await ensure_cluster(conn, name=cluster, shard_count=shards, hash_name=HASH_NAME)
+    finally:
+        await conn.close()
+    return applied, info
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    if not args.dsn:
+        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
+    applied, info = asyncio.run(_migrate(args.dsn, args.cluster, args.shards))
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    print(f"cluster: {info}")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres
+
+    data = Path(args.data_dir).resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedPostgres.from_env(data / "pg") as pg, EmbeddedEtcd.from_env(data / "etcd") as etcd:
+        applied, info = asyncio.run(_migrate(pg.dsn, args.cluster, args.shards))
+        print(f"PostgreSQL  {pg.dsn}")
+        print(f"etcd        {etcd.endpoint}")
+        print(f"cluster     {info}")
+        print(f"migrations  {', '.join(applied) if applied else 'up to date'}")
+        print(f"data        {data}")
+        print(f"export SHARDWHEEL_PG_DSN={pg.dsn} SHARDWHEEL_ETCD={etcd.endpoint}", flush=True)
+        if args.no_wait:
+            return 0
+        print("dev cluster running; Ctrl-C stops it", flush=True)
+        try:
+            while not stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            pass
+        print("stopping", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="shardwheel", description="A distributed, sharded job scheduler.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    common = _Parser(add_help=False)
+    common.add_argument("--cluster", default=os.environ.get("SHARDWHEEL_CLUSTER", "default"),
+                        help="cluster name (env SHARDWHEEL_CLUSTER)")
+    common.add_argument("--shards", type=_shard_count, default=_env_int("SHARDWHEEL_SHARDS", DEFAULT_SHARD_COUNT),
+                        help="shard count S, fixed when the cluster is created (env SHARDWHEEL_SHARDS)")
+
+    m = sub.add_parser("migrate", parents=[common], help="apply database migrations and create the cluster row")
+    m.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    m.set_defaults(func=cmd_migrate)
+
+    d = sub.add_parser("dev", parents=[common], help="run an embedded local cluster (PostgreSQL + etcd)")
+    d.add_argument("--data-dir", default=".shardwheel/dev", help="where the embedded servers keep their data")
+    d.add_argument("--no-wait", action="store_true", help="start, print the URLs, stop and exit (a smoke check)")
+    d.set_defaults(func=cmd_dev, cluster=os.environ.get("SHARDWHEEL_CLUSTER", "dev"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ShardwheelError as e:
+        print(f"shardwheel: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

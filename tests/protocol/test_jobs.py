@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol.errors import SpecError
+from protocol.jobs import JobSpec, decode_job_spec, validate_job_spec
+
+from .strategies import job_specs
+
+VALID = {
+    "name": "nightly-report",
+    "schedule": {"kind": "cron", "cron": "0 30 2 * * *"},
+    "timezone": "Europe/London",
+    "target": {"url": "https://reports.example.com/run", "headers": {"X-Team": "data"}, "body": {"a": 1}},
+}
+
+
+def with_(path: str, value: object) -> bytes:
+    """VALID with one dotted path set (or removed when value is ...)."""
+    doc = json.loads(json.dumps(VALID))
+    *parents, last = path.split(".")
+    node = doc
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is ...:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return json.dumps(doc).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(job_specs())
+def test_every_valid_spec_survives_encode_decode(spec: JobSpec) -> None:
+    validate_job_spec(spec)
+    data = msgspec.json.encode(spec)
+    assert decode_job_spec(data) == spec
+    # and through a generic JSON round trip (what a client library does)
+    assert decode_job_spec(json.dumps(json.loads(data))) == spec
+
+
+def test_minimal_spec_gets_defaults() -> None:
+    spec = decode_job_spec(json.dumps(VALID))
+    assert spec.semantics == "AT_LEAST_ONCE"
+    assert spec.target.method == "POST"
+    assert spec.retry.max_attempts == 3
+    assert spec.dst.gap == "shift" and spec.dst.repeat == "first"
+
+
+INVALID = [
+    (with_("schedule.cron", "0 61 * * * *"), "schedule.cron", "minute field '61' out of range 0-59"),
+    (with_("schedule.cron", "* * * *"), "schedule.cron", "fields"),
+    (with_("timezone", "Mars/Olympus"), "timezone", "unknown IANA zone 'Mars/Olympus'"),
+    (with_("target.url", "ftp://example.com/x"), "target.url", "scheme must be http or https"),
+    (with_("target.url", "https:///nohost"), "target.url", "no host"),
+    (with_("target.url", 42), "target.url", "Expected `str`, got `int`"),
+    (with_("target.headers", {"Bad Header": "x"}), "target.headers.Bad Header", "not a valid HTTP header name"),
+    (with_("target.headers", {"X-Shardwheel-Job": "x"}), "target.headers.X-Shardwheel-Job", "set by the scheduler"),
+    (with_("target.headers", {"X-A": "a\r\nb"}), "target.headers.X-A", "line break"),
+    (with_("target.body", "x" * 70_000), "target.body", "more than 65536"),
+    (with_("target.method", "TRACE"), "target.method", "Invalid enum value 'TRACE'"),
+    (with_("name", ""), "name", "must not be empty"),
+    (with_("name", "x" * 201), "name", "longer than 200"),
+    (with_("tags", ["ok", "not ok"]), "tags[1]", "is not a tag"),
+    (with_("schedule", {"kind": "every", "every": "P1M"}), "schedule.every", "calendar duration"),
+    (with_("schedule", {"kind": "every", "every": "0s"}), "schedule.every", "shorter than the minimum"),
+    (with_("schedule", {"kind": "every", "every": "soon"}), "schedule.every", "not a duration"),
+    (with_("schedule", {"kind": "at", "at": "2026-01-01T00:00:00"}), "schedule.at", "UTC offset"),
+    (with_("schedule", {"kind": "weekly"}), "schedule", "Invalid value 'weekly'"),
+    (with_("schedule", {"kind": "cron", "cron": "* * * * *", "every": "5s"}), "schedule.every", "unknown field"),
+    (with_("timout_ms", 5), "timout_ms", "unknown field"),
+    (with_("timeout_ms", 0), "timeout_ms", ">= 1"),
+    (with_("timeout_ms", 400_000), "timeout_ms", "at most 300000"),
+    (with_("retry", {"max_attempts": 0}), "retry.max_attempts", ">= 1"),
+    (with_("retry", {"initial_backoff_ms": 5000, "max_backoff_ms": 10}), "retry.initial_backoff_ms", "larger"),
+    (with_("start_at", "2026-01-02T00:00:00Z") and json.dumps(
+        {**VALID, "start_at": "2026-01-02T00:00:00Z", "end_at": "2026-01-01T00:00:00Z"}).encode(),
+     "end_at", "after start_at"),
+    (with_("alert_webhook", "mailto:ops@example.com"), "alert_webhook", "scheme must be http or https"),
+    (with_("schedule", ...), "", "missing required field `schedule`"),
+    (b"{not json", "", "malformed"),
+]
+
+
+@pytest.mark.parametrize(("data", "field", "problem"), INVALID, ids=[f"{i}-{c[1] or 'root'}" for i, c in enumerate(INVALID)])
+def test_invalid_specs_name_the_field(data: bytes, field: str, problem: str) -> None:
+    with pytest.raises(SpecError) as info:
+        decode_job_spec(data)
+    assert info.value.field == field
+    assert problem.lower() in info.value.problem.lower()
+    assert str(info.value).startswith(f"{field}: " if field else info.value.problem)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_garbage_is_a_spec_error_never_a_crash(data: bytes | str) -> None:
+    try:
+        decode_job_spec(data)
+    except SpecError:
+        pass
