@@ -91,8 +91,8 @@ def wait_for_postgres(dsn: str, timeout: float = 30.0) -> None:
 
     import asyncpg
 
-    async def probe() -> None:
-        conn = await asyncpg.connect(dsn, timeout=2)
+    async def probe(limit: float) -> None:
+        conn = await asyncpg.connect(dsn, timeout=limit)
         try:
             await conn.fetchval("SELECT 1")
         finally:
@@ -102,9 +102,9 @@ def wait_for_postgres(dsn: str, timeout: float = 30.0) -> None:
     last: BaseException | None = None
     while time.monotonic() < deadline:
         try:
-            asyncio.run(probe())
+            asyncio.run(probe(max(0.2, min(2.0, deadline - time.monotonic()))))
             return
-        except (OSError, asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
             last = e
             time.sleep(0.1)
     raise InfrastructureError(f"PostgreSQL at {dsn} did not answer within {timeout:.0f}s: {last}")
@@ -226,19 +226,18 @@ class EmbeddedPostgres(_Server):
             log.close()
         self._dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while True:
             if self._proc.poll() is not None:
                 raise InfrastructureError(
                     f"PostgreSQL exited with code {self._proc.returncode} at start; log {log_path}:\n{_tail(log_path)}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            time.sleep(0.05)
-        try:
-            wait_for_postgres(self._dsn, timeout=max(1.0, deadline - time.monotonic()))
-        except InfrastructureError:
-            self.stop()
-            raise InfrastructureError(f"PostgreSQL did not become ready; log {log_path}:\n{_tail(log_path)}") from None
-        return self
+            try:
+                wait_for_postgres(self._dsn, timeout=0.5)
+                return self
+            except InfrastructureError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise InfrastructureError(
+                        f"PostgreSQL did not become ready within 30s; log {log_path}:\n{_tail(log_path)}") from None
 
     def stop(self) -> None:
         if not self.external:
