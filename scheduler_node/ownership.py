@@ -1,0 +1,126 @@
+"""Shard ownership as the node sees it: grants with epochs and a validity deadline, and events when they change.
+
+Rules (DESIGN.md §4, §5b):
+- ``grants()`` maps each owned shard to ``Grant(epoch, valid_until)``. The epoch comes from PostgreSQL
+  (``shard_epochs``), never from etcd, and fences every write. ``valid_until`` is in ``trio.current_time()``
+  seconds: past it the node must not send for any shard (the lease may have expired and another node taken over).
+- Changes arrive as events, in order, on ``events`` (a trio receive channel):
+  ``Acquired(shard, epoch)`` — load the shard; ``RevokeRequested(shard, deadline)`` — release it gracefully
+  and then ``await ownership.released(shard)``; ``Lost(shard)`` — drop it at once, no more writes for it.
+- A write refused as fenced means the shard is gone whatever the ownership source believes: the node calls
+  ``lost(shard)``, which emits ``Lost`` once.
+
+``StaticOwnership`` owns a fixed set of shards given on the command line (no etcd): it bumps each shard's
+epoch at start, never revokes, and its grants never expire. The etcd implementation (leases, rebalancing)
+implements the same interface.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+
+__all__ = [
+    "Acquired",
+    "Grant",
+    "Lost",
+    "Ownership",
+    "OwnershipEvent",
+    "RevokeRequested",
+    "StaticOwnership",
+    "parse_shard_ranges",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    epoch: int
+    valid_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    shard: int
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeRequested:
+    shard: int
+    deadline: float  # trio time by which the release should be done
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    shard: int
+
+
+OwnershipEvent = Acquired | RevokeRequested | Lost
+
+
+class Ownership(Protocol):
+    events: trio.MemoryReceiveChannel[OwnershipEvent]
+
+    def grants(self) -> Mapping[int, Grant]: ...
+
+    def valid_until(self) -> float: ...
+
+    async def released(self, shard: int) -> None: ...
+
+    def lost(self, shard: int) -> None: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+def parse_shard_ranges(text: str, shard_count: int) -> list[int]:
+    """``"0-63,128,200-255"`` -> sorted shard numbers; raises ``ValueError`` naming the bad part."""
+    shards: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        lo_s, sep, hi_s = part.partition("-")
+        try:
+            lo, hi = int(lo_s), int(hi_s) if sep else int(lo_s)
+        except ValueError:
+            raise ValueError(f"'{part}' is not a shard or a range like 0-63") from None
+        if not 0 <= lo <= hi < shard_count:
+            raise ValueError(f"'{part}' is outside 0-{shard_count - 1} or reversed")
+        shards.update(range(lo, hi + 1))
+    if not shards:
+        raise ValueError("no shards given")
+    return sorted(shards)
+
+
+class StaticOwnership:
+    """A fixed set of shards; ``bump_epoch(shard) -> epoch`` allocates the epoch in PostgreSQL."""
+
+    def __init__(self, shards: Iterable[int], bump_epoch: Callable[[int], Awaitable[int]]) -> None:
+        self._wanted = list(shards)
+        self._bump = bump_epoch
+        self._grants: dict[int, Grant] = {}
+        self._send, self.events = trio.open_memory_channel[OwnershipEvent](math.inf)
+
+    def grants(self) -> Mapping[int, Grant]:
+        return self._grants
+
+    def valid_until(self) -> float:
+        return math.inf
+
+    async def released(self, shard: int) -> None:
+        self._grants.pop(shard, None)
+
+    def lost(self, shard: int) -> None:
+        if self._grants.pop(shard, None) is not None:
+            self._send.send_nowait(Lost(shard))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for shard in self._wanted:
+            epoch = await self._bump(shard)
+            self._grants[shard] = Grant(epoch, math.inf)
+            self._send.send_nowait(Acquired(shard, epoch))
+        task_status.started()
+        await trio.sleep_forever()
