@@ -1,0 +1,126 @@
+"""The batched writer: results go to PostgreSQL in batches, one statement per batch, with back-pressure.
+
+Rules:
+- ``put(item)`` waits when ``max_pending`` items are queued: a slow database slows the producers down instead
+  of growing memory without bound.
+- A batch is written when ``max_batch`` items are waiting or ``max_delay_s`` after its first item arrived,
+  whichever comes first, so a burst of 5,000 results is a handful of statements and a lone result waits
+  at most a few milliseconds.
+- A batch whose write fails with an infrastructure error is retried (same items, growing pause up to 2 s);
+  nothing is dropped while the writer runs. ``flush()`` returns once everything put before it is written;
+  closing (leaving ``run``) drains what is queued first.
+- The write function returns the shards it found fenced; they go to ``on_fenced`` (the shard is gone).
+
+Example: ``Writer(write_batch, on_fenced=node.lose_shard, max_batch=2000, max_delay_s=0.005)`` run in the node's
+nursery; the firing path calls ``await writer.put(result)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
+
+import trio
+
+from protocol.errors import InfrastructureError
+
+__all__ = ["Writer"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Writer(Generic[T]):
+    def __init__(
+        self,
+        write_batch: Callable[[list[T]], Awaitable[Iterable[int]]],
+        *,
+        on_fenced: Callable[[int], None],
+        max_batch: int = 2_000,
+        max_delay_s: float = 0.005,
+        max_pending: int = 50_000,
+        name: str = "writer",
+    ) -> None:
+        self._write = write_batch
+        self._on_fenced = on_fenced
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.name = name
+        self._send, self._receive = trio.open_memory_channel[T](max_pending)
+        self._put_count = 0
+        self._written_count = 0
+        self._progress = trio.Event()
+        self.batches = 0
+        self.last_batch_size = 0
+        self.on_batch: Callable[[int, float], None] | None = None  # (rows, seconds), for metrics
+
+    async def put(self, item: T) -> None:
+        await self._send.send(item)
+        self._put_count += 1
+
+    def put_nowait(self, item: T) -> None:
+        """Raises ``trio.WouldBlock`` when full; for callers that must not wait (they count a drop)."""
+        self._send.send_nowait(item)
+        self._put_count += 1
+
+    async def flush(self) -> None:
+        target = self._put_count
+        while self._written_count < target:
+            await self._progress.wait()
+
+    def pending(self) -> int:
+        return self._put_count - self._written_count
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        receive = self._receive
+        try:
+            while True:
+                try:
+                    first = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+                batch = [first]
+                with trio.move_on_after(self.max_delay_s):
+                    while len(batch) < self.max_batch:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except trio.WouldBlock:
+                            try:
+                                batch.append(await receive.receive())
+                            except trio.EndOfChannel:
+                                break
+                        except trio.EndOfChannel:
+                            break
+                with trio.CancelScope(shield=True):
+                    await self._write_with_retry(batch)
+        finally:
+            self._progress.set()
+
+    async def drain_and_close(self) -> None:
+        """Stop accepting items; ``run`` returns once everything queued is written."""
+        await self._send.aclose()
+
+    async def _write_with_retry(self, batch: list[T]) -> None:
+        pause = 0.05
+        while True:
+            started = trio.current_time()
+            try:
+                fenced = await self._write(batch)
+            except InfrastructureError as e:
+                log.warning("%s: batch of %d failed (%s); retrying in %.2fs", self.name, len(batch), e, pause)
+                await trio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+                continue
+            break
+        self.batches += 1
+        self.last_batch_size = len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch), trio.current_time() - started)
+        for shard in fenced:
+            self._on_fenced(shard)
+        self._written_count += len(batch)
+        self._progress.set()
+        self._progress = trio.Event()
+
