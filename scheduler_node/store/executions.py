@@ -1,0 +1,500 @@
+"""Executions: claiming slots, writing results, handing shards over. The firing path's writes.
+
+Rules:
+- Every write here is fenced (see ``epochs``): it joins to the ``fence`` CTE, so the rows of a shard whose
+  epoch moved on are not written and the shard comes back in ``BatchResult.fenced``.
+- One statement per batch: rows travel as parallel arrays through ``unnest`` and every part of the operation
+  (fence, insert, cursor upsert, attempt rows) is a data-modifying CTE of that one statement. asyncpg's
+  ``executemany`` would cost a round trip per row; here 10,000 rows cost one.
+- ``claim_slots`` inserts with ``ON CONFLICT DO NOTHING`` and returns exactly the rows it inserted: only those
+  may be sent. It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
+  each job; manual and backfill slots do not move the cursor (they are not part of the schedule).
+- ``write_results`` updates a row only if its epoch is the writer's and it is not terminal, so a stale node's
+  late result is dropped; it inserts one ``execution_attempts`` row per reported HTTP attempt. Several results
+  for one execution in a batch: the last one (batch order) sets the row, every attempt is recorded.
+- ``take_over_shard`` (after ``bump_epoch``, before claiming): unfinished rows of older epochs are
+  re-stamped with the new epoch and returned to be resumed (sent again, retries continued from ``attempt`` /
+  ``next_attempt_at``), except AT_MOST_ONCE rows that may have been sent, which become ``lost``: ``claimed``
+  rows, and ``retry_wait`` rows whose retry was due (it may have been in flight). An AT_MOST_ONCE ``retry_wait``
+  row whose retry is still in the future was certainly not re-sent (the old owner stopped sending when its
+  lease expired, before the takeover), so it is resumed. Rows of deleted jobs are ``cancelled``.
+- ``delete_unsent_claims`` (graceful release) deletes the owner's scheduled claims that were never sent and
+  lowers each job's cursor below the first deleted slot, so the next owner claims those slots afresh. Manual
+  and backfill claims cannot be re-derived from a schedule, so they are not deleted but marked
+  ``released_at``: the next owner's takeover resumes them under either semantics.
+- Times are timezone-aware datetimes; the database stores microseconds.
+
+Example::
+
+    r = await claim_slots(pool, "node-a", [ClaimRow(7, epoch, job_id, slot)])
+    for key in r.applied: send(key)               # only what was inserted
+    await write_results(pool, [ResultRow(7, epoch, job_id, slot, status=ExecutionStatus.SUCCEEDED, attempt=1, ...)])
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import asyncpg
+import msgspec
+
+from protocol.errors import Fenced
+from protocol.executions import ACTIVE, TERMINAL, Execution, ExecutionAttempt, ExecutionStatus, Origin
+
+from .epochs import FENCE_CTE, FENCED_SHARDS_SQL, BatchResult, fence_arrays
+from .pool import Executor
+
+__all__ = [
+    "EXCERPT_BYTES",
+    "ClaimRow",
+    "ExecKey",
+    "ResultRow",
+    "TakeoverResult",
+    "bound_excerpt",
+    "claim_slots",
+    "delete_unsent_claims",
+    "execution_counts",
+    "failed_executions",
+    "job_cursors",
+    "list_attempts",
+    "list_executions",
+    "take_over_shard",
+    "write_results",
+]
+
+EXCERPT_BYTES = 1024
+S = ExecutionStatus
+# Statuses a claim may insert: claimed (to be sent) or a decision recorded without sending.
+CLAIMABLE = frozenset({S.CLAIMED, S.SKIPPED_OVERLAP, S.SKIPPED_MISFIRE, S.SKIPPED_PAUSED})
+# Statuses a result may set: a retry to come, or the end.
+RESULT_STATUSES = frozenset(TERMINAL | {S.RETRY_WAIT})
+
+
+class ExecKey(NamedTuple):
+    shard: int
+    job_id: uuid.UUID
+    scheduled_at: datetime
+    origin: Origin
+
+
+class ClaimRow(msgspec.Struct, frozen=True, gc=False):
+    """One slot to claim. ``status`` other than ``claimed`` records a decision taken without sending."""
+
+    shard: int
+    epoch: int
+    job_id: uuid.UUID
+    scheduled_at: datetime
+    origin: Origin = Origin.SCHEDULED
+    status: ExecutionStatus = ExecutionStatus.CLAIMED
+    attempt: int = 0
+    error: str | None = None  # why a slot was skipped
+
+    def key(self) -> ExecKey:
+        return ExecKey(self.shard, self.job_id, self.scheduled_at, self.origin)
+
+
+class ResultRow(msgspec.Struct, frozen=True, gc=False):
+    """The outcome of one attempt (or a decision). ``attempt_started_at`` set: an HTTP attempt row is written."""
+
+    shard: int
+    epoch: int
+    job_id: uuid.UUID
+    scheduled_at: datetime
+    origin: Origin
+    status: ExecutionStatus
+    attempt: int
+    next_attempt_at: datetime | None = None  # when status is retry_wait
+    sent_at: datetime | None = None  # first send; kept if already set
+    finished_at: datetime | None = None  # when the execution reached a terminal status
+    http_status: int | None = None
+    duration_ms: int | None = None
+    dispatch_lag_ms: int | None = None  # of the first send; kept if already set
+    error: str | None = None
+    response_excerpt: str | None = None  # cut to EXCERPT_BYTES on write
+    attempt_started_at: datetime | None = None
+    attempt_finished_at: datetime | None = None
+
+    def key(self) -> ExecKey:
+        return ExecKey(self.shard, self.job_id, self.scheduled_at, self.origin)
+
+
+class TakeoverResult(msgspec.Struct, frozen=True):
+    resume: list[Execution]  # re-stamped with the new epoch: send (again) / continue retries
+    lost: list[Execution]  # marked lost (AT_MOST_ONCE, possibly sent)
+    cancelled: list[Execution]  # their job was deleted
+
+
+def bound_excerpt(text: str | None) -> str | None:
+    """``text`` cut to at most EXCERPT_BYTES of UTF-8, never inside a character."""
+    if text is None:
+        return None
+    raw = text.encode("utf-8", "replace")
+    if len(raw) <= EXCERPT_BYTES:
+        return text
+    return raw[:EXCERPT_BYTES].decode("utf-8", "ignore")
+
+
+def _key(r: asyncpg.Record) -> ExecKey:
+    return ExecKey(r["shard"], r["job_id"], r["scheduled_at"], Origin(r["origin"]))
+
+
+def _split(
+    records: list[asyncpg.Record], wanted: Sequence[ExecKey], fence_shards: list[int]
+) -> BatchResult[ExecKey]:
+    """Rows of a batch statement (written keys, then fenced shards with NULL keys) -> BatchResult."""
+    applied = [_key(r) for r in records if r["job_id"] is not None]
+    fenced = frozenset(r["shard"] for r in records if r["job_id"] is None)
+    done = set(applied)
+    conflicts = [k for k in wanted if k.shard not in fenced and k not in done]
+    return BatchResult(applied=applied, conflicts=conflicts, fenced=fenced)
+
+
+_CLAIM_SQL = f"""
+WITH {FENCE_CTE},
+input AS (
+    SELECT * FROM unnest($4::int[], $5::uuid[], $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::text[])
+        AS t(shard, job_id, scheduled_at, origin, status, attempt, error)
+),
+ins AS (
+    INSERT INTO executions AS e
+        (shard, job_id, scheduled_at, origin, epoch, node, status, attempt, claimed_at, finished_at, error)
+    SELECT i.shard, i.job_id, i.scheduled_at, i.origin, f.epoch, $3, i.status, i.attempt, now(),
+           CASE WHEN i.status <> 'claimed' THEN now() END, i.error
+    FROM input i JOIN fence f ON f.shard = i.shard
+    ON CONFLICT DO NOTHING
+    RETURNING e.shard, e.job_id, e.scheduled_at, e.origin
+),
+cursor_upsert AS (
+    INSERT INTO job_cursor AS c (shard, job_id, last_slot)
+    SELECT shard, job_id, max(scheduled_at) FROM ins WHERE origin = 'scheduled' GROUP BY shard, job_id
+    ON CONFLICT (shard, job_id) DO UPDATE SET last_slot = excluded.last_slot
+        WHERE c.last_slot < excluded.last_slot
+)
+SELECT shard, job_id, scheduled_at, origin FROM ins
+UNION ALL
+SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
+"""
+
+
+async def claim_slots(db: Executor, node: str, rows: Sequence[ClaimRow]) -> BatchResult[ExecKey]:
+    """Claim slots in one fenced statement; ``applied`` is exactly what was inserted (and may be sent)."""
+    if not rows:
+        return BatchResult(applied=[], conflicts=[], fenced=frozenset())
+    for r in rows:
+        if r.status not in CLAIMABLE:
+            raise ValueError(f"a claim cannot insert status {r.status!s}")
+    shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
+    records = await db.fetch(
+        _CLAIM_SQL, shards, epochs, node,
+        [r.shard for r in rows], [r.job_id for r in rows], [r.scheduled_at for r in rows],
+        [r.origin.value for r in rows], [r.status.value for r in rows], [r.attempt for r in rows],
+        [r.error for r in rows],
+    )  # fmt: skip
+    return _split(records, [r.key() for r in rows], shards)
+
+
+_RESULTS_SQL = f"""
+WITH {FENCE_CTE},
+input AS (
+    SELECT * FROM unnest(
+        $5::int[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::int[], $11::timestamptz[],
+        $12::timestamptz[], $13::timestamptz[], $14::int[], $15::int[], $16::int[], $17::text[], $18::text[],
+        $19::timestamptz[], $20::timestamptz[]
+    ) WITH ORDINALITY AS t(shard, job_id, scheduled_at, origin, status, attempt, next_attempt_at,
+                           sent_at, finished_at, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
+                           attempt_started_at, attempt_finished_at, ord)
+),
+latest AS (
+    SELECT DISTINCT ON (shard, job_id, scheduled_at, origin) *
+    FROM input ORDER BY shard, job_id, scheduled_at, origin, ord DESC
+),
+upd AS (
+    UPDATE executions e SET
+        status = l.status, attempt = l.attempt, next_attempt_at = l.next_attempt_at,
+        sent_at = coalesce(e.sent_at, l.sent_at), finished_at = l.finished_at,
+        http_status = l.http_status, duration_ms = l.duration_ms,
+        dispatch_lag_ms = coalesce(e.dispatch_lag_ms, l.dispatch_lag_ms),
+        error = l.error, response_excerpt = l.response_excerpt
+    FROM latest l JOIN fence f ON f.shard = l.shard
+    WHERE e.shard = l.shard AND e.job_id = l.job_id AND e.scheduled_at = l.scheduled_at AND e.origin = l.origin
+      AND e.epoch = f.epoch AND e.status IN ('claimed', 'retry_wait')
+      -- constant bounds let the planner prune partitions at executor start
+      AND e.scheduled_at BETWEEN $3 AND $4
+    RETURNING e.shard, e.job_id, e.scheduled_at, e.origin, e.epoch, e.node
+),
+attempts AS (
+    INSERT INTO execution_attempts
+        (shard, job_id, scheduled_at, origin, attempt, epoch, node, started_at, finished_at, http_status,
+         duration_ms, error)
+    SELECT i.shard, i.job_id, i.scheduled_at, i.origin, i.attempt, u.epoch, u.node, i.attempt_started_at,
+           i.attempt_finished_at, i.http_status, i.duration_ms, i.error
+    FROM input i
+    JOIN upd u ON u.shard = i.shard AND u.job_id = i.job_id AND u.scheduled_at = i.scheduled_at
+              AND u.origin = i.origin
+    WHERE i.attempt_started_at IS NOT NULL
+    ON CONFLICT DO NOTHING
+)
+SELECT shard, job_id, scheduled_at, origin FROM upd
+UNION ALL
+SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
+"""
+
+
+async def write_results(db: Executor, rows: Sequence[ResultRow]) -> BatchResult[ExecKey]:
+    """Write results in one fenced statement. ``conflicts``: rows not updated (other epoch, terminal, missing)."""
+    if not rows:
+        return BatchResult(applied=[], conflicts=[], fenced=frozenset())
+    for r in rows:
+        if r.status not in RESULT_STATUSES:
+            raise ValueError(f"a result cannot set status {r.status!s}")
+    shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
+    slots = [r.scheduled_at for r in rows]
+    records = await db.fetch(
+        _RESULTS_SQL, shards, epochs, min(slots), max(slots),
+        [r.shard for r in rows], [r.job_id for r in rows], slots, [r.origin.value for r in rows],
+        [r.status.value for r in rows], [r.attempt for r in rows], [r.next_attempt_at for r in rows],
+        [r.sent_at for r in rows], [r.finished_at for r in rows], [r.http_status for r in rows],
+        [r.duration_ms for r in rows], [r.dispatch_lag_ms for r in rows], [r.error for r in rows],
+        [bound_excerpt(r.response_excerpt) for r in rows], [r.attempt_started_at for r in rows],
+        [r.attempt_finished_at for r in rows],
+    )  # fmt: skip
+    wanted = list(dict.fromkeys(r.key() for r in rows))
+    return _split(records, wanted, shards)
+
+
+_RELEASE_SQL = f"""
+WITH {FENCE_CTE},
+keys AS (
+    SELECT * FROM unnest($3::uuid[], $4::timestamptz[], $5::text[]) AS k(job_id, scheduled_at, origin)
+),
+deleted AS (
+    DELETE FROM executions e USING keys k, fence f
+    WHERE e.shard = f.shard AND e.job_id = k.job_id AND e.scheduled_at = k.scheduled_at AND e.origin = k.origin
+      AND e.epoch = f.epoch AND e.status = 'claimed' AND e.sent_at IS NULL AND e.origin = 'scheduled'
+    RETURNING e.shard, e.job_id, e.scheduled_at, e.origin
+),
+handed AS (
+    UPDATE executions e SET released_at = now() FROM keys k, fence f
+    WHERE e.shard = f.shard AND e.job_id = k.job_id AND e.scheduled_at = k.scheduled_at AND e.origin = k.origin
+      AND e.epoch = f.epoch AND e.status = 'claimed' AND e.sent_at IS NULL AND e.origin <> 'scheduled'
+    RETURNING e.shard, e.job_id, e.scheduled_at, e.origin
+),
+cursor_lowered AS (
+    -- The deleted slots must look unclaimed to the next owner: move the cursor just below the first of them.
+    UPDATE job_cursor c SET last_slot = least(c.last_slot, d.first_slot - interval '1 microsecond')
+    FROM (SELECT shard, job_id, min(scheduled_at) AS first_slot FROM deleted GROUP BY shard, job_id) d
+    WHERE c.shard = d.shard AND c.job_id = d.job_id
+)
+SELECT * FROM deleted
+UNION ALL SELECT * FROM handed
+UNION ALL SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
+"""
+
+
+async def delete_unsent_claims(
+    db: Executor, shard: int, epoch: int, keys: Sequence[ExecKey]
+) -> BatchResult[ExecKey]:
+    """Graceful release: give back the owner's claims in ``keys`` that were never sent (one fenced statement).
+
+    ``applied``: the claims given back (scheduled ones deleted, others marked released); ``conflicts``: keys
+    that were not unsent claims of this epoch (already sent, finished, or unknown). Raises nothing when fenced:
+    the result says so.
+    """
+    if any(k.shard != shard for k in keys):
+        raise ValueError(f"every key must belong to shard {shard}")
+    if not keys:
+        return BatchResult(applied=[], conflicts=[], fenced=frozenset())
+    records = await db.fetch(
+        _RELEASE_SQL, [shard], [epoch],
+        [k.job_id for k in keys], [k.scheduled_at for k in keys], [Origin(k.origin).value for k in keys],
+    )  # fmt: skip
+    return _split(records, list(keys), [shard])
+
+
+EXEC_COLUMNS = (
+    "shard, job_id, scheduled_at, origin, status, epoch, node, attempt, next_attempt_at, claimed_at, sent_at,"
+    " finished_at, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt"
+)
+
+
+def _execution(r: asyncpg.Record | dict[str, Any], attempts: list[ExecutionAttempt] | None = None) -> Execution:
+    return Execution(
+        job_id=str(r["job_id"]), shard=r["shard"], scheduled_at=r["scheduled_at"], origin=Origin(r["origin"]),
+        status=ExecutionStatus(r["status"]), epoch=r["epoch"], node=r["node"], attempt=r["attempt"],
+        next_attempt_at=r["next_attempt_at"], claimed_at=r["claimed_at"], sent_at=r["sent_at"],
+        finished_at=r["finished_at"], http_status=r["http_status"], duration_ms=r["duration_ms"],
+        dispatch_lag_ms=r["dispatch_lag_ms"], error=r["error"], response_excerpt=r["response_excerpt"],
+        attempts=attempts or [],
+    )  # fmt: skip
+
+
+_TAKEOVER_SQL = f"""
+WITH fence AS (
+    SELECT shard, epoch, coalesce(owner, '') AS owner FROM shard_epochs WHERE shard = $1 AND epoch = $2 FOR SHARE
+),
+stale AS (
+    SELECT e.job_id, e.scheduled_at, e.origin, e.epoch AS old_epoch, e.node AS old_node,
+        CASE
+            WHEN j.id IS NULL OR j.deleted_at IS NOT NULL THEN 'cancelled'
+            WHEN j.semantics = 'AT_MOST_ONCE' AND e.released_at IS NULL
+                 AND (e.status = 'claimed' OR e.next_attempt_at IS NULL OR e.next_attempt_at <= now()) THEN 'lost'
+            ELSE 'resume'
+        END AS action
+    FROM executions e
+    LEFT JOIN jobs j ON j.shard = e.shard AND j.id = e.job_id
+    WHERE e.shard = $1 AND e.status IN ('claimed', 'retry_wait') AND e.epoch < $2
+      AND EXISTS (SELECT 1 FROM fence)
+),
+changed AS (
+    UPDATE executions e SET
+        epoch = f.epoch, node = f.owner, released_at = NULL,
+        status = CASE s.action WHEN 'resume' THEN e.status ELSE s.action END,
+        finished_at = CASE s.action WHEN 'resume' THEN NULL ELSE now() END,
+        next_attempt_at = CASE s.action WHEN 'resume' THEN e.next_attempt_at END,
+        error = CASE s.action
+            WHEN 'lost' THEN format('claimed by %s (epoch %s), which lost the shard before reporting a result; '
+                                    'AT_MOST_ONCE never re-sends, so the outcome is unknown', s.old_node, s.old_epoch)
+            WHEN 'cancelled' THEN 'the job was deleted before this execution finished'
+            ELSE e.error END
+    FROM stale s, fence f
+    WHERE e.shard = $1 AND e.job_id = s.job_id AND e.scheduled_at = s.scheduled_at AND e.origin = s.origin
+    RETURNING s.action, {", ".join("e." + c.strip() for c in EXEC_COLUMNS.split(","))}
+)
+SELECT * FROM changed
+UNION ALL
+-- Rows an earlier call with this epoch already re-stamped (a retried takeover) are resumed again.
+SELECT 'resume', {EXEC_COLUMNS} FROM executions
+WHERE shard = $1 AND epoch = $2 AND status IN ('claimed', 'retry_wait') AND EXISTS (SELECT 1 FROM fence)
+UNION ALL
+SELECT 'fenced', $1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+WHERE NOT EXISTS (SELECT 1 FROM fence)
+"""
+
+
+async def take_over_shard(db: Executor, shard: int, new_epoch: int) -> TakeoverResult:
+    """Settle the unfinished executions of older epochs after ``bump_epoch``; call before claiming.
+
+    Raises ``Fenced`` if ``new_epoch`` is no longer the shard's epoch. Idempotent for one epoch: a retried
+    call returns the same ``resume`` rows (the ``lost`` and ``cancelled`` ones only the first time).
+    """
+    records = await db.fetch(_TAKEOVER_SQL, shard, new_epoch)
+    if any(r["action"] == "fenced" for r in records):
+        raise Fenced([shard])
+    out: dict[str, list[Execution]] = {"resume": [], "lost": [], "cancelled": []}
+    for r in records:
+        out[r["action"]].append(_execution(r))
+    for rows in out.values():
+        rows.sort(key=lambda e: (e.scheduled_at, e.job_id, e.origin))
+    return TakeoverResult(**out)
+
+
+async def job_cursors(db: Executor, shard: int, job_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, datetime]:
+    """``job_cursor.last_slot`` of a shard's jobs (all of them, or ``job_ids``): the misfire baseline."""
+    if job_ids is None:
+        rows = await db.fetch("SELECT job_id, last_slot FROM job_cursor WHERE shard = $1", shard)
+    else:
+        rows = await db.fetch(
+            "SELECT job_id, last_slot FROM job_cursor WHERE shard = $1 AND job_id = ANY($2::uuid[])",
+            shard, list(job_ids),
+        )  # fmt: skip
+    return {r["job_id"]: r["last_slot"] for r in rows}
+
+
+async def list_executions(
+    db: Executor,
+    shard: int,
+    job_id: uuid.UUID,
+    *,
+    limit: int = 20,
+    statuses: Sequence[ExecutionStatus] | None = None,
+    before: datetime | None = None,
+    with_attempts: bool = False,
+) -> list[Execution]:
+    """A job's executions, newest slot first (the primary key read backwards); ``before`` pages by slot."""
+    where = ["shard = $1", "job_id = $2"]
+    args: list[Any] = [shard, job_id]
+    if statuses:
+        args.append([s.value for s in statuses])
+        where.append(f"status = ANY(${len(args)}::text[])")
+    if before is not None:
+        args.append(before)
+        where.append(f"scheduled_at < ${len(args)}")
+    args.append(limit)
+    rows = await db.fetch(
+        f"SELECT {EXEC_COLUMNS} FROM executions WHERE {' AND '.join(where)}"
+        f" ORDER BY scheduled_at DESC, origin LIMIT ${len(args)}",
+        *args,
+    )
+    if not with_attempts or not rows:
+        return [_execution(r) for r in rows]
+    attempts: dict[tuple[datetime, str], list[ExecutionAttempt]] = {}
+    for a in await db.fetch(
+        "SELECT scheduled_at, origin, attempt, started_at, finished_at, http_status, duration_ms, error"
+        " FROM execution_attempts WHERE shard = $1 AND job_id = $2 AND scheduled_at = ANY($3::timestamptz[])"
+        " ORDER BY attempt",
+        shard, job_id, [r["scheduled_at"] for r in rows],
+    ):  # fmt: skip
+        attempts.setdefault((a["scheduled_at"], a["origin"]), []).append(_attempt(a))
+    return [_execution(r, attempts.get((r["scheduled_at"], r["origin"]))) for r in rows]
+
+
+def _attempt(a: asyncpg.Record) -> ExecutionAttempt:
+    return ExecutionAttempt(
+        attempt=a["attempt"], started_at=a["started_at"], finished_at=a["finished_at"],
+        http_status=a["http_status"], duration_ms=a["duration_ms"], error=a["error"],
+    )  # fmt: skip
+
+
+async def list_attempts(db: Executor, key: ExecKey) -> list[ExecutionAttempt]:
+    rows = await db.fetch(
+        "SELECT attempt, started_at, finished_at, http_status, duration_ms, error FROM execution_attempts"
+        " WHERE shard = $1 AND job_id = $2 AND scheduled_at = $3 AND origin = $4 ORDER BY attempt",
+        key.shard, key.job_id, key.scheduled_at, Origin(key.origin).value,
+    )  # fmt: skip
+    return [_attempt(a) for a in rows]
+
+
+async def failed_executions(
+    db: Executor, *, tenant: str | None = None, before: datetime | None = None, limit: int = 50
+) -> list[Execution]:
+    """Failed and timed-out executions across jobs, newest ``finished_at`` first (the ``executions_failed`` index).
+
+    ``before`` pages by ``finished_at``. With ``tenant``, only that tenant's jobs.
+    """
+    where = ["e.status IN ('failed', 'timed_out')"]
+    args: list[Any] = []
+    if before is not None:
+        args.append(before)
+        where.append(f"e.finished_at < ${len(args)}")
+    join = ""
+    if tenant is not None:
+        args.append(tenant)
+        join = "JOIN jobs j ON j.shard = e.shard AND j.id = e.job_id"
+        where.append(f"j.tenant = ${len(args)}")
+    args.append(limit)
+    cols = ", ".join("e." + c.strip() for c in EXEC_COLUMNS.split(","))
+    rows = await db.fetch(
+        f"SELECT {cols} FROM executions e {join} WHERE {' AND '.join(where)}"
+        f" ORDER BY e.finished_at DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_execution(r) for r in rows]
+
+
+async def execution_counts(
+    db: Executor, shard: int, job_id: uuid.UUID, *, since: datetime | None = None
+) -> dict[ExecutionStatus, int]:
+    """Per-status counts of a job's executions (per-job counters are derived, never updated per firing)."""
+    rows = await db.fetch(
+        "SELECT status, count(*) AS n FROM executions WHERE shard = $1 AND job_id = $2"
+        " AND ($3::timestamptz IS NULL OR scheduled_at >= $3) GROUP BY status",
+        shard, job_id, since,
+    )  # fmt: skip
+    return {ExecutionStatus(r["status"]): r["n"] for r in rows}
+
+
+# Sanity: the SQL above spells the active statuses by hand; keep them in step with protocol.executions.
+assert {s.value for s in ACTIVE} == {"claimed", "retry_wait"}

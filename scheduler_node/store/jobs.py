@@ -1,0 +1,387 @@
+"""Jobs: the fenced write path of the owning node, the reads of the API, and the node's loading queries.
+
+Rules:
+- Every job write goes through the shard's owner and is one fenced transaction (``write_job``): lock the
+  shard's epoch row FOR SHARE (``Fenced`` if it moved on), reserve the Idempotency-Key if one was given
+  (``Conflict`` if it was used with another request; a replay returns the stored answer and writes nothing),
+  apply the op, append the audit row, store the answer under the key. All or nothing.
+- Optimistic concurrency: ``expected_version`` must equal the stored ``version`` or ``VersionMismatch``
+  (412) is raised; every change bumps ``version`` by one (no-op pause/resume change nothing). A missing job,
+  a deleted one and another tenant's one all read as ``NotFound``: tenants never learn of each other's jobs.
+- Ops, as a table (``_OPS``): upsert creates (version 1, active) or replaces the spec (state kept, except
+  that a completed job becomes active again); delete is soft (``deleted_at``, next_fire_at cleared);
+  pause/resume set the state; trigger changes nothing (the node claims a manual slot) but is checked and audited.
+- ``next_fire_at`` is computed by the node (schedule math is not the store's business) and, for a job in no
+  node's wheel, is a LOWER BOUND of its true next firing: only a write that bumps the version may lower it;
+  ``raise_next_fire_at`` only raises it, and only for the version it was computed from.
+- ``due_jobs(shards, until)``: the active, undeleted jobs of exactly those shards with
+  ``next_fire_at <= until`` (the ``jobs_due`` index), what a node loads when it takes a shard.
+- Specs are stored as JSON and read back as text decoded straight into ``JobSpec`` (no semantic re-validation:
+  they were validated on the way in).
+
+Example::
+
+    out = await write_job(pool, Fence(7, epoch), job_id,
+                          JobWrite(op=JobWriteOp.UPSERT, actor="alice", tenant="acme", spec=spec),
+                          next_fire_at=first_slot)
+    assert out.created and out.version == 1
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from protocol.errors import NotFound, SpecError, VersionMismatch
+from protocol.internal import JobWrite, JobWriteOp, JobWritten
+from protocol.jobs import Job, JobSpec, JobState
+
+from . import idempotency
+from .audit import insert_audit
+from .epochs import FENCE_CTE, FENCED_SHARDS_SQL, BatchResult, Fence, fence_arrays, lock_fence
+from .pool import Connection, Executor, transaction
+
+__all__ = [
+    "JobPage",
+    "JobWriteOutcome",
+    "NextFire",
+    "due_jobs",
+    "get_job",
+    "list_jobs",
+    "raise_next_fire_at",
+    "set_job_state",
+    "write_job",
+]
+
+_spec_decoder = msgspec.json.Decoder(JobSpec)
+JOB_COLUMNS = "shard, id, tenant, spec::text AS spec, state, version, next_fire_at, created_at, updated_at"
+
+
+class JobWriteOutcome(msgspec.Struct, frozen=True):
+    """What a job write did. ``replayed``: an Idempotency-Key replay, the stored outcome of the first request
+    (whose ``job_id`` may differ from this request's, as a retried create carries a new id)."""
+
+    job_id: uuid.UUID
+    version: int
+    state: JobState
+    next_fire_at: datetime | None = None
+    created: bool = False
+    replayed: bool = False
+
+    def written(self) -> JobWritten:
+        return JobWritten(version=self.version, state=self.state, next_fire_at=self.next_fire_at,
+                          created=self.created)  # fmt: skip
+
+
+class JobPage(msgspec.Struct, frozen=True):
+    items: list[Job]
+    next_after: uuid.UUID | None  # pass as ``after`` for the next page; None on the last page
+
+
+class NextFire(msgspec.Struct, frozen=True, gc=False):
+    """A computed next firing for ``raise_next_fire_at``; ``version`` is the job version it was computed from."""
+
+    shard: int
+    epoch: int
+    job_id: uuid.UUID
+    version: int
+    next_fire_at: datetime | None  # None: the job never fires again
+
+
+def _job(r: asyncpg.Record) -> Job:
+    return Job(
+        id=str(r["id"]), tenant=r["tenant"], spec=_spec_decoder.decode(r["spec"]), state=JobState(r["state"]),
+        version=r["version"], shard=r["shard"], created_at=r["created_at"], updated_at=r["updated_at"],
+        next_fire_at=r["next_fire_at"],
+    )  # fmt: skip
+
+
+def _outcome(job_id: uuid.UUID, r: asyncpg.Record, *, created: bool = False) -> JobWriteOutcome:
+    return JobWriteOutcome(job_id=job_id, version=r["version"], state=JobState(r["state"]),
+                           next_fire_at=r["next_fire_at"], created=created)  # fmt: skip
+
+
+async def _refuse(conn: Connection, shard: int, job_id: uuid.UUID, tenant: str, expected: int | None) -> None:
+    """An update matched no row: say why (NotFound or VersionMismatch)."""
+    actual = await conn.fetchval(
+        "SELECT version FROM jobs WHERE shard = $1 AND id = $2 AND tenant = $3 AND deleted_at IS NULL",
+        shard, job_id, tenant,
+    )  # fmt: skip
+    if actual is None:
+        raise NotFound(f"job {job_id} not found")
+    assert expected is not None, "an update without expected_version only misses a missing job"
+    raise VersionMismatch(expected, actual)
+
+
+_RETURNING = "RETURNING version, state, next_fire_at"
+_MATCH = "shard = $1 AND id = $2 AND tenant = $3 AND deleted_at IS NULL AND ($4::bigint IS NULL OR version = $4)"
+
+
+async def _upsert(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
+                  next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+    if w.spec is None:
+        raise SpecError("spec", "required for an upsert")
+    spec = w.spec
+    values = (spec.name, list(spec.tags), msgspec.json.encode(spec).decode(), spec.semantics.value, next_fire_at)
+    if w.expected_version is None:
+        row = await conn.fetchrow(
+            "INSERT INTO jobs (shard, id, tenant, name, tags, spec, semantics, next_fire_at, state)"
+            " VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8, 'active')"
+            f" ON CONFLICT (shard, id) DO NOTHING {_RETURNING}",
+            shard, job_id, w.tenant, *values,
+        )  # fmt: skip
+        if row is not None:
+            return _outcome(job_id, row, created=True)
+    row = await conn.fetchrow(
+        "UPDATE jobs SET name = $5, tags = $6, spec = $7::text::jsonb, semantics = $8, next_fire_at = $9,"
+        " state = CASE state WHEN 'completed' THEN 'active' ELSE state END,"
+        f" version = version + 1, updated_at = now() WHERE {_MATCH} {_RETURNING}",
+        shard, job_id, w.tenant, w.expected_version, *values,
+    )  # fmt: skip
+    if row is None:
+        await _refuse(conn, shard, job_id, w.tenant, w.expected_version)
+    return _outcome(job_id, row)
+
+
+async def _delete(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
+                  next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+    row = await conn.fetchrow(
+        "UPDATE jobs SET deleted_at = now(), next_fire_at = NULL, version = version + 1, updated_at = now()"
+        f" WHERE {_MATCH} {_RETURNING}",
+        shard, job_id, w.tenant, w.expected_version,
+    )  # fmt: skip
+    if row is None:
+        await _refuse(conn, shard, job_id, w.tenant, w.expected_version)
+    return _outcome(job_id, row)
+
+
+async def _set_state(conn: Connection, shard: int, job_id: uuid.UUID, tenant: str, expected: int | None,
+                     state: JobState, next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+    # A no-op (already in that state) changes nothing, so an idempotent pause does not invalidate ETags.
+    # next_fire_at is replaced only when the job becomes active (the node computed it for that).
+    row = await conn.fetchrow(
+        "UPDATE jobs SET state = $5,"
+        " next_fire_at = CASE WHEN $5 = 'active' AND state <> 'active' THEN $6 ELSE next_fire_at END,"
+        " version = version + (state <> $5)::int,"
+        " updated_at = CASE WHEN state <> $5 THEN now() ELSE updated_at END"
+        f" WHERE {_MATCH} {_RETURNING}",
+        shard, job_id, tenant, expected, state.value, next_fire_at,
+    )  # fmt: skip
+    if row is None:
+        await _refuse(conn, shard, job_id, tenant, expected)
+    return _outcome(job_id, row)
+
+
+async def _pause(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
+                 next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+    return await _set_state(conn, shard, job_id, w.tenant, w.expected_version, JobState.PAUSED, None)
+
+
+async def _resume(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
+                  next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+    return await _set_state(conn, shard, job_id, w.tenant, w.expected_version, JobState.ACTIVE, next_fire_at)
+
+
+async def _trigger(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
+                   next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+    row = await conn.fetchrow(
+        f"SELECT version, state, next_fire_at FROM jobs WHERE {_MATCH} FOR SHARE",
+        shard, job_id, w.tenant, w.expected_version,
+    )  # fmt: skip
+    if row is None:
+        await _refuse(conn, shard, job_id, w.tenant, w.expected_version)
+    return _outcome(job_id, row)
+
+
+_Op = Callable[[Connection, int, uuid.UUID, JobWrite, "datetime | None"], Awaitable[JobWriteOutcome]]
+_OPS: dict[JobWriteOp, _Op] = {
+    JobWriteOp.UPSERT: _upsert,
+    JobWriteOp.DELETE: _delete,
+    JobWriteOp.PAUSE: _pause,
+    JobWriteOp.RESUME: _resume,
+    JobWriteOp.TRIGGER: _trigger,
+}
+_outcome_decoder = msgspec.json.Decoder(JobWriteOutcome)
+
+
+async def write_job(
+    db: Executor,
+    fence: Fence,
+    job_id: uuid.UUID,
+    write: JobWrite,
+    *,
+    next_fire_at: datetime | None = None,
+    idempotency_ttl: timedelta = idempotency.DEFAULT_TTL,
+) -> JobWriteOutcome:
+    """Apply one ``JobWrite`` for the owner of ``fence.shard`` in one fenced transaction (see the module rules).
+
+    ``next_fire_at``: the job's next firing as the node computed it, for upsert and resume.
+    Raises ``Fenced``, ``NotFound``, ``VersionMismatch``, ``Conflict`` (Idempotency-Key reuse), ``SpecError``.
+    """
+    shard = fence.shard
+    async with transaction(db) as conn:
+        await lock_fence(conn, fence)
+        key = write.idempotency_key
+        if key is not None:
+            r = await idempotency.reserve(
+                conn, tenant=write.tenant, key=key, job_id=job_id, shard=shard,
+                request_hash=write.request_hash or "", ttl=idempotency_ttl,
+            )  # fmt: skip
+            if not r.fresh:
+                if r.response is None:  # cannot happen: the response is stored in the reserving transaction
+                    raise NotFound(f"Idempotency-Key '{key}' has no stored response")
+                return msgspec.structs.replace(_outcome_decoder.decode(r.response), replayed=True)
+        outcome = await _OPS[write.op](conn, shard, job_id, write, next_fire_at)
+        detail: dict[str, Any] = {"version": outcome.version}
+        if write.expected_version is not None:
+            detail["expected_version"] = write.expected_version
+        if outcome.created:
+            detail["created"] = True
+        if key is not None:
+            detail["idempotency_key"] = key
+        await insert_audit(conn, shard=shard, tenant=write.tenant, actor=write.actor, action=f"job.{write.op.value}",
+                           job_id=job_id, detail=detail)  # fmt: skip
+        if key is not None:
+            await idempotency.record_response(
+                conn, tenant=write.tenant, key=key, response_json=msgspec.json.encode(outcome).decode()
+            )
+        return outcome
+
+
+async def set_job_state(
+    db: Executor,
+    fence: Fence,
+    job_id: uuid.UUID,
+    state: JobState,
+    *,
+    tenant: str,
+    actor: str = "system",
+    reason: str = "",
+    next_fire_at: datetime | None = None,
+) -> JobWriteOutcome:
+    """A state change decided by the node itself (auto_paused after failures, completed after the last slot),
+    fenced and audited like a user's write."""
+    async with transaction(db) as conn:
+        await lock_fence(conn, fence)
+        outcome = await _set_state(conn, fence.shard, job_id, tenant, None, state, next_fire_at)
+        await insert_audit(conn, shard=fence.shard, tenant=tenant, actor=actor, action=f"job.state.{state.value}",
+                           job_id=job_id, detail={"version": outcome.version, "reason": reason})  # fmt: skip
+        return outcome
+
+
+async def get_job(
+    db: Executor, shard: int, job_id: uuid.UUID, *, tenant: str | None = None, include_deleted: bool = False
+) -> Job:
+    """One job; ``NotFound`` if absent, deleted (unless ``include_deleted``) or another tenant's."""
+    row = await db.fetchrow(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE shard = $1 AND id = $2"
+        " AND ($3::text IS NULL OR tenant = $3) AND ($4 OR deleted_at IS NULL)",
+        shard, job_id, tenant, include_deleted,
+    )  # fmt: skip
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return _job(row)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def list_jobs(
+    db: Executor,
+    *,
+    tenant: str | None,
+    tag: str | None = None,
+    state: JobState | None = None,
+    name_contains: str | None = None,
+    after: uuid.UUID | None = None,
+    limit: int = 100,
+) -> JobPage:
+    """Undeleted jobs in id order (UUIDv7: creation order), filtered; ``tenant=None`` lists every tenant (admin).
+
+    Only the filters given appear in the SQL, so each combination gets a plan that uses its index
+    (``jobs_tenant_id`` for tenant + cursor, ``jobs_tags`` for a tag) rather than one generic plan.
+    """
+    if not 1 <= limit <= 1000:
+        raise SpecError("limit", "must be 1-1000")
+    where = ["deleted_at IS NULL"]
+    args: list[Any] = []
+
+    def add(sql: str, value: Any) -> None:
+        args.append(value)
+        where.append(sql.format(f"${len(args)}"))
+
+    if tenant is not None:
+        add("tenant = {}", tenant)
+    if tag is not None:
+        add("tags @> ARRAY[{}::text]", tag)
+    if state is not None:
+        add("state = {}", state.value)
+    if name_contains:
+        add("name ILIKE '%' || {} || '%'", _like_escape(name_contains))
+    if after is not None:
+        add("id > {}", after)
+    args.append(limit + 1)
+    rows = await db.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ${len(args)}", *args
+    )
+    items = [_job(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return JobPage(items=items, next_after=uuid.UUID(items[-1].id) if more else None)
+
+
+async def due_jobs(db: Executor, shards: Sequence[int], until: datetime) -> list[Job]:
+    """The active, undeleted jobs of ``shards`` whose ``next_fire_at <= until``, by shard and next_fire_at."""
+    rows = await db.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE shard = ANY($1::int[]) AND state = 'active'"
+        " AND deleted_at IS NULL AND next_fire_at <= $2 ORDER BY shard, next_fire_at, id",
+        list(shards), until,
+    )  # fmt: skip
+    return [_job(r) for r in rows]
+
+
+_RAISE_SQL = f"""
+WITH {FENCE_CTE},
+input AS (
+    SELECT * FROM unnest($3::int[], $4::uuid[], $5::bigint[], $6::timestamptz[])
+        AS t(shard, job_id, version, next_fire_at)
+),
+upd AS (
+    UPDATE jobs j SET next_fire_at = CASE WHEN i.next_fire_at IS NULL THEN NULL
+                                          ELSE greatest(j.next_fire_at, i.next_fire_at) END
+    FROM input i JOIN fence f ON f.shard = i.shard
+    WHERE j.shard = i.shard AND j.id = i.job_id AND j.version = i.version AND j.deleted_at IS NULL
+      AND j.next_fire_at IS DISTINCT FROM (CASE WHEN i.next_fire_at IS NULL THEN NULL
+                                                ELSE greatest(j.next_fire_at, i.next_fire_at) END)
+    RETURNING j.shard, j.id
+)
+SELECT shard, id FROM upd
+UNION ALL
+SELECT s, NULL FROM ({FENCED_SHARDS_SQL}) fenced
+"""
+
+
+async def raise_next_fire_at(db: Executor, rows: Sequence[NextFire]) -> BatchResult[uuid.UUID]:
+    """Raise the stored lower bound of jobs whose next slot lies beyond the node's horizon; one fenced statement.
+
+    A row applies only if the job still has ``version`` (a concurrent spec change may have made the computed
+    slot wrong) and only upwards. ``conflicts``: rows that did not apply (other version, deleted, or already
+    at least that high).
+    """
+    if not rows:
+        return BatchResult(applied=[], conflicts=[], fenced=frozenset())
+    shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
+    records = await db.fetch(
+        _RAISE_SQL, shards, epochs,
+        [r.shard for r in rows], [r.job_id for r in rows], [r.version for r in rows], [r.next_fire_at for r in rows],
+    )  # fmt: skip
+    applied = [r["id"] for r in records if r["id"] is not None]
+    fenced = frozenset(r["shard"] for r in records if r["id"] is None)
+    done = set(applied)
+    conflicts = [r.job_id for r in rows if r.shard not in fenced and r.job_id not in done]
+    return BatchResult(applied=applied, conflicts=conflicts, fenced=fenced)
