@@ -208,15 +208,20 @@ input AS (
                            attempt_started_at, attempt_finished_at, ord)
 ),
 latest AS (
-    SELECT DISTINCT ON (shard, job_id, scheduled_at, origin) *
+    -- The last result of each execution in batch order sets the row; the first send's time and lag are kept.
+    SELECT DISTINCT ON (shard, job_id, scheduled_at, origin) *,
+        first_value(sent_at) OVER (PARTITION BY shard, job_id, scheduled_at, origin
+                                   ORDER BY sent_at IS NULL, ord) AS first_sent_at,
+        first_value(dispatch_lag_ms) OVER (PARTITION BY shard, job_id, scheduled_at, origin
+                                           ORDER BY dispatch_lag_ms IS NULL, ord) AS first_lag_ms
     FROM input ORDER BY shard, job_id, scheduled_at, origin, ord DESC
 ),
 upd AS (
     UPDATE executions e SET
         status = l.status, attempt = l.attempt, next_attempt_at = l.next_attempt_at,
-        sent_at = coalesce(e.sent_at, l.sent_at), finished_at = l.finished_at,
+        sent_at = coalesce(e.sent_at, l.first_sent_at), finished_at = l.finished_at,
         http_status = l.http_status, duration_ms = l.duration_ms,
-        dispatch_lag_ms = coalesce(e.dispatch_lag_ms, l.dispatch_lag_ms),
+        dispatch_lag_ms = coalesce(e.dispatch_lag_ms, l.first_lag_ms),
         error = l.error, response_excerpt = l.response_excerpt
     FROM latest l JOIN fence f ON f.shard = l.shard
     WHERE e.shard = l.shard AND e.job_id = l.job_id AND e.scheduled_at = l.scheduled_at AND e.origin = l.origin

@@ -1,0 +1,247 @@
+"""Jobs: fenced writes with optimistic versions, soft deletes, idempotency, listing, and the loading queries."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from protocol.errors import Conflict, NotFound, SpecError, VersionMismatch
+from protocol.internal import JobWrite, JobWriteOp, JobWritten
+from protocol.jobs import JobState, Semantics
+from scheduler_node.store import (
+    Fence,
+    NextFire,
+    due_jobs,
+    get_job,
+    list_audit,
+    list_jobs,
+    raise_next_fire_at,
+    set_job_state,
+    write_job,
+)
+from scheduler_node.trio_store import TrioStore
+
+from .conftest import T0, create_job, job_in_shard, own, spec
+
+
+def op(kind: JobWriteOp, **kw: object) -> JobWrite:
+    return JobWrite(op=kind, actor="alice", tenant=kw.pop("tenant", "acme"), **kw)  # type: ignore[arg-type]
+
+
+async def test_create_get_replace_with_versions(store: TrioStore) -> None:
+    fence = await own(store, 3)
+    job_id, out = await create_job(store, fence, job_spec=spec("one", tags=["a"]))
+    assert (out.job_id, out.version, out.state, out.created, out.next_fire_at) == (job_id, 1, JobState.ACTIVE, True, T0)
+    assert out.written() == JobWritten(version=1, state=JobState.ACTIVE, next_fire_at=T0, created=True)
+    job = await store.call(get_job, 3, job_id)
+    assert (job.id, job.tenant, job.spec, job.version, job.shard) == (str(job_id), "acme", spec("one", tags=["a"]), 1, 3)
+
+    two = spec("two", semantics=Semantics.AT_MOST_ONCE)
+    out = await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=two, expected_version=1),
+                           next_fire_at=T0 + timedelta(hours=1))  # fmt: skip
+    assert (out.version, out.created, out.next_fire_at) == (2, False, T0 + timedelta(hours=1))
+    with pytest.raises(VersionMismatch) as err:
+        await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("stale"), expected_version=1))
+    assert (err.value.expected, err.value.actual, err.value.status_hint) == (1, 2, 412)
+    # No expected version: an unconditional replace.
+    out = await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("three")), next_fire_at=T0)
+    assert out.version == 3
+    job = await store.call(get_job, 3, job_id)
+    assert job.spec.name == "three" and job.version == 3
+    semantics = await store.run(store.pool.fetchval, "SELECT semantics FROM jobs WHERE id = $1", job_id)
+    assert semantics == "AT_LEAST_ONCE"  # the denormalised copy follows the spec
+    with pytest.raises(SpecError, match="spec: required"):
+        await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT))
+
+
+async def test_tenants_do_not_see_each_other(store: TrioStore) -> None:
+    fence = await own(store, 3)
+    job_id, _ = await create_job(store, fence, tenant="acme")
+    with pytest.raises(NotFound):
+        await store.call(get_job, 3, job_id, tenant="globex")
+    with pytest.raises(NotFound):
+        await store.call(write_job, fence, job_id, op(JobWriteOp.PAUSE, tenant="globex"))
+    with pytest.raises(NotFound):  # even an upsert cannot take over another tenant's id
+        await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, tenant="globex", spec=spec()))
+    assert (await store.call(get_job, 3, job_id, tenant="acme")).version == 1
+
+
+async def test_pause_resume_trigger_and_soft_delete(store: TrioStore) -> None:
+    fence = await own(store, 4)
+    job_id, _ = await create_job(store, fence)
+    paused = await store.call(write_job, fence, job_id, op(JobWriteOp.PAUSE, expected_version=1))
+    assert (paused.state, paused.version) == (JobState.PAUSED, 2)
+    again = await store.call(write_job, fence, job_id, op(JobWriteOp.PAUSE))
+    assert again.version == 2  # a no-op pause does not invalidate ETags
+    assert await store.call(due_jobs, [4], T0 + timedelta(days=1)) == []
+    resumed = await store.call(write_job, fence, job_id, op(JobWriteOp.RESUME), next_fire_at=T0 + timedelta(minutes=5))
+    assert (resumed.state, resumed.version, resumed.next_fire_at) == (JobState.ACTIVE, 3, T0 + timedelta(minutes=5))
+    trig = await store.call(write_job, fence, job_id, op(JobWriteOp.TRIGGER, expected_version=3))
+    assert trig.version == 3
+    with pytest.raises(VersionMismatch):
+        await store.call(write_job, fence, job_id, op(JobWriteOp.TRIGGER, expected_version=2))
+
+    deleted = await store.call(write_job, fence, job_id, op(JobWriteOp.DELETE, expected_version=3))
+    assert deleted.version == 4 and deleted.next_fire_at is None
+    with pytest.raises(NotFound):
+        await store.call(get_job, 4, job_id)
+    kept = await store.call(get_job, 4, job_id, include_deleted=True)  # soft: the row is still there
+    assert kept.version == 4
+    for kind in (JobWriteOp.DELETE, JobWriteOp.PAUSE, JobWriteOp.TRIGGER):
+        with pytest.raises(NotFound):
+            await store.call(write_job, fence, job_id, op(kind))
+    with pytest.raises(NotFound):
+        await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec()))
+    assert await store.call(due_jobs, [4], T0 + timedelta(days=1)) == []
+    assert (await store.call(list_jobs, tenant="acme")).items == []
+
+    actions = [e.action for e in await store.call(list_audit, shard=4, job_id=job_id)]
+    assert actions == ["job.delete", "job.trigger", "job.resume", "job.pause", "job.pause", "job.upsert"]
+
+
+async def test_node_decided_states(store: TrioStore) -> None:
+    fence = await own(store, 5)
+    job_id, _ = await create_job(store, fence)
+    out = await store.call(set_job_state, fence, job_id, JobState.COMPLETED, tenant="acme", reason="at job fired")
+    assert (out.state, out.version) == (JobState.COMPLETED, 2)
+    entry = (await store.call(list_audit, shard=5, job_id=job_id))[0]
+    assert (entry.action, entry.actor, entry.detail["reason"]) == ("job.state.completed", "system", "at job fired")
+    # Replacing a completed job's spec makes it active again (a new `at` instant should fire).
+    out = await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("again")), next_fire_at=T0)
+    assert out.state == JobState.ACTIVE
+
+
+async def test_idempotency_key_replays_or_conflicts(store: TrioStore) -> None:
+    a, b = await own(store, 6), await own(store, 7)
+    first_id, second_id = job_in_shard(6), job_in_shard(7)
+    w = op(JobWriteOp.UPSERT, spec=spec(), idempotency_key="k1", request_hash="h1")
+    first = await store.call(write_job, a, first_id, w, next_fire_at=T0)
+    assert first.created and not first.replayed
+    # The retry carries a new job id, in another shard; it gets the first answer and creates nothing.
+    replay = await store.call(write_job, b, second_id, w, next_fire_at=T0)
+    assert replay.replayed and (replay.job_id, replay.version, replay.created) == (first_id, 1, True)
+    with pytest.raises(NotFound):
+        await store.call(get_job, 7, second_id)
+    with pytest.raises(Conflict, match="'k1' was already used with a different request"):
+        await store.call(write_job, b, second_id, op(JobWriteOp.UPSERT, spec=spec("other"), idempotency_key="k1",
+                                                     request_hash="h2"))  # fmt: skip
+    # Keys are per tenant.
+    other = await store.call(write_job, b, second_id, op(JobWriteOp.UPSERT, tenant="globex", spec=spec(),
+                                                         idempotency_key="k1", request_hash="h2"))  # fmt: skip
+    assert other.created and not other.replayed
+    # An expired record is as good as absent.
+    await store.run(store.pool.execute, "UPDATE idempotency SET expires_at = now() - interval '1 s'")
+    third_id = job_in_shard(7)
+    fresh = await store.call(write_job, b, third_id, op(JobWriteOp.UPSERT, spec=spec(), idempotency_key="k1",
+                                                        request_hash="h9"))  # fmt: skip
+    assert fresh.created and fresh.job_id == third_id
+
+
+async def test_list_jobs_filters_and_cursor_pages(store: TrioStore) -> None:
+    fences = [await own(store, s) for s in (10, 11, 12)]
+    made = []
+    for i in range(7):
+        job_id, _ = await create_job(store, fences[i % 3], job_spec=spec(f"report_{i}%", tags=["even"] if i % 2 == 0 else []))
+        made.append(job_id)
+    await create_job(store, fences[0], tenant="globex")
+    await store.call(write_job, fences[1 % 3], made[1], op(JobWriteOp.PAUSE))
+
+    pages, after = [], None
+    while True:
+        page = await store.call(list_jobs, tenant="acme", after=after, limit=3)
+        pages.append([uuid.UUID(j.id) for j in page.items])
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert [len(p) for p in pages] == [3, 3, 1]
+    assert [j for p in pages for j in p] == sorted(made)  # UUIDv7: id order is creation order
+    tagged = await store.call(list_jobs, tenant="acme", tag="even")
+    assert sorted(uuid.UUID(j.id) for j in tagged.items) == sorted(made[0::2])
+    assert [uuid.UUID(j.id) for j in (await store.call(list_jobs, tenant="acme", state=JobState.PAUSED)).items] == [made[1]]
+    named = await store.call(list_jobs, tenant="acme", name_contains="RT_3%")  # case-insensitive, % and _ literal
+    assert [uuid.UUID(j.id) for j in named.items] == [made[3]]
+    assert (await store.call(list_jobs, tenant="acme", name_contains="t_3x")).items == []
+    assert len((await store.call(list_jobs, tenant=None)).items) == 8
+    with pytest.raises(SpecError):
+        await store.call(list_jobs, tenant="acme", limit=0)
+
+
+async def test_raise_next_fire_at_only_raises_for_the_current_version(store: TrioStore) -> None:
+    fence = await own(store, 8)
+    a, _ = await create_job(store, fence)
+    b, _ = await create_job(store, fence)
+    c, _ = await create_job(store, fence)
+    await store.call(write_job, fence, c, op(JobWriteOp.UPSERT, spec=spec("v2")), next_fire_at=T0)  # c is at version 2
+    later = T0 + timedelta(hours=2)
+    r = await store.call(raise_next_fire_at, [
+        NextFire(8, fence.epoch, a, 1, later),
+        NextFire(8, fence.epoch, b, 1, T0 - timedelta(hours=1)),  # lower: ignored
+        NextFire(8, fence.epoch, c, 1, later),  # computed from an old version: ignored
+    ])  # fmt: skip
+    assert (r.applied, sorted(r.conflicts), r.fenced) == ([a], sorted([b, c]), frozenset())
+    got = {uuid.UUID(j.id): j.next_fire_at for j in await store.call(due_jobs, [8], later)}
+    assert got == {a: later, b: T0, c: T0}
+    done = await store.call(raise_next_fire_at, [NextFire(8, fence.epoch, b, 1, None)])  # never fires again
+    assert done.applied == [b]
+    assert b not in {uuid.UUID(j.id) for j in await store.call(due_jobs, [8], later + timedelta(days=999))}
+
+
+# ---- due_jobs against a model --------------------------------------------------------------------------------
+
+SHARDS = [0, 1, 2, 200, 255]
+_SPEC_JSON = msgspec.json.encode(spec()).decode()
+
+job_rows = st.lists(
+    st.tuples(
+        st.sampled_from(SHARDS),
+        st.sampled_from([JobState.ACTIVE] * 3 + [s for s in JobState if s != JobState.ACTIVE]),  # mostly active
+        st.integers(0, 3).map(lambda n: n == 0),  # deleted, one time in four
+        # next_fire_at and `until` share a small range, so ties (next_fire_at == until) are frequent.
+        st.none() | st.integers(-5, 5).map(lambda s: T0 + timedelta(seconds=s)),  # next_fire_at
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=job_rows, shards=st.lists(st.sampled_from([*SHARDS, 3]), unique=True),
+       until=st.integers(-6, 6).map(lambda s: T0 + timedelta(seconds=s)))  # fmt: skip
+async def test_due_jobs_returns_exactly_the_due_jobs_of_the_given_shards(
+    db_dsn: str, rows: list[tuple[int, JobState, bool, object]], shards: list[int], until: object
+) -> None:
+    # pytest-trio runs each example in its own trio run, so the example opens its own bridge (the `store`
+    # fixture's loop belongs to another run).
+    async with TrioStore.open(db_dsn, max_size=1) as store:
+        await store.run(store.pool.execute, "DELETE FROM jobs")
+        ids = [job_in_shard(r[0]) for r in rows]
+        await store.run(
+            store.pool.execute,
+            "INSERT INTO jobs (shard, id, tenant, name, spec, state, semantics, next_fire_at, deleted_at)"
+            " SELECT s, id, 'acme', 'job', $6::text::jsonb, st, 'AT_LEAST_ONCE', nf, CASE WHEN d THEN now() END"
+            " FROM unnest($1::int[], $2::uuid[], $3::text[], $4::bool[], $5::timestamptz[]) AS t(s, id, st, d, nf)",
+            [r[0] for r in rows], ids, [r[1].value for r in rows], [r[2] for r in rows], [r[3] for r in rows],
+            _SPEC_JSON,
+        )  # fmt: skip
+        got = await store.call(due_jobs, shards, until)
+    expected = {
+        job_id for job_id, (shard, state, deleted, nf) in zip(ids, rows, strict=True)
+        if shard in shards and state == JobState.ACTIVE and not deleted and nf is not None and nf <= until
+    }  # fmt: skip
+    assert {uuid.UUID(j.id) for j in got} == expected
+    assert len(got) == len(expected)
+    order = [(j.shard, j.next_fire_at) for j in got]
+    assert order == sorted(order)  # by shard, then firing order
+
+
+async def test_due_jobs_with_a_fence_free_read(store: TrioStore) -> None:
+    # Reads are never fenced: a node that just lost a shard may still read it (it will not write).
+    fence = await own(store, 9)
+    job_id, _ = await create_job(store, fence)
+    await own(store, 9, "thief")
+    assert [j.id for j in await store.call(due_jobs, [9], T0)] == [str(job_id)]
+    assert isinstance(fence, Fence)
