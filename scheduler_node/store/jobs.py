@@ -335,12 +335,18 @@ async def list_jobs(
     return JobPage(items=items, next_after=uuid.UUID(items[-1].id) if more else None)
 
 
-async def due_jobs(db: Executor, shards: Sequence[int], until: datetime) -> list[Job]:
-    """The active, undeleted jobs of ``shards`` whose ``next_fire_at <= until``, by shard and next_fire_at."""
+async def due_jobs(
+    db: Executor, shards: Sequence[int], until: datetime, *, after: datetime | None = None
+) -> list[Job]:
+    """The active, undeleted jobs of ``shards`` whose ``after < next_fire_at <= until``, by shard and next_fire_at.
+
+    ``after`` serves the node's refill: only the jobs that entered the horizon since its last look.
+    """
     rows = await db.fetch(
         f"SELECT {JOB_COLUMNS} FROM jobs WHERE shard = ANY($1::int[]) AND state = 'active'"
-        " AND deleted_at IS NULL AND next_fire_at <= $2 ORDER BY shard, next_fire_at, id",
-        list(shards), until,
+        " AND deleted_at IS NULL AND next_fire_at <= $2 AND ($3::timestamptz IS NULL OR next_fire_at > $3)"
+        " ORDER BY shard, next_fire_at, id",
+        list(shards), until, after,
     )  # fmt: skip
     return [_job(r) for r in rows]
 

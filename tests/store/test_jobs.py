@@ -210,9 +210,10 @@ job_rows = st.lists(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=job_rows, shards=st.lists(st.sampled_from([*SHARDS, 3]), unique=True),
-       until=st.integers(-6, 6).map(lambda s: T0 + timedelta(seconds=s)))  # fmt: skip
+       until=st.integers(-6, 6).map(lambda s: T0 + timedelta(seconds=s)),
+       after=st.none() | st.integers(-6, 6).map(lambda s: T0 + timedelta(seconds=s)))  # fmt: skip
 async def test_due_jobs_returns_exactly_the_due_jobs_of_the_given_shards(
-    db_dsn: str, rows: list[tuple[int, JobState, bool, object]], shards: list[int], until: object
+    db_dsn: str, rows: list[tuple[int, JobState, bool, object]], shards: list[int], until: object, after: object
 ) -> None:
     # pytest-trio runs each example in its own trio run, so the example opens its own bridge (the `store`
     # fixture's loop belongs to another run).
@@ -227,10 +228,11 @@ async def test_due_jobs_returns_exactly_the_due_jobs_of_the_given_shards(
             [r[0] for r in rows], ids, [r[1].value for r in rows], [r[2] for r in rows], [r[3] for r in rows],
             _SPEC_JSON,
         )  # fmt: skip
-        got = await store.call(due_jobs, shards, until)
+        got = await store.call(due_jobs, shards, until, after=after)
     expected = {
         job_id for job_id, (shard, state, deleted, nf) in zip(ids, rows, strict=True)
         if shard in shards and state == JobState.ACTIVE and not deleted and nf is not None and nf <= until
+        and (after is None or nf > after)
     }  # fmt: skip
     assert {uuid.UUID(j.id) for j in got} == expected
     assert len(got) == len(expected)
