@@ -98,6 +98,31 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from scheduler_node.node import NodeConfig, run_node
+
+    if not args.dsn:
+        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = NodeConfig(
+        dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
+        cluster_secret=args.cluster_secret, signing_secret=args.signing_secret,
+        horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms, release_timeout_s=args.release_timeout,
+        clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook,
+        **({"node_id": args.node_id} if args.node_id else {}),
+    )  # fmt: skip
+    try:
+        trio.run(run_node, config)
+    except ValueError as e:  # a bad --shards range
+        raise ShardwheelError(f"--shards: {e}") from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="shardwheel", description="A distributed, sharded job scheduler.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -111,6 +136,27 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("migrate", parents=[common], help="apply database migrations and create the cluster row")
     m.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
     m.set_defaults(func=cmd_migrate)
+
+    n = sub.add_parser("node", help="run a scheduler node")
+    n.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    n.add_argument("--shards", dest="shards_owned", default="0-255",
+                   help="shards this node owns, e.g. 0-127,200 (static ownership)")
+    n.add_argument("--node-id", default=os.environ.get("SHARDWHEEL_NODE_ID"), help="defaults to host-random")
+    n.add_argument("--host", default="127.0.0.1", help="address of the node's HTTP port")
+    n.add_argument("--port", type=int, default=_env_int("SHARDWHEEL_NODE_PORT", 8081), help="0 picks a free port")
+    n.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET", "dev-cluster-secret"),
+                   help="shared secret of the internal API (env SHARDWHEEL_CLUSTER_SECRET)")
+    n.add_argument("--signing-secret", default=os.environ.get("SHARDWHEEL_SIGNING_SECRET"),
+                   help="sign requests with X-Shardwheel-Signature (env SHARDWHEEL_SIGNING_SECRET)")
+    n.add_argument("--alert-webhook", default=os.environ.get("SHARDWHEEL_ALERT_WEBHOOK"),
+                   help="the cluster's alert webhook, for jobs without their own")
+    n.add_argument("--horizon-ms", type=int, default=60_000, help="how far ahead jobs are held in the wheel")
+    n.add_argument("--lookahead-ms", type=int, default=300, help="how long before its slot a firing is claimed")
+    n.add_argument("--release-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish at shutdown")
+    n.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)  # tests: a skewed clock
+    n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    n.set_defaults(func=cmd_node)
 
     d = sub.add_parser("dev", parents=[common], help="run an embedded local cluster (PostgreSQL + etcd)")
     d.add_argument("--data-dir", default=".shardwheel/dev", help="where the embedded servers keep their data")

@@ -1,0 +1,766 @@
+"""The firing engine: from owned shards to HTTP requests on the second, and every slot to one terminal state.
+
+Rules (DESIGN.md §4, §5):
+- The wheel holds two kinds of entries, both at wall-clock milliseconds: ``CLAIM`` at ``slot - lookahead``
+  and ``FIRE`` at the slot (or at a retry's ``next_attempt_at``). A job in memory has exactly one pending
+  CLAIM (its next slot) while it is active and its next slot lies within the horizon.
+- Claim ahead: the CLAIM entries due together are claimed in one fenced statement (execution rows inserted
+  ``ON CONFLICT DO NOTHING``, ``job_cursor`` raised); only inserted rows get a FIRE entry. Next slots are
+  computed after the claim and before the burst, so neither the database nor croniter sits between the second
+  striking and the bytes leaving.
+- A CLAIM handled later than its slot's misfire grace is a stall: the missed slots follow the job's misfire
+  policy, exactly as at load time.
+- FIRE: nothing is written when the shard is no longer granted or the lease validity (``valid_until``) has
+  passed; the row stays ``claimed`` for the next owner. A scheduled slot of a job paused since its claim ends
+  ``skipped_paused``; the concurrency policy decides between send, skip, buffer and replace.
+- A run is in flight from its first send until its terminal state, retry waits included. Every attempt's
+  outcome goes through the retry policy; results go to the batched writer, fenced by epoch. A fenced write
+  means the shard is gone: it is dropped at once.
+- Loading a shard: the store's takeover first (unfinished AT_LEAST_ONCE rows continue here; AT_MOST_ONCE rows
+  that may have been sent become ``lost``), then the jobs due within the horizon, their missed slots (after
+  ``job_cursor.last_slot``, not before ``next_fire_at``) planned by the misfire policy.
+- ``jobs.next_fire_at`` stays a lower bound of each job's next unclaimed slot: writes set it to the write time,
+  and a job leaving memory (next slot beyond the horizon) raises it to that slot before the next refill, which
+  loads only jobs whose ``next_fire_at`` entered the horizon since the last one.
+- Releasing a shard gracefully: stop claiming, delete (fenced) the claimed rows not yet sent, let runs in flight
+  finish up to a deadline, flush the writer, then report it released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import trio
+
+from protocol.errors import Fenced, InfrastructureError, NotFound, SpecError
+from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
+from protocol.internal import JobWrite, JobWriteOp, JobWritten
+from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
+from protocol.shards import shard_of
+
+from . import concurrency, retry, store
+from .clock import Clock, datetime_to_ms, ms_to_datetime
+from .dispatch import Dispatcher, OutcomeKind, RequestTemplate
+from .http_api import NotOwnerError
+from .metrics import Metrics
+from .misfire import plan_missed
+from .ownership import Acquired, Lost, Ownership, RevokeRequested
+from .schedule import SlotRule, compile_schedule
+from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
+from .trio_store import TrioStore
+from .wheel import Entry, TimingWheel
+from .writer import Writer
+
+__all__ = ["Engine", "EngineConfig"]
+
+log = logging.getLogger(__name__)
+
+CLAIM, FIRE = 0, 1
+S = ExecutionStatus
+SlotKey = tuple[uuid.UUID, int, Origin]  # (job, slot ms, origin): an execution within a shard
+
+
+@dataclass(slots=True)
+class JobRow:
+    """A stored job with its cursor (``job_cursor.last_slot``): what loading needs."""
+
+    job: Job
+    last_slot: datetime | None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    node_id: str
+    shard_count: int
+    horizon_ms: int = 60_000
+    lookahead_ms: int = 300
+    refill_interval_ms: int = 5_000
+    claim_chunk: int = 5_000
+    release_timeout_s: float = 30.0
+    load_concurrency: int = 4
+    signing_secret: bytes | None = None
+    alert_webhook: str | None = None  # the cluster's, for jobs without their own
+
+
+@dataclass(slots=True, eq=False)
+class Pending:
+    """A wheel payload: claim the slot (CLAIM) or send attempt ``attempt + 1`` of it (FIRE)."""
+
+    kind: int
+    job: LoadedJob
+    slot_ms: int
+    origin: Origin
+    attempt: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Run:
+    """A slot between its first send and its terminal state."""
+
+    scope: trio.CancelScope | None = None  # while an attempt is on the wire
+    retry_entry: Entry[Pending] | None = None  # while waiting for the next attempt
+    cancelled: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class LoadedJob:
+    id: uuid.UUID
+    shard: int
+    tenant: str
+    spec: JobSpec
+    state: JobState
+    version: int
+    rule: SlotRule
+    template: RequestTemplate
+    claim_entry: Entry[Pending] | None = None
+    last_claimed_ms: int | None = None
+    runs: dict[tuple[int, Origin], Run] = field(default_factory=dict)
+    buffered: Pending | None = None
+    failures: int = 0
+    exhausted: bool = False  # the schedule has no slot left
+
+    def slots_after(self, after_ms: int) -> Iterator[int]:
+        return self.rule.iter_ms(after_ms)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        db: TrioStore,
+        ownership: Ownership,
+        dispatcher: Dispatcher,
+        metrics: Metrics | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.db = db
+        self.ownership = ownership
+        self.dispatcher = dispatcher
+        self.metrics = metrics or Metrics()
+        self.clock = clock or Clock()
+        self.wheel: TimingWheel[Pending] = TimingWheel(self.clock.now_ms())
+        self.jobs: dict[uuid.UUID, LoadedJob] = {}
+        self._shard_jobs: dict[int, dict[uuid.UUID, LoadedJob]] = {}
+        self._unsent: dict[int, dict[SlotKey, Entry[Pending]]] = {}
+        self._in_flight: dict[int, int] = {}
+        self._loaded: set[int] = set()
+        self._epochs: dict[int, int] = {}
+        self._releasing: set[int] = set()
+        self._refilled_until: dict[int, int] = {}
+        self._raise_queue: list[NextFire] = []
+        self._wakeup = trio.Event()
+        self._rng = random.Random()
+        self._nursery: trio.Nursery | None = None
+        self._draining = False
+        self.writer: Writer[ResultRow] = Writer(self._write_results, on_fenced=self.lose_shard, name="results")
+        self.writer.on_batch = self._record_write_batch
+        self.metrics.wheel_size.read = lambda: float(len(self.wheel))
+        self.metrics.in_flight.read = lambda: float(sum(self._in_flight.values()))
+        self.metrics.shards.read = lambda: float(len(self._loaded))
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.writer.run)
+            nursery.start_soon(self._drive)
+            nursery.start_soon(self._refill_loop)
+            nursery.start_soon(self._ownership_events)
+            await nursery.start(self.ownership.run)
+            task_status.started()
+
+    def ready(self) -> bool:
+        grants = self.ownership.grants()
+        return bool(grants) and all(s in self._loaded for s in grants)
+
+    async def drain(self) -> None:
+        """The graceful shutdown: release every shard (no loss, no duplicate), then flush the writer."""
+        self._draining = True
+        deadline = trio.current_time() + self.config.release_timeout_s
+        async with trio.open_nursery() as n:
+            for shard in list(self._loaded):
+                n.start_soon(self._release, shard, deadline)
+        await self.writer.flush()
+
+    # ---- ownership ---------------------------------------------------------------------------------------
+
+    async def _ownership_events(self) -> None:
+        assert self._nursery is not None
+        limiter = trio.CapacityLimiter(self.config.load_concurrency)  # loading is database-bound
+        async for event in self.ownership.events:
+            match event:
+                case Acquired(shard=shard, epoch=epoch):
+                    self._nursery.start_soon(self._acquire, shard, epoch, limiter)
+                case RevokeRequested(shard=shard, deadline=deadline):
+                    self._nursery.start_soon(self._release, shard, deadline)
+                case Lost(shard=shard):
+                    self._drop_shard(shard)
+
+    async def _acquire(self, shard: int, epoch: int, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            self._epochs[shard] = epoch
+            self._shard_jobs.setdefault(shard, {})
+            self._unsent.setdefault(shard, {})
+            try:
+                takeover = await self.db.call(store.take_over_shard, shard, epoch)
+            except Fenced:
+                self.lose_shard(shard)
+                return
+            now = self.clock.now_ms()
+            until = now + self.config.horizon_ms
+            rows = await self._load_rows(shard, until)
+            missing = {uuid.UUID(e.job_id) for e in takeover.resume} - {uuid.UUID(r.job.id) for r in rows}
+            if missing:
+                rows += await self._get_rows(shard, sorted(missing))
+            claims: list[ClaimRow] = []
+            for row in rows:
+                claims += self._load_job(row, now)
+            await self._claim_rows(claims)
+            for e in takeover.resume:
+                self._resume(e, now)
+            self._refilled_until[shard] = until
+            self._loaded.add(shard)
+            self.metrics.skips.inc(len(takeover.lost), kind="lost")
+            log.info("shard %d loaded at epoch %d: %d jobs, %d resumed, %d lost", shard, epoch, len(rows),
+                     len(takeover.resume), len(takeover.lost))
+
+    def _resume(self, e: Execution, now: int) -> None:
+        job = self.jobs.get(uuid.UUID(e.job_id))
+        if job is None:
+            return
+        slot = datetime_to_ms(e.scheduled_at)
+        run = Run()
+        job.runs[(slot, e.origin)] = run
+        when = now if e.next_attempt_at is None else max(now, datetime_to_ms(e.next_attempt_at))
+        run.retry_entry = self._insert(when, Pending(FIRE, job, slot, e.origin, e.attempt))
+
+    async def _release(self, shard: int, deadline: float) -> None:
+        if shard not in self._loaded or shard in self._releasing:
+            return
+        self._releasing.add(shard)
+        epoch = self._epochs[shard]
+        for job in list(self._shard_jobs.get(shard, {}).values()):
+            self._cancel_claim(job)
+        unsent = self._unsent.pop(shard, {})
+        keys = [ExecKey(shard, job_id, ms_to_datetime(ms), origin)
+                for (job_id, ms, origin), entry in unsent.items() if self.wheel.cancel(entry)]
+        if keys:
+            result = await self.db.call(store.delete_unsent_claims, shard, epoch, keys)
+            if result.fenced:
+                log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
+        with trio.move_on_at(deadline):
+            while self._in_flight.get(shard, 0):
+                await trio.sleep(0.01)
+        await self.writer.flush()
+        self._forget_shard(shard)
+        await self.ownership.released(shard)
+
+    def lose_shard(self, shard: int) -> None:
+        """A fenced write proved a newer owner: stop everything for this shard now."""
+        self.metrics.fenced.inc()
+        self.ownership.lost(shard)
+        self._drop_shard(shard)
+
+    def _drop_shard(self, shard: int) -> None:
+        for job in list(self._shard_jobs.get(shard, {}).values()):
+            self._cancel_claim(job)
+            for run in job.runs.values():
+                run.cancelled = True
+                if run.scope is not None:
+                    run.scope.cancel()
+                if run.retry_entry is not None:
+                    self.wheel.cancel(run.retry_entry)
+        for entry in self._unsent.get(shard, {}).values():
+            self.wheel.cancel(entry)
+        self._forget_shard(shard)
+
+    def _forget_shard(self, shard: int) -> None:
+        for job_id in self._shard_jobs.pop(shard, {}):
+            self.jobs.pop(job_id, None)
+        for name in ("_unsent", "_epochs", "_refilled_until"):
+            getattr(self, name).pop(shard, None)
+        self._loaded.discard(shard)
+        self._releasing.discard(shard)
+
+    def _granted_epoch(self, shard: int) -> int | None:
+        if shard in self._releasing or shard not in self._loaded:
+            return None
+        grant = self.ownership.grants().get(shard)
+        if grant is None or grant.epoch != self._epochs.get(shard):
+            return None
+        return grant.epoch
+
+    def _may_send(self) -> bool:
+        return trio.current_time() < self.ownership.valid_until()
+
+    # ---- loading -----------------------------------------------------------------------------------------
+
+    async def _load_rows(self, shard: int, until_ms: int, after_ms: int | None = None) -> list[JobRow]:
+        jobs = await self.db.call(store.due_jobs, [shard], ms_to_datetime(until_ms),
+                                  after=None if after_ms is None else ms_to_datetime(after_ms))
+        return await self._with_cursors(shard, jobs)
+
+    async def _get_rows(self, shard: int, ids: Sequence[uuid.UUID]) -> list[JobRow]:
+        jobs = []
+        for job_id in ids:
+            try:
+                jobs.append(await self.db.call(store.get_job, shard, job_id))
+            except NotFound:
+                pass
+        return await self._with_cursors(shard, jobs)
+
+    async def _with_cursors(self, shard: int, jobs: list[Job]) -> list[JobRow]:
+        if not jobs:
+            return []
+        cursors = await self.db.call(store.job_cursors, shard, [uuid.UUID(j.id) for j in jobs])
+        return [JobRow(j, cursors.get(uuid.UUID(j.id))) for j in jobs]
+
+    def _make_job(self, job: Job) -> LoadedJob:
+        return LoadedJob(
+            id=uuid.UUID(job.id), shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
+            version=job.version, rule=compile_schedule(job.spec, job.created_at),
+            template=RequestTemplate.for_job(job, node_id=self.config.node_id,
+                                             signing_secret=self.config.signing_secret),
+        )  # fmt: skip
+
+    def _load_job(self, row: JobRow, now: int) -> list[ClaimRow]:
+        """Put a job in memory and plan its missed slots; returns the rows to claim for them."""
+        job = self._make_job(row.job)
+        old = self.jobs.get(job.id)
+        if old is not None:
+            job.runs, job.failures, job.buffered = old.runs, old.failures, old.buffered
+            job.last_claimed_ms = old.last_claimed_ms
+            self._cancel_claim(old)
+        self.jobs[job.id] = job
+        self._shard_jobs.setdefault(job.shard, {})[job.id] = job
+        if job.state is not JobState.ACTIVE:
+            return []
+        nfa = row.job.next_fire_at
+        start = -1 if nfa is None else datetime_to_ms(nfa) - 1
+        if row.last_slot is not None:
+            last = datetime_to_ms(row.last_slot)
+            job.last_claimed_ms = max(job.last_claimed_ms or last, last)
+        if job.last_claimed_ms is not None:
+            start = max(start, job.last_claimed_ms)
+        return self._plan_from(job, start, now)
+
+    def _plan_from(self, job: LoadedJob, after_ms: int, now: int) -> list[ClaimRow]:
+        """Claim rows for the slots missed after ``after_ms``; schedules the job's next CLAIM."""
+        misfire = job.spec.misfire
+        plan = plan_missed(job.slots_after(after_ms), now, misfire)
+        epoch = self._epochs[job.shard]
+        rows = [ClaimRow(job.shard, epoch, job.id, ms_to_datetime(s)) for s in plan.fire]
+        rows += [ClaimRow(job.shard, epoch, job.id, ms_to_datetime(s), status=S.SKIPPED_MISFIRE,
+                          error="missed: no node could fire it in time") for s in plan.skip]  # fmt: skip
+        if plan.missed:
+            self.metrics.skips.inc(plan.missed - len(plan.fire), kind="misfire")
+            job.last_claimed_ms = max(plan.fire + plan.skip)
+        next_slot = plan.next_slot
+        if plan.truncated or (next_slot is None and plan.missed):
+            next_slot = next(job.slots_after(now - misfire.grace_ms - 1), None)
+        self._schedule_claim(job, next_slot, now)
+        return rows
+
+    def _schedule_claim(self, job: LoadedJob, slot: int | None, now: int) -> None:
+        self._cancel_claim(job)
+        if slot is None:
+            job.exhausted = True
+            self._maybe_complete(job)
+            return
+        if slot > now + self.config.horizon_ms:
+            # Leaves memory until the refill brings it back; its lower bound moves up to this slot first.
+            epoch = self._epochs.get(job.shard)
+            if epoch is not None:
+                self._raise_queue.append(NextFire(job.shard, epoch, job.id, job.version, ms_to_datetime(slot)))
+            self._shard_jobs.get(job.shard, {}).pop(job.id, None)
+            if not job.runs:
+                self.jobs.pop(job.id, None)
+            return
+        job.claim_entry = self._insert(slot - self.config.lookahead_ms, Pending(CLAIM, job, slot, Origin.SCHEDULED))
+
+    def _cancel_claim(self, job: LoadedJob) -> None:
+        if job.claim_entry is not None:
+            self.wheel.cancel(job.claim_entry)
+            job.claim_entry = None
+
+    def _insert(self, when_ms: int, pending: Pending) -> Entry[Pending]:
+        entry = self.wheel.insert(when_ms, pending)
+        self._wakeup.set()
+        return entry
+
+    async def _refill_loop(self) -> None:
+        while not self._draining:
+            await trio.sleep(self.config.refill_interval_ms / 1000)
+            await self._refill()
+
+    async def _refill(self) -> None:
+        await self._flush_raises()
+        now = self.clock.now_ms()
+        until = now + self.config.horizon_ms
+        for shard in list(self._loaded):
+            since = self._refilled_until.get(shard)
+            if since is None or shard in self._releasing:
+                continue
+            rows = await self._load_rows(shard, until, after_ms=since)
+            claims: list[ClaimRow] = []
+            for row in rows:
+                if uuid.UUID(row.job.id) not in self.jobs and self._granted_epoch(shard) is not None:
+                    claims += self._load_job(row, now)
+            await self._claim_rows(claims)
+            if shard in self._refilled_until:
+                self._refilled_until[shard] = until
+
+    async def _flush_raises(self) -> None:
+        queue, self._raise_queue = self._raise_queue, []
+        live = [r for r in queue if self._granted_epoch(r.shard) == r.epoch]
+        if live:
+            result = await self.db.call(store.raise_next_fire_at, live)
+            for shard in result.fenced:
+                self.lose_shard(shard)
+
+    # ---- the driver --------------------------------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        wheel, clock = self.wheel, self.clock
+        while True:
+            now = clock.now_ms()
+            due = wheel.advance(now)
+            if due:
+                claims: list[Pending] = []
+                for entry in due:
+                    p = entry.payload
+                    if p.kind == CLAIM:
+                        if p.job.claim_entry is entry:
+                            p.job.claim_entry = None
+                            claims.append(p)
+                    else:
+                        self._fire(p)
+                if claims and self._nursery is not None and not self._draining:
+                    self._nursery.start_soon(self._claim_due, claims)
+                await trio.lowlevel.checkpoint()
+                continue
+            nd = wheel.next_deadline()
+            self._wakeup = trio.Event()
+            with trio.move_on_after(1.0 if nd is None else (nd - now) / 1000):
+                await self._wakeup.wait()
+
+    async def _claim_due(self, due: list[Pending]) -> None:
+        now = self.clock.now_ms()
+        rows: list[ClaimRow] = []
+        on_time: list[Pending] = []
+        for p in due:
+            job = p.job
+            epoch = self._granted_epoch(job.shard)
+            if epoch is None or job.state is not JobState.ACTIVE or self.jobs.get(job.id) is not job:
+                continue
+            if p.slot_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
+                rows += self._plan_from(job, p.slot_ms - 1, now)
+                continue
+            rows.append(ClaimRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms)))
+            job.last_claimed_ms = p.slot_ms
+            on_time.append(p)
+        for i in range(0, len(rows), self.config.claim_chunk):
+            await self._claim_rows(rows[i : i + self.config.claim_chunk])
+        # Next slots after the claims went out, still ahead of the burst; yield now and then so that the
+        # driver fires on time should this run long.
+        for i, p in enumerate(on_time):
+            job = p.job
+            if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE and job.claim_entry is None:
+                self._schedule_claim(job, next(job.slots_after(p.slot_ms), None), now)
+            if i % 500 == 499:
+                await trio.lowlevel.checkpoint()
+
+    async def _claim_rows(self, rows: list[ClaimRow]) -> None:
+        if not rows:
+            return
+        started = trio.current_time()
+        while True:
+            try:
+                result = await self.db.call(store.claim_slots, self.config.node_id, rows)
+                break
+            except InfrastructureError as e:
+                log.warning("claim of %d rows failed (%s); retrying", len(rows), e)
+                await trio.sleep(0.1)
+                rows = [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
+                if not rows:
+                    return
+        self.metrics.claim_batch.record(len(rows))
+        self.metrics.claim_latency.record((trio.current_time() - started) * 1000)
+        for shard in result.fenced:
+            self.lose_shard(shard)
+        status = {r.key(): r.status for r in rows}
+        for key in result.applied:
+            job = self.jobs.get(key.job_id)
+            if job is None:
+                continue
+            if status[key] is not S.CLAIMED:
+                self.metrics.results.inc(status=status[key].value)
+                continue
+            slot = datetime_to_ms(key.scheduled_at)
+            entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
+            self._unsent.setdefault(job.shard, {})[(job.id, slot, key.origin)] = entry
+
+    # ---- firing ------------------------------------------------------------------------------------------
+
+    def _fire(self, p: Pending) -> None:
+        job = p.job
+        key = (p.slot_ms, p.origin)
+        if p.attempt == 0:
+            self._unsent.get(job.shard, {}).pop((job.id, p.slot_ms, p.origin), None)
+        if self._granted_epoch(job.shard) is None or not self._may_send():
+            self.metrics.not_sent.inc()
+            return  # the row stays as it is; the next owner continues it
+        assert self._nursery is not None
+        if p.attempt > 0 and key in job.runs:  # a retry, or a run resumed at takeover
+            run = job.runs[key]
+            if run.cancelled:
+                return
+            run.retry_entry = None
+            self._nursery.start_soon(self._attempt, job, p, run)
+            return
+        if job.state is not JobState.ACTIVE and p.origin is Origin.SCHEDULED:
+            self._record(job, p, S.SKIPPED_PAUSED, "the job was paused after its slot was claimed")
+            return
+        action = concurrency.decide(job.spec.concurrency, len(job.runs), job.buffered is not None)
+        if action is concurrency.Action.SKIP:
+            self._record(job, p, S.SKIPPED_OVERLAP, "the previous run was still in flight")
+            return
+        if action is concurrency.Action.BUFFER:
+            job.buffered = p
+            return
+        if action is concurrency.Action.REPLACE:
+            for other_key, other in list(job.runs.items()):
+                self._cancel_run(job, other_key, other)
+        run = job.runs.setdefault(key, Run())
+        self.metrics.firings.inc()
+        self._nursery.start_soon(self._attempt, job, p, run)
+
+    def _cancel_run(self, job: LoadedJob, key: tuple[int, Origin], run: Run) -> None:
+        run.cancelled = True
+        if run.scope is not None:
+            run.scope.cancel()  # the attempt records ``cancelled`` itself
+        elif run.retry_entry is not None:
+            self.wheel.cancel(run.retry_entry)
+            job.runs.pop(key, None)
+            self._record(job, Pending(FIRE, job, key[0], key[1]), S.CANCELLED, "replaced by a newer slot")
+
+    def _record(self, job: LoadedJob, p: Pending, status: ExecutionStatus, error: str) -> None:
+        """A terminal decision taken without sending (skips, cancels of a waiting retry)."""
+        epoch = self._epochs.get(job.shard)
+        if epoch is None:
+            return
+        if status.value.startswith("skipped_"):
+            self.metrics.skips.inc(kind=status.value.removeprefix("skipped_"))
+        self.metrics.results.inc(status=status.value)
+        row = ResultRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, status, p.attempt,
+                        finished_at=ms_to_datetime(self.clock.now_ms()), error=error)
+        try:
+            self.writer.put_nowait(row)
+        except trio.WouldBlock:
+            assert self._nursery is not None
+            self._nursery.start_soon(self.writer.put, row)
+
+    async def _attempt(self, job: LoadedJob, p: Pending, run: Run) -> None:
+        shard = job.shard
+        epoch = self._epochs.get(shard)
+        if epoch is None:
+            return
+        attempt = p.attempt + 1
+        key = (p.slot_ms, p.origin)
+        scope = run.scope = trio.CancelScope()
+        self._in_flight[shard] = self._in_flight.get(shard, 0) + 1
+        try:
+            outcome = await self.dispatcher.send(
+                job.template, scheduled_at_ms=p.slot_ms, attempt=attempt, origin=p.origin.value,
+                timeout_s=job.spec.timeout_ms / 1000, body_contains=job.spec.success.body_contains,
+                may_send=self._may_send, cancel_scope=scope,
+            )  # fmt: skip
+        finally:
+            run.scope = None
+            self._in_flight[shard] -= 1
+        if self._epochs.get(shard) != epoch:
+            return  # the shard was dropped meanwhile: not ours to record
+        if outcome.kind is OutcomeKind.NOT_SENT:
+            self.metrics.not_sent.inc()
+            return
+        started_ms = round(outcome.started_at * 1000)
+        finished = started_ms + round(outcome.duration_s * 1000)
+        row_base: dict[str, Any] = {
+            "attempt_started_at": ms_to_datetime(started_ms), "attempt_finished_at": ms_to_datetime(finished),
+            "duration_ms": round(outcome.duration_s * 1000), "error": outcome.error,
+        }  # fmt: skip
+        if outcome.kind is OutcomeKind.CANCELLED:
+            job.runs.pop(key, None)
+            await self._finish(job, p, epoch, S.CANCELLED, attempt, finished,
+                               {**row_base, "error": "cancelled: replaced by a newer slot"})
+            return
+        lag = (round(outcome.sent_at * 1000) if outcome.sent_at else started_ms) - p.slot_ms
+        if attempt == 1:
+            self.metrics.dispatch_lag.record(lag)
+            row_base["dispatch_lag_ms"] = lag
+            row_base["sent_at"] = ms_to_datetime(started_ms)
+        self.metrics.http_latency.record(outcome.duration_s * 1000)
+        row_base |= {"http_status": outcome.http_status, "response_excerpt": outcome.excerpt or None}
+        decision = retry.decide(semantics=job.spec.semantics, success=job.spec.success, policy=job.spec.retry,
+                                attempt=attempt, result=outcome.attempt_result(), unit_random=self._rng.random())
+        if decision.terminal is None:
+            assert decision.retry_in_ms is not None
+            next_at = finished + decision.retry_in_ms
+            self.metrics.retries.inc()
+            if not run.cancelled:
+                run.retry_entry = self._insert(next_at, Pending(FIRE, job, p.slot_ms, p.origin, attempt))
+            await self.writer.put(ResultRow(shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin,
+                                            S.RETRY_WAIT, attempt, next_attempt_at=ms_to_datetime(next_at),
+                                            **row_base))  # fmt: skip
+            return
+        job.runs.pop(key, None)
+        await self._finish(job, p, epoch, decision.terminal, attempt, finished, row_base)
+
+    async def _finish(self, job: LoadedJob, p: Pending, epoch: int, status: ExecutionStatus, attempt: int,
+                      finished_ms: int, fields: dict[str, Any]) -> None:  # fmt: skip
+        """A run reached its terminal state: record it, then failure counting, alerts, buffered slot, completion."""
+        self.metrics.results.inc(status=status.value)
+        row = ResultRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, status, attempt,
+                        finished_at=ms_to_datetime(finished_ms), **fields)
+        await self.writer.put(row)
+        if status is S.SUCCEEDED:
+            job.failures = 0
+        elif status in FAILURES:
+            job.failures += 1
+            what = row.error or f"HTTP {row.http_status}"
+            await self._alert(job, row, "execution_failed",
+                              f"job '{job.spec.name}' slot {row.scheduled_at.isoformat()} ended {status.value} "
+                              f"after {attempt} attempt(s): {what}")
+            limit = job.spec.pause_after_failures
+            if limit is not None and job.failures >= limit and job.state is JobState.ACTIVE:
+                await self._set_state(job, JobState.AUTO_PAUSED, f"{job.failures} consecutive failures")
+                await self._alert(job, row, "job_auto_paused",
+                                  f"job '{job.spec.name}' paused after {job.failures} consecutive failures")
+        if job.buffered is not None and not job.runs:
+            buffered, job.buffered = job.buffered, None
+            self._fire(buffered)
+        self._maybe_complete(job)
+
+    def _maybe_complete(self, job: LoadedJob) -> None:
+        if job.exhausted and not job.runs and job.buffered is None and job.state is JobState.ACTIVE:
+            if self._nursery is not None:
+                self._nursery.start_soon(self._set_state, job, JobState.COMPLETED, "no slot left")
+
+    async def _set_state(self, job: LoadedJob, state: JobState, reason: str) -> None:
+        epoch = self._granted_epoch(job.shard)
+        if epoch is None:
+            return
+        job.state = state
+        self._cancel_claim(job)
+        try:
+            outcome = await self.db.call(store.set_job_state, Fence(job.shard, epoch), job.id, state,
+                                         tenant=job.tenant, reason=reason)
+            job.version = outcome.version
+        except Fenced:
+            self.lose_shard(job.shard)
+        except NotFound:
+            pass  # deleted meanwhile
+
+    async def _alert(self, job: LoadedJob, row: ResultRow, kind: str, message: str) -> None:
+        self.metrics.alerts.inc(kind=kind)
+        alert = AlertRow(job.shard, row.epoch, job.id, job.tenant, row.scheduled_at, row.origin, kind, message,
+                         webhook=job.spec.alert_webhook or self.config.alert_webhook,
+                         payload={"status": row.status.value, "http_status": row.http_status,
+                                  "error": row.error, "attempt": row.attempt})  # fmt: skip
+        result = await self.db.call(store.insert_alerts, [alert])
+        for shard in result.fenced:
+            self.lose_shard(shard)
+
+    async def _write_results(self, batch: list[ResultRow]) -> frozenset[int]:
+        return (await self.db.call(store.write_results, batch)).fenced
+
+    def _record_write_batch(self, rows: int, seconds: float) -> None:
+        self.metrics.write_batch.record(rows)
+        self.metrics.write_latency.record(seconds * 1000)
+
+    # ---- job writes (the internal API) -------------------------------------------------------------------
+
+    async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
+        """A job write routed here by the control API: fenced in PostgreSQL, then in the wheel, then answered."""
+        shard = shard_of(job_id, self.config.shard_count)
+        with trio.move_on_after(5):
+            while shard in self.ownership.grants() and shard not in self._loaded:
+                await trio.sleep(0.02)  # acquired, still loading
+        epoch = self._granted_epoch(shard)
+        if epoch is None:
+            raise NotOwnerError(shard, None)
+        if write.op is JobWriteOp.UPSERT:
+            if write.spec is None:
+                raise SpecError("spec", "required for upsert")
+            validate_job_spec(write.spec)
+        now = self.clock.now_ms()
+        try:
+            outcome = await self.db.call(store.write_job, Fence(shard, epoch), job_id, write,
+                                         next_fire_at=ms_to_datetime(now))
+        except Fenced:
+            self.lose_shard(shard)
+            raise NotOwnerError(shard, None) from None
+        next_fire: int | None = None
+        if not outcome.replayed:
+            next_fire = await self._apply_written(shard, job_id, write.op, now)
+        return JobWritten(version=outcome.version, state=outcome.state, created=outcome.created,
+                          next_fire_at=None if next_fire is None else ms_to_datetime(next_fire))
+
+    async def _apply_written(self, shard: int, job_id: uuid.UUID, op: JobWriteOp, now: int) -> int | None:
+        """Bring memory in line with a job just written; returns the job's next slot (ms), if any."""
+        old = self.jobs.get(job_id)
+        if op is JobWriteOp.DELETE or op is JobWriteOp.PAUSE:
+            if old is not None:
+                old.state = JobState.PAUSED  # its claimed slots still in the wheel end skipped_paused
+                self._cancel_claim(old)
+                if op is JobWriteOp.DELETE:
+                    self._shard_jobs.get(shard, {}).pop(job_id, None)
+                    if not old.runs:
+                        self.jobs.pop(job_id, None)
+            return None
+        (row,) = await self._get_rows(shard, [job_id])
+        if op is JobWriteOp.TRIGGER:
+            job = old or self._make_job(row.job)
+            if old is None:
+                self.jobs[job_id] = job
+                self._shard_jobs.setdefault(shard, {})[job_id] = job
+            await self._claim_rows([ClaimRow(shard, self._epochs[shard], job_id, ms_to_datetime(now),
+                                             origin=Origin.MANUAL)])
+            return now
+        # upsert or resume: (re)load; slots from the write on, after what was already claimed
+        await self._claim_rows(self._load_job(row, now))
+        job = self.jobs.get(job_id)
+        if job is not None and job.claim_entry is not None:
+            return job.claim_entry.payload.slot_ms
+        if row.job.state is not JobState.ACTIVE:
+            return None
+        after = max(now - 1, row.job.next_fire_at and datetime_to_ms(row.job.next_fire_at) - 1 or 0)
+        return next(compile_schedule(row.job.spec, row.job.created_at).iter_ms(after), None)
+
+    # ---- introspection -----------------------------------------------------------------------------------
+
+    def metrics_text(self) -> str:
+        return self.metrics.render()
+
+    def status(self) -> dict[str, Any]:
+        grants = self.ownership.grants()
+        return {
+            "node": self.config.node_id,
+            "shards": {str(s): {"epoch": g.epoch, "loaded": s in self._loaded} for s, g in sorted(grants.items())},
+            "jobs_in_memory": len(self.jobs),
+            "wheel": dataclasses.asdict(self.wheel.statistics()),
+            "in_flight": sum(self._in_flight.values()),
+            "firings": self.metrics.firings.get(),
+            "dispatch_lag_p99_ms": self.metrics.dispatch_lag.quantile(0.99),
+        }
+

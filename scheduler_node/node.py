@@ -1,0 +1,124 @@
+"""One scheduler node process: wires the store, ownership, dispatcher, engine and HTTP port together.
+
+Rules:
+- Everything runs in one trio nursery owned by ``run_node``; the asyncio store lives inside it through
+  ``TrioStore`` (trio-asyncio), so the pool closes before the loop and nothing outlives the node.
+- At start the node reads the cluster row and refuses to run when its shard count differs from the one the
+  cluster was created with (moving to another S is a re-shard, not a restart).
+- SIGINT or SIGTERM is the graceful release of DESIGN.md §4 for every owned shard: stop claiming, delete the
+  claimed rows not yet sent, let requests in flight finish (bounded), flush the writers, then exit 0.
+  A second signal exits at once.
+
+Example::
+
+    shardwheel node --dsn postgresql://... --shards 0-255 --port 8081
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+from protocol.errors import InfrastructureError
+
+from .clock import Clock
+from .dispatch import Dispatcher
+from .engine import Engine, EngineConfig
+from .http_api import NodeHttpApp
+from .metrics import Metrics
+from .ownership import StaticOwnership, parse_shard_ranges
+from .store import bump_epoch, read_cluster
+from .trio_store import TrioStore
+
+__all__ = ["Node", "NodeConfig", "run_node"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeConfig:
+    dsn: str
+    shards: str  # "0-255" — static ownership; the etcd cluster mode replaces this
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
+    host: str = "127.0.0.1"
+    port: int = 8081
+    cluster_secret: str = "dev-cluster-secret"
+    signing_secret: str | None = None
+    horizon_ms: int = 60_000
+    lookahead_ms: int = 300
+    per_host_limit: int = 256
+    total_limit: int = 10_000
+    release_timeout_s: float = 30.0
+    clock_offset_ms: int = 0
+    alert_webhook: str | None = None
+    pool_size: int = 8
+
+
+class Node:
+    """A running node; ``engine`` is set once ``run`` has started."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.engine: Engine | None = None
+        self.addresses: list[str] = []
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        """Ask for the graceful shutdown (what SIGTERM does)."""
+        self._stop.set()
+
+    async def run(self, *, handle_signals: bool = True,
+                  task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+        config = self.config
+        async with TrioStore.open(config.dsn, max_size=config.pool_size) as db:
+            cluster = await db.call(read_cluster)
+            if cluster is None:
+                raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
+            shards = parse_shard_ranges(config.shards, cluster.shard_count)
+            ownership = StaticOwnership(shards, lambda s: db.call(bump_epoch, s, config.node_id))
+            async with Dispatcher(per_host_limit=config.per_host_limit, node_limit=config.total_limit) as dispatcher:
+                engine = self.engine = Engine(
+                    EngineConfig(
+                        node_id=config.node_id, shard_count=cluster.shard_count, horizon_ms=config.horizon_ms,
+                        lookahead_ms=config.lookahead_ms, release_timeout_s=config.release_timeout_s,
+                        signing_secret=config.signing_secret.encode() if config.signing_secret else None,
+                        alert_webhook=config.alert_webhook,
+                    ),
+                    db=db, ownership=ownership, dispatcher=dispatcher, metrics=Metrics(),
+                    clock=Clock(config.clock_offset_ms),
+                )  # fmt: skip
+                hc = HypercornConfig()
+                hc.bind = [f"{config.host}:{config.port}"]
+                hc.accesslog = None
+                hc.errorlog = logging.getLogger("hypercorn.error")
+                hc.graceful_timeout = 1.0
+                async with trio.open_nursery() as nursery:
+                    if handle_signals:
+                        nursery.start_soon(self._watch_signals, nursery)
+                    await nursery.start(engine.run)
+                    self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
+                    log.info("node %s serving on %s, shards %s", config.node_id, self.addresses, config.shards)
+                    task_status.started(self.addresses)
+                    await self._stop.wait()
+                    log.info("node %s: releasing shards", config.node_id)
+                    await engine.drain()
+                    nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if self._stop.is_set():
+                    nursery.cancel_scope.cancel()  # a second signal: stop now
+                    return
+                self.stop()
+
+
+async def run_node(config: NodeConfig) -> None:
+    await Node(config).run()
