@@ -46,6 +46,7 @@ from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
 from protocol.shards import shard_of
 
 from . import concurrency, retry, store
+from .alert_delivery import AlertDelivery
 from .clock import Clock, datetime_to_ms, ms_to_datetime
 from .dispatch import Dispatcher, OutcomeKind, RequestTemplate
 from .http_api import NotOwnerError
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 
 CLAIM, FIRE = 0, 1
 S = ExecutionStatus
+_PAUSED = frozenset({JobState.PAUSED, JobState.AUTO_PAUSED})
 SlotKey = tuple[uuid.UUID, int, Origin]  # (job, slot ms, origin): an execution within a shard
 
 
@@ -124,6 +126,7 @@ class LoadedJob:
     runs: dict[tuple[int, Origin], Run] = field(default_factory=dict)
     buffered: Pending | None = None
     failures: int = 0
+    unsent: int = 0  # claimed slots waiting in the wheel for their second
     exhausted: bool = False  # the schedule has no slot left
 
     def slots_after(self, after_ms: int) -> Iterator[int]:
@@ -176,6 +179,8 @@ class Engine:
             nursery.start_soon(self._drive)
             nursery.start_soon(self._refill_loop)
             nursery.start_soon(self._ownership_events)
+            delivery = AlertDelivery(self.db, lambda: list(self._loaded), metrics=self.metrics, clock=self.clock)
+            await nursery.start(delivery.run)
             await nursery.start(self.ownership.run)
             task_status.started()
 
@@ -509,14 +514,15 @@ class Engine:
             slot = datetime_to_ms(key.scheduled_at)
             entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
             self._unsent.setdefault(job.shard, {})[(job.id, slot, key.origin)] = entry
+            job.unsent += 1
 
     # ---- firing ------------------------------------------------------------------------------------------
 
     def _fire(self, p: Pending) -> None:
         job = p.job
         key = (p.slot_ms, p.origin)
-        if p.attempt == 0:
-            self._unsent.get(job.shard, {}).pop((job.id, p.slot_ms, p.origin), None)
+        if p.attempt == 0 and self._unsent.get(job.shard, {}).pop((job.id, p.slot_ms, p.origin), None):
+            job.unsent -= 1
         if self._granted_epoch(job.shard) is None or not self._may_send():
             self.metrics.not_sent.inc()
             return  # the row stays as it is; the next owner continues it
@@ -528,7 +534,7 @@ class Engine:
             run.retry_entry = None
             self._nursery.start_soon(self._attempt, job, p, run)
             return
-        if job.state is not JobState.ACTIVE and p.origin is Origin.SCHEDULED:
+        if job.state in _PAUSED and p.origin is Origin.SCHEDULED:
             self._record(job, p, S.SKIPPED_PAUSED, "the job was paused after its slot was claimed")
             return
         action = concurrency.decide(job.spec.concurrency, len(job.runs), job.buffered is not None)
@@ -652,7 +658,8 @@ class Engine:
         self._maybe_complete(job)
 
     def _maybe_complete(self, job: LoadedJob) -> None:
-        if job.exhausted and not job.runs and job.buffered is None and job.state is JobState.ACTIVE:
+        if (job.exhausted and not job.runs and not job.unsent and job.buffered is None
+                and job.state is JobState.ACTIVE):
             if self._nursery is not None:
                 self._nursery.start_soon(self._set_state, job, JobState.COMPLETED, "no slot left")
 
