@@ -134,7 +134,9 @@ async def target_running() -> AsyncIterator[Target]:
 
 
 @asynccontextmanager
-async def node_running(db_dsn: str, **overrides: Any) -> AsyncIterator[Node]:
+async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) -> AsyncIterator[Node]:
+    """A node in this trio run. Leaving the block stops it gracefully, or with ``crash=True`` kills it: every
+    task is cancelled where it stands, nothing is released or flushed (what ``kill -9`` leaves behind)."""
     config = NodeConfig(dsn=db_dsn, shards=overrides.pop("shards", "0-255"), port=0, cluster_secret=SECRET,
                         node_id=overrides.pop("node_id", "node-a"), release_timeout_s=5, **overrides)
     node = Node(config)
@@ -145,7 +147,10 @@ async def node_running(db_dsn: str, **overrides: Any) -> AsyncIterator[Node]:
             while not node.engine.ready():
                 await trio.sleep(0.02)
         yield node
-        node.stop()
+        if crash:
+            n.cancel_scope.cancel()
+        else:
+            node.stop()
 
 
 def node_url(node: Node) -> str:

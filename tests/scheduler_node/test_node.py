@@ -160,3 +160,191 @@ async def test_replace_cancels_the_run_in_flight(db_dsn: str) -> None:
     rows = await executions(db_dsn, job)
     cancelled = [r for r in rows if r["status"] == "cancelled"]
     assert all(r["error"].startswith("cancelled") for r in cancelled)
+
+
+async def test_restart_after_being_down_applies_each_misfire_policy(db_dsn: str) -> None:
+    from protocol.jobs import Misfire, MisfirePolicy
+
+    grace = 1000
+    policies = {p: Misfire(p, grace_ms=grace) for p in MisfirePolicy}
+    async with target_running() as target:
+        async with node_running(db_dsn) as node:
+            jobs = {p: await create(node, spec(target.url(f"/m/{p.value}"), misfire=m)) for p, m in policies.items()}
+            await wait_for(lambda: _all_fired(target, policies), timeout=8)
+        last_sent = {p: max(datetime.fromisoformat(r.slot) for r in target.at(f"/m/{p.value}")) for p in policies}
+        await trio.sleep(5)
+        async with node_running(db_dsn):
+            back = datetime.now(UTC)
+            await trio.sleep(2.5)
+    for policy, job in jobs.items():
+        rows = await executions(db_dsn, job)
+        missed = [r for r in rows
+                  if last_sent[policy] < r["scheduled_at"] < back - timedelta(milliseconds=grace + 200)]
+        assert len(missed) >= 2, (policy, rows)
+        sent = sorted(r.slot for r in target.at(f"/m/{policy.value}"))
+        assert len(sent) == len(set(sent)), policy  # no slot twice
+        kinds = [r["status"] for r in missed]
+        if policy is MisfirePolicy.FIRE_ALL:
+            assert set(kinds) == {"succeeded"}
+        elif policy is MisfirePolicy.SKIP:
+            assert set(kinds) == {"skipped_misfire"}
+        else:
+            assert kinds[0] == "succeeded" and set(kinds[1:]) == {"skipped_misfire"}
+        # every slot from the first to the last recorded one has exactly one row: none lost, none doubled
+        seconds = [r["scheduled_at"] for r in rows if r["origin"] == "scheduled"]
+        assert seconds == sorted(set(seconds))
+        assert len(seconds) == int((seconds[-1] - seconds[0]).total_seconds()) + 1, policy
+
+
+async def _all_fired(target: object, policies: dict[object, object]) -> bool:
+    return all(target.at(f"/m/{p.value}") for p in policies)  # type: ignore[attr-defined]
+
+
+async def test_at_most_once_never_resends_and_at_least_once_resends_after_a_crash(db_dsn: str) -> None:
+    from protocol.jobs import Semantics
+
+    async with target_running() as target:
+        target.behaviours["/amo"] = Behaviour(delay_s=3)
+        target.behaviours["/alo"] = Behaviour(delay_s=3, status=[200])
+        async with node_running(db_dsn, crash=True) as node:
+            when = soon(1.5)
+            amo = await create(node, spec(target.url("/amo"), At(when), semantics=Semantics.AT_MOST_ONCE))
+            alo = await create(node, spec(target.url("/alo"), At(when), semantics=Semantics.AT_LEAST_ONCE))
+            await wait_for(lambda: _count(target, "/alo", 1))
+            await wait_for(lambda: _count(target, "/amo", 1))
+        # killed with both requests in flight: their rows are still `claimed`
+        assert await statuses(db_dsn, amo) == [S.CLAIMED] and await statuses(db_dsn, alo) == [S.CLAIMED]
+        target.behaviours["/alo"] = Behaviour()
+        async with node_running(db_dsn):
+
+            async def settled() -> bool:
+                return await statuses(db_dsn, alo) == [S.SUCCEEDED] and await statuses(db_dsn, amo) == [S.LOST]
+
+            await wait_for(settled, timeout=10)
+            await trio.sleep(1)
+    assert len(target.at("/amo")) == 1  # never twice
+    assert [r.slot for r in target.at("/alo")] == [target.at("/alo")[0].slot] * 2  # sent again, same slot
+
+
+async def test_a_newer_epoch_stops_the_node_firing_that_shard(db_dsn: str) -> None:
+    from protocol.shards import shard_of
+
+    async with target_running() as target, node_running(db_dsn) as node:
+        job = await create(node, spec(target.url("/fenced")))
+        await wait_for(lambda: _count(target, "/fenced", 2))
+        shard = shard_of(job)
+        await query(db_dsn, "UPDATE shard_epochs SET epoch = epoch + 1, owner = 'thief' WHERE shard = $1", shard)
+        bumped = len(target.at("/fenced"))
+        await trio.sleep(3)
+        assert len(target.at("/fenced")) <= bumped + 1  # at most the slot already claimed before the bump
+        assert node.engine is not None and str(shard) not in node.engine.status()["shards"]
+        assert node.engine.metrics.fenced.get() >= 1
+    (current,) = await query(db_dsn, "SELECT epoch FROM shard_epochs WHERE shard = $1", shard)
+    assert all(r["epoch"] < current["epoch"] for r in await executions(db_dsn, job))  # nothing written after
+
+
+async def test_a_node_past_its_valid_until_sends_nothing(db_dsn: str) -> None:
+    async with target_running() as target, node_running(db_dsn) as node:
+        job = await create(node, spec(target.url("/lease")))
+        await wait_for(lambda: _count(target, "/lease", 1))
+        assert node.engine is not None
+        node.engine.ownership.valid_until = lambda: 0.0  # type: ignore[method-assign]  # the lease ran out
+        await trio.sleep(0.5)  # a request already on the wire may land
+        before = len(target.at("/lease"))
+        await trio.sleep(2.5)
+        assert len(target.at("/lease")) == before
+        assert node.engine.metrics.not_sent.get() >= 2
+    rows = await executions(db_dsn, job)
+    assert any(r["status"] == "claimed" for r in rows)  # left for the next owner, not sent
+
+
+async def test_signature_verifies_with_the_documented_recipe(db_dsn: str) -> None:
+    from scheduler_node.dispatch import verify_signature
+
+    async with target_running() as target, node_running(db_dsn, signing_secret="s3cret") as node:
+        await create(node, JobSpec(name="signed", schedule=At(soon(1.5)),
+                                   target=JobTarget(url=target.url("/signed"), body={"hello": "world"})))
+        await wait_for(lambda: _count(target, "/signed", 1))
+    (r,) = target.at("/signed")
+    now = datetime.now(UTC).timestamp()
+    assert verify_signature("s3cret", r.headers, r.body, now)
+    assert not verify_signature("wrong", r.headers, r.body, now)
+    assert not verify_signature("s3cret", r.headers, r.body + b" ", now)
+
+
+async def test_sigterm_releases_claims_flushes_and_loses_no_result(db_dsn: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from shardwheel.embedded import free_port
+
+    from .harness import SECRET
+
+    port = free_port()
+    args = [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", db_dsn, "--port", str(port),
+            "--node-id", "node-term", "--cluster-secret", SECRET, "--release-timeout", "5"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
+    async with target_running() as target:
+        target.behaviours["/term"] = Behaviour(delay_s=0.3)
+        proc = await trio.lowlevel.open_process(args, env=env, stdin=subprocess.DEVNULL)
+        try:
+            node = _Remote(f"http://127.0.0.1:{port}")
+            await wait_for(node.ready, timeout=30)
+            jobs = [await create(node, spec(target.url("/term"), timeout_ms=5000)) for _ in range(20)]  # type: ignore[arg-type]
+            await wait_for(lambda: _count(target, "/term", 40), timeout=10)
+            # Inside the claim window of the next second (claims go out 300 ms ahead): those rows exist, unsent.
+            now = datetime.now(UTC)
+            await trio.sleep((1850 - now.microsecond / 1000) % 1000 / 1000)
+            next_slot = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(20):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+    assert code == 0
+    rows = await query(db_dsn, "SELECT * FROM executions WHERE job_id = ANY($1::uuid[])", jobs)
+    assert not [r for r in rows if r["status"] in ("claimed", "retry_wait")]  # nothing left hanging
+    received = {(r.job, r.slot) for r in target.at("/term")}
+    succeeded = {(str(r["job_id"]), r["scheduled_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+                 for r in rows if r["status"] == "succeeded"}
+    assert succeeded == received  # every request sent has its result stored, and only those
+    assert not [r for r in rows if r["scheduled_at"] >= next_slot]  # the claimed-unsent slots were given back
+    cursors = await query(db_dsn, "SELECT last_slot FROM job_cursor WHERE job_id = ANY($1::uuid[])", jobs)
+    assert all(c["last_slot"] < next_slot for c in cursors)  # so the next owner claims them afresh
+
+
+class _Remote:
+    """Enough of a Node for the harness's ``write``: its HTTP address."""
+
+    def __init__(self, url: str) -> None:
+        self.addresses = [url]
+
+    async def ready(self) -> bool:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient() as c:
+                return (await c.get(f"{self.addresses[0]}/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+async def test_graceful_stop_gives_back_claimed_unsent_slots(db_dsn: str) -> None:
+    async with target_running() as target:
+        async with node_running(db_dsn) as node:
+            jobs = [await create(node, spec(target.url("/give"))) for _ in range(10)]
+            await wait_for(lambda: _count(target, "/give", 20), timeout=10)
+            now = datetime.now(UTC)
+            await trio.sleep((1850 - now.microsecond / 1000) % 1000 / 1000)
+            next_slot = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
+            assert node.engine is not None
+            unsent = sum(len(u) for u in node.engine._unsent.values())
+            claimed = await query(db_dsn, "SELECT count(*) AS n FROM executions WHERE scheduled_at = $1", next_slot)
+            assert unsent == 10 and claimed[0]["n"] == 10  # the next second is claimed, not yet sent
+    rows = await query(db_dsn, "SELECT * FROM executions WHERE job_id = ANY($1::uuid[])", jobs)
+    assert not [r for r in rows if r["scheduled_at"] >= next_slot]
+    assert {r["status"] for r in rows} == {"succeeded"}
+    assert len(rows) == len(target.at("/give"))
