@@ -1,11 +1,17 @@
-"""One HTTP/1.1 client connection: a trio stream, pre-encoded request bytes out, httptools parsing the reply.
+"""One HTTP/1.1 client connection: pre-encoded request bytes out, httptools parsing the reply, under trio.
 
 Rules:
-- One exchange at a time (no pipelining): ``exchange(request)`` writes the whole request with one
-  ``send_all`` and reads until the response is complete. The connection is the parser's protocol object:
-  httptools calls ``on_header``/``on_body``/... with what it parsed; they only copy the few things the node
-  needs (status, ``Retry-After``, the first 1 KiB of body, a body-substring check), so a response costs no
-  per-header objects beyond httptools' own.
+- One exchange at a time (no pipelining): ``exchange(request)`` writes the whole request at once and reads
+  until the response is complete. The connection is the parser's protocol object: httptools calls
+  ``on_header``/``on_body``/... with what it parsed; they only copy the few things the node needs (status,
+  ``Retry-After``, the first 1 KiB of body, a body-substring check), so a response costs no per-header
+  objects beyond httptools' own.
+- Plain TCP is connected with ``trio.open_tcp_stream`` (happy eyeballs, TCP_NODELAY) and then driven on the
+  bare non-blocking socket with ``trio.lowlevel.wait_readable``: one scheduler pass per exchange instead of
+  the ~3 (plus context managers) of ``SocketStream.send_all``/``receive_some``. Measured on a 5,000-request
+  burst over 100 connections: about 30 % less client CPU (≈45 µs a request, 40 % of it the kernel's loopback
+  ``send``). It also tells exactly whether a failed write sent anything.
+  TLS goes through ``trio.SSLStream`` (verifying context, SNI = host, handshake done at connect).
 - Framing is httptools' (Content-Length, chunked, no-body statuses). A body delimited by EOF (no length, not
   chunked) is complete at EOF; such a connection is never reused.
 - ``keep_alive`` after an exchange is True only if the response was read completely, httptools says the
@@ -13,8 +19,9 @@ Rules:
   stayed within ``max_body`` (beyond it we stop reading, so the rest may still be on the wire; the body check
   covers the first ``max_body`` bytes only).
 - Failures are ``ConnectError`` (nothing of the request was written: refused, DNS, TLS handshake or
-  certificate verification) or ``ExchangeError`` (after the write began); ``ExchangeError.response_started``
-  tells whether any response byte had arrived, which is what the stale kept-alive rule in ``pool.py`` needs.
+  certificate verification) or ``ExchangeError`` (after the write began); ``response_started`` tells whether
+  any response byte had arrived and ``request_written`` whether any request byte may have left, which is
+  what the stale kept-alive rule in ``dispatcher.py`` needs.
 - ``close()`` is synchronous (it closes the socket under any TLS layer without close_notify, which
   ``https_compatible`` streams accept), so cancelled paths can drop a connection without awaiting.
 - ``looks_stale()`` is the idle check before reuse: one ``poll(0)`` syscall. A kept-alive socket that is
@@ -32,6 +39,7 @@ Example::
 from __future__ import annotations
 
 import select
+import socket
 import ssl
 
 import httptools
@@ -58,11 +66,16 @@ class ConnectError(Exception):
 
 
 class ExchangeError(Exception):
-    """The connection failed after the request write began."""
+    """The connection failed after the request write began.
 
-    def __init__(self, message: str, *, response_started: bool) -> None:
+    ``request_written`` is False only when it is certain that no byte went out (a plain-TCP write that failed
+    on its first byte); through TLS it is always True.
+    """
+
+    def __init__(self, message: str, *, response_started: bool, request_written: bool = True) -> None:
         super().__init__(message)
         self.response_started = response_started
+        self.request_written = request_written
 
 
 def _describe(e: BaseException) -> str:
@@ -85,9 +98,10 @@ class Connection:
         "_needle",
         "_parser",
         "_poller",
-        "_sock",
+        "_raw",
         "_stream",
         "_tail",
+        "_tsock",
         "body_bytes",
         "closed",
         "complete",
@@ -103,13 +117,24 @@ class Connection:
         "status",
     )
 
-    def __init__(self, origin: HttpOrigin, stream: trio.abc.Stream, sock: trio.socket.SocketType) -> None:
+    def __init__(
+        self,
+        origin: HttpOrigin,
+        *,
+        raw: socket.socket | None = None,
+        stream: trio.SSLStream[trio.SocketStream] | None = None,
+    ) -> None:
+        """Either ``raw`` (plain TCP: a non-blocking socket we own) or ``stream`` (TLS over a SocketStream)."""
         self.origin = origin
+        self._raw = raw
         self._stream = stream
-        self._sock = sock
+        self._tsock = stream.transport_stream.socket if stream is not None else None
+        fd = raw.fileno() if raw is not None else self._tsock.fileno() if self._tsock is not None else -1
+        if fd < 0:
+            raise ValueError("a Connection needs an open socket")
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._poller = select.poll()
-        self._poller.register(sock.fileno(), select.POLLIN | _POLLRDHUP)
+        self._poller.register(fd, select.POLLIN | _POLLRDHUP)
         self.closed = False
         self.exchanges = 0  # completed exchanges; > 0 means a reuse is a kept-alive reuse
         self.idle_since = 0.0  # trio time, set by the pool when the connection goes idle
@@ -123,7 +148,12 @@ class Connection:
         except OSError as e:
             raise ConnectError(f"connect to {origin} failed: {_describe(e)}") from None
         if not origin.tls:
-            return cls(origin, tcp, tcp.socket)
+            # Take the socket out of trio's SocketStream (TCP_NODELAY is already set on it): the plain path
+            # drives it directly (see _exchange_raw). No checkpoint between detach and wrap, so no leak.
+            tsock = tcp.socket
+            raw = socket.socket(tsock.family, tsock.type, tsock.proto, fileno=tsock.detach())
+            raw.setblocking(False)
+            return cls(origin, raw=raw)
         if ssl_context is None:
             ssl_context = default_ssl_context()
         stream = trio.SSLStream(tcp, ssl_context, server_hostname=origin.host, https_compatible=True)
@@ -137,7 +167,7 @@ class Connection:
         except BaseException:
             tcp.socket.close()
             raise
-        return cls(origin, stream, tcp.socket)
+        return cls(origin, stream=stream)
 
     def _reset(self, needle: bytes | None, max_body: int) -> None:
         self.status = 0
@@ -218,43 +248,88 @@ class Connection:
         If cancelled (or on any error) the connection is in an unknown state: the caller must ``close()`` it.
         """
         self._reset(needle, max_body)
-        parser = self._parser
-        if parser is None or self.closed:
-            raise ExchangeError("connection is closed", response_started=False)
+        if self._parser is None or self.closed:
+            raise ExchangeError("connection is closed", response_started=False, request_written=False)
+        if self._raw is not None:
+            await self._exchange_raw(self._raw, request)
+        else:
+            await self._exchange_stream(request)
+        self.keep_alive = self.keep_alive and self.complete and not self.extra and self.body_bytes <= max_body
+        if self.complete:
+            self.exchanges += 1
+
+    async def _exchange_raw(self, raw: socket.socket, request: bytes) -> None:
+        # Plain TCP straight on the non-blocking socket: one scheduler pass per exchange (the wait for the
+        # response) instead of the three plus context managers that SocketStream.send_all/receive_some take.
+        # It also tells exactly whether any byte went out.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        sent = 0
+        total = len(request)
+        while True:
+            try:
+                sent += raw.send(request if sent == 0 else memoryview(request)[sent:])
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                raise ExchangeError(
+                    f"write failed: {_describe(e)}", response_started=False, request_written=sent > 0
+                ) from None
+            if sent >= total:
+                break
+            await trio.lowlevel.wait_writable(raw)  # only for requests larger than the socket buffer
+        while True:
+            await trio.lowlevel.wait_readable(raw)
+            try:
+                data = raw.recv(RECEIVE_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise ExchangeError(
+                    f"read failed: {_describe(e)}", response_started=self.response_started
+                ) from None
+            if self._received(data):
+                return
+
+    async def _exchange_stream(self, request: bytes) -> None:
         stream = self._stream
+        assert stream is not None
         try:
             await stream.send_all(request)
         except _STREAM_ERRORS as e:
+            # Through TLS we cannot tell how much went out: assume some did.
             raise ExchangeError(f"write failed: {_describe(e)}", response_started=False) from None
-        while not self.complete:
+        while True:
             try:
                 data = await stream.receive_some(RECEIVE_BYTES)
             except _STREAM_ERRORS as e:
                 raise ExchangeError(
                     f"read failed: {_describe(e)}", response_started=self.response_started
                 ) from None
-            if not data:
-                if self._headers_done and not self._framed and not self._informational:
-                    # Body delimited by EOF: this is its end.
-                    self.complete = True
-                    self.keep_alive = False
-                    break
-                where = "mid-response" if self.response_started else "before any response byte"
-                raise ExchangeError(
-                    f"connection closed by the server {where}", response_started=self.response_started
-                )
-            self.response_started = True
-            try:
-                parser.feed_data(data)
-            except httptools.HttpParserError as e:
-                if not self.complete:
-                    raise ExchangeError(f"invalid HTTP response: {e}", response_started=True) from None
-                self.extra = True  # garbage after a complete response
-            if self.body_bytes > max_body and not self.complete:
-                break  # bounded read: stop here and let the caller close the connection
-        self.keep_alive = self.keep_alive and self.complete and not self.extra and self.body_bytes <= max_body
-        if self.complete:
-            self.exchanges += 1
+            if self._received(data):
+                return
+
+    def _received(self, data: bytes | bytearray) -> bool:
+        """Feed what was read to the parser; True when reading should stop (complete, or over max_body)."""
+        if not data:
+            if self._headers_done and not self._framed and not self._informational:
+                # Body delimited by EOF: this is its end.
+                self.complete = True
+                self.keep_alive = False
+                return True
+            where = "mid-response" if self.response_started else "before any response byte"
+            raise ExchangeError(
+                f"connection closed by the server {where}", response_started=self.response_started
+            )
+        self.response_started = True
+        assert self._parser is not None
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            if not self.complete:
+                raise ExchangeError(f"invalid HTTP response: {e}", response_started=True) from None
+            self.extra = True  # garbage after a complete response
+        # Bounded read: past max_body stop here and let the caller close the connection.
+        return self.complete or self.body_bytes > self._max_body
 
     @property
     def oversize(self) -> bool:
@@ -274,7 +349,11 @@ class Connection:
         if not self.closed:
             self.closed = True
             self._parser = None  # break the parser <-> protocol cycle now rather than at the next GC
-            self._sock.close()
+            if self._raw is not None:
+                trio.lowlevel.notify_closing(self._raw)
+                self._raw.close()
+            if self._tsock is not None:
+                self._tsock.close()  # closes the socket under the TLS stream (trio notifies waiters)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.exchanges} exchanges"

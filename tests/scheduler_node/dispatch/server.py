@@ -11,7 +11,9 @@ answering, or write raw bytes and close (a broken server).
 from __future__ import annotations
 
 import itertools
+import socket
 import ssl
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +30,7 @@ class Reply:
     delay_s: float = 0.0  # before answering
     close: bool = False  # answer with Connection: close
     close_idle_after_s: float | None = None  # answer normally, then close the idle connection after this
+    reset_idle_after_s: float | None = None  # the same, but abortively (RST, SO_LINGER 0)
     drop: bool = False  # close without answering
     raw: bytes | None = None  # write these bytes instead of a response, then close
 
@@ -135,6 +138,11 @@ class TestServer:
                     self.current -= 1
                 if reply.close_idle_after_s is not None:
                     await trio.sleep(reply.close_idle_after_s)
+                    return
+                if reply.reset_idle_after_s is not None:
+                    await trio.sleep(reply.reset_idle_after_s)
+                    if isinstance(stream, trio.SocketStream):
+                        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 if h.our_state is h11.MUST_CLOSE:
                     return

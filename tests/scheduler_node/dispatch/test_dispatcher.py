@@ -13,7 +13,9 @@ import trio
 
 from protocol.jobs import HttpMethod, Semantics, Target
 from scheduler_node.dispatch import (
+    Connection,
     Dispatcher,
+    ExchangeError,
     HttpOrigin,
     Outcome,
     OutcomeKind,
@@ -258,6 +260,46 @@ async def test_idle_connection_closed_by_server_is_not_reused(server: TestServer
     assert a.http_status == b.http_status == 200
     assert not b.reused_connection and not b.resent and stats.stale_closed == 1
     assert server.connections == 2 and len(server.requests) == 2
+
+
+async def test_idle_connection_reset_by_server_is_not_reused(server: TestServer) -> None:
+    server.handler = lambda r: Reply(reset_idle_after_s=0.0)
+    t = template(server.url(), semantics=Semantics.AT_MOST_ONCE)
+    async with Dispatcher() as d:
+        await send(d, t)
+        await trio.sleep(0.1)
+        b = await send(d, t)
+        assert d.statistics().stale_closed == 1
+    assert b.http_status == 200 and not b.reused_connection and not b.resent and server.connections == 2
+
+
+async def test_reset_between_check_and_write_retries_fresh_even_at_most_once(
+    server: TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the idle check cannot see: the RST lands after poll() and before the write. The write fails
+    # on its first byte, so nothing went out and a fresh connection is safe under AT_MOST_ONCE too.
+    monkeypatch.setattr(Connection, "looks_stale", lambda self: False)
+    server.handler = lambda r: Reply(reset_idle_after_s=0.0)
+    t = template(server.url(), semantics=Semantics.AT_MOST_ONCE)
+    async with Dispatcher() as d:
+        await send(d, t)
+        await trio.sleep(0.1)
+        b = await send(d, t)
+        assert d.statistics().stale_closed == 1 and d.statistics().resent == 0
+    assert b.kind is OutcomeKind.RESPONSE and b.http_status == 200
+    assert not b.resent and not b.reused_connection and len(server.requests) == 2
+
+
+async def test_write_on_reset_socket_reports_nothing_written() -> None:
+    a, b = socket.socketpair()
+    b.close()
+    a.setblocking(False)
+    conn = Connection(HttpOrigin("http", "peer", 80), raw=a)
+    with pytest.raises(ExchangeError) as info:
+        await conn.exchange(b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n", needle=None, max_body=1024)
+    assert not info.value.request_written and not info.value.response_started
+    conn.close()
+    assert conn.closed and a.fileno() == -1
 
 
 def _close_second_request(r: Received) -> Reply:

@@ -1,0 +1,266 @@
+"""Micro-benchmark of the dispatcher's burst: N requests due at the same whole second, drift seen by a sink.
+
+Rules:
+- The sink (``bench.sink``: uvloop + httptools) runs in a subprocess, so the figure is the dispatcher's, not a
+  shared event loop's; it records the receive time of every request. Drift = sink receive time − scheduled
+  time (the ``X-Shardwheel-Scheduled-At`` header), i.e. what a target sees (DESIGN.md §3 and §8).
+- Before the second: templates are built, ``--connections`` connections are prewarmed (per-host cap = that
+  number, so the burst runs over exactly those), and a warm-up round of one request per connection runs (a
+  node in steady state has warm connections and code paths; warm-up requests are left out of the figures).
+- The slot is the next whole second at least ``--lead`` s away. ``--mode ahead`` (default) starts one task per
+  firing before the second, each sleeping until it (what a node does after claiming ahead); ``--mode spawn``
+  starts them all at the second from one loop (adds the spawn cost to the burst).
+- Every send passes a ``may_send`` lease check, like the node's.
+- Output: drift p50/p90/p99/max (HdrHistogram, µs resolution), losses, duplicates, the client-side dispatch lag
+  (sent_at − slot) and outcome counts; ``--json`` prints one JSON object instead.
+
+Example::
+
+    .venv/bin/python -m bench.dispatch_burst --n 5000 --connections 100
+    # burst N=5000 over 100 connections (mode=ahead, unsigned) at 2026-11-23T10:00:05.000Z
+    # drift ms (sink receive - scheduled): p50 61.2  p90 110.3  p99 121.5  max 123.0   lost 0  dup 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+from hdrh.histogram import HdrHistogram
+
+from protocol.jobs import Target
+from scheduler_node.dispatch import Dispatcher, Outcome, RequestTemplate, format_scheduled_at
+
+__all__ = ["main", "run"]
+
+_QUANTILES = (50.0, 90.0, 99.0)
+
+
+class _Record(msgspec.Struct):
+    recv_ns: int
+    job: str | None
+    scheduled_at: str | None
+    node: str | None
+
+
+def _start_sink(out: str) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.sink", "--port", "0", "--out", out],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "READY <port>"; empty if the sink died
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"sink did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def _stop_sink(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _burst(
+    port: int, n: int, connections: int, mode: str, signed: bool, lead_s: float
+) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/fire"
+    secret = b"bench-secret" if signed else None
+    templates = [
+        RequestTemplate(
+            f"bench-{i:06d}", Target(url=url, body={"i": i}), node_id="bench", signing_secret=secret
+        )
+        for i in range(n)
+    ]
+    warmups = [
+        RequestTemplate(
+            f"warmup-{i:06d}", Target(url=url, body={"i": i}), node_id="bench", signing_secret=secret
+        )
+        for i in range(connections)
+    ]
+    outcomes: list[Outcome | None] = [None] * n
+    valid_until = trio.current_time() + 3600.0  # the lease check a node makes; always true here
+
+    def may_send() -> bool:
+        return trio.current_time() < valid_until
+
+    async with Dispatcher(per_host_limit=connections, node_limit=max(10_000, n)) as d:
+        opened = await d.prewarm(templates[0].http_origin, connections)
+        warm_ms = int(time.time() * 1000)
+
+        async def warm(t: RequestTemplate) -> None:
+            await d.send(t, scheduled_at_ms=warm_ms, attempt=1, origin="manual", timeout_s=10)
+
+        async with trio.open_nursery() as nursery:
+            for t in warmups:
+                nursery.start_soon(warm, t)
+
+        slot_s = math.ceil(time.time() + lead_s)
+        slot_ms = slot_s * 1000
+        deadline = trio.current_time() + (slot_s - time.time())  # the slot on trio's clock
+
+        async def fire(i: int, sleep_first: bool) -> None:
+            if sleep_first:
+                await trio.sleep_until(deadline)
+            outcomes[i] = await d.send(
+                templates[i],
+                scheduled_at_ms=slot_ms,
+                attempt=1,
+                origin="scheduled",
+                timeout_s=10.0,
+                may_send=may_send,
+            )
+
+        cpu0 = time.process_time()
+        async with trio.open_nursery() as nursery:
+            if mode == "ahead":
+                for i in range(n):
+                    nursery.start_soon(fire, i, True)
+            else:
+                await trio.sleep_until(deadline)
+                for i in range(n):
+                    nursery.start_soon(fire, i, False)
+        finished = trio.current_time() - deadline
+        cpu = time.process_time() - cpu0  # CPU the client used for the burst: ~finished if not starved
+        stats = d.statistics()
+
+    done = [o for o in outcomes if o is not None]
+    lag = HdrHistogram(1, 60_000_000, 3)
+    for o in done:
+        if o.sent_at is not None:
+            lag.record_value(max(1, round((o.sent_at * 1000 - slot_ms) * 1000)))
+    return {
+        "slot_ms": slot_ms,
+        "prewarmed": opened,
+        "connections_opened": stats.connections_opened,
+        "outcomes": dict(Counter(str(o.kind) for o in done)),
+        "statuses": dict(Counter(str(o.http_status) for o in done)),
+        "client_finished_ms": round(finished * 1000, 1),
+        "client_cpu_ms": round(cpu * 1000, 1),
+        "dispatch_lag_ms": _summary(lag),
+    }
+
+
+def _summary(h: HdrHistogram) -> dict[str, float]:
+    out = {f"p{q:g}": round(h.get_value_at_percentile(q) / 1000, 1) for q in _QUANTILES}
+    out["max"] = round(h.get_max_value() / 1000, 1)
+    return out
+
+
+def _drift(out: str, n: int) -> dict[str, Any]:
+    dec = msgspec.json.Decoder(_Record)
+    slot_cache: dict[str, int] = {}
+    hist = HdrHistogram(1, 60_000_000, 3)
+    seen: Counter[str] = Counter()
+    early = 0
+    first_ns = last_ns = None
+    with open(out, "rb") as f:
+        for line in f:
+            r = dec.decode(line)
+            if r.job is None or not r.job.startswith("bench-") or r.scheduled_at is None:
+                continue  # warm-up and stats
+            seen[r.job] += 1
+            ms = slot_cache.get(r.scheduled_at)
+            if ms is None:
+                ms = slot_cache[r.scheduled_at] = round(
+                    datetime.fromisoformat(r.scheduled_at).timestamp() * 1000
+                )
+            drift_us = (r.recv_ns - ms * 1_000_000) // 1000
+            if drift_us < 0:
+                early += 1
+            hist.record_value(max(1, drift_us))
+            first_ns = r.recv_ns if first_ns is None else min(first_ns, r.recv_ns)
+            last_ns = r.recv_ns if last_ns is None else max(last_ns, r.recv_ns)
+    expected = {f"bench-{i:06d}" for i in range(n)}
+    span_s = ((last_ns or 0) - (first_ns or 0)) / 1e9
+    return {
+        "received": sum(seen.values()),
+        "lost": len(expected - seen.keys()),
+        "duplicates": sum(c - 1 for c in seen.values() if c > 1),
+        "early": early,
+        "drift_ms": _summary(hist),
+        "drain_rate_per_s": round(sum(seen.values()) / span_s) if span_s > 0 else None,
+    }
+
+
+def run(
+    n: int, connections: int, mode: str = "ahead", signed: bool = False, lead_s: float = 1.0
+) -> dict[str, Any]:
+    """One burst against a fresh sink subprocess; returns the figures."""
+    with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp:
+        out = os.path.join(tmp, "sink.jsonl")
+        proc, port = _start_sink(out)
+        try:
+            client = trio.run(_burst, port, n, connections, mode, signed, lead_s)
+            sink_stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=10).json()
+        finally:
+            _stop_sink(proc)
+        drift = _drift(out, n)
+    return {
+        "n": n,
+        "connections": connections,
+        "mode": mode,
+        "signed": signed,
+        "slot": format_scheduled_at(client["slot_ms"]),
+        "sink": sink_stats,
+        **drift,
+        **{k: v for k, v in client.items() if k != "slot_ms"},
+    }
+
+
+def _print(r: dict[str, Any]) -> None:
+    d, lag = r["drift_ms"], r["dispatch_lag_ms"]
+    print(
+        f"burst N={r['n']} over {r['connections']} connections (prewarmed {r['prewarmed']}, opened "
+        f"{r['connections_opened']}; mode={r['mode']}, {'signed' if r['signed'] else 'unsigned'}) at {r['slot']}"
+    )
+    print(
+        f"  drift ms (sink receive - scheduled): p50 {d['p50']}  p90 {d['p90']}  p99 {d['p99']}  max {d['max']}"
+        f"   received {r['received']}  lost {r['lost']}  dup {r['duplicates']}  early {r['early']}"
+    )
+    print(f"  dispatch lag ms (sent_at - scheduled): p50 {lag['p50']}  p99 {lag['p99']}  max {lag['max']}")
+    print(
+        f"  outcomes {r['outcomes']}  statuses {r['statuses']}  client done at +{r['client_finished_ms']} ms"
+        f" (cpu {r['client_cpu_ms']} ms)"
+        f"  sink drain {r['drain_rate_per_s']} req/s"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.dispatch_burst", description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=5000, help="requests in the burst (default 5000)")
+    p.add_argument("--connections", type=int, default=100, help="kept-alive connections = per-host cap (100)")
+    p.add_argument("--mode", choices=("ahead", "spawn"), default="ahead")
+    p.add_argument("--signed", action="store_true", help="sign every request (HMAC-SHA256)")
+    p.add_argument("--lead", type=float, default=1.0, help="slot = next whole second at least this far (s)")
+    p.add_argument("--repeat", type=int, default=1, help="bursts to run (each against a fresh sink)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    args = p.parse_args(argv)
+    for _ in range(args.repeat):
+        result = run(args.n, args.connections, args.mode, args.signed, args.lead)
+        if args.json:
+            print(msgspec.json.encode(result).decode(), flush=True)
+        else:
+            _print(result)
+
+
+if __name__ == "__main__":
+    main()
