@@ -78,7 +78,7 @@ def parse_every(text: str) -> timedelta:
     if period < MIN_PERIOD:
         raise ValueError(f"period {period.total_seconds():g}s is shorter than the minimum of 1s")
     if period > MAX_PERIOD:
-        raise ValueError(f"period {period} is longer than the maximum of 366 days")
+        raise ValueError(f"period '{text}' is longer than the maximum of 366 days")
     if period.microseconds % 1000:
         raise ValueError("period must be a whole number of milliseconds")
     return period

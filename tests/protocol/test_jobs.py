@@ -71,7 +71,7 @@ INVALID = [
     (with_("schedule", {"kind": "every", "every": "0s"}), "schedule.every", "shorter than the minimum"),
     (with_("schedule", {"kind": "every", "every": "soon"}), "schedule.every", "not a duration"),
     (with_("schedule", {"kind": "at", "at": "2026-01-01T00:00:00"}), "schedule.at", "UTC offset"),
-    (with_("schedule", {"kind": "weekly"}), "schedule", "Invalid value 'weekly'"),
+    (with_("schedule", {"kind": "weekly"}), "schedule.kind", "Invalid value 'weekly'"),
     (with_("schedule", {"kind": "cron", "cron": "* * * * *", "every": "5s"}), "schedule.every", "unknown field"),
     (with_("timout_ms", 5), "timout_ms", "unknown field"),
     (with_("timeout_ms", 0), "timeout_ms", ">= 1"),
