@@ -164,12 +164,15 @@ ins AS (
     SELECT i.shard, i.job_id, i.scheduled_at, i.origin, f.epoch, $3, i.status, i.attempt, now(),
            CASE WHEN i.status <> 'claimed' THEN now() END, i.error
     FROM input i JOIN fence f ON f.shard = i.shard
+    -- Key order: two overlapping batches take their locks in the same order and cannot deadlock.
+    ORDER BY i.shard, i.job_id, i.scheduled_at, i.origin
     ON CONFLICT DO NOTHING
     RETURNING e.shard, e.job_id, e.scheduled_at, e.origin
 ),
 cursor_upsert AS (
     INSERT INTO job_cursor AS c (shard, job_id, last_slot)
-    SELECT shard, job_id, max(scheduled_at) FROM ins WHERE origin = 'scheduled' GROUP BY shard, job_id
+    SELECT shard, job_id, max(scheduled_at) FROM ins WHERE origin = 'scheduled'
+    GROUP BY shard, job_id ORDER BY shard, job_id
     ON CONFLICT (shard, job_id) DO UPDATE SET last_slot = excluded.last_slot
         WHERE c.last_slot < excluded.last_slot
 )

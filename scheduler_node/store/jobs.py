@@ -37,7 +37,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from protocol.errors import NotFound, SpecError, VersionMismatch
+from protocol.errors import InternalError, NotFound, SpecError, VersionMismatch
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState
 
@@ -234,7 +234,7 @@ async def write_job(
             )  # fmt: skip
             if not r.fresh:
                 if r.response is None:  # cannot happen: the response is stored in the reserving transaction
-                    raise NotFound(f"Idempotency-Key '{key}' has no stored response")
+                    raise InternalError(f"Idempotency-Key '{key}' has no stored response")
                 return msgspec.structs.replace(_outcome_decoder.decode(r.response), replayed=True)
         outcome = await _OPS[write.op](conn, shard, job_id, write, next_fire_at)
         detail: dict[str, Any] = {"version": outcome.version}

@@ -14,7 +14,6 @@ from scheduler_node.store import (
     AlertRow,
     ClaimRow,
     ExecKey,
-    Fence,
     NextFire,
     ResultRow,
     bump_epoch,

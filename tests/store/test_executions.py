@@ -284,3 +284,25 @@ async def test_execution_reads(store: TrioStore) -> None:
     counts = await store.call(execution_counts, 57, job)
     assert counts == {S.FAILED: 1, S.TIMED_OUT: 1, S.SUCCEEDED: 1, S.CLAIMED: 2}
     assert await store.call(bump_epoch, 57, "x") == f.epoch + 1
+
+
+async def test_cursor_upserts_stay_hot(store: TrioStore, db_dsn: str) -> None:
+    # job_cursor has no index on last_slot and fillfactor 70, so raising a cursor is a heap-only-tuple update:
+    # no index entry per firing. Statistics are flushed explicitly on the claiming connection itself.
+    f = await own(store, 58)
+    jobs = [job_in_shard(58) for _ in range(50)]
+    conn = await store.run(asyncpg.connect, db_dsn)
+    stats = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'job_cursor'"
+    try:
+        await store.run(claim_slots, conn, "n1", [ClaimRow(58, f.epoch, j, T0) for j in jobs])
+        await store.run(conn.execute, "SELECT pg_stat_force_next_flush()")
+        before = await store.run(conn.fetchrow, stats)
+        for t in slots(20)[1:]:
+            await store.run(claim_slots, conn, "n1", [ClaimRow(58, f.epoch, j, t) for j in jobs])
+        await store.run(conn.execute, "SELECT pg_stat_force_next_flush()")
+        after = await store.run(conn.fetchrow, stats)
+    finally:
+        await store.run(conn.close)
+    updates, hot = after[0] - before[0], after[1] - before[1]
+    assert updates == 19 * 50
+    assert hot >= 0.9 * updates
