@@ -10,8 +10,8 @@ Rules:
   swept at most once a second from ``acquire``).
 - Before reuse every idle connection gets ``Connection.looks_stale()`` (one ``poll(0)``); a stale one is
   closed and the next is tried, so a server that closed a kept-alive socket while it sat idle never costs a
-  request. This is the only automatic recovery here; the resend rule for a socket that dies *during* the
-  exchange lives in ``dispatcher.py`` and is off for AT_MOST_ONCE.
+  request. This is the only recovery here; what happens when a kept-alive socket dies *during* the exchange
+  is ``dispatcher.py``'s stale rule (a resend only under AT_LEAST_ONCE).
 - ``prewarm(origin, n)`` opens connections ahead of a burst, so the second strikes on open sockets (TCP and
   TLS handshakes off the critical path). It opens only what is missing up to min(n, cap) and returns how many
   it opened; connect failures are not raised (the sends will report them with full detail).

@@ -39,8 +39,8 @@ Signature recipe (for targets; copied to the user docs)::
 
 Example::
 
-    t = RequestTemplate("0190a1b2-...", Target(url="https://hooks.example.com/run", body={"n": 1}),
-                        node_id="node-a", signing_secret=b"s3cret")
+    t = RequestTemplate.build("0190a1b2-...", Target(url="https://hooks.example.com/run", body={"n": 1}),
+                              node_id="node-a", signing_secret=b"s3cret")
     t.http_origin                      # HttpOrigin(scheme='https', host='hooks.example.com', port=443)
     t.render(1795428000000, 1, "scheduled", 1795428000)
     # b'POST /run HTTP/1.1\\r\\nHost: hooks.example.com\\r\\nUser-Agent: shardwheel/0.1.0\\r\\n'
@@ -218,27 +218,15 @@ def _header_line(name: str, value: str) -> bytes:
     return f"{name}: {value}\r\n".encode()
 
 
-class RequestTemplate:
+# gc=False: a node holds one template per job inside its horizon (possibly 100k+); untracked, they cost
+# nothing to every full collection (DESIGN.md §2 on GC and tail latency). They hold no reference cycles.
+class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
     """The pre-encoded request of one job for one node; ``render`` adds a slot's headers.
 
-    Immutable after construction; rebuild it when the job (target, semantics) or the signing secret changes.
+    Make one with ``RequestTemplate.build(job_id, target, node_id=...)`` or ``RequestTemplate.for_job(job,
+    node_id=...)``; the fields are its encoded parts. Immutable; rebuild it when the job (target, semantics)
+    or the signing secret changes.
     """
-
-    __slots__ = (
-        "_dot_body",
-        "_dot_job_dot",
-        "_end",
-        "_head",
-        "_idem",
-        "_secret",
-        "body",
-        "http_origin",
-        "job_id",
-        "method",
-        "node_id",
-        "semantics",
-        "url",
-    )
 
     job_id: str
     node_id: str
@@ -247,9 +235,16 @@ class RequestTemplate:
     http_origin: HttpOrigin
     semantics: Semantics
     body: bytes | None
+    head: bytes  # request line .. "X-Shardwheel-Scheduled-At: "
+    idem: bytes  # "\r\nIdempotency-Key: <job id>:"
+    end: bytes  # "\r\n\r\n" + body
+    secret: bytes | None
+    dot_job_dot: bytes  # ".<job id>." (signature message parts)
+    dot_body: bytes  # ".<body>"
 
-    def __init__(
-        self,
+    @classmethod
+    def build(
+        cls,
         job_id: str,
         target: Target,
         *,
@@ -257,28 +252,23 @@ class RequestTemplate:
         signing_secret: bytes | str | None = None,
         semantics: Semantics = Semantics.AT_LEAST_ONCE,
         user_agent: str = USER_AGENT,
-    ) -> None:
+    ) -> RequestTemplate:
+        """Encode everything but the slot headers; ``ValueError`` for anything that could break framing."""
         for field, value in (("job_id", job_id), ("node_id", node_id)):
             if not value or any(c in value for c in "\r\n\0 :") or not value.isascii():
                 raise ValueError(
                     f"{field} {value!r} must be non-empty ASCII without spaces, ':' or line breaks"
                 )
-        self.job_id = job_id
-        self.node_id = node_id
-        self.url = target.url
-        self.method = HttpMethod(target.method)
-        self.semantics = Semantics(semantics)
-        self.http_origin, host_header, request_target = _split_url(target.url)
-
+        method = HttpMethod(target.method)
+        http_origin, host_header, request_target = _split_url(target.url)
         body = None if target.body is None else msgspec.json.encode(target.body)
-        self.body = body
         own = {k.lower() for k in target.headers}
         for name in own:
             if name in _OWNED or name.startswith("x-shardwheel-"):
                 raise ValueError(f"header {name} is set by the scheduler")
 
         lines = [
-            f"{self.method.value} {request_target} HTTP/1.1\r\n".encode(),
+            f"{method.value} {request_target} HTTP/1.1\r\n".encode(),
             _header_line("Host", host_header),
         ]
         if "user-agent" not in own:
@@ -287,19 +277,28 @@ class RequestTemplate:
             if "content-type" not in own:
                 lines.append(b"Content-Type: application/json\r\n")
             lines.append(b"Content-Length: %d\r\n" % len(body))
-        elif self.method in _BODY_METHODS:
+        elif method in _BODY_METHODS:
             lines.append(b"Content-Length: 0\r\n")
         lines.extend(_header_line(k, v) for k, v in target.headers.items())
         job_b = job_id.encode()
         lines.append(b"X-Shardwheel-Job: " + job_b + b"\r\n")
         lines.append(b"X-Shardwheel-Node: " + node_id.encode() + b"\r\n")
         lines.append(b"X-Shardwheel-Scheduled-At: ")
-        self._head = b"".join(lines)
-        self._idem = _IDEM_HDR + job_b + _COLON
-        self._end = b"\r\n\r\n" + (body or b"")
-        self._secret = None if signing_secret is None else _secret_bytes(signing_secret)
-        self._dot_job_dot = b"." + job_b + b"."
-        self._dot_body = b"." + (body or b"")
+        return cls(
+            job_id=job_id,
+            node_id=node_id,
+            url=target.url,
+            method=method,
+            http_origin=http_origin,
+            semantics=Semantics(semantics),
+            body=body,
+            head=b"".join(lines),
+            idem=_IDEM_HDR + job_b + _COLON,
+            end=b"\r\n\r\n" + (body or b""),
+            secret=None if signing_secret is None else _secret_bytes(signing_secret),
+            dot_job_dot=b"." + job_b + b".",
+            dot_body=b"." + (body or b""),
+        )
 
     @classmethod
     def for_job(
@@ -310,7 +309,7 @@ class RequestTemplate:
         signing_secret: bytes | str | None = None,
         user_agent: str = USER_AGENT,
     ) -> RequestTemplate:
-        return cls(
+        return cls.build(
             job.id,
             job.spec.target,
             node_id=node_id,
@@ -321,26 +320,26 @@ class RequestTemplate:
 
     @property
     def signed(self) -> bool:
-        return self._secret is not None
+        return self.secret is not None
 
     def render(self, scheduled_at_ms: int, attempt: int, origin: str, send_time_s: int) -> bytes:
         """The request bytes for one attempt of one slot; ``origin`` is the execution origin (``scheduled``...)."""
         sched, ms = _slot_parts(scheduled_at_ms)
         att = _ATTEMPTS[attempt] if 0 <= attempt < 64 else b"%d" % attempt
         org = _ORIGINS.get(origin) or _origin_bytes(origin)
-        secret = self._secret
+        secret = self.secret
         if secret is None:
-            return b"".join((self._head, sched, _ATTEMPT_HDR, att, self._idem, ms, _COLON, org, self._end))
+            return b"".join((self.head, sched, _ATTEMPT_HDR, att, self.idem, ms, _COLON, org, self.end))
         ts = b"%d" % send_time_s
-        msg = b"".join((ts, self._dot_job_dot, sched, self._dot_body))
+        msg = b"".join((ts, self.dot_job_dot, sched, self.dot_body))
         sig = hexlify(hmac.digest(secret, msg, "sha256"))
         return b"".join(
             (
-                self._head,
+                self.head,
                 sched,
                 _ATTEMPT_HDR,
                 att,
-                self._idem,
+                self.idem,
                 ms,
                 _COLON,
                 org,
@@ -348,9 +347,9 @@ class RequestTemplate:
                 ts,
                 _SIG_HDR,
                 sig,
-                self._end,
+                self.end,
             )
         )
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # never the secret
         return f"RequestTemplate(job_id={self.job_id!r}, {self.method.value} {self.url!r})"

@@ -36,7 +36,7 @@ def template(
     signing_secret: bytes | None = None,
     **target: Any,
 ) -> RequestTemplate:
-    return RequestTemplate(
+    return RequestTemplate.build(
         JOB, Target(url=url, **target), node_id="node-t", signing_secret=signing_secret, semantics=semantics
     )
 

@@ -54,7 +54,7 @@ def test_request_bytes_headers_in_order() -> None:
     target = Target(
         url="http://hooks.example.com:8080/run?x=1", body={"n": 1}, headers={"Authorization": "Bearer t"}
     )
-    t = RequestTemplate(JOB, target, node_id="node-a")
+    t = RequestTemplate.build(JOB, target, node_id="node-a")
     assert t.http_origin == HttpOrigin("http", "hooks.example.com", 8080)
     request, headers, body = parse(t.render(SLOT_MS, 2, "scheduled", 0))
     assert request.method == b"POST"
@@ -87,7 +87,7 @@ def test_request_bytes_headers_in_order() -> None:
     ],
 )
 def test_content_length_without_body(method: HttpMethod, content_length: str | None) -> None:
-    t = RequestTemplate(JOB, Target(url="https://h.example/", method=method), node_id="n")
+    t = RequestTemplate.build(JOB, Target(url="https://h.example/", method=method), node_id="n")
     _, headers, body = parse(t.render(SLOT_MS, 1, "manual", 0))
     assert dict(headers).get("Content-Length") == content_length
     assert "Content-Type" not in dict(headers)
@@ -106,7 +106,7 @@ def test_host_header_and_origin_forms() -> None:
         ),
     }
     for url, (origin, host) in cases.items():
-        t = RequestTemplate(JOB, Target(url=url, method=HttpMethod.GET), node_id="n")
+        t = RequestTemplate.build(JOB, Target(url=url, method=HttpMethod.GET), node_id="n")
         _, headers, _ = parse(t.render(SLOT_MS, 1, "scheduled", 0))
         assert t.http_origin == origin, url
         assert dict(headers)["Host"] == host, url
@@ -114,7 +114,7 @@ def test_host_header_and_origin_forms() -> None:
 
 
 def test_path_is_percent_encoded_not_double_encoded() -> None:
-    t = RequestTemplate(JOB, Target(url="http://h/a b/ü%20?q=a b", method=HttpMethod.GET), node_id="n")
+    t = RequestTemplate.build(JOB, Target(url="http://h/a b/ü%20?q=a b", method=HttpMethod.GET), node_id="n")
     request, _, _ = parse(t.render(SLOT_MS, 1, "scheduled", 0))
     assert request.target == b"/a%20b/%C3%BC%20?q=a%20b"
 
@@ -123,7 +123,7 @@ def test_job_headers_replace_content_type_and_user_agent() -> None:
     target = Target(
         url="http://h/", body=[1], headers={"content-type": "application/vnd.x+json", "User-Agent": "me"}
     )
-    _, headers, _ = parse(RequestTemplate(JOB, target, node_id="n").render(SLOT_MS, 1, "scheduled", 0))
+    _, headers, _ = parse(RequestTemplate.build(JOB, target, node_id="n").render(SLOT_MS, 1, "scheduled", 0))
     names = [k.lower() for k, _ in headers]
     assert names.count("content-type") == 1 and names.count("user-agent") == 1
     assert dict(headers)["content-type"] == "application/vnd.x+json"
@@ -143,17 +143,17 @@ def test_job_headers_replace_content_type_and_user_agent() -> None:
 )
 def test_refuses_headers_that_could_break_framing(headers: dict[str, str]) -> None:
     with pytest.raises(ValueError):
-        RequestTemplate(JOB, Target(url="http://h/", headers=headers), node_id="n")
+        RequestTemplate.build(JOB, Target(url="http://h/", headers=headers), node_id="n")
 
 
 def test_refuses_bad_ids_and_origins() -> None:
     with pytest.raises(ValueError):
-        RequestTemplate("a:b", Target(url="http://h/"), node_id="n")
+        RequestTemplate.build("a:b", Target(url="http://h/"), node_id="n")
     with pytest.raises(ValueError):
-        RequestTemplate(JOB, Target(url="http://h/"), node_id="n\r\nX: y")
+        RequestTemplate.build(JOB, Target(url="http://h/"), node_id="n\r\nX: y")
     with pytest.raises(ValueError):
-        RequestTemplate(JOB, Target(url="ftp://h/"), node_id="n")
-    t = RequestTemplate(JOB, Target(url="http://h/"), node_id="n")
+        RequestTemplate.build(JOB, Target(url="ftp://h/"), node_id="n")
+    t = RequestTemplate.build(JOB, Target(url="http://h/"), node_id="n")
     with pytest.raises(ValueError):
         t.render(SLOT_MS, 1, "sched\r\nuled", 0)
 
@@ -182,7 +182,9 @@ def test_for_job_takes_semantics() -> None:
 
 def test_signature_verifies_and_fails_when_tampered() -> None:
     secret = b"topsecret"
-    t = RequestTemplate(JOB, Target(url="http://h/", body={"a": [1, 2]}), node_id="n", signing_secret=secret)
+    t = RequestTemplate.build(
+        JOB, Target(url="http://h/", body={"a": [1, 2]}), node_id="n", signing_secret=secret
+    )
     now = 1_795_428_001
     _, headers, body = parse(t.render(SLOT_MS, 1, "scheduled", now))
     h = dict(headers)
@@ -209,7 +211,9 @@ def test_signature_without_body_signs_empty_body() -> None:
     import hashlib
     import hmac
 
-    t = RequestTemplate(JOB, Target(url="http://h/", method=HttpMethod.GET), node_id="n", signing_secret=b"k")
+    t = RequestTemplate.build(
+        JOB, Target(url="http://h/", method=HttpMethod.GET), node_id="n", signing_secret=b"k"
+    )
     _, headers, body = parse(t.render(SLOT_MS, 1, "scheduled", 1000))
     h = dict(headers)
     msg = f"1000.{JOB}.{h['X-Shardwheel-Scheduled-At']}.".encode()
@@ -249,7 +253,7 @@ def test_render_parses_back(
     secret: bytes | None,
     send_time: int,
 ) -> None:
-    t = RequestTemplate(
+    t = RequestTemplate.build(
         job_id, Target(url="http://h.example/x", body=body), node_id="node-7", signing_secret=secret
     )
     _, headers, got_body = parse(t.render(slot_ms, attempt, origin, send_time))
@@ -270,10 +274,20 @@ def test_render_parses_back(
         assert verify_signature(secret, h, got_body, now_s=send_time)
 
 
+def test_template_is_untracked_by_gc_and_hides_its_secret() -> None:
+    import gc
+
+    t = RequestTemplate.build(
+        JOB, Target(url="http://h/", body={"a": 1}), node_id="n", signing_secret=b"hush"
+    )
+    assert not gc.is_tracked(t)  # one per job in the horizon: kept out of every collection
+    assert "hush" not in repr(t) and JOB in repr(t)
+
+
 def test_render_cost_sanity() -> None:
     """No timing assert (machines vary); prints the cost and checks the output is stable under repetition."""
-    t = RequestTemplate(JOB, Target(url="http://h/", body={"k": "v" * 100}), node_id="n")
-    ts = RequestTemplate(
+    t = RequestTemplate.build(JOB, Target(url="http://h/", body={"k": "v" * 100}), node_id="n")
+    ts = RequestTemplate.build(
         JOB, Target(url="http://h/", body={"k": "v" * 100}), node_id="n", signing_secret=b"k"
     )
     n = 20_000
