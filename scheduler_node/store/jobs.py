@@ -14,8 +14,9 @@ Rules:
 - ``next_fire_at`` is computed by the node (schedule math is not the store's business) and, for a job in no
   node's wheel, is a LOWER BOUND of its true next firing: only a write that bumps the version may lower it;
   ``raise_next_fire_at`` only raises it, and only for the version it was computed from.
-- ``due_jobs(shards, until)``: the active, undeleted jobs of exactly those shards with
-  ``next_fire_at <= until`` (the ``jobs_due`` index), what a node loads when it takes a shard.
+- ``due_jobs(shards, until, after=None)``: the active, undeleted jobs of exactly those shards with
+  ``after < next_fire_at <= until`` (the ``jobs_due`` index), what a node loads when it takes a shard
+  (no ``after``) and as its horizon moves on.
 - Specs are stored as JSON and read back as text decoded straight into ``JobSpec`` (no semantic re-validation:
   they were validated on the way in).
 
