@@ -29,6 +29,7 @@ Rules (DESIGN.md §4, §5):
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import random
 import uuid
@@ -235,6 +236,11 @@ class Engine:
                 self._resume(e, now)
             self._refilled_until[shard] = until
             self._loaded.add(shard)
+            if self.ready():
+                # Jobs and templates now live for long: keep them out of the collector's full passes, which
+                # otherwise cost ~30% of a burst's CPU (measured with bench.dispatch_burst).
+                gc.collect()
+                gc.freeze()
             self.metrics.skips.inc(len(takeover.lost), kind="lost")
             log.info("shard %d loaded at epoch %d: %d jobs, %d resumed, %d lost", shard, epoch, len(rows),
                      len(takeover.resume), len(takeover.lost))

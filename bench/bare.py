@@ -1,0 +1,42 @@
+"""The bare dispatcher: N pre-encoded requests fired at every whole second, no database, no wheel.
+
+It does what the node's firing path does at the second (check the lease validity, render the slot headers,
+hand the request to the dispatcher, one task per request started when the second strikes) and nothing
+before it, so the node's drift minus this drift is what the scheduler itself adds.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import trio
+
+from protocol.jobs import Target
+from scheduler_node.dispatch import Dispatcher, RequestTemplate
+
+__all__ = ["fire_every_second"]
+
+
+async def fire_every_second(port: int, jobs: int, duration: int, connections: int = 256,
+                            warmup: int = 2) -> tuple[int, int]:  # fmt: skip
+    """Fire for ``warmup + duration`` seconds; returns the measured window [t0, t1) in unix seconds."""
+    url = f"http://127.0.0.1:{port}/fire"
+    templates = [RequestTemplate.build(f"bare-{i:07d}", Target(url=url), node_id="bare") for i in range(jobs)]
+    valid_until = trio.current_time() + 3600.0
+
+    def may_send() -> bool:
+        return trio.current_time() < valid_until
+
+    async with Dispatcher(per_host_limit=connections, node_limit=max(10_000, jobs)) as d:
+        await d.prewarm(templates[0].http_origin, min(connections, jobs))
+        first = math.ceil(time.time() + 0.5)
+        t0, t1 = first + warmup, first + warmup + duration
+        async with trio.open_nursery() as nursery:
+            for second in range(first, t1):
+                await trio.sleep(max(0.0, second - time.time()))
+                slot_ms = second * 1000
+                for t in templates:
+                    nursery.start_soon(lambda t=t, s=slot_ms: d.send(
+                        t, scheduled_at_ms=s, attempt=1, origin="scheduled", timeout_s=10.0, may_send=may_send))
+    return t0, t1

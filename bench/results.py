@@ -1,0 +1,89 @@
+"""Shared by the bench scenarios: the sink process, its records, and drift percentiles (HdrHistogram).
+
+Drift is what a target sees: sink receive time minus the scheduled time carried in
+``X-Shardwheel-Scheduled-At``. It is recorded in microseconds and reported in milliseconds; a request that
+arrives before its slot (a skewed clock) counts as 0 drift and is counted in ``early``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+from hdrh.histogram import HdrHistogram
+
+__all__ = ["SinkRecord", "drift_summary", "read_sink", "start_sink", "stop_sink"]
+
+ROOT = Path(__file__).resolve().parent.parent
+QUANTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+class SinkRecord(msgspec.Struct, gc=False):
+    recv_ns: int
+    job: str | None
+    scheduled_at: str | None
+    node: str | None
+    scheduled_ms: int | None = None
+
+
+def start_sink(out: str) -> tuple[subprocess.Popen[str], int]:
+    """``bench.sink`` in its own process, recording to ``out``; returns it and its port."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--port", "0", "--out", out],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "READY <port>"; empty if the sink died
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"sink did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
+def stop_sink(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def read_sink(path: str) -> list[SinkRecord]:
+    dec = msgspec.json.Decoder(SinkRecord)
+    slot_ms: dict[str, int] = {}
+    out: list[SinkRecord] = []
+    if not os.path.exists(path):
+        return out
+    with open(path, "rb") as f:
+        for line in f:
+            r = dec.decode(line)
+            if r.scheduled_at is not None:
+                ms = slot_ms.get(r.scheduled_at)
+                if ms is None:
+                    ms = slot_ms[r.scheduled_at] = round(datetime.fromisoformat(r.scheduled_at).timestamp() * 1000)
+                r.scheduled_ms = ms
+            out.append(r)
+    return out
+
+
+def drift_summary(records: Iterable[SinkRecord]) -> dict[str, float]:
+    hist = HdrHistogram(1, 3_600_000_000, 3)
+    early = 0
+    for r in records:
+        assert r.scheduled_ms is not None
+        us = (r.recv_ns - r.scheduled_ms * 1_000_000) // 1000
+        if us < 0:
+            early += 1
+        hist.record_value(max(1, us))
+    if hist.get_total_count() == 0:
+        return {"count": 0}
+    out = {f"p{q:g}": round(hist.get_value_at_percentile(q) / 1000, 1) for q in QUANTILES}
+    out["max"] = round(hist.get_max_value() / 1000, 1)
+    out["count"] = hist.get_total_count()
+    out["early"] = early
+    return out

@@ -1,0 +1,257 @@
+"""Steady-load bench: N jobs ``* * * * * *`` on one node for D seconds, measured at a sink in its own process.
+
+What it does, in order:
+1. PostgreSQL: the one named by ``SHARDWHEEL_PG_DSN``, else an embedded one (durable: default fsync settings)
+   in a temporary directory; a fresh database, migrated, cluster of 256 shards.
+2. The sink (``bench.sink``, asyncio + uvloop + httptools) in its own process.
+3. N jobs inserted straight into ``jobs`` (one statement; ids spread over all shards), all firing every second.
+4. One node process (``shardwheel node --shards 0-255``), started after the jobs exist; the measured window
+   opens ``--warmup`` seconds after the node is ready and lasts D seconds.
+5. SIGTERM to the node (graceful release), SIGTERM to the sink (it writes what it received).
+6. The bare dispatcher: the same N pre-encoded requests fired at every whole second for D seconds against a
+   fresh sink, no database, no wheel: the floor the node's figures should be compared to.
+
+Reported for the window, per run: firings/s achieved, drift (sink receive time - scheduled second)
+p50/p99/p99.9/max, lost slots (expected (job, second) pairs never received), duplicates, and, from
+PostgreSQL, slots without exactly one terminal execution row. JSON and a markdown table.
+
+Example::
+
+    python -m bench.steady --jobs 1000 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import trio
+
+from protocol.ids import new_job_id
+from protocol.jobs import JobSpec, Target
+from protocol.schedules import Cron
+from protocol.shards import HASH_NAME, shard_of
+from shardwheel.embedded import EmbeddedPostgres, dsn_with_database, free_port
+
+from .results import drift_summary, read_sink, start_sink, stop_sink
+
+__all__ = ["main", "run_steady"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _prepare_db(admin_dsn: str, name: str) -> str:
+    from scheduler_node.store.migrate import ensure_cluster, migrate
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    dsn = dsn_with_database(admin_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await ensure_cluster(conn, name="bench", shard_count=256, hash_name=HASH_NAME)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def insert_jobs(dsn: str, specs: list[JobSpec], next_fire_at: Any = None, chunk: int = 50_000) -> list[uuid.UUID]:
+    """Jobs straight into the table, one statement per chunk (the API path is benchmarked elsewhere)."""
+    ids = [new_job_id() for _ in specs]
+    conn = await asyncpg.connect(dsn)
+    try:
+        for i in range(0, len(specs), chunk):
+            part = specs[i : i + chunk]
+            part_ids = ids[i : i + chunk]
+            await conn.execute(
+                "INSERT INTO jobs (shard, id, tenant, name, spec, state, semantics, next_fire_at)"
+                " SELECT s, id, 'bench', n, sp::jsonb, 'active', sem, coalesce($6, now())"
+                " FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[]) AS t(s, id, n, sp, sem)",
+                [shard_of(j) for j in part_ids], part_ids, [s.name for s in part],
+                [msgspec.json.encode(s).decode() for s in part], [s.semantics.value for s in part],
+                next_fire_at,
+            )  # fmt: skip
+    finally:
+        await conn.close()
+    return ids
+
+
+async def _slot_states(dsn: str, t0: int, t1: int) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT status, count(*) AS n FROM executions WHERE scheduled_at >= to_timestamp($1)"
+            " AND scheduled_at < to_timestamp($2) GROUP BY status", t0, t1,
+        )  # fmt: skip
+    finally:
+        await conn.close()
+    return {r["status"]: r["n"] for r in rows}
+
+
+def _wait_ready(url: str, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return time.time()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"node at {url} not ready within {timeout}s")
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def run_steady(jobs: int, duration: int, *, warmup: int = 3, pg_dsn: str | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        pg = EmbeddedPostgres.from_env(tmp / "pg") if pg_dsn is None else None
+        if pg is not None:
+            pg.start()
+        try:
+            admin = pg_dsn or (pg.dsn if pg else "")
+            dsn = asyncio.run(_prepare_db(admin, f"sw_bench_{os.getpid()}"))
+            sink, port = start_sink(str(tmp / "sink.jsonl"))
+            try:
+                spec = JobSpec(name="bench", schedule=Cron("* * * * * *"),
+                               target=Target(url=f"http://127.0.0.1:{port}/fire"))  # fmt: skip
+                asyncio.run(insert_jobs(dsn, [spec] * jobs))
+                node_port = free_port()
+                env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
+                node = subprocess.Popen(
+                    [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, "--port", str(node_port),
+                     "--node-id", "bench-node", "--log-level", "warning"],
+                    cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+                started = time.time()
+                try:
+                    ready_at = _wait_ready(f"http://127.0.0.1:{node_port}", 120)
+                    t0 = math.ceil(ready_at) + warmup
+                    t1 = t0 + duration
+                    time.sleep(max(0.0, t1 + 1.5 - time.time()))
+                    rss = _rss_mb(node.pid)
+                    metrics = httpx.get(f"http://127.0.0.1:{node_port}/metrics", timeout=5).text
+                finally:
+                    node.send_signal(signal.SIGTERM)
+                    node.wait(60)
+            finally:
+                stop_sink(sink)
+            records = read_sink(str(tmp / "sink.jsonl"))
+            states = asyncio.run(_slot_states(dsn, t0, t1))
+        finally:
+            if pg is not None:
+                pg.stop()
+    window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
+    seen = Counter((r.job, r.scheduled_ms) for r in window)
+    expected = jobs * duration
+    terminal = sum(n for s, n in states.items() if s not in ("claimed", "retry_wait"))
+    return {
+        "scenario": "steady",
+        "jobs": jobs,
+        "duration_s": duration,
+        "firings_per_s": round(len(seen) / duration, 1),
+        "drift_ms": drift_summary(window),
+        "lost": expected - len(seen),
+        "duplicates": sum(c - 1 for c in seen.values()),
+        "db_rows_terminal": terminal,
+        "db_rows_not_terminal": sum(n for s, n in states.items() if s in ("claimed", "retry_wait")),
+        "db_statuses": states,
+        "node_start_to_ready_s": round(ready_at - started, 2),
+        "node_peak_rss_mb": round(rss, 1),
+        "node_dispatch_lag_p99_ms": _metric(metrics, 'shardwheel_dispatch_lag{quantile="0.99"}'),
+    }
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def run_bare(jobs: int, duration: int, *, connections: int = 256) -> dict[str, Any]:
+    """The same N requests at every whole second straight through the dispatcher: the baseline."""
+    from .bare import fire_every_second
+
+    with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp:
+        out = os.path.join(tmp, "sink.jsonl")
+        sink, port = start_sink(out)
+        try:
+            t0, t1 = trio.run(fire_every_second, port, jobs, duration, connections)
+        finally:
+            stop_sink(sink)
+        records = read_sink(out)
+    window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
+    seen = Counter((r.job, r.scheduled_ms) for r in window)
+    return {
+        "scenario": "bare_dispatcher",
+        "jobs": jobs,
+        "duration_s": duration,
+        "firings_per_s": round(len(seen) / duration, 1),
+        "drift_ms": drift_summary(window),
+        "lost": jobs * duration - len(seen),
+        "duplicates": sum(c - 1 for c in seen.values()),
+    }
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    head = "| scenario | jobs | s | firings/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | not terminal |"
+    lines = [head, "|" + "---|" * 11]
+    for r in results:
+        d = r["drift_ms"]
+        lines.append(
+            f"| {r['scenario']} | {r['jobs']} | {r['duration_s']} | {r['firings_per_s']} | {d['p50']} | {d['p99']} |"
+            f" {d['p99.9']} | {d['max']} | {r['lost']} | {r['duplicates']} | {r.get('db_rows_not_terminal', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.steady", description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, nargs="+", default=[100, 1000], help="N values to run, e.g. 100 1000 5000")
+    p.add_argument("--duration", type=int, default=30, help="measured seconds per run")
+    p.add_argument("--warmup", type=int, default=3, help="seconds after the node is ready before measuring")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare-dispatcher baseline")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    results: list[dict[str, Any]] = []
+    for n in args.jobs:
+        results.append(run_steady(n, args.duration, warmup=args.warmup, pg_dsn=os.environ.get("SHARDWHEEL_PG_DSN")))
+        if not args.no_bare:
+            results.append(run_bare(n, args.duration))
+        print(msgspec.json.format(msgspec.json.encode(results[-2:] if not args.no_bare else results[-1:])).decode(),
+              flush=True)
+    print(markdown(results))
+    if args.json:
+        Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
