@@ -20,6 +20,7 @@ import logging
 import secrets
 import signal
 import socket
+from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass, field
 
 import trio
@@ -34,7 +35,7 @@ from .engine import Engine, EngineConfig
 from .http_api import NodeHttpApp
 from .metrics import Metrics
 from .ownership import StaticOwnership, parse_shard_ranges
-from .store import bump_epoch, read_cluster
+from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_cluster
 from .trio_store import TrioStore
 
 __all__ = ["Node", "NodeConfig", "run_node"]
@@ -59,6 +60,21 @@ class NodeConfig:
     clock_offset_ms: int = 0
     alert_webhook: str | None = None
     pool_size: int = 8
+    retention_days: int = 30  # executions older than this are dropped, a day partition at a time
+
+
+async def _partition_maintenance(db: TrioStore, retention_days: int, *,
+                                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
+    """Day partitions a week ahead, and retention, at start and hourly (every node may: it is serialised)."""
+    while True:
+        today = datetime.now(UTC).date()
+        created = await db.call(ensure_partitions, today - timedelta(days=1), 8)
+        dropped = await db.call(drop_partitions_before, today - timedelta(days=retention_days))
+        if created or dropped:
+            log.info("partitions: created %s, dropped %s", created, dropped)
+        task_status.started()
+        task_status = trio.TASK_STATUS_IGNORED
+        await trio.sleep(3600)
 
 
 class Node:
@@ -102,6 +118,7 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     if handle_signals:
                         nursery.start_soon(self._watch_signals, nursery)
+                    await nursery.start(_partition_maintenance, db, config.retention_days)
                     await nursery.start(engine.run)
                     self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
                     log.info("node %s serving on %s, shards %s", config.node_id, self.addresses, config.shards)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -48,6 +49,7 @@ def _shard_count(value: str) -> int:
 async def _migrate(dsn: str, cluster: str, shards: int) -> tuple[list[str], object]:
     import asyncpg
 
+    from scheduler_node.store import ensure_partitions
     from scheduler_node.store.migrate import ensure_cluster, migrate
 
     try:
@@ -57,6 +59,7 @@ async def _migrate(dsn: str, cluster: str, shards: int) -> tuple[list[str], obje
     try:
         applied = await migrate(conn)
         info = await ensure_cluster(conn, name=cluster, shard_count=shards, hash_name=HASH_NAME)
+        await ensure_partitions(conn, datetime.now(UTC).date() - timedelta(days=1), 8)
     finally:
         await conn.close()
     return applied, info

@@ -23,7 +23,6 @@ Example::
 from __future__ import annotations
 
 import abc
-import contextlib
 import importlib.util
 import os
 import pwd
