@@ -304,12 +304,12 @@ class Engine:
         self._releasing.discard(shard)
 
     def _granted_epoch(self, shard: int) -> int | None:
-        if shard in self._releasing or shard not in self._loaded:
+        """The epoch to write and send with for ``shard`` (loading counts: its first claims go out then)."""
+        epoch = self._epochs.get(shard)
+        if epoch is None or shard in self._releasing:
             return None
         grant = self.ownership.grants().get(shard)
-        if grant is None or grant.epoch != self._epochs.get(shard):
-            return None
-        return grant.epoch
+        return epoch if grant is not None and grant.epoch == epoch else None
 
     def _may_send(self) -> bool:
         return trio.current_time() < self.ownership.valid_until()
@@ -366,19 +366,34 @@ class Engine:
         return self._plan_from(job, start, now)
 
     def _plan_from(self, job: LoadedJob, after_ms: int, now: int) -> list[ClaimRow]:
-        """Claim rows for the slots missed after ``after_ms``; schedules the job's next CLAIM."""
+        """Claim rows for the job's slots after ``after_ms`` up to ``now + lookahead``, and its next CLAIM.
+
+        Slots older than the misfire grace follow the misfire policy; later ones (late within grace, or due
+        within the lookahead) are claimed to be sent, at most ``max_catchup`` of them per call so one call stays
+        bounded; the rest come with the next CLAIM, due at once. One batch catches a job up, not one per slot.
+        """
         misfire = job.spec.misfire
-        plan = plan_missed(job.slots_after(after_ms), now, misfire)
+        slots = job.slots_after(after_ms)
+        plan = plan_missed(slots, now, misfire)
         epoch = self._epochs[job.shard]
         rows = [ClaimRow(job.shard, epoch, job.id, ms_to_datetime(s)) for s in plan.fire]
         rows += [ClaimRow(job.shard, epoch, job.id, ms_to_datetime(s), status=S.SKIPPED_MISFIRE,
                           error="missed: no node could fire it in time") for s in plan.skip]  # fmt: skip
         if plan.missed:
             self.metrics.skips.inc(plan.missed - len(plan.fire), kind="misfire")
-            job.last_claimed_ms = max(plan.fire + plan.skip)
-        next_slot = plan.next_slot
-        if plan.truncated or (next_slot is None and plan.missed):
-            next_slot = next(job.slots_after(now - misfire.grace_ms - 1), None)
+        if plan.truncated:  # more were missed than planned for: skip ahead to the first slot within grace
+            slots = job.slots_after(now - misfire.grace_ms - 1)
+            next_slot = next(slots, None)
+        else:
+            next_slot = plan.next_slot
+        last = max(plan.fire + plan.skip) if plan.missed else None
+        limit, room = now + self.config.lookahead_ms, misfire.max_catchup
+        while next_slot is not None and next_slot <= limit and room:
+            rows.append(ClaimRow(job.shard, epoch, job.id, ms_to_datetime(next_slot)))
+            last, room = next_slot, room - 1
+            next_slot = next(slots, None)
+        if last is not None:
+            job.last_claimed_ms = last
         self._schedule_claim(job, next_slot, now)
         return rows
 
@@ -480,18 +495,24 @@ class Engine:
             rows.append(ClaimRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms)))
             job.last_claimed_ms = p.slot_ms
             on_time.append(p)
-        for i in range(0, len(rows), self.config.claim_chunk):
-            await self._claim_rows(rows[i : i + self.config.claim_chunk])
+        await self._claim_rows(rows)
         # Next slots after the claims went out, still ahead of the burst; yield now and then so that the
-        # driver fires on time should this run long.
+        # driver fires on time should this run long. A job that fell behind gets its late slots here too.
+        now = self.clock.now_ms()
+        follow: list[ClaimRow] = []
         for i, p in enumerate(on_time):
             job = p.job
             if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE and job.claim_entry is None:
-                self._schedule_claim(job, next(job.slots_after(p.slot_ms), None), now)
+                follow += self._plan_from(job, p.slot_ms, now)
             if i % 500 == 499:
                 await trio.lowlevel.checkpoint()
+        await self._claim_rows(follow)
 
     async def _claim_rows(self, rows: list[ClaimRow]) -> None:
+        for i in range(0, len(rows), self.config.claim_chunk):
+            await self._claim_chunk(rows[i : i + self.config.claim_chunk])
+
+    async def _claim_chunk(self, rows: list[ClaimRow]) -> None:
         if not rows:
             return
         started = trio.current_time()
