@@ -130,8 +130,18 @@ class LoadedJob:
     unsent: int = 0  # claimed slots waiting in the wheel for their second
     exhausted: bool = False  # the schedule has no slot left
 
+    _slots: Iterator[int] | None = None  # kept while the job is in the horizon: get_next is ~5x cheaper
+    _slots_at: int | None = None  # the slot the kept iterator last returned
+
     def slots_after(self, after_ms: int) -> Iterator[int]:
         return self.rule.iter_ms(after_ms)
+
+    def next_slot(self, after_ms: int) -> int | None:
+        """The first slot after ``after_ms``, continuing the kept iterator when it stands there."""
+        if self._slots is None or self._slots_at != after_ms:
+            self._slots = self.rule.iter_ms(after_ms)
+        self._slots_at = next(self._slots, None)
+        return self._slots_at
 
 
 class Engine:
@@ -165,7 +175,10 @@ class Engine:
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._draining = False
-        self.writer: Writer[ResultRow] = Writer(self._write_results, on_fenced=self.lose_shard, name="results")
+        # Results wait up to 50 ms to batch: a burst's results become a few statements written after the burst,
+        # not dozens of small ones competing with the sends for the node's one thread.
+        self.writer: Writer[ResultRow] = Writer(self._write_results, on_fenced=self.lose_shard, name="results",
+                                                max_batch=5_000, max_delay_s=0.05)
         self.writer.on_batch = self._record_write_batch
         self.metrics.wheel_size.read = lambda: float(len(self.wheel))
         self.metrics.in_flight.read = lambda: float(sum(self._in_flight.values()))
@@ -256,7 +269,13 @@ class Engine:
         run.retry_entry = self._insert(when, Pending(FIRE, job, slot, e.origin, e.attempt))
 
     async def _release(self, shard: int, deadline: float) -> None:
-        if shard not in self._loaded or shard in self._releasing:
+        with trio.move_on_at(deadline):
+            while shard in self._epochs and shard not in self._loaded:
+                await trio.sleep(0.02)  # still loading: release once it is whole
+        if shard in self._releasing:
+            return
+        if shard not in self._loaded:  # never loaded, or dropped meanwhile: nothing here to hand over
+            await self.ownership.released(shard)
             return
         self._releasing.add(shard)
         epoch = self._epochs[shard]
@@ -500,10 +519,15 @@ class Engine:
         # driver fires on time should this run long. A job that fell behind gets its late slots here too.
         now = self.clock.now_ms()
         follow: list[ClaimRow] = []
+        limit = now + self.config.lookahead_ms
         for i, p in enumerate(on_time):
             job = p.job
             if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE and job.claim_entry is None:
-                follow += self._plan_from(job, p.slot_ms, now)
+                nxt = job.next_slot(p.slot_ms)
+                if nxt is None or nxt > limit:
+                    self._schedule_claim(job, nxt, now)  # the usual case: one get_next
+                else:
+                    follow += self._plan_from(job, p.slot_ms, now)  # behind: catch up in one batch
             if i % 500 == 499:
                 await trio.lowlevel.checkpoint()
         await self._claim_rows(follow)
@@ -785,6 +809,18 @@ class Engine:
 
     def metrics_text(self) -> str:
         return self.metrics.render()
+
+    def summary(self) -> dict[str, Any]:
+        """The figures a node publishes for cluster status."""
+        now = self.clock.now_ms()
+        nd = self.wheel.next_deadline()
+        return {
+            "shards": len(self._loaded),
+            "jobs_in_memory": len(self.jobs),
+            "in_flight": sum(self._in_flight.values()),
+            "dispatch_lag_p99_ms": self.metrics.dispatch_lag.quantile(0.99),
+            "lag_ms": max(0, now - nd) if nd is not None else 0,  # how late the oldest due entry is
+        }
 
     def status(self) -> dict[str, Any]:
         grants = self.ownership.grants()
