@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import signal
@@ -23,6 +24,7 @@ import socket
 from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass, field
 
+import msgspec
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
@@ -30,8 +32,11 @@ from hypercorn.trio import serve
 from protocol.errors import InfrastructureError
 
 from .clock import Clock
+from .clock_check import ClockCheck
+from .coordination import KeyLayout, TrioCoordinator
 from .dispatch import Dispatcher
 from .engine import Engine, EngineConfig
+from .etcd_ownership import EtcdOwnership
 from .http_api import NodeHttpApp
 from .metrics import Metrics
 from .ownership import StaticOwnership, parse_shard_ranges
@@ -61,6 +66,11 @@ class NodeConfig:
     alert_webhook: str | None = None
     pool_size: int = 8
     retention_days: int = 30  # executions older than this are dropped, a day partition at a time
+    etcd: str | None = None  # etcd endpoint(s): cluster mode (leases, rebalancing); None: static --shards
+    etcd_prefix: str = "/shardwheel"
+    lease_ttl_s: int = 5
+    advertise_host: str | None = None  # how other processes reach this node's HTTP port (default: host)
+    clock_limit_ms: float = 50.0
 
 
 async def _partition_maintenance(db: TrioStore, retention_days: int, *,
@@ -75,6 +85,27 @@ async def _partition_maintenance(db: TrioStore, retention_days: int, *,
         task_status.started()
         task_status = trio.TASK_STATUS_IGNORED
         await trio.sleep(3600)
+
+
+async def _publish_status(engine: Engine, ownership: EtcdOwnership, clock_check: ClockCheck,
+                          interval_s: float = 2.0) -> None:  # fmt: skip
+    """This node's figures in etcd (bound to its lease), for `shardwheel cluster status` and the API."""
+    last_firings, last_t = engine.metrics.firings.get(), trio.current_time()
+    while True:
+        await trio.sleep(interval_s)
+        firings, now = engine.metrics.firings.get(), trio.current_time()
+        status = {
+            **engine.summary(),
+            "firings_per_s": round((firings - last_firings) / (now - last_t), 1),
+            "clock_offset_ms": None if clock_check.offset_ms is None else round(clock_check.offset_ms, 1),
+            "refusing": ownership.refusing,
+            "valid_for_s": round(ownership.valid_until() - now, 2),
+        }
+        last_firings, last_t = firings, now
+        try:
+            await ownership.publish_status(msgspec.json.encode(status))
+        except InfrastructureError as e:
+            log.warning("publishing status failed: %s", e)
 
 
 class Node:
@@ -93,40 +124,66 @@ class Node:
     async def run(self, *, handle_signals: bool = True,
                   task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
         config = self.config
-        async with TrioStore.open(config.dsn, max_size=config.pool_size) as db:
+        async with contextlib.AsyncExitStack() as stack:
+            db = await stack.enter_async_context(TrioStore.open(config.dsn, max_size=config.pool_size))
             cluster = await db.call(read_cluster)
             if cluster is None:
                 raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
-            shards = parse_shard_ranges(config.shards, cluster.shard_count)
-            ownership = StaticOwnership(shards, lambda s: db.call(bump_epoch, s, config.node_id))
-            async with Dispatcher(per_host_limit=config.per_host_limit, node_limit=config.total_limit) as dispatcher:
-                engine = self.engine = Engine(
-                    EngineConfig(
-                        node_id=config.node_id, shard_count=cluster.shard_count, horizon_ms=config.horizon_ms,
-                        lookahead_ms=config.lookahead_ms, release_timeout_s=config.release_timeout_s,
-                        signing_secret=config.signing_secret.encode() if config.signing_secret else None,
-                        alert_webhook=config.alert_webhook,
-                    ),
-                    db=db, ownership=ownership, dispatcher=dispatcher, metrics=Metrics(),
-                    clock=Clock(config.clock_offset_ms),
+            clock = Clock(config.clock_offset_ms)
+            clock_check = ClockCheck(db, clock, limit_ms=config.clock_limit_ms)
+            await clock_check.measure()
+
+            async def bump(shard: int) -> int:
+                return await db.call(bump_epoch, shard, config.node_id)
+
+            ownership: StaticOwnership | EtcdOwnership
+            if config.etcd:
+                coord = await stack.enter_async_context(
+                    TrioCoordinator.open(config.etcd, KeyLayout(cluster.name, config.etcd_prefix)))
+                ownership = EtcdOwnership(
+                    coord, node_id=config.node_id, address="", shard_count=cluster.shard_count, bump_epoch=bump,
+                    ttl_s=config.lease_ttl_s, release_timeout_s=config.release_timeout_s,
+                    clock_ok=clock_check.problem,
                 )  # fmt: skip
-                hc = HypercornConfig()
-                hc.bind = [f"{config.host}:{config.port}"]
-                hc.accesslog = None
-                hc.errorlog = logging.getLogger("hypercorn.error")
-                hc.graceful_timeout = 1.0
-                async with trio.open_nursery() as nursery:
-                    if handle_signals:
-                        nursery.start_soon(self._watch_signals, nursery)
-                    await nursery.start(_partition_maintenance, db, config.retention_days)
-                    await nursery.start(engine.run)
-                    self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
-                    log.info("node %s serving on %s, shards %s", config.node_id, self.addresses, config.shards)
-                    task_status.started(self.addresses)
-                    await self._stop.wait()
-                    log.info("node %s: releasing shards", config.node_id)
-                    await engine.drain()
-                    nursery.cancel_scope.cancel()
+            else:
+                if clock_check.problem():
+                    raise InfrastructureError(f"refusing to own shards: {clock_check.problem()}")
+                ownership = StaticOwnership(parse_shard_ranges(config.shards, cluster.shard_count), bump)
+            dispatcher = await stack.enter_async_context(
+                Dispatcher(per_host_limit=config.per_host_limit, node_limit=config.total_limit))
+            engine = self.engine = Engine(
+                EngineConfig(
+                    node_id=config.node_id, shard_count=cluster.shard_count, horizon_ms=config.horizon_ms,
+                    lookahead_ms=config.lookahead_ms, release_timeout_s=config.release_timeout_s,
+                    signing_secret=config.signing_secret.encode() if config.signing_secret else None,
+                    alert_webhook=config.alert_webhook,
+                ),
+                db=db, ownership=ownership, dispatcher=dispatcher, metrics=Metrics(), clock=clock,
+            )  # fmt: skip
+            hc = HypercornConfig()
+            hc.bind = [f"{config.host}:{config.port}"]
+            hc.accesslog = None
+            hc.errorlog = logging.getLogger("hypercorn.error")
+            hc.graceful_timeout = 1.0
+            async with trio.open_nursery() as nursery:
+                if handle_signals:
+                    nursery.start_soon(self._watch_signals, nursery)
+                await nursery.start(_partition_maintenance, db, config.retention_days)
+                await nursery.start(clock_check.run)
+                self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
+                port = self.addresses[0].rsplit(":", 1)[1]
+                if isinstance(ownership, EtcdOwnership):
+                    ownership.address = f"http://{config.advertise_host or config.host}:{port}"
+                    nursery.start_soon(_publish_status, engine, ownership, clock_check)
+                await nursery.start(engine.run)
+                log.info("node %s serving on %s", config.node_id, self.addresses)
+                task_status.started(self.addresses)
+                await self._stop.wait()
+                log.info("node %s: releasing shards", config.node_id)
+                await engine.drain()
+                if isinstance(ownership, EtcdOwnership):
+                    await ownership.leave()
+                nursery.cancel_scope.cancel()
 
     async def _watch_signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

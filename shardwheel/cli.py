@@ -116,7 +116,9 @@ def cmd_node(args: argparse.Namespace) -> int:
         dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
         cluster_secret=args.cluster_secret, signing_secret=args.signing_secret,
         horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms, release_timeout_s=args.release_timeout,
-        clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook,
+        clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook, etcd=args.etcd,
+        etcd_prefix=args.etcd_prefix, lease_ttl_s=args.lease_ttl, advertise_host=args.advertise_host,
+        clock_limit_ms=args.clock_limit_ms,
         **({"node_id": args.node_id} if args.node_id else {}),
     )  # fmt: skip
     try:
@@ -124,6 +126,30 @@ def cmd_node(args: argparse.Namespace) -> int:
     except ValueError as e:  # a bad --shards range
         raise ShardwheelError(f"--shards: {e}") from None
     return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from shardwheel.cluster import apply_operation, cluster_status, render_status
+
+    if not args.dsn:
+        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
+    if not args.etcd:
+        raise ShardwheelError("no etcd: pass --etcd or set SHARDWHEEL_ETCD")
+    if args.op == "status":
+        status = cluster_status(args.dsn, args.etcd, args.etcd_prefix)
+        if args.json:
+            import msgspec
+
+            print(msgspec.json.encode(status).decode())
+        else:
+            render_status(status)
+        return 0
+    print(apply_operation(args.dsn, args.etcd, args.etcd_prefix, args.op, *args.args))
+    return 0
+
+
+_CLUSTER_ARGS = {"status": 0, "rebalance": 0, "pause": 0, "resume": 0, "drain": 1, "undrain": 1, "move": 2,
+                 "unpin": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,9 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--lookahead-ms", type=int, default=300, help="how long before its slot a firing is claimed")
     n.add_argument("--release-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish at shutdown")
+    n.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
+                   help="etcd endpoint(s), comma-separated: cluster mode, --shards is then ignored (env SHARDWHEEL_ETCD)")
+    n.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),
+                   help="key prefix in etcd (env SHARDWHEEL_ETCD_PREFIX)")
+    n.add_argument("--lease-ttl", type=int, default=5, help="seconds; a dead node's shards move after about this")
+    n.add_argument("--advertise-host", default=os.environ.get("SHARDWHEEL_ADVERTISE_HOST"),
+                   help="host other processes use to reach this node (default: --host)")
+    n.add_argument("--clock-limit-ms", type=float, default=50.0,
+                   help="largest clock offset from PostgreSQL at which the node still owns shards")
     n.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)  # tests: a skewed clock
     n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     n.set_defaults(func=cmd_node)
+
+    c = sub.add_parser("cluster", help="cluster status and admin operations (drain, move, pause, rebalance)")
+    c.add_argument("op", choices=sorted(_CLUSTER_ARGS), help="status | rebalance | pause | resume | drain NODE | "
+                   "undrain NODE | move SHARD NODE | unpin SHARD")
+    c.add_argument("args", nargs="*", help="the operation's arguments")
+    c.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    c.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"), help="etcd endpoint(s) (env SHARDWHEEL_ETCD)")
+    c.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"))
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.set_defaults(func=cmd_cluster)
 
     d = sub.add_parser("dev", parents=[common], help="run an embedded local cluster (PostgreSQL + etcd)")
     d.add_argument("--data-dir", default=".shardwheel/dev", help="where the embedded servers keep their data")
@@ -169,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "cluster" and len(args.args) != _CLUSTER_ARGS[args.op]:
+        parser.exit(2, f"shardwheel: error: cluster {args.op} takes {_CLUSTER_ARGS[args.op]} argument(s), "
+                       f"got {len(args.args)}\n")
     try:
         return int(args.func(args))
     except ShardwheelError as e:

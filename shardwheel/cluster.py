@@ -1,0 +1,122 @@
+"""`shardwheel cluster ...`: the cluster as etcd and PostgreSQL see it, and the admin writes that steer it.
+
+Status is read from both stores, not from one node: members and their published figures, drains, pins and
+the paused flag from etcd; epochs from ``shard_epochs`` in PostgreSQL. The operations only write admin keys in
+etcd; the nodes watch them and move shards with the graceful release (nothing lost, nothing sent twice):
+
+| command | admin key |
+| --- | --- |
+| `drain NODE` / `undrain NODE` | `admin/drained/NODE` |
+| `move SHARD NODE` / `unpin SHARD` | `admin/pins/SHARD` (a pin survives node restarts) |
+| `pause` / `resume` | `admin/paused` (no shard is given away; free shards are still taken) |
+| `rebalance` | `admin/rebalance` (every node re-plans now) |
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from protocol.errors import ShardwheelError
+from scheduler_node.coordination import EtcdCoordinator, KeyLayout
+
+__all__ = ["apply_operation", "cluster_status", "render_status"]
+
+
+async def _read_pg(dsn: str) -> tuple[str, int, dict[int, tuple[int, str | None]]]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        row = await conn.fetchrow("SELECT name, shard_count FROM cluster")
+        if row is None:
+            raise ShardwheelError("the database has no cluster row: run `shardwheel migrate` first")
+        epochs = {r["shard"]: (r["epoch"], r["owner"]) for r in await conn.fetch("SELECT * FROM shard_epochs")}
+        return row["name"], row["shard_count"], epochs
+    finally:
+        await conn.close()
+
+
+def cluster_status(dsn: str, etcd: str, prefix: str) -> dict[str, Any]:
+    name, shard_count, epochs = asyncio.run(_read_pg(dsn))
+    with EtcdCoordinator(etcd, KeyLayout(name, prefix)) as coord:
+        view = coord.snapshot()
+    owners = view.live_owners()
+    per_node = Counter(owners.values())
+    members = []
+    for node_id, info in sorted(view.nodes.items()):
+        figures = msgspec.json.decode(view.status[node_id]) if node_id in view.status else {}
+        members.append({
+            "node": node_id, "address": info.address, "shards": per_node.get(node_id, 0),
+            "drained": node_id in view.drained, "refusing": info.refusing,
+            "firings_per_s": figures.get("firings_per_s"), "dispatch_lag_p99_ms": figures.get("dispatch_lag_p99_ms"),
+            "lag_ms": figures.get("lag_ms"), "clock_offset_ms": figures.get("clock_offset_ms"),
+        })  # fmt: skip
+    return {
+        "cluster": name,
+        "shard_count": shard_count,
+        "rebalancing_paused": view.paused,
+        "members": members,
+        "unowned_shards": sorted(set(range(shard_count)) - set(owners)),
+        "pins": {str(s): n for s, n in sorted(view.pins.items())},
+        "drained": sorted(view.drained),
+        "shards": {str(s): {"owner": owners.get(s), "epoch": epochs.get(s, (0, None))[0]} for s in range(shard_count)},
+    }
+
+
+def render_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"cluster {status['cluster']} — {status['shard_count']} shards"
+                        + (" — rebalancing PAUSED" if status["rebalancing_paused"] else ""))
+    for col in ("node", "address", "shards", "firings/s", "lag p99 ms", "lag ms", "clock ms", "state"):
+        table.add_column(col)
+    for m in status["members"]:
+        state = "drained" if m["drained"] else (f"refusing: {m['refusing']}" if m["refusing"] else "ok")
+        table.add_row(m["node"], m["address"], str(m["shards"]), str(m["firings_per_s"]),
+                      str(m["dispatch_lag_p99_ms"]), str(m["lag_ms"]), str(m["clock_offset_ms"]), state)
+    console.print(table)
+    if status["unowned_shards"]:
+        console.print(f"unowned shards: {status['unowned_shards']}")
+    if status["pins"]:
+        console.print(f"pins: {status['pins']}")
+
+
+def apply_operation(dsn: str, etcd: str, prefix: str, op: str, *args: str, actor: str = "cli") -> str:
+    name, shard_count, _ = asyncio.run(_read_pg(dsn))
+    with EtcdCoordinator(etcd, KeyLayout(name, prefix)) as coord:
+        if op in ("drain", "undrain"):
+            (node,) = args
+            if op == "drain" and node not in coord.snapshot().nodes:
+                raise ShardwheelError(f"node '{node}' is not a live member of cluster '{name}'")
+            coord.drain(node, actor) if op == "drain" else coord.undrain(node)
+            return f"{op}ed {node}"
+        if op in ("move", "unpin"):
+            try:
+                shard = int(args[0])
+            except ValueError:
+                raise ShardwheelError(f"shard: '{args[0]}' is not a number") from None
+            if not 0 <= shard < shard_count:
+                raise ShardwheelError(f"shard: {shard} is outside 0-{shard_count - 1}")
+            if op == "unpin":
+                coord.unpin(shard)
+                return f"unpinned shard {shard}"
+            node = args[1]
+            if node not in coord.snapshot().nodes:
+                raise ShardwheelError(f"node '{node}' is not a live member of cluster '{name}'")
+            coord.pin(shard, node)
+            return f"shard {shard} pinned to {node}; it moves with a graceful release"
+        if op == "pause":
+            coord.pause_rebalancing(actor)
+            return "rebalancing paused"
+        if op == "resume":
+            coord.resume_rebalancing()
+            return "rebalancing resumed"
+        if op == "rebalance":
+            coord.request_rebalance(actor)
+            return "rebalance requested"
+    raise ShardwheelError(f"unknown operation '{op}'")

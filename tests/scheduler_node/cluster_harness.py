@@ -1,0 +1,103 @@
+"""Several node processes on 127.0.0.1 sharing one PostgreSQL database and one etcd (TTL 2 s)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from scheduler_node.coordination import ClusterView, EtcdCoordinator, KeyLayout
+from shardwheel.embedded import free_port
+
+from .harness import SECRET
+
+TTL = 2
+
+
+@dataclass
+class NodeProcess:
+    node_id: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Cluster:
+    dsn: str
+    etcd: str
+    prefix: str
+    nodes: dict[str, NodeProcess] = field(default_factory=dict)
+
+    def coordinator(self) -> EtcdCoordinator:
+        return EtcdCoordinator(self.etcd, KeyLayout("test", self.prefix))
+
+    def start(self, node_id: str, *extra: str) -> NodeProcess:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
+        args = [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", self.dsn, "--etcd", self.etcd,
+                "--etcd-prefix", self.prefix, "--lease-ttl", str(TTL), "--node-id", node_id, "--port", str(port),
+                "--cluster-secret", SECRET, "--release-timeout", "5", "--log-level", "warning", *extra]
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
+        node = self.nodes[node_id] = NodeProcess(node_id, port, proc)
+        return node
+
+    def view(self) -> ClusterView:
+        with self.coordinator() as c:
+            return c.snapshot()
+
+    def counts(self) -> Counter[str]:
+        return Counter(self.view().live_owners().values())
+
+    def wait_for(self, predicate: object, timeout: float = 6 * TTL + 10, what: str = "") -> ClusterView:
+        deadline = time.monotonic() + timeout
+        view = self.view()
+        while time.monotonic() < deadline:
+            view = self.view()
+            if predicate(view):  # type: ignore[operator]
+                return view
+            time.sleep(0.2)
+        owners = Counter(view.live_owners().values())
+        raise AssertionError(f"timed out waiting for {what}: owners {dict(owners)}, nodes {sorted(view.nodes)}")
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        self.nodes[node_id].proc.send_signal(sig)
+
+    def stop_all(self) -> None:
+        for n in self.nodes.values():
+            if n.proc.poll() is None:
+                n.proc.send_signal(signal.SIGCONT)
+                n.proc.send_signal(signal.SIGTERM)
+        for n in self.nodes.values():
+            try:
+                n.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                n.proc.kill()
+                n.proc.wait()
+
+
+@contextmanager
+def cluster(dsn: str, etcd: str, prefix: str) -> Iterator[Cluster]:
+    c = Cluster(dsn, etcd, prefix)
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def balanced(view: ClusterView, nodes: set[str], shards: int = 256) -> bool:
+    owners = view.live_owners()
+    counts = Counter(owners.values())
+    if len(owners) != shards or set(counts) != nodes:
+        return False
+    fair = shards // len(nodes)
+    return all(fair <= n <= fair + 1 for n in counts.values())
