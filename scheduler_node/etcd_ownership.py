@@ -31,7 +31,7 @@ import trio
 
 from protocol.errors import InfrastructureError
 
-from .coordination import ClusterView, LeaseAck, NodeInfo, TrioCoordinator
+from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo, TrioCoordinator
 from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
 from .planner import plan_for
 
@@ -73,6 +73,7 @@ class EtcdOwnership:
         self._valid_until = -math.inf
         self._refusing: str | None = None
         self._kick = trio.Event()
+        self._rejoining = trio.Lock()
         self._send, self.events = trio.open_memory_channel[OwnershipEvent](math.inf)
         self.view: ClusterView | None = None
 
@@ -111,6 +112,8 @@ class EtcdOwnership:
             while True:
                 try:
                     await self._reconcile()
+                except LeaseNotFound:
+                    await self._rejoin(self._lease)
                 except InfrastructureError as e:
                     log.warning("reconcile failed: %s", e)
                 with trio.move_on_after(self.reconcile_interval_s):
@@ -153,9 +156,14 @@ class EtcdOwnership:
                 self._lease = ack
                 self._valid_until = ack.valid_until(self.margin_s)
                 continue
-            # The lease is gone: every key bound to it too. Nothing is ours any more.
-            log.warning("lease %x expired: dropping %d shards and joining again", self._lease.lease_id,
-                        len(self._grants))
+            await self._rejoin(self._lease)
+
+    async def _rejoin(self, dead: LeaseAck | None) -> None:
+        """The lease is gone, and every key bound to it: nothing is ours any more. Join with a new one."""
+        async with self._rejoining:
+            if self._lease is not dead:
+                return  # the other caller (keepalive or reconcile) already did it
+            log.warning("lease expired: dropping %d shards and joining again", len(self._grants))
             self._valid_until = -math.inf
             for shard in list(self._grants):
                 self.lost(shard)
@@ -217,7 +225,10 @@ class EtcdOwnership:
 
     async def publish_status(self, blob: bytes) -> None:
         if self._lease is not None:
-            await self.coord.publish_status(self.node_id, blob, self._lease.lease_id)
+            try:
+                await self.coord.publish_status(self.node_id, blob, self._lease.lease_id)
+            except LeaseNotFound:
+                pass  # the keepalive loop notices too and joins again; the next status goes under the new lease
 
     async def leave(self) -> None:
         """After a graceful drain: revoke the lease, so nothing of ours lingers for a TTL."""
