@@ -80,7 +80,8 @@ def test_backoff_grows_and_stays_in_its_jitter_band(policy: RetryPolicy, u: floa
     assert delays == sorted(delays) and max(delays) <= policy.max_backoff_ms
     for n in range(1, 12):
         d = backoff_ms(policy, n, u)
-        assert delays[n - 1] * (1 - policy.jitter) - 1 <= d <= delays[n - 1] * (1 + policy.jitter) + 1
+        base = min(policy.initial_backoff_ms * policy.multiplier ** (n - 1), policy.max_backoff_ms)
+        assert base * (1 - policy.jitter) - 1 <= d <= base * (1 + policy.jitter) + 1
 
 
 @pytest.mark.parametrize(

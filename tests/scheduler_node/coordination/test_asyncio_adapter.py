@@ -11,13 +11,13 @@ from shardwheel.embedded import EmbeddedEtcd
 
 def test_snapshot_admin_writes_and_changes(etcd_server: EmbeddedEtcd, layout: KeyLayout) -> None:
     async def main() -> None:
-        async with AsyncioCoordinator.open(etcd_server.endpoint, layout, timeout=1.0) as coord:
+        async with AsyncioCoordinator.open(etcd_server.endpoint, layout, timeout=5.0) as coord:
             ack = await coord.grant_lease(10)
             assert ack.sent_at <= asyncio.get_running_loop().time()
             await coord.register_node(NodeInfo("n1", "http://h:1", time.time()), ack.lease_id)
             assert await coord.try_acquire_shard(3, "n1", ack.lease_id)
             async with coord.changes() as changes:
-                async with asyncio.timeout(1):
+                async with asyncio.timeout(5):
                     assert (await anext(changes)).resync
 
                 await coord.drain("n1")
