@@ -32,9 +32,6 @@ import argparse
 import gc
 import math
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -49,6 +46,8 @@ from hdrh.histogram import HdrHistogram
 from protocol.jobs import Target
 from scheduler_node.dispatch import Dispatcher, Outcome, RequestTemplate, format_scheduled_at
 
+from .results import start_sink, stop_sink
+
 __all__ = ["main", "run"]
 
 _QUANTILES = (50.0, 90.0, 99.0)
@@ -59,30 +58,6 @@ class _Record(msgspec.Struct):
     job: str | None
     scheduled_at: str | None
     node: str | None
-
-
-def _start_sink(out: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.sink", "--port", "0", "--out", out],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "READY <port>"; empty if the sink died
-    if not line.startswith("READY "):
-        proc.kill()
-        raise RuntimeError(f"sink did not start: {line!r}")
-    return proc, int(line.split()[1])
-
-
-def _stop_sink(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 async def _burst(
@@ -230,12 +205,12 @@ def run(
     """One burst against a fresh sink subprocess; returns the figures."""
     with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp:
         out = os.path.join(tmp, "sink.jsonl")
-        proc, port = _start_sink(out)
+        proc, port = start_sink(out)
         try:
             client = trio.run(_burst, port, n, connections, mode, signed, lead_s, gc_freeze)
             sink_stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=10).json()
         finally:
-            _stop_sink(proc)
+            stop_sink(proc)
         drift = _drift(out, n)
     return {
         "n": n,
