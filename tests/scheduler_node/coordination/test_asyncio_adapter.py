@@ -46,4 +46,7 @@ def test_snapshot_admin_writes_and_changes(etcd_server: EmbeddedEtcd, layout: Ke
             view = await coord.snapshot()
             assert not view.nodes and not view.owners and not view.drained and not view.paused
 
-    asyncio.run(main())
+    # A plain asyncio loop, as under uvicorn: once trio-asyncio has been used in this process its event loop
+    # policy would make asyncio.run() build a trio-asyncio loop, which refuses foreign thread pools.
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        runner.run(main())
