@@ -180,6 +180,10 @@ class Engine:
         self.writer: Writer[ResultRow] = Writer(self._write_results, on_fenced=self.lose_shard, name="results",
                                                 max_batch=5_000, max_delay_s=0.05)
         self.writer.on_batch = self._record_write_batch
+        # Alerts are batched like results: a target that is down fails every slot, and an insert per failure
+        # would put a database round trip behind each of them.
+        self.alerts: Writer[AlertRow] = Writer(self._write_alerts, on_fenced=self.lose_shard, name="alerts",
+                                               max_batch=1_000, max_delay_s=0.2)
         self.metrics.wheel_size.read = lambda: float(len(self.wheel))
         self.metrics.in_flight.read = lambda: float(sum(self._in_flight.values()))
         self.metrics.shards.read = lambda: float(len(self._loaded))
@@ -190,6 +194,7 @@ class Engine:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.writer.run)
+            await nursery.start(self.alerts.run)
             nursery.start_soon(self._drive)
             nursery.start_soon(self._refill_loop)
             nursery.start_soon(self._ownership_events)
@@ -210,6 +215,7 @@ class Engine:
             for shard in list(self._loaded):
                 n.start_soon(self._release, shard, deadline)
         await self.writer.flush()
+        await self.alerts.flush()
 
     # ---- ownership ---------------------------------------------------------------------------------------
 
@@ -735,12 +741,13 @@ class Engine:
                          webhook=job.spec.alert_webhook or self.config.alert_webhook,
                          payload={"status": row.status.value, "http_status": row.http_status,
                                   "error": row.error, "attempt": row.attempt})  # fmt: skip
-        result = await self.db.call(store.insert_alerts, [alert])
-        for shard in result.fenced:
-            self.lose_shard(shard)
+        await self.alerts.put(alert)
 
     async def _write_results(self, batch: list[ResultRow]) -> frozenset[int]:
         return (await self.db.call(store.write_results, batch)).fenced
+
+    async def _write_alerts(self, batch: list[AlertRow]) -> frozenset[int]:
+        return (await self.db.call(store.insert_alerts, batch)).fenced
 
     def _record_write_batch(self, rows: int, seconds: float) -> None:
         self.metrics.write_batch.record(rows)
