@@ -20,6 +20,7 @@ the test is able to fail.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import random
 import time
@@ -60,18 +61,18 @@ class Outcome:
     fenced: list[bool] = field(default_factory=list)  # did the writer report SHARD fenced?
 
 
-class Scenario:
+class Scenario(abc.ABC):
     """One kind of write, runnable many times: ``write`` does it with the old epoch inside the caller's open
     transaction (returning whether it was fenced); ``count`` counts its effects on SHARD."""
 
     async def prepare(self, conn: asyncpg.Connection, epoch: int) -> None:
         """Committed set-up with the current epoch, before the race."""
 
-    async def write(self, conn: asyncpg.Connection, epoch: int) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def write(self, conn: asyncpg.Connection, epoch: int) -> bool: ...
 
-    async def count(self, conn: asyncpg.Connection) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def count(self, conn: asyncpg.Connection) -> int: ...
 
 
 class ClaimBatch(Scenario):
