@@ -118,8 +118,10 @@ class StaticOwnership:
             self._send.send_nowait(Lost(shard))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        for shard in self._wanted:
-            epoch = await self._bump(shard)
+        # All epochs first, then all grants at once: readiness ("every granted shard loaded") must never see a
+        # partial set and answer ready while shards are still being acquired.
+        epochs = {shard: await self._bump(shard) for shard in self._wanted}
+        for shard, epoch in epochs.items():
             self._grants[shard] = Grant(epoch, math.inf)
             self._send.send_nowait(Acquired(shard, epoch))
         task_status.started()
