@@ -248,3 +248,29 @@ async def test_etcd_outage_longer_than_the_ttl_then_recovery(db_dsn: str, tmp_pa
             if datetime.fromisoformat(r.slot) > recovered - timedelta(seconds=2)]  # firing again
     dup = Counter((r.job, r.slot) for r in target.received)
     assert max(dup.values()) == 1  # AT_MOST_ONCE: nothing twice
+
+
+async def test_a_fenced_shard_whose_key_is_still_ours_is_taken_again(db_dsn: str, etcd_server: EmbeddedEtcd,
+                                                                      etcd_prefix: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from protocol.shards import shard_of
+
+    from .harness import query, target_running
+
+    async with target_running() as target:
+        with cluster(db_dsn, etcd_server.endpoint, etcd_prefix) as c:
+            c.start("n1")
+            await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1"})))
+            (job,) = await _load(c, target, 1)
+            await trio.sleep(2)
+            shard = shard_of(job)
+            (before,) = await query(db_dsn, "SELECT epoch FROM shard_epochs WHERE shard = $1", shard)
+            await query(db_dsn, "UPDATE shard_epochs SET epoch = epoch + 1, owner = 'intruder' WHERE shard = $1",
+                        shard)  # fmt: skip
+            bumped = datetime.now(UTC)
+            await trio.sleep(3 * TTL)
+            (after,) = await query(db_dsn, "SELECT epoch, owner FROM shard_epochs WHERE shard = $1", shard)
+    assert after["owner"] == "n1" and after["epoch"] >= before["epoch"] + 2  # fenced, then taken again
+    again = [r for r in target.received if datetime.fromisoformat(r.slot) > bumped + timedelta(seconds=TTL)]
+    assert again  # the job fires again under the new epoch
