@@ -488,6 +488,7 @@ class Engine:
             due = wheel.advance(now)
             if due:
                 claims: list[Pending] = []
+                fired = 0
                 for entry in due:
                     p = entry.payload
                     if p.kind == CLAIM:
@@ -496,6 +497,10 @@ class Engine:
                             claims.append(p)
                     else:
                         self._fire(p)
+                        fired += 1
+                        if fired % 128 == 0:
+                            # Let the sends started so far go out while the rest of the second is prepared.
+                            await trio.lowlevel.checkpoint()
                 if claims and self._nursery is not None and not self._draining:
                     self._nursery.start_soon(self._claim_due, claims)
                 await trio.lowlevel.checkpoint()
