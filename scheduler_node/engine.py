@@ -33,7 +33,7 @@ import gc
 import logging
 import random
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -248,9 +248,12 @@ class Engine:
             if missing:
                 rows += await self._get_rows(shard, sorted(missing))
             claims: list[ClaimRow] = []
+            loaded: dict[uuid.UUID, LoadedJob] = {}
             for row in rows:
-                claims += self._load_job(row, now)
-            await self._claim_rows(claims)
+                job, job_claims = self._load_job(row, now)
+                loaded[job.id] = job
+                claims += job_claims
+            await self._claim_rows(claims, loaded)
             for e in takeover.resume:
                 self._resume(e, now)
             self._refilled_until[shard] = until
@@ -369,8 +372,8 @@ class Engine:
                                              signing_secret=self.config.signing_secret),
         )  # fmt: skip
 
-    def _load_job(self, row: JobRow, now: int) -> list[ClaimRow]:
-        """Put a job in memory and plan its missed slots; returns the rows to claim for them."""
+    def _load_job(self, row: JobRow, now: int) -> tuple[LoadedJob, list[ClaimRow]]:
+        """Put a job in memory and plan its slots up to now; returns it and the rows to claim for them."""
         job = self._make_job(row.job)
         old = self.jobs.get(job.id)
         if old is not None:
@@ -380,7 +383,7 @@ class Engine:
         self.jobs[job.id] = job
         self._shard_jobs.setdefault(job.shard, {})[job.id] = job
         if job.state is not JobState.ACTIVE:
-            return []
+            return job, []
         nfa = row.job.next_fire_at
         start = -1 if nfa is None else datetime_to_ms(nfa) - 1
         if row.last_slot is not None:
@@ -388,7 +391,7 @@ class Engine:
             job.last_claimed_ms = max(job.last_claimed_ms or last, last)
         if job.last_claimed_ms is not None:
             start = max(start, job.last_claimed_ms)
-        return self._plan_from(job, start, now)
+        return job, self._plan_from(job, start, now)
 
     def _plan_from(self, job: LoadedJob, after_ms: int, now: int) -> list[ClaimRow]:
         """Claim rows for the job's slots after ``after_ms`` up to ``now + lookahead``, and its next CLAIM.
@@ -464,10 +467,13 @@ class Engine:
                 continue
             rows = await self._load_rows(shard, until, after_ms=since)
             claims: list[ClaimRow] = []
+            loaded: dict[uuid.UUID, LoadedJob] = {}
             for row in rows:
                 if uuid.UUID(row.job.id) not in self.jobs and self._granted_epoch(shard) is not None:
-                    claims += self._load_job(row, now)
-            await self._claim_rows(claims)
+                    job, job_claims = self._load_job(row, now)
+                    loaded[job.id] = job
+                    claims += job_claims
+            await self._claim_rows(claims, loaded)
             if shard in self._refilled_until:
                 self._refilled_until[shard] = until
 
@@ -525,7 +531,8 @@ class Engine:
             rows.append(ClaimRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms)))
             job.last_claimed_ms = p.slot_ms
             on_time.append(p)
-        await self._claim_rows(rows)
+        jobs = {p.job.id: p.job for p in due}
+        await self._claim_rows(rows, jobs)
         # Next slots after the claims went out, still ahead of the burst; yield now and then so that the
         # driver fires on time should this run long. A job that fell behind gets its late slots here too.
         now = self.clock.now_ms()
@@ -541,13 +548,15 @@ class Engine:
                     follow += self._plan_from(job, p.slot_ms, now)  # behind: catch up in one batch
             if i % 500 == 499:
                 await trio.lowlevel.checkpoint()
-        await self._claim_rows(follow)
+        await self._claim_rows(follow, jobs)
 
-    async def _claim_rows(self, rows: list[ClaimRow]) -> None:
+    async def _claim_rows(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
+        """Claim, then put what was inserted in the wheel. ``jobs``: the rows' jobs, which may have left
+        ``self.jobs`` meanwhile (next slot beyond the horizon) but still owe these slots."""
         for i in range(0, len(rows), self.config.claim_chunk):
-            await self._claim_chunk(rows[i : i + self.config.claim_chunk])
+            await self._claim_chunk(rows[i : i + self.config.claim_chunk], jobs)
 
-    async def _claim_chunk(self, rows: list[ClaimRow]) -> None:
+    async def _claim_chunk(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
         if not rows:
             return
         started = trio.current_time()
@@ -567,7 +576,7 @@ class Engine:
             self.lose_shard(shard)
         status = {r.key(): r.status for r in rows}
         for key in result.applied:
-            job = self.jobs.get(key.job_id)
+            job = jobs.get(key.job_id)
             if job is None:
                 continue
             if status[key] is not S.CLAIMED:
@@ -800,17 +809,14 @@ class Engine:
             return None
         (row,) = await self._get_rows(shard, [job_id])
         if op is JobWriteOp.TRIGGER:
-            job = old or self._make_job(row.job)
-            if old is None:
-                self.jobs[job_id] = job
-                self._shard_jobs.setdefault(shard, {})[job_id] = job
+            job = old or self._make_job(row.job)  # a job out of memory stays out: the mapping carries it
             await self._claim_rows([ClaimRow(shard, self._epochs[shard], job_id, ms_to_datetime(now),
-                                             origin=Origin.MANUAL)])
+                                             origin=Origin.MANUAL)], {job_id: job})
             return now
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
-        await self._claim_rows(self._load_job(row, now))
-        job = self.jobs.get(job_id)
-        if job is not None and job.claim_entry is not None:
+        job, claims = self._load_job(row, now)
+        await self._claim_rows(claims, {job_id: job})
+        if job.claim_entry is not None:
             return job.claim_entry.payload.slot_ms
         if row.job.state is not JobState.ACTIVE:
             return None
