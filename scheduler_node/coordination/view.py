@@ -108,7 +108,7 @@ def build_view(layout: KeyLayout, kvs: Iterable[KV], revision: int) -> ClusterVi
                     nodes[ident] = info
                     node_leases[ident] = kv.lease
                 case KeyKind.SHARD:
-                    # Insert the placeholder first so a malformed value still marks the shard as taken.
+                    # Record the owner entry first so a malformed value still marks the shard as taken.
                     owners[int(ident)] = ShardOwner("", 0, kv.lease, kv.mod_revision)
                     rec = decode_shard(kv.value)
                     owners[int(ident)] = ShardOwner(rec.node_id, rec.epoch, kv.lease, kv.mod_revision)

@@ -128,7 +128,7 @@ def test_two_nodes_race_and_exactly_one_wins(coord: EtcdCoordinator, other: Etcd
 def test_release_and_epoch_only_touch_our_own_key(coord: EtcdCoordinator, other: EtcdCoordinator) -> None:
     la, lb = coord.grant_lease(10).lease_id, other.grant_lease(10).lease_id
     assert coord.try_acquire_shard(5, "a", la)
-    assert coord.snapshot().owners[5].epoch == 0  # placeholder until the PostgreSQL bump is copied in
+    assert coord.snapshot().owners[5].epoch == 0  # 0 until the PostgreSQL bump is copied in
 
     assert other.release_shard(5, "b") is False
     assert other.set_shard_epoch(5, "b", 99, lb) is False
