@@ -843,12 +843,10 @@ class Engine:
     def status(self) -> dict[str, Any]:
         grants = self.ownership.grants()
         return {
+            **self.summary(),
             "node": self.config.node_id,
             "shards": {str(s): {"epoch": g.epoch, "loaded": s in self._loaded} for s, g in sorted(grants.items())},
-            "jobs_in_memory": len(self.jobs),
             "wheel": dataclasses.asdict(self.wheel.statistics()),
-            "in_flight": sum(self._in_flight.values()),
             "firings": self.metrics.firings.get(),
-            "dispatch_lag_p99_ms": self.metrics.dispatch_lag.quantile(0.99),
         }
 
