@@ -32,7 +32,7 @@ from protocol.schedules import Cron
 from scheduler_node.coordination import EtcdCoordinator, KeyLayout
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
-from .results import read_sink, start_sink, stop_sink
+from .results import read_sink, start_sink, stop_sink, window_figures
 from .steady import ROOT, _prepare_db, insert_jobs
 
 __all__ = ["main", "run_failover"]
@@ -89,16 +89,14 @@ def run_failover(jobs: int, ttl: int, before_s: int = 10, after_s: int = 15) -> 
                 stop_sink(sink)
             records = read_sink(str(tmp / "sink.jsonl"))
     t0, t1 = math.floor(killed_at) - 5, math.floor(end)
-    window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
-    seen = Counter((r.job, r.scheduled_ms) for r in window)
+    figures, seen = window_figures(records, t0, t1, jobs)
     out: dict[str, Any] = {"scenario": "failover", "jobs": jobs, "ttl_s": ttl,
                            "rebalance_s": round(rebalance_s, 2), "window_s": t1 - t0}  # fmt: skip
     for sem in Semantics:
         keys = [k for k in seen if semantics.get(k[0] or "") is sem]
         expected = sum(1 for s in semantics.values() if s is sem) * (t1 - t0)
         out[sem.value] = {"lost": expected - len(keys), "duplicates": sum(seen[k] - 1 for k in keys)}
-    gap = max((r.recv_ns / 1e6 - r.scheduled_ms) for r in window if r.scheduled_ms is not None)
-    out["failover_gap_ms"] = round(gap)
+    out["failover_gap_ms"] = round(figures["drift_ms"]["max"])  # the longest a due slot waited
     return out
 
 

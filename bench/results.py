@@ -11,14 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 from datetime import datetime
 from pathlib import Path
 
 import msgspec
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["SinkRecord", "drift_summary", "read_sink", "start_sink", "stop_sink"]
+__all__ = ["SinkRecord", "drift_summary", "read_sink", "start_sink", "stop_sink", "window_figures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
@@ -87,3 +89,19 @@ def drift_summary(records: Iterable[SinkRecord]) -> dict[str, float]:
     out["count"] = hist.get_total_count()
     out["early"] = early
     return out
+
+
+def window_figures(records: Iterable[SinkRecord], t0: int, t1: int, jobs: int) -> tuple[dict[str, Any], Counter[tuple[str | None, int | None]]]:
+    """Figures for the slots of seconds [t0, t1) when ``jobs`` jobs fire every second: firings/s, drift, lost
+    (expected (job, second) pairs never received) and duplicates; plus the per-(job, slot) receive counts."""
+    window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
+    seen = Counter((r.job, r.scheduled_ms) for r in window)
+    duration = t1 - t0
+    return {
+        "jobs": jobs,
+        "duration_s": duration,
+        "firings_per_s": round(len(seen) / duration, 1),
+        "drift_ms": drift_summary(window),
+        "lost": jobs * duration - len(seen),
+        "duplicates": sum(c - 1 for c in seen.values()),
+    }, seen

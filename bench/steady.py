@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from protocol.schedules import Cron
 from protocol.shards import HASH_NAME, shard_of
 from shardwheel.embedded import EmbeddedPostgres, dsn_with_database, free_port
 
-from .results import drift_summary, read_sink, start_sink, stop_sink
+from .results import read_sink, start_sink, stop_sink, window_figures
 
 __all__ = ["main", "run_steady"]
 
@@ -172,18 +171,11 @@ def run_steady(jobs: int, duration: int, *, warmup: int = 3, start_delay: int = 
         finally:
             if pg is not None:
                 pg.stop()
-    window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
-    seen = Counter((r.job, r.scheduled_ms) for r in window)
-    expected = jobs * duration
+    figures, _ = window_figures(records, t0, t1, jobs)
     terminal = sum(n for s, n in states.items() if s not in ("claimed", "retry_wait"))
     return {
         "scenario": "steady",
-        "jobs": jobs,
-        "duration_s": duration,
-        "firings_per_s": round(len(seen) / duration, 1),
-        "drift_ms": drift_summary(window),
-        "lost": expected - len(seen),
-        "duplicates": sum(c - 1 for c in seen.values()),
+        **figures,
         "db_rows_terminal": terminal,
         "db_rows_not_terminal": sum(n for s, n in states.items() if s in ("claimed", "retry_wait")),
         "db_statuses": states,
@@ -212,17 +204,8 @@ def run_bare(jobs: int, duration: int, *, connections: int = 256) -> dict[str, A
         finally:
             stop_sink(sink)
         records = read_sink(out)
-    window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
-    seen = Counter((r.job, r.scheduled_ms) for r in window)
-    return {
-        "scenario": "bare_dispatcher",
-        "jobs": jobs,
-        "duration_s": duration,
-        "firings_per_s": round(len(seen) / duration, 1),
-        "drift_ms": drift_summary(window),
-        "lost": jobs * duration - len(seen),
-        "duplicates": sum(c - 1 for c in seen.values()),
-    }
+    figures, _ = window_figures(records, t0, t1, jobs)
+    return {"scenario": "bare_dispatcher", **figures}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
