@@ -7,8 +7,10 @@ Rules:
 - Before the second: templates are built, ``--connections`` connections are prewarmed (per-host cap = that
   number, so the burst runs over exactly those), and a warm-up round of one request per connection runs (a
   node in steady state has warm connections and code paths; warm-up requests are left out of the figures).
-- The slot is the next whole second at least ``--lead`` s away. ``--mode ahead`` (default) starts one task per
-  firing before the second, each sleeping until it (what a node does after claiming ahead); ``--mode spawn``
+- The slot is the next whole second at least ``--lead`` s away. ``--mode submit`` (default, what the node does)
+  wakes once at the second and hands all N to ``Dispatcher.submit`` in one loop; outcomes come back through
+  ``on_done`` from the dispatcher's reactor. ``--mode ahead`` starts one task per firing before the second, each
+  sleeping until it and awaiting ``Dispatcher.send``; ``--mode spawn``
   starts them all at the second from one loop (adds the spawn cost to the burst).
 - Every send passes a ``may_send`` lease check, like the node's.
 - Output: drift p50/p90/p99/max (HdrHistogram, µs resolution), losses, duplicates, the client-side dispatch lag
@@ -20,7 +22,7 @@ Rules:
 Example (2-CPU shared dev machine, sink on the other core; figures vary with load)::
 
     .venv/bin/python -m bench.dispatch_burst --n 5000 --connections 100
-    # burst N=5000 over 100 connections (prewarmed 100, opened 100; mode=ahead, unsigned, gc frozen) at ...
+    # burst N=5000 over 100 connections (prewarmed 100, opened 100; mode=submit, unsigned, gc frozen) at ...
     #   drift ms (sink receive - scheduled): p50 287.2  p90 375.8  p99 394.5  max 397.3   received 5000  lost 0 ...
     #   dispatch lag ms (sent_at - scheduled): p50 286.0  p99 394.5  max 397.3
     #   outcomes {'response': 5000}  statuses {'200': 5000}  client done at +398.5 ms (cpu 228.5 ms) ...
@@ -44,7 +46,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from protocol.jobs import Target
-from scheduler_node.dispatch import Dispatcher, Outcome, RequestTemplate, format_scheduled_at
+from scheduler_node.dispatch import Dispatcher, Exchange, Outcome, RequestTemplate, format_scheduled_at
 
 from .results import start_sink, stop_sink
 
@@ -124,7 +126,18 @@ async def _burst(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(mark_cpu)
-            if mode == "ahead":
+            if mode == "submit":
+                await trio.sleep_until(deadline)
+
+                def done(ex: Exchange) -> None:
+                    outcomes[ex.context] = ex.outcome
+
+                for i in range(n):
+                    d.submit(templates[i], scheduled_at_ms=slot_ms, attempt=1, origin="scheduled", timeout_s=10.0,
+                             may_send=may_send, on_done=done, context=i)  # fmt: skip
+                while d.statistics().in_flight or d.statistics().waiting:
+                    await trio.sleep(0.001)
+            elif mode == "ahead":
                 for i in range(n):
                     nursery.start_soon(fire, i, True)
             else:
@@ -197,7 +210,7 @@ def _drift(out: str, n: int) -> dict[str, Any]:
 def run(
     n: int,
     connections: int,
-    mode: str = "ahead",
+    mode: str = "submit",
     signed: bool = False,
     lead_s: float = 1.0,
     gc_freeze: bool = True,
@@ -248,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.dispatch_burst", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=5000, help="requests in the burst (default 5000)")
     p.add_argument("--connections", type=int, default=100, help="kept-alive connections = per-host cap (100)")
-    p.add_argument("--mode", choices=("ahead", "spawn"), default="ahead")
+    p.add_argument("--mode", choices=("submit", "ahead", "spawn"), default="submit")
     p.add_argument("--signed", action="store_true", help="sign every request (HMAC-SHA256)")
     p.add_argument("--lead", type=float, default=1.0, help="slot = next whole second at least this far (s)")
     p.add_argument("--no-gc-freeze", action="store_true", help="leave the setup heap to the collector")

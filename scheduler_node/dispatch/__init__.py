@@ -2,10 +2,11 @@
 
 - ``request``: ``RequestTemplate`` (pre-encoded once per job; ``render`` adds a slot's headers), the
   signature recipe and ``verify_signature`` for targets.
-- ``connection``: one HTTP/1.1 connection on a trio stream, responses parsed by httptools.
-- ``pool``: keep-alive connections per origin, LIFO reuse, stale checks, ``prewarm``.
-- ``dispatcher``: ``Dispatcher.send`` with per-host and node-wide caps, timeouts, ``may_send`` and the
-  stale-connection resend rule (never for AT_MOST_ONCE).
+- ``connection``: one HTTP/1.1 connection with synchronous non-blocking I/O (plain or TLS through
+  ``ssl.SSLObject``), responses parsed by httptools.
+- ``pool``: per-origin state: cap, kept-alive idle connections (LIFO, stale checks), queue.
+- ``dispatcher``: ``Dispatcher.submit``/``send``: one reactor task for every exchange, per-host and node-wide
+  caps, timeouts, ``may_send`` and the stale-connection resend rule (never for AT_MOST_ONCE).
 - ``outcome``: ``Outcome``, what a send came to.
 
 Example::
@@ -16,9 +17,9 @@ Example::
 """
 
 from .connection import EXCERPT_BYTES, ConnectError, Connection, ExchangeError, default_ssl_context
-from .dispatcher import DEFAULT_NODE_LIMIT, DEFAULT_PER_HOST_LIMIT, Dispatcher, DispatcherStatistics
+from .dispatcher import DEFAULT_NODE_LIMIT, DEFAULT_PER_HOST_LIMIT, Dispatcher, DispatcherStatistics, Exchange
 from .outcome import Outcome, OutcomeKind, parse_retry_after
-from .pool import ConnectionPool, OriginPool, OriginStatistics
+from .pool import OriginPool, OriginStatistics
 from .request import USER_AGENT, HttpOrigin, RequestTemplate, format_scheduled_at, sign, verify_signature
 
 __all__ = [
@@ -28,9 +29,9 @@ __all__ = [
     "USER_AGENT",
     "ConnectError",
     "Connection",
-    "ConnectionPool",
     "Dispatcher",
     "DispatcherStatistics",
+    "Exchange",
     "ExchangeError",
     "HttpOrigin",
     "OriginPool",

@@ -294,9 +294,9 @@ async def test_write_on_reset_socket_reports_nothing_written() -> None:
     a, b = socket.socketpair()
     b.close()
     a.setblocking(False)
-    conn = Connection(HttpOrigin("http", "peer", 80), raw=a)
+    conn = Connection(HttpOrigin("http", "peer", 80), a)
     with pytest.raises(ExchangeError) as info:
-        await conn.exchange(b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n", needle=None, max_body=1024)
+        conn.begin(b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n", needle=None, max_body=1024)
     assert not info.value.request_written and not info.value.response_started
     conn.close()
     assert conn.closed and a.fileno() == -1
@@ -442,12 +442,14 @@ async def test_prewarm_opens_connections_before_the_burst(server: TestServer) ->
 
 
 async def test_closed_dispatcher_refuses(server: TestServer) -> None:
-    d = Dispatcher()
-    await send(d, template(server.url()))
-    await d.aclose()
+    async with Dispatcher() as d:
+        await send(d, template(server.url()))
     assert d.statistics().open_connections == 0
     with pytest.raises(trio.ClosedResourceError):
         await send(d, template(server.url()))
+    with pytest.raises(RuntimeError, match="async with"):
+        Dispatcher().submit(template(server.url()), scheduled_at_ms=SLOT_MS, attempt=1, origin="manual",
+                            timeout_s=1)  # fmt: skip
 
 
 async def test_get_without_body(server: TestServer) -> None:
