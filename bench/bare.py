@@ -37,6 +37,14 @@ async def fire_every_second(port: int, jobs: int, duration: int, connections: in
                 await trio.sleep(max(0.0, second - time.time()))
                 slot_ms = second * 1000
                 for t in templates:
-                    nursery.start_soon(lambda t=t, s=slot_ms: d.send(
-                        t, scheduled_at_ms=s, attempt=1, origin="scheduled", timeout_s=10.0, may_send=may_send))
+                    nursery.start_soon(
+                        lambda t=t, s=slot_ms: d.send(
+                            t,
+                            scheduled_at_ms=s,
+                            attempt=1,
+                            origin="scheduled",
+                            timeout_s=10.0,
+                            may_send=may_send,
+                        )
+                    )
     return t0, t1

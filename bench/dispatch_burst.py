@@ -129,12 +129,12 @@ async def _burst(
             if mode == "submit":
                 await trio.sleep_until(deadline)
 
-                def done(ex: Exchange) -> None:
+                def record(ex: Exchange) -> None:
                     outcomes[ex.context] = ex.outcome
 
                 for i in range(n):
                     d.submit(templates[i], scheduled_at_ms=slot_ms, attempt=1, origin="scheduled", timeout_s=10.0,
-                             may_send=may_send, on_done=done, context=i)  # fmt: skip
+                             may_send=may_send, on_done=record, context=i)  # fmt: skip
                 while d.statistics().in_flight or d.statistics().waiting:
                     await trio.sleep(0.001)
             elif mode == "ahead":

@@ -67,7 +67,9 @@ def read_sink(path: str) -> list[SinkRecord]:
             if r.scheduled_at is not None:
                 ms = slot_ms.get(r.scheduled_at)
                 if ms is None:
-                    ms = slot_ms[r.scheduled_at] = round(datetime.fromisoformat(r.scheduled_at).timestamp() * 1000)
+                    ms = slot_ms[r.scheduled_at] = round(
+                        datetime.fromisoformat(r.scheduled_at).timestamp() * 1000
+                    )
                 r.scheduled_ms = ms
             out.append(r)
     return out
@@ -91,7 +93,9 @@ def drift_summary(records: Iterable[SinkRecord]) -> dict[str, float]:
     return out
 
 
-def window_figures(records: Iterable[SinkRecord], t0: int, t1: int, jobs: int) -> tuple[dict[str, Any], Counter[tuple[str | None, int | None]]]:
+def window_figures(
+    records: Iterable[SinkRecord], t0: int, t1: int, jobs: int
+) -> tuple[dict[str, Any], Counter[tuple[str | None, int | None]]]:
     """Figures for the slots of seconds [t0, t1) when ``jobs`` jobs fire every second: firings/s, drift, lost
     (expected (job, second) pairs never received) and duplicates; plus the per-(job, slot) receive counts."""
     window = [r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]

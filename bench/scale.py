@@ -68,8 +68,11 @@ def run_scale(jobs: int, in_horizon: int, run_s: int = 20) -> dict[str, Any]:
                 rss_peak = _rss_mb(node.pid)
                 import httpx
 
-                status = httpx.get(f"http://127.0.0.1:{port}/internal/v1/status",
-                                   headers={"authorization": "Bearer dev-cluster-secret"}, timeout=10).json()
+                status = httpx.get(
+                    f"http://127.0.0.1:{port}/internal/v1/status",
+                    headers={"authorization": "Bearer dev-cluster-secret"},
+                    timeout=10,
+                ).json()
             finally:
                 node.send_signal(signal.SIGTERM)
                 node.wait(120)

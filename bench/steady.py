@@ -73,7 +73,9 @@ async def _prepare_db(admin_dsn: str, name: str) -> str:
     return dsn
 
 
-async def insert_jobs(dsn: str, specs: list[JobSpec], next_fire_at: Any = None, chunk: int = 50_000) -> list[uuid.UUID]:
+async def insert_jobs(
+    dsn: str, specs: list[JobSpec], next_fire_at: Any = None, chunk: int = 50_000
+) -> list[uuid.UUID]:
     """Jobs straight into the table, one statement per chunk (the API path is benchmarked elsewhere)."""
     ids = [new_job_id() for _ in specs]
     conn = await asyncpg.connect(dsn)
@@ -128,8 +130,9 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_steady(jobs: int, duration: int, *, warmup: int = 3, start_delay: int = 15,
-               pg_dsn: str | None = None) -> dict[str, Any]:
+def run_steady(
+    jobs: int, duration: int, *, warmup: int = 3, start_delay: int = 15, pg_dsn: str | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp_s:
         tmp = Path(tmp_s)
         pg = EmbeddedPostgres.from_env(tmp / "pg") if pg_dsn is None else None
@@ -222,7 +225,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.steady", description=__doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, nargs="+", default=[100, 1000], help="N values to run, e.g. 100 1000 5000")
+    p.add_argument(
+        "--jobs", type=int, nargs="+", default=[100, 1000], help="N values to run, e.g. 100 1000 5000"
+    )
     p.add_argument("--duration", type=int, default=30, help="measured seconds per run")
     p.add_argument("--warmup", type=int, default=3, help="seconds after the node is ready before measuring")
     p.add_argument("--no-bare", action="store_true", help="skip the bare-dispatcher baseline")
@@ -230,11 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     results: list[dict[str, Any]] = []
     for n in args.jobs:
-        results.append(run_steady(n, args.duration, warmup=args.warmup, pg_dsn=os.environ.get("SHARDWHEEL_PG_DSN")))
+        results.append(
+            run_steady(n, args.duration, warmup=args.warmup, pg_dsn=os.environ.get("SHARDWHEEL_PG_DSN"))
+        )
         if not args.no_bare:
             results.append(run_bare(n, args.duration))
-        print(msgspec.json.format(msgspec.json.encode(results[-2:] if not args.no_bare else results[-1:])).decode(),
-              flush=True)
+        print(
+            msgspec.json.format(
+                msgspec.json.encode(results[-2:] if not args.no_bare else results[-1:])
+            ).decode(),
+            flush=True,
+        )
     print(markdown(results))
     if args.json:
         Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(results)))
