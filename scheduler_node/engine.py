@@ -49,7 +49,7 @@ from protocol.shards import shard_of
 from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
 from .clock import Clock, datetime_to_ms, ms_to_datetime
-from .dispatch import Dispatcher, OutcomeKind, RequestTemplate
+from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate
 from .http_api import NotOwnerError
 from .metrics import Metrics
 from .misfire import plan_missed
@@ -107,7 +107,7 @@ class Pending:
 class Run:
     """A slot between its first send and its terminal state."""
 
-    scope: trio.CancelScope | None = None  # while an attempt is on the wire
+    exchange: Exchange | None = None  # while an attempt is with the dispatcher
     retry_entry: Entry[Pending] | None = None  # while waiting for the next attempt
     cancelled: bool = False
 
@@ -315,8 +315,8 @@ class Engine:
             self._cancel_claim(job)
             for run in job.runs.values():
                 run.cancelled = True
-                if run.scope is not None:
-                    run.scope.cancel()
+                if run.exchange is not None:
+                    self.dispatcher.cancel(run.exchange)
                 if run.retry_entry is not None:
                     self.wheel.cancel(run.retry_entry)
         for entry in self._unsent.get(shard, {}).values():
@@ -592,18 +592,18 @@ class Engine:
     def _fire(self, p: Pending) -> None:
         job = p.job
         key = (p.slot_ms, p.origin)
-        if p.attempt == 0 and self._unsent.get(job.shard, {}).pop((job.id, p.slot_ms, p.origin), None):
+        unsent = self._unsent.get(job.shard)
+        if p.attempt == 0 and unsent is not None and unsent.pop((job.id, p.slot_ms, p.origin), None) is not None:
             job.unsent -= 1
         if self._granted_epoch(job.shard) is None or not self._may_send():
             self.metrics.not_sent.inc()
             return  # the row stays as it is; the next owner continues it
-        assert self._nursery is not None
         if p.attempt > 0 and key in job.runs:  # a retry, or a run resumed at takeover
             run = job.runs[key]
             if run.cancelled:
                 return
             run.retry_entry = None
-            self._nursery.start_soon(self._attempt, job, p, run)
+            self._attempt(job, p, run)
             return
         if job.state in _PAUSED and p.origin is Origin.SCHEDULED:
             self._record(job, p, S.SKIPPED_PAUSED, "the job was paused after its slot was claimed")
@@ -620,12 +620,12 @@ class Engine:
                 self._cancel_run(job, other_key, other)
         run = job.runs.setdefault(key, Run())
         self.metrics.firings.inc()
-        self._nursery.start_soon(self._attempt, job, p, run)
+        self._attempt(job, p, run)
 
     def _cancel_run(self, job: LoadedJob, key: tuple[int, Origin], run: Run) -> None:
         run.cancelled = True
-        if run.scope is not None:
-            run.scope.cancel()  # the attempt records ``cancelled`` itself
+        if run.exchange is not None:
+            self.dispatcher.cancel(run.exchange)  # its outcome records ``cancelled``
         elif run.retry_entry is not None:
             self.wheel.cancel(run.retry_entry)
             job.runs.pop(key, None)
@@ -639,47 +639,56 @@ class Engine:
         if status.value.startswith("skipped_"):
             self.metrics.skips.inc(kind=status.value.removeprefix("skipped_"))
         self.metrics.results.inc(status=status.value)
-        row = ResultRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, status, p.attempt,
-                        finished_at=ms_to_datetime(self.clock.now_ms()), error=error)
+        self._put_result(ResultRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, status,
+                                   p.attempt, finished_at=ms_to_datetime(self.clock.now_ms()), error=error))
+
+    def _put_result(self, row: ResultRow) -> None:
+        """Queue a result row; past the writer's bound, a task waits for room (the writer's back-pressure)."""
         try:
             self.writer.put_nowait(row)
         except trio.WouldBlock:
             assert self._nursery is not None
             self._nursery.start_soon(self.writer.put, row)
 
-    async def _attempt(self, job: LoadedJob, p: Pending, run: Run) -> None:
+    def _attempt(self, job: LoadedJob, p: Pending, run: Run) -> None:
+        """Hand attempt ``p.attempt + 1`` to the dispatcher; ``_attempted`` gets its outcome."""
         shard = job.shard
         epoch = self._epochs.get(shard)
         if epoch is None:
             return
-        attempt = p.attempt + 1
-        key = (p.slot_ms, p.origin)
-        scope = run.scope = trio.CancelScope()
         self._in_flight[shard] = self._in_flight.get(shard, 0) + 1
-        try:
-            outcome = await self.dispatcher.send(
-                job.template, scheduled_at_ms=p.slot_ms, attempt=attempt, origin=p.origin.value,
-                timeout_s=job.spec.timeout_ms / 1000, body_contains=job.spec.success.body_contains,
-                may_send=self._may_send, cancel_scope=scope,
-            )  # fmt: skip
-        finally:
-            run.scope = None
-            self._in_flight[shard] -= 1
+        run.exchange = self.dispatcher.submit(
+            job.template, scheduled_at_ms=p.slot_ms, attempt=p.attempt + 1, origin=p.origin.value,
+            timeout_s=job.spec.timeout_ms / 1000, body_contains=job.spec.success.body_contains,
+            may_send=self._may_send, on_done=self._attempted, context=(job, p, run, epoch),
+        )  # fmt: skip
+
+    def _attempted(self, ex: Exchange) -> None:
+        """An attempt's outcome (called by the dispatcher's reactor, a batch at a time): record, retry, finish."""
+        job, p, run, epoch = ex.context
+        outcome = ex.outcome
+        assert outcome is not None
+        shard = job.shard
+        run.exchange = None
+        self._in_flight[shard] -= 1
         if self._epochs.get(shard) != epoch:
             return  # the shard was dropped meanwhile: not ours to record
         if outcome.kind is OutcomeKind.NOT_SENT:
             self.metrics.not_sent.inc()
             return
+        attempt = p.attempt + 1
+        key = (p.slot_ms, p.origin)
         started_ms = round(outcome.started_at * 1000)
-        finished = started_ms + round(outcome.duration_s * 1000)
+        duration_ms = round(outcome.duration_s * 1000)
+        finished = started_ms + duration_ms
         row_base: dict[str, Any] = {
             "attempt_started_at": ms_to_datetime(started_ms), "attempt_finished_at": ms_to_datetime(finished),
-            "duration_ms": round(outcome.duration_s * 1000), "error": outcome.error,
+            "duration_ms": duration_ms, "error": outcome.error,
         }  # fmt: skip
         if outcome.kind is OutcomeKind.CANCELLED:
             job.runs.pop(key, None)
-            await self._finish(job, p, epoch, S.CANCELLED, attempt, finished,
-                               {**row_base, "error": "cancelled: replaced by a newer slot"})
+            self._finish(job, p, epoch, S.CANCELLED, attempt, finished,
+                         {**row_base, "error": "cancelled: replaced by a newer slot"})  # fmt: skip
             return
         lag = (round(outcome.sent_at * 1000) if outcome.sent_at else started_ms) - p.slot_ms
         if attempt == 1:
@@ -696,33 +705,32 @@ class Engine:
             self.metrics.retries.inc()
             if not run.cancelled:
                 run.retry_entry = self._insert(next_at, Pending(FIRE, job, p.slot_ms, p.origin, attempt))
-            await self.writer.put(ResultRow(shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin,
-                                            S.RETRY_WAIT, attempt, next_attempt_at=ms_to_datetime(next_at),
-                                            **row_base))  # fmt: skip
+            self._put_result(ResultRow(shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, S.RETRY_WAIT,
+                                       attempt, next_attempt_at=ms_to_datetime(next_at), **row_base))  # fmt: skip
             return
         job.runs.pop(key, None)
-        await self._finish(job, p, epoch, decision.terminal, attempt, finished, row_base)
+        self._finish(job, p, epoch, decision.terminal, attempt, finished, row_base)
 
-    async def _finish(self, job: LoadedJob, p: Pending, epoch: int, status: ExecutionStatus, attempt: int,
-                      finished_ms: int, fields: dict[str, Any]) -> None:  # fmt: skip
+    def _finish(self, job: LoadedJob, p: Pending, epoch: int, status: ExecutionStatus, attempt: int,
+                finished_ms: int, fields: dict[str, Any]) -> None:  # fmt: skip
         """A run reached its terminal state: record it, then failure counting, alerts, buffered slot, completion."""
         self.metrics.results.inc(status=status.value)
         row = ResultRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, status, attempt,
                         finished_at=ms_to_datetime(finished_ms), **fields)
-        await self.writer.put(row)
+        self._put_result(row)
         if status is S.SUCCEEDED:
             job.failures = 0
         elif status in FAILURES:
             job.failures += 1
             what = row.error or f"HTTP {row.http_status}"
-            await self._alert(job, row, "execution_failed",
-                              f"job '{job.spec.name}' slot {row.scheduled_at.isoformat()} ended {status.value} "
-                              f"after {attempt} attempt(s): {what}")
+            self._alert(job, row, "execution_failed",
+                        f"job '{job.spec.name}' slot {row.scheduled_at.isoformat()} ended {status.value} "
+                        f"after {attempt} attempt(s): {what}")  # fmt: skip
             limit = job.spec.pause_after_failures
             if limit is not None and job.failures >= limit and job.state is JobState.ACTIVE:
-                await self._set_state(job, JobState.AUTO_PAUSED, f"{job.failures} consecutive failures")
-                await self._alert(job, row, "job_auto_paused",
-                                  f"job '{job.spec.name}' paused after {job.failures} consecutive failures")
+                self._change_state(job, JobState.AUTO_PAUSED, f"{job.failures} consecutive failures")
+                self._alert(job, row, "job_auto_paused",
+                            f"job '{job.spec.name}' paused after {job.failures} consecutive failures")
         if job.buffered is not None and not job.runs:
             buffered, job.buffered = job.buffered, None
             self._fire(buffered)
@@ -730,16 +738,19 @@ class Engine:
 
     def _maybe_complete(self, job: LoadedJob) -> None:
         if (job.exhausted and not job.runs and not job.unsent and job.buffered is None
-                and job.state is JobState.ACTIVE):
-            if self._nursery is not None:
-                self._nursery.start_soon(self._set_state, job, JobState.COMPLETED, "no slot left")
+                and job.state is JobState.ACTIVE):  # fmt: skip
+            self._change_state(job, JobState.COMPLETED, "no slot left")
 
-    async def _set_state(self, job: LoadedJob, state: JobState, reason: str) -> None:
+    def _change_state(self, job: LoadedJob, state: JobState, reason: str) -> None:
+        """Take the new state now (no further claims) and store it in the background."""
         epoch = self._granted_epoch(job.shard)
-        if epoch is None:
+        if epoch is None or self._nursery is None:
             return
         job.state = state
         self._cancel_claim(job)
+        self._nursery.start_soon(self._store_state, job, epoch, state, reason)
+
+    async def _store_state(self, job: LoadedJob, epoch: int, state: JobState, reason: str) -> None:
         try:
             outcome = await self.db.call(store.set_job_state, Fence(job.shard, epoch), job.id, state,
                                          tenant=job.tenant, reason=reason)
@@ -749,13 +760,17 @@ class Engine:
         except NotFound:
             pass  # deleted meanwhile
 
-    async def _alert(self, job: LoadedJob, row: ResultRow, kind: str, message: str) -> None:
+    def _alert(self, job: LoadedJob, row: ResultRow, kind: str, message: str) -> None:
         self.metrics.alerts.inc(kind=kind)
         alert = AlertRow(job.shard, row.epoch, job.id, job.tenant, row.scheduled_at, row.origin, kind, message,
                          webhook=job.spec.alert_webhook or self.config.alert_webhook,
                          payload={"status": row.status.value, "http_status": row.http_status,
                                   "error": row.error, "attempt": row.attempt})  # fmt: skip
-        await self.alerts.put(alert)
+        try:
+            self.alerts.put_nowait(alert)
+        except trio.WouldBlock:
+            assert self._nursery is not None
+            self._nursery.start_soon(self.alerts.put, alert)
 
     async def _write_results(self, batch: list[ResultRow]) -> frozenset[int]:
         return (await self.db.call(store.write_results, batch)).fenced
