@@ -10,6 +10,10 @@ Rules:
   no slot is ``> end_at`` (a slot exactly at ``end_at`` fires). Times are whole milliseconds, as the store
   keeps them: ``start_at``, ``end_at``, ``at`` and the ``every`` anchor are truncated to the millisecond here.
 - ``cron``: evaluated in the job's IANA zone with its DST policy (``cron_slots``, ``dst``); whole seconds.
+  Fast path: a cron that restricts only the second (``* * * * * *``, ``*/10 * * * * *``: the high-frequency
+  jobs, one claim each per firing) fires at every instant whose second is in its set, whatever the zone's
+  DST, as long as the zone's offset is whole minutes (every zone since the 1970s). ``iter_ms`` then steps
+  through the set in integer milliseconds (``SecondsSlots``, ~1 µs) instead of croniter (~40 µs a step).
 - ``every``: slots are ``anchor + k * period`` for k = 0, 1, 2, ... with the anchor at ``start_at`` or else
   ``created_at``; the zone plays no part. k = 0 is a slot: a job without ``start_at`` fires at its creation.
 - ``at``: one slot, at ``at``, if it lies within the bounds.
@@ -24,6 +28,7 @@ Example, ``{"kind": "every", "every": "90s"}`` created at 12:00:00.250Z, no ``st
 from __future__ import annotations
 
 import abc
+import bisect
 import itertools
 import zoneinfo
 from collections.abc import Iterator
@@ -37,7 +42,16 @@ from protocol.schedules import At, Cron, Every, parse_every
 from .cron_slots import CronSlots
 from .dst import effective_policy, zone
 
-__all__ = ["AtRule", "CronRule", "EveryRule", "EverySlots", "SlotRule", "compile_schedule", "preview"]
+__all__ = [
+    "AtRule",
+    "CronRule",
+    "EveryRule",
+    "EverySlots",
+    "SecondsSlots",
+    "SlotRule",
+    "compile_schedule",
+    "preview",
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
@@ -99,10 +113,48 @@ class SlotRule(abc.ABC):
             yield _to_ms(t)
 
 
+class SecondsSlots:
+    """Unix-ms slots of a cron that restricts only the second: ``seconds`` (sorted) of every minute, in UTC.
+
+    Exact for a zone whose offsets are whole minutes: the local second is then the UTC second, and with every
+    minute, hour and day matching, each real instant with a matching second fires once under any DST policy.
+    """
+
+    __slots__ = ("_end", "_i", "_minute", "_seconds")
+
+    def __init__(self, seconds: tuple[int, ...], after_ms: int, end_ms: int | None) -> None:
+        self._seconds = seconds
+        self._end = end_ms
+        first = after_ms // 1000 + 1  # the first whole second strictly after after_ms
+        self._minute, sec = divmod(first, 60)
+        self._i = bisect.bisect_left(seconds, sec)
+
+    def __iter__(self) -> SecondsSlots:
+        return self
+
+    def __next__(self) -> int:
+        if self._i == len(self._seconds):
+            self._minute += 1
+            self._i = 0
+        t = (self._minute * 60 + self._seconds[self._i]) * 1000
+        if self._end is not None and t > self._end:
+            raise StopIteration
+        self._i += 1
+        return t
+
+
+def _seconds_only(expr: CronExpr) -> tuple[int, ...] | None:
+    """The second set of a cron whose other fields are unrestricted, else None."""
+    minute, hour, dom, month, dow = expr.values[1:]
+    if expr.last_day or len(minute) != 60 or len(hour) != 24 or len(dom) != 31 or len(month) != 12:
+        return None
+    return tuple(sorted(expr.values[0])) if len(dow) == 7 else None
+
+
 class CronRule(SlotRule):
     """A cron schedule in a zone; ``policy`` is the effective DST policy (``dst.effective_policy``)."""
 
-    __slots__ = ("expr", "policy", "tz")
+    __slots__ = ("expr", "policy", "seconds", "tz")
 
     def __init__(
         self,
@@ -116,9 +168,21 @@ class CronRule(SlotRule):
         self.expr = expr
         self.tz = tz
         self.policy = policy
+        self.seconds = _seconds_only(expr)
 
     def _iter(self, after: datetime) -> CronSlots:
         return CronSlots(self.expr.croniter_expr, self.tz, self.policy, after, self.end_at)
+
+    def iter_ms(self, after_ms: int) -> Iterator[int]:
+        seconds = self.seconds
+        if seconds is None:
+            return super().iter_ms(after_ms)
+        if self.start_at is not None:
+            after_ms = max(after_ms, _to_ms(self.start_at) - 1)
+        offset = self.tz.utcoffset(_from_ms(after_ms))
+        if offset is None or offset.total_seconds() % 60:
+            return super().iter_ms(after_ms)  # an old local-mean-time offset: the general walk
+        return SecondsSlots(seconds, after_ms, None if self.end_at is None else _to_ms(self.end_at))
 
     def __repr__(self) -> str:
         return f"CronRule({self.expr.normalized!r}, {self.tz.key!r}, {self.policy!r})"

@@ -553,3 +553,65 @@ def test_kept_iterator_is_independent_of_others() -> None:
         utc(2026, 1, 1, 0, 0, 30),
     ]
     assert next(b) == utc(2026, 1, 1, 0, 0, 10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seconds=st.one_of(
+        st.just("*"),
+        st.integers(1, 30).map(lambda k: f"*/{k}"),
+        st.sets(st.integers(0, 59), min_size=1, max_size=6).map(lambda s: ",".join(map(str, sorted(s)))),
+    ),
+    zone_name=st.sampled_from(
+        [
+            "UTC",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "Asia/Kolkata",
+            "Africa/Monrovia",
+            "Europe/Amsterdam",
+        ]
+    ),  # fmt: skip
+    after=st.datetimes(
+        min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+    ),
+    start=st.none() | st.timedeltas(timedelta(0), timedelta(minutes=5)),
+    length=st.none() | st.timedeltas(timedelta(0), timedelta(minutes=10)),
+    dst=st.sampled_from([("shift", "first"), ("skip", "both"), ("skip", "second")]),
+)
+def test_seconds_only_cron_fast_path_matches_the_croniter_walk(
+    seconds: str, zone_name: str, after: datetime, start: timedelta | None, length: timedelta | None,
+    dst: tuple[str, str],
+) -> None:  # fmt: skip
+    # Africa/Monrovia ran on -0:44:30 until 1972 (not whole minutes: the general walk), Amsterdam on +0:19:32
+    # until 1937; the rest cross DST gaps and overlaps. iter_after never takes the fast path.
+    start_at = None if start is None else after + start
+    end_at = None if length is None else (start_at or after) + length
+    rule = compile_schedule(spec(f"{seconds} * * * * *", zone_name, *dst, start_at, end_at), utc(2000, 1, 1))
+    assert isinstance(rule, CronRule) and rule.seconds is not None
+    after_ms = (after - utc(1970, 1, 1)) // timedelta(milliseconds=1)
+    fast = list(itertools.islice(rule.iter_ms(after_ms), 30))
+    walked = [
+        (s - utc(1970, 1, 1)) // timedelta(milliseconds=1)
+        for s in itertools.islice(rule.iter_after(after), 30)
+    ]
+    assert fast == walked
+
+
+def test_only_unrestricted_minute_hour_and_day_take_the_fast_path() -> None:
+    def seconds(expr: str) -> tuple[int, ...] | None:
+        rule = compile_schedule(spec(expr), utc(2025, 1, 1))
+        assert isinstance(rule, CronRule)
+        return rule.seconds
+
+    assert seconds("*/15 * * * * *") == (0, 15, 30, 45)
+    assert seconds("* * * * * *") == tuple(range(60))
+    for restricted in (
+        "0 0 * * * *",
+        "* * 3 * * *",
+        "* * * 1 * *",
+        "* * * * 2 *",
+        "* * * * * MON",
+        "* * * L * *",
+    ):
+        assert seconds(restricted) is None
