@@ -175,10 +175,11 @@ class Engine:
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._draining = False
-        # Results wait up to 50 ms to batch: a burst's results become a few statements written after the burst,
-        # not dozens of small ones competing with the sends for the node's one thread.
+        # Results are written once 20 ms pass without one (at most 500 ms after the first): a second's results
+        # become a few statements written after its burst, not small ones competing with the sends for the
+        # node's one thread.
         self.writer: Writer[ResultRow] = Writer(self._write_results, on_fenced=self.lose_shard, name="results",
-                                                max_batch=5_000, max_delay_s=0.05)
+                                                max_batch=5_000, max_delay_s=0.5, quiet_s=0.02)
         self.writer.on_batch = self._record_write_batch
         # Alerts are batched like results: a target that is down fails every slot, and an insert per failure
         # would put a database round trip behind each of them.
@@ -243,7 +244,7 @@ class Engine:
                 return
             now = self.clock.now_ms()
             until = now + self.config.horizon_ms
-            rows = await self._load_rows(shard, until)
+            rows = await self._load_rows([shard], until)
             missing = {uuid.UUID(e.job_id) for e in takeover.resume} - {uuid.UUID(r.job.id) for r in rows}
             if missing:
                 rows += await self._get_rows(shard, sorted(missing))
@@ -344,10 +345,10 @@ class Engine:
 
     # ---- loading -----------------------------------------------------------------------------------------
 
-    async def _load_rows(self, shard: int, until_ms: int, after_ms: int | None = None) -> list[JobRow]:
-        jobs = await self.db.call(store.due_jobs, [shard], ms_to_datetime(until_ms),
-                                  after=None if after_ms is None else ms_to_datetime(after_ms))
-        return await self._with_cursors(shard, jobs)
+    async def _load_rows(self, shards: Sequence[int], until_ms: int, after_ms: int | None = None) -> list[JobRow]:
+        rows = await self.db.call(store.due_jobs, shards, ms_to_datetime(until_ms),
+                                  after=None if after_ms is None else ms_to_datetime(after_ms))  # fmt: skip
+        return [JobRow(job, last_slot) for job, last_slot in rows]
 
     async def _get_rows(self, shard: int, ids: Sequence[uuid.UUID]) -> list[JobRow]:
         jobs = []
@@ -453,29 +454,36 @@ class Engine:
         return entry
 
     async def _refill_loop(self) -> None:
+        interval = self.config.refill_interval_ms
         while not self._draining:
-            await trio.sleep(self.config.refill_interval_ms / 1000)
+            # 400 ms into a second: after the whole-second burst of sends, before the next second's claims.
+            now = self.clock.now_ms()
+            await trio.sleep(((now // 1000) * 1000 + interval + 400 - now) / 1000)
             await self._refill()
 
     async def _refill(self) -> None:
+        """Load the jobs that entered the horizon; one query per group of shards refilled up to the same time."""
         await self._flush_raises()
         now = self.clock.now_ms()
         until = now + self.config.horizon_ms
-        for shard in list(self._loaded):
+        groups: dict[int, list[int]] = {}
+        for shard in self._loaded:
             since = self._refilled_until.get(shard)
-            if since is None or shard in self._releasing:
-                continue
-            rows = await self._load_rows(shard, until, after_ms=since)
+            if since is not None and shard not in self._releasing:
+                groups.setdefault(since, []).append(shard)
+        for since, shards in groups.items():
+            rows = await self._load_rows(shards, until, after_ms=since)
             claims: list[ClaimRow] = []
             loaded: dict[uuid.UUID, LoadedJob] = {}
             for row in rows:
-                if uuid.UUID(row.job.id) not in self.jobs and self._granted_epoch(shard) is not None:
+                if uuid.UUID(row.job.id) not in self.jobs and self._granted_epoch(row.job.shard) is not None:
                     job, job_claims = self._load_job(row, now)
                     loaded[job.id] = job
                     claims += job_claims
             await self._claim_rows(claims, loaded)
-            if shard in self._refilled_until:
-                self._refilled_until[shard] = until
+            for shard in shards:
+                if shard in self._refilled_until:
+                    self._refilled_until[shard] = until
 
     async def _flush_raises(self) -> None:
         queue, self._raise_queue = self._raise_queue, []

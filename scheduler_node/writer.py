@@ -5,7 +5,9 @@ Rules:
   of growing memory without bound.
 - A batch is written when ``max_batch`` items are waiting or ``max_delay_s`` after its first item arrived,
   whichever comes first, so a burst of 5,000 results is a handful of statements and a lone result waits
-  at most a few milliseconds.
+  at most a few milliseconds. With ``quiet_s``, a batch is also written once no item arrived for that long:
+  the node's results then go out just after a second's burst of responses rather than in the middle of it
+  (encoding a batch holds the node's one thread for milliseconds, and the burst's last sends would wait).
 - A batch whose write fails with an infrastructure error is retried (same items, growing pause up to 2 s);
   nothing is dropped while the writer runs. ``flush()`` returns once everything put before it is written;
   closing (leaving ``run``) drains what is queued first.
@@ -40,12 +42,14 @@ class Writer(Generic[T]):
         max_batch: int = 2_000,
         max_delay_s: float = 0.005,
         max_pending: int = 50_000,
+        quiet_s: float | None = None,
         name: str = "writer",
     ) -> None:
         self._write = write_batch
         self._on_fenced = on_fenced
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.quiet_s = quiet_s
         self.name = name
         self._send, self._receive = trio.open_memory_channel[T](max_pending)
         self._put_count = 0
@@ -82,17 +86,23 @@ class Writer(Generic[T]):
                 except trio.EndOfChannel:
                     return
                 batch = [first]
-                with trio.move_on_after(self.max_delay_s):
-                    while len(batch) < self.max_batch:
+                latest = trio.current_time() + self.max_delay_s
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(receive.receive_nowait())
+                        continue
+                    except trio.WouldBlock:
+                        pass
+                    except trio.EndOfChannel:
+                        break
+                    quiet = latest if self.quiet_s is None else trio.current_time() + self.quiet_s
+                    with trio.move_on_at(min(latest, quiet)) as waited:
                         try:
-                            batch.append(receive.receive_nowait())
-                        except trio.WouldBlock:
-                            try:
-                                batch.append(await receive.receive())
-                            except trio.EndOfChannel:
-                                break
+                            batch.append(await receive.receive())
                         except trio.EndOfChannel:
                             break
+                    if waited.cancelled_caught:
+                        break
                 with trio.CancelScope(shield=True):
                     await self._write_with_retry(batch)
         finally:
@@ -123,4 +133,3 @@ class Writer(Generic[T]):
         self._written_count += len(batch)
         self._progress.set()
         self._progress = trio.Event()
-

@@ -15,8 +15,8 @@ Rules:
   node's wheel, is a LOWER BOUND of its true next firing: only a write that bumps the version may lower it;
   ``raise_next_fire_at`` only raises it, and only for the version it was computed from.
 - ``due_jobs(shards, until, after=None)``: the active, undeleted jobs of exactly those shards with
-  ``after < next_fire_at <= until`` (the ``jobs_due`` index), what a node loads when it takes a shard
-  (no ``after``) and as its horizon moves on.
+  ``after < next_fire_at <= until`` (the ``jobs_due`` index) and their misfire cursors, what a node loads
+  when it takes a shard (no ``after``) and as its horizon moves on (one query for all its shards).
 - Specs are stored as JSON and read back as text decoded straight into ``JobSpec`` (no semantic re-validation:
   they were validated on the way in).
 
@@ -120,7 +120,9 @@ async def _refuse(conn: Connection, shard: int, job_id: uuid.UUID, tenant: str, 
 
 
 _RETURNING = "RETURNING version, state, next_fire_at"
-_MATCH = "shard = $1 AND id = $2 AND tenant = $3 AND deleted_at IS NULL AND ($4::bigint IS NULL OR version = $4)"
+_MATCH = (
+    "shard = $1 AND id = $2 AND tenant = $3 AND deleted_at IS NULL AND ($4::bigint IS NULL OR version = $4)"
+)
 
 
 async def _upsert(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
@@ -128,7 +130,13 @@ async def _upsert(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
     if w.spec is None:
         raise SpecError("spec", "required for an upsert")
     spec = w.spec
-    values = (spec.name, list(spec.tags), msgspec.json.encode(spec).decode(), spec.semantics.value, next_fire_at)
+    values = (
+        spec.name,
+        list(spec.tags),
+        msgspec.json.encode(spec).decode(),
+        spec.semantics.value,
+        next_fire_at,
+    )
     if w.expected_version is None:
         row = await conn.fetchrow(
             "INSERT INTO jobs (shard, id, tenant, name, tags, spec, semantics, next_fire_at, state)"
@@ -338,18 +346,20 @@ async def list_jobs(
 
 async def due_jobs(
     db: Executor, shards: Sequence[int], until: datetime, *, after: datetime | None = None
-) -> list[Job]:
-    """The active, undeleted jobs of ``shards`` whose ``after < next_fire_at <= until``, by shard and next_fire_at.
+) -> list[tuple[Job, datetime | None]]:
+    """The active, undeleted jobs of ``shards`` whose ``after < next_fire_at <= until``, by shard and next_fire_at,
+    each with its ``job_cursor.last_slot`` (the misfire baseline), in one statement.
 
     ``after`` serves the node's refill: only the jobs that entered the horizon since its last look.
     """
     rows = await db.fetch(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE shard = ANY($1::int[]) AND state = 'active'"
+        f"SELECT {JOB_COLUMNS}, (SELECT c.last_slot FROM job_cursor c WHERE c.shard = jobs.shard"
+        " AND c.job_id = jobs.id) AS last_slot FROM jobs WHERE shard = ANY($1::int[]) AND state = 'active'"
         " AND deleted_at IS NULL AND next_fire_at <= $2 AND ($3::timestamptz IS NULL OR next_fire_at > $3)"
         " ORDER BY shard, next_fire_at, id",
         list(shards), until, after,
     )  # fmt: skip
-    return [_job(r) for r in rows]
+    return [(_job(r), r["last_slot"]) for r in rows]
 
 
 _RAISE_SQL = f"""

@@ -59,3 +59,29 @@ async def test_back_pressure_and_retry(autojump_clock: trio.testing.MockClock) -
         await w.flush()
         await w.drain_and_close()
     assert written == list(range(30))  # nothing lost across three failed attempts, order kept
+
+
+async def test_quiet_period_writes_after_a_burst_not_during_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    written_at: list[tuple[float, int]] = []
+
+    async def write(batch: list[int]) -> set[int]:
+        written_at.append((trio.current_time(), len(batch)))
+        return set()
+
+    w: Writer[int] = Writer(write, on_fenced=lambda s: None, max_batch=1000, max_delay_s=0.5, quiet_s=0.02)
+    async with trio.open_nursery() as n:
+        await n.start(w.run)
+        t0 = trio.current_time()
+        for i in range(100):  # a burst: one result every 5 ms for 0.5 s
+            w.put_nowait(i)
+            await trio.sleep(0.005)
+        for i in range(100, 110):  # then a slow trickle: one every 50 ms
+            w.put_nowait(i)
+            await trio.sleep(0.05)
+        await w.flush()
+        await w.drain_and_close()
+    (first_at, first_n), *rest = written_at
+    assert first_n == 100 and abs(first_at - t0 - 0.5) < 0.01  # the burst went out in one batch, at max_delay
+    assert [n for _, n in rest] == [1] * 10  # each trickled item after 20 quiet ms

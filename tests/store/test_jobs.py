@@ -14,7 +14,9 @@ from protocol.errors import Conflict, NotFound, SpecError, VersionMismatch
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import JobState, Semantics
 from scheduler_node.store import (
+    ClaimRow,
     NextFire,
+    claim_slots,
     due_jobs,
     get_job,
     list_audit,
@@ -35,20 +37,36 @@ def op(kind: JobWriteOp, **kw: object) -> JobWrite:
 async def test_create_get_replace_with_versions(store: TrioStore) -> None:
     fence = await own(store, 3)
     job_id, out = await create_job(store, fence, job_spec=spec("one", tags=["a"]))
-    assert (out.job_id, out.version, out.state, out.created, out.next_fire_at) == (job_id, 1, JobState.ACTIVE, True, T0)
+    assert (out.job_id, out.version, out.state, out.created, out.next_fire_at) == (
+        job_id,
+        1,
+        JobState.ACTIVE,
+        True,
+        T0,
+    )
     assert out.written() == JobWritten(version=1, state=JobState.ACTIVE, next_fire_at=T0, created=True)
     job = await store.call(get_job, 3, job_id)
-    assert (job.id, job.tenant, job.spec, job.version, job.shard) == (str(job_id), "acme", spec("one", tags=["a"]), 1, 3)
+    assert (job.id, job.tenant, job.spec, job.version, job.shard) == (
+        str(job_id),
+        "acme",
+        spec("one", tags=["a"]),
+        1,
+        3,
+    )
 
     two = spec("two", semantics=Semantics.AT_MOST_ONCE)
     out = await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=two, expected_version=1),
                            next_fire_at=T0 + timedelta(hours=1))  # fmt: skip
     assert (out.version, out.created, out.next_fire_at) == (2, False, T0 + timedelta(hours=1))
     with pytest.raises(VersionMismatch) as err:
-        await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("stale"), expected_version=1))
+        await store.call(
+            write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("stale"), expected_version=1)
+        )
     assert (err.value.expected, err.value.actual, err.value.status_hint) == (1, 2, 412)
     # No expected version: an unconditional replace.
-    out = await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("three")), next_fire_at=T0)
+    out = await store.call(
+        write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("three")), next_fire_at=T0
+    )
     assert out.version == 3
     job = await store.call(get_job, 3, job_id)
     assert job.spec.name == "three" and job.version == 3
@@ -78,8 +96,14 @@ async def test_pause_resume_trigger_and_soft_delete(store: TrioStore) -> None:
     again = await store.call(write_job, fence, job_id, op(JobWriteOp.PAUSE))
     assert again.version == 2  # a no-op pause does not invalidate ETags
     assert await store.call(due_jobs, [4], T0 + timedelta(days=1)) == []
-    resumed = await store.call(write_job, fence, job_id, op(JobWriteOp.RESUME), next_fire_at=T0 + timedelta(minutes=5))
-    assert (resumed.state, resumed.version, resumed.next_fire_at) == (JobState.ACTIVE, 3, T0 + timedelta(minutes=5))
+    resumed = await store.call(
+        write_job, fence, job_id, op(JobWriteOp.RESUME), next_fire_at=T0 + timedelta(minutes=5)
+    )
+    assert (resumed.state, resumed.version, resumed.next_fire_at) == (
+        JobState.ACTIVE,
+        3,
+        T0 + timedelta(minutes=5),
+    )
     trig = await store.call(write_job, fence, job_id, op(JobWriteOp.TRIGGER, expected_version=3))
     assert trig.version == 3
     with pytest.raises(VersionMismatch):
@@ -106,12 +130,20 @@ async def test_pause_resume_trigger_and_soft_delete(store: TrioStore) -> None:
 async def test_node_decided_states(store: TrioStore) -> None:
     fence = await own(store, 5)
     job_id, _ = await create_job(store, fence)
-    out = await store.call(set_job_state, fence, job_id, JobState.COMPLETED, tenant="acme", reason="at job fired")
+    out = await store.call(
+        set_job_state, fence, job_id, JobState.COMPLETED, tenant="acme", reason="at job fired"
+    )
     assert (out.state, out.version) == (JobState.COMPLETED, 2)
     entry = (await store.call(list_audit, shard=5, job_id=job_id))[0]
-    assert (entry.action, entry.actor, entry.detail["reason"]) == ("job.state.completed", "system", "at job fired")
+    assert (entry.action, entry.actor, entry.detail["reason"]) == (
+        "job.state.completed",
+        "system",
+        "at job fired",
+    )
     # Replacing a completed job's spec makes it active again (a new `at` instant should fire).
-    out = await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("again")), next_fire_at=T0)
+    out = await store.call(
+        write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("again")), next_fire_at=T0
+    )
     assert out.state == JobState.ACTIVE
 
 
@@ -145,7 +177,9 @@ async def test_list_jobs_filters_and_cursor_pages(store: TrioStore) -> None:
     fences = [await own(store, s) for s in (10, 11, 12)]
     made = []
     for i in range(7):
-        job_id, _ = await create_job(store, fences[i % 3], job_spec=spec(f"report_{i}%", tags=["even"] if i % 2 == 0 else []))
+        job_id, _ = await create_job(
+            store, fences[i % 3], job_spec=spec(f"report_{i}%", tags=["even"] if i % 2 == 0 else [])
+        )
         made.append(job_id)
     await create_job(store, fences[0], tenant="globex")
     await store.call(write_job, fences[1 % 3], made[1], op(JobWriteOp.PAUSE))
@@ -161,8 +195,12 @@ async def test_list_jobs_filters_and_cursor_pages(store: TrioStore) -> None:
     assert [j for p in pages for j in p] == sorted(made)  # UUIDv7: id order is creation order
     tagged = await store.call(list_jobs, tenant="acme", tag="even")
     assert sorted(uuid.UUID(j.id) for j in tagged.items) == sorted(made[0::2])
-    assert [uuid.UUID(j.id) for j in (await store.call(list_jobs, tenant="acme", state=JobState.PAUSED)).items] == [made[1]]
-    named = await store.call(list_jobs, tenant="acme", name_contains="RT_3%")  # case-insensitive, % and _ literal
+    assert [
+        uuid.UUID(j.id) for j in (await store.call(list_jobs, tenant="acme", state=JobState.PAUSED)).items
+    ] == [made[1]]
+    named = await store.call(
+        list_jobs, tenant="acme", name_contains="RT_3%"
+    )  # case-insensitive, % and _ literal
     assert [uuid.UUID(j.id) for j in named.items] == [made[3]]
     assert (await store.call(list_jobs, tenant="acme", name_contains="t_3x")).items == []
     assert len((await store.call(list_jobs, tenant=None)).items) == 8
@@ -175,7 +213,9 @@ async def test_raise_next_fire_at_only_raises_for_the_current_version(store: Tri
     a, _ = await create_job(store, fence)
     b, _ = await create_job(store, fence)
     c, _ = await create_job(store, fence)
-    await store.call(write_job, fence, c, op(JobWriteOp.UPSERT, spec=spec("v2")), next_fire_at=T0)  # c is at version 2
+    await store.call(
+        write_job, fence, c, op(JobWriteOp.UPSERT, spec=spec("v2")), next_fire_at=T0
+    )  # c is at version 2
     later = T0 + timedelta(hours=2)
     r = await store.call(raise_next_fire_at, [
         NextFire(8, fence.epoch, a, 1, later),
@@ -183,11 +223,11 @@ async def test_raise_next_fire_at_only_raises_for_the_current_version(store: Tri
         NextFire(8, fence.epoch, c, 1, later),  # computed from an old version: ignored
     ])  # fmt: skip
     assert (r.applied, sorted(r.conflicts), r.fenced) == ([a], sorted([b, c]), frozenset())
-    got = {uuid.UUID(j.id): j.next_fire_at for j in await store.call(due_jobs, [8], later)}
+    got = {uuid.UUID(j.id): j.next_fire_at for j, _ in await store.call(due_jobs, [8], later)}
     assert got == {a: later, b: T0, c: T0}
     done = await store.call(raise_next_fire_at, [NextFire(8, fence.epoch, b, 1, None)])  # never fires again
     assert done.applied == [b]
-    assert b not in {uuid.UUID(j.id) for j in await store.call(due_jobs, [8], later + timedelta(days=999))}
+    assert b not in {uuid.UUID(j.id) for j, _ in await store.call(due_jobs, [8], later + timedelta(days=999))}
 
 
 # ---- due_jobs against a model --------------------------------------------------------------------------------
@@ -198,7 +238,9 @@ _SPEC_JSON = msgspec.json.encode(spec()).decode()
 job_rows = st.lists(
     st.tuples(
         st.sampled_from(SHARDS),
-        st.sampled_from([JobState.ACTIVE] * 3 + [s for s in JobState if s != JobState.ACTIVE]),  # mostly active
+        st.sampled_from(
+            [JobState.ACTIVE] * 3 + [s for s in JobState if s != JobState.ACTIVE]
+        ),  # mostly active
         st.integers(0, 3).map(lambda n: n == 0),  # deleted, one time in four
         # next_fire_at and `until` share a small range, so ties (next_fire_at == until) are frequent.
         st.none() | st.integers(-5, 5).map(lambda s: T0 + timedelta(seconds=s)),  # next_fire_at
@@ -212,7 +254,11 @@ job_rows = st.lists(
        until=st.integers(-6, 6).map(lambda s: T0 + timedelta(seconds=s)),
        after=st.none() | st.integers(-6, 6).map(lambda s: T0 + timedelta(seconds=s)))  # fmt: skip
 async def test_due_jobs_returns_exactly_the_due_jobs_of_the_given_shards(
-    db_dsn: str, rows: list[tuple[int, JobState, bool, object]], shards: list[int], until: object, after: object
+    db_dsn: str,
+    rows: list[tuple[int, JobState, bool, object]],
+    shards: list[int],
+    until: object,
+    after: object,
 ) -> None:
     # pytest-trio runs each example in its own trio run, so the example opens its own bridge (the `store`
     # fixture's loop belongs to another run).
@@ -227,7 +273,7 @@ async def test_due_jobs_returns_exactly_the_due_jobs_of_the_given_shards(
             [r[0] for r in rows], ids, [r[1].value for r in rows], [r[2] for r in rows], [r[3] for r in rows],
             _SPEC_JSON,
         )  # fmt: skip
-        got = await store.call(due_jobs, shards, until, after=after)
+        got = [job for job, _ in await store.call(due_jobs, shards, until, after=after)]
     expected = {
         job_id for job_id, (shard, state, deleted, nf) in zip(ids, rows, strict=True)
         if shard in shards and state == JobState.ACTIVE and not deleted and nf is not None and nf <= until
@@ -244,4 +290,13 @@ async def test_reads_are_not_fenced(store: TrioStore) -> None:
     fence = await own(store, 9)
     job_id, _ = await create_job(store, fence)
     await own(store, 9, "thief")
-    assert [j.id for j in await store.call(due_jobs, [9], T0)] == [str(job_id)]
+    assert [j.id for j, _ in await store.call(due_jobs, [9], T0)] == [str(job_id)]
+
+
+async def test_due_jobs_carry_their_misfire_cursor(store: TrioStore) -> None:
+    fence = await own(store, 12)
+    fired, fresh = (await create_job(store, fence))[0], (await create_job(store, fence))[0]
+    await store.call(claim_slots, "node-a", [ClaimRow(12, fence.epoch, fired, T0 - timedelta(seconds=s))
+                                             for s in (3, 2)])  # fmt: skip
+    got = {uuid.UUID(j.id): last for j, last in await store.call(due_jobs, [12], T0)}
+    assert got == {fired: T0 - timedelta(seconds=2), fresh: None}
