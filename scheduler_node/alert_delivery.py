@@ -74,7 +74,9 @@ class AlertDelivery:
                 "payload": alert.payload, "created_at": alert.created_at,
             })  # fmt: skip
             try:
-                r = await client.post(alert.webhook, content=body, headers={"content-type": "application/json"})
+                r = await client.post(
+                    alert.webhook, content=body, headers={"content-type": "application/json"}
+                )
                 error = None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
                 error = f"{type(e).__name__}: {e}"
@@ -87,6 +89,11 @@ class AlertDelivery:
         retry_at = None
         if tries < self.max_attempts:
             retry_at = ms_to_datetime(self.clock.now_ms()) + timedelta(seconds=min(600, 2 * 2 ** (tries - 1)))
-        log.warning("alert %s to %s failed (%s); %s", alert.id, alert.webhook, error,
-                    f"retry at {retry_at}" if retry_at else "giving up")
+        log.warning(
+            "alert %s to %s failed (%s); %s",
+            alert.id,
+            alert.webhook,
+            error,
+            f"retry at {retry_at}" if retry_at else "giving up",
+        )
         await self.db.call(store.record_delivery_failure, alert.shard, alert.id, error, retry_at)

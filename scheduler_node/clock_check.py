@@ -51,7 +51,9 @@ async def _server_ms(conn: object) -> float:
 
 
 class ClockCheck:
-    def __init__(self, db: TrioStore, clock: Clock, *, limit_ms: float = 50.0, interval_s: float = 5.0) -> None:
+    def __init__(
+        self, db: TrioStore, clock: Clock, *, limit_ms: float = 50.0, interval_s: float = 5.0
+    ) -> None:
         self.db = db
         self.clock = clock
         self.limit_ms = limit_ms
@@ -62,8 +64,10 @@ class ClockCheck:
     def problem(self) -> str | None:
         if self.offset_ms is None or abs(self.offset_ms) <= self.limit_ms:
             return None
-        return (f"clock offset {self.offset_ms:+.0f} ms from PostgreSQL exceeds the limit of {self.limit_ms:.0f} ms"
-                " (a node ahead fires early, one behind fires late)")
+        return (
+            f"clock offset {self.offset_ms:+.0f} ms from PostgreSQL exceeds the limit of {self.limit_ms:.0f} ms"
+            " (a node ahead fires early, one behind fires late)"
+        )
 
     async def measure(self, n: int = 5) -> Sample:
         samples = []

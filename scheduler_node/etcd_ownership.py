@@ -215,10 +215,15 @@ class EtcdOwnership:
             return  # no taking while our own lease may be dead
         # Keys of ours that we do not hold (a fenced write dropped the shard while the key stayed): take them
         # again with a fresh epoch, or nobody would (the key says we own it).
-        ours_unheld = {s for s, n in current.items() if n == self.node_id} - set(self._grants) - self._releasing
-        for shard in sorted((take | (ours_unheld & set(plan.keep))) - set(self._grants))[: self.take_per_round]:
-            if shard not in ours_unheld and not await self.coord.try_acquire_shard(shard, self.node_id,
-                                                                                   lease.lease_id):
+        ours_unheld = (
+            {s for s, n in current.items() if n == self.node_id} - set(self._grants) - self._releasing
+        )
+        for shard in sorted((take | (ours_unheld & set(plan.keep))) - set(self._grants))[
+            : self.take_per_round
+        ]:
+            if shard not in ours_unheld and not await self.coord.try_acquire_shard(
+                shard, self.node_id, lease.lease_id
+            ):
                 continue
             epoch = await self._bump(shard)
             await self.coord.set_shard_epoch(shard, self.node_id, epoch, lease.lease_id)

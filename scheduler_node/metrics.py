@@ -62,13 +62,14 @@ class Gauge:
     help: str
     read: Callable[[], float] | None = None  # sampled at render time (wheel size, in flight...)
     value: float = 0.0
+    kind: str = "gauge"  # "counter" for a total read from elsewhere (connections opened)
 
     def set(self, v: float) -> None:
         self.value = v
 
     def render(self) -> list[str]:
         v = self.read() if self.read is not None else self.value
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge", f"{self.name} {v:g}"]
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}", f"{self.name} {v:g}"]
 
 
 class LatencySummary:
@@ -128,13 +129,24 @@ class Metrics:
         self.results = Counter(p + "results_total", "terminal results by status")
         self.retries = Counter(p + "retries_total", "attempts scheduled again after a retryable failure")
         self.skips = Counter(p + "skips_total", "slots skipped without sending, by kind")
-        self.fenced = Counter(p + "fenced_writes_total", "writes refused because a newer epoch owns the shard")
+        self.fenced = Counter(
+            p + "fenced_writes_total", "writes refused because a newer epoch owns the shard"
+        )
         self.not_sent = Counter(p + "not_sent_total", "sends withheld because the lease validity had passed")
         self.alerts = Counter(p + "alerts_total", "alerts raised")
         self.alert_deliveries = Counter(p + "alert_deliveries_total", "alert webhook deliveries by outcome")
         self.in_flight = Gauge(p + "in_flight", "requests in flight")
         self.wheel_size = Gauge(p + "wheel_entries", "entries in the timing wheel")
         self.shards = Gauge(p + "shards_owned", "shards this node owns")
+        self.connections_open = Gauge(
+            p + "connections_open", "connections to targets, busy, idle or connecting"
+        )
+        self.connections_opened = Gauge(
+            p + "connections_opened_total", "connections to targets opened", kind="counter"
+        )
+        self.sends_waiting = Gauge(
+            p + "sends_waiting", "sends queued for a connection (per-host or node cap)"
+        )
         self.claim_batch = LatencySummary(p + "claim_batch_size", "rows per claim statement")
         self.claim_latency = LatencySummary(p + "claim_latency", "claim statement latency")
         self.write_batch = LatencySummary(p + "write_batch_size", "rows per result write statement")

@@ -139,7 +139,8 @@ class Node:
             ownership: StaticOwnership | EtcdOwnership
             if config.etcd:
                 coord = await stack.enter_async_context(
-                    TrioCoordinator.open(config.etcd, KeyLayout(cluster.name, config.etcd_prefix)))
+                    TrioCoordinator.open(config.etcd, KeyLayout(cluster.name, config.etcd_prefix))
+                )
                 ownership = EtcdOwnership(
                     coord, node_id=config.node_id, address="", shard_count=cluster.shard_count, bump_epoch=bump,
                     ttl_s=config.lease_ttl_s, release_timeout_s=config.release_timeout_s,
@@ -150,7 +151,8 @@ class Node:
                     raise InfrastructureError(f"refusing to own shards: {clock_check.problem()}")
                 ownership = StaticOwnership(parse_shard_ranges(config.shards, cluster.shard_count), bump)
             dispatcher = await stack.enter_async_context(
-                Dispatcher(per_host_limit=config.per_host_limit, node_limit=config.total_limit))
+                Dispatcher(per_host_limit=config.per_host_limit, node_limit=config.total_limit)
+            )
             engine = self.engine = Engine(
                 EngineConfig(
                     node_id=config.node_id, shard_count=cluster.shard_count, horizon_ms=config.horizon_ms,

@@ -168,6 +168,7 @@ def _quotas(view: _View) -> dict[str, int]:
         open_nodes = [n for n in open_nodes if n not in dropped]
     if open_nodes:
         q, r = divmod(total, len(open_nodes))
+
         # The r ceil shares go first to nodes whose pins need them, then to nodes already committed to q + 1
         # shards (their pins plus the unpinned shards they own), so nobody is made to release a shard that
         # another node then has to take: this is what makes a join move exactly the newcomer's share. Then by

@@ -43,7 +43,9 @@ class TrioStore:
     @asynccontextmanager
     async def open(cls, dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[TrioStore]:
         async with trio_asyncio.open_loop() as loop:
-            pool = await trio_asyncio.aio_as_trio(create_pool, loop=loop)(dsn, min_size=min_size, max_size=max_size)
+            pool = await trio_asyncio.aio_as_trio(create_pool, loop=loop)(
+                dsn, min_size=min_size, max_size=max_size
+            )
             try:
                 yield cls(loop, pool)
             finally:
@@ -57,4 +59,3 @@ class TrioStore:
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` on the asyncio side (no pool passed)."""
         return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args, **kwargs)
-

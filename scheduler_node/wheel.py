@@ -141,11 +141,27 @@ class TimingWheel(Generic[P]):
     """
 
     __slots__ = (
-        "_buckets", "_count", "_events", "_limits", "_now", "_overflow", "_overflow_at", "_overflow_stale",
-        "_seq", "_soon", "_soon_limit", "_soon_stale", "_ticks", "_top_span", "_top_tick", "_wheel_size",
+        "_buckets",
+        "_count",
+        "_events",
+        "_limits",
+        "_now",
+        "_overflow",
+        "_overflow_at",
+        "_overflow_stale",
+        "_seq",
+        "_soon",
+        "_soon_limit",
+        "_soon_stale",
+        "_ticks",
+        "_top_span",
+        "_top_tick",
+        "_wheel_size",
     )
 
-    def __init__(self, start_ms: int = 0, *, tick_ms: int = 1, wheel_size: int = 256, levels: int = 4) -> None:
+    def __init__(
+        self, start_ms: int = 0, *, tick_ms: int = 1, wheel_size: int = 256, levels: int = 4
+    ) -> None:
         if tick_ms < 1:
             raise ValueError(f"tick_ms must be >= 1, got {tick_ms}")
         if wheel_size < 2:

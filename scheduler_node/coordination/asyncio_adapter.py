@@ -91,8 +91,14 @@ class AsyncioCoordinator:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, endpoints: str | Sequence[str], layout: KeyLayout, *, timeout: float = DEFAULT_TIMEOUT_S,
-                   max_threads: int = 4) -> AsyncIterator[AsyncioCoordinator]:
+    async def open(
+        cls,
+        endpoints: str | Sequence[str],
+        layout: KeyLayout,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_threads: int = 4,
+    ) -> AsyncIterator[AsyncioCoordinator]:
         coord = cls(EtcdCoordinator(endpoints, layout, timeout=timeout), max_threads=max_threads)
         try:
             yield coord
@@ -172,8 +178,9 @@ class AsyncioCoordinator:
     # -- watch -----------------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def changes(self, *, include_status: bool = False,
-                      start_revision: int | None = None) -> AsyncIterator[AsyncioChangeStream]:
+    async def changes(
+        self, *, include_status: bool = False, start_revision: int | None = None
+    ) -> AsyncIterator[AsyncioChangeStream]:
         """Coalesced change notifications while the block runs; the first one (a resync) is already pending."""
         stream = AsyncioChangeStream()
         loop = asyncio.get_running_loop()

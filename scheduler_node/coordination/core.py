@@ -212,8 +212,9 @@ def _rpc_details(err: grpc.RpcError) -> str:
 class EtcdCoordinator:
     """One cluster's coordination state in etcd. Thread-safe; close it (or use ``with``) to free the channel."""
 
-    def __init__(self, endpoints: str | Sequence[str], layout: KeyLayout, *,
-                 timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, endpoints: str | Sequence[str], layout: KeyLayout, *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         hosts = parse_endpoints(endpoints)
         self.layout = layout
         self.timeout = timeout
@@ -258,20 +259,25 @@ class EtcdCoordinator:
             if code == grpc.StatusCode.NOT_FOUND and "lease not found" in details:
                 raise LeaseNotFound(f"etcd: {what}: the lease no longer exists") from e
             name = code.name if code is not None else "error"
-            raise InfrastructureError(f"etcd at {self.endpoints_text}: {what} failed: {name} {details}") from e
+            raise InfrastructureError(
+                f"etcd at {self.endpoints_text}: {what} failed: {name} {details}"
+            ) from e
         except etcd_exc.ConnectionFailedError as e:
             raise InfrastructureError(f"etcd at {self.endpoints_text} is unreachable ({what})") from e
         except etcd_exc.ConnectionTimeoutError as e:
             raise InfrastructureError(
-                f"etcd at {self.endpoints_text} did not answer {what} within {self.timeout:g}s") from e
+                f"etcd at {self.endpoints_text} did not answer {what} within {self.timeout:g}s"
+            ) from e
         except etcd_exc.WatchTimedOut as e:
             raise InfrastructureError(
-                f"etcd at {self.endpoints_text} did not create the watch within {self.timeout:g}s") from e
+                f"etcd at {self.endpoints_text} did not create the watch within {self.timeout:g}s"
+            ) from e
         except etcd_exc.RevisionCompactedError:
             raise  # the watch keeper handles it
         except etcd_exc.Etcd3Exception as e:
             raise InfrastructureError(
-                f"etcd at {self.endpoints_text}: {what} failed: {type(e).__name__} {e}".rstrip()) from e
+                f"etcd at {self.endpoints_text}: {what} failed: {type(e).__name__} {e}".rstrip()
+            ) from e
 
     # -- leases ----------------------------------------------------------------------------------------------
 
@@ -350,7 +356,9 @@ class EtcdCoordinator:
         with self._mapped("set shard epoch"):
             ok, _ = self._client.transaction(
                 compare=[_LeaseCompare(key) == lease_id],
-                success=[self._client.transactions.put(key, encode(ShardRecord(node_id, epoch)), lease=lease_id)],
+                success=[
+                    self._client.transactions.put(key, encode(ShardRecord(node_id, epoch)), lease=lease_id)
+                ],
                 failure=[],
             )
         return bool(ok)
@@ -370,7 +378,8 @@ class EtcdCoordinator:
                 if self._owner(kv.value) != node_id:
                     return False
                 deleted, _ = self._client.transaction(
-                    compare=[tx.mod(key) == kv.mod_revision], success=[tx.delete(key)], failure=[])
+                    compare=[tx.mod(key) == kv.mod_revision], success=[tx.delete(key)], failure=[]
+                )
             if deleted:
                 return True
         return False
@@ -425,8 +434,13 @@ class EtcdCoordinator:
 
     # -- watch -----------------------------------------------------------------------------------------------
 
-    def watch(self, callback: Callable[[WatchNotice], None], *, start_revision: int | None = None,
-              kinds: Collection[KeyKind] | None = None) -> WatchHandle:
+    def watch(
+        self,
+        callback: Callable[[WatchNotice], None],
+        *,
+        start_revision: int | None = None,
+        kinds: Collection[KeyKind] | None = None,
+    ) -> WatchHandle:
         """Watch the whole root from ``start_revision`` (default: now) until ``handle.cancel()``.
 
         ``kinds`` filters ``Changed`` notices (``None``: every key). Subscribing raises ``InfrastructureError``
@@ -452,8 +466,13 @@ class WatchHandle(Protocol):
 
 
 class _Watch:
-    def __init__(self, core: EtcdCoordinator, callback: Callable[[WatchNotice], None],
-                 start_revision: int | None, kinds: frozenset[KeyKind] | None) -> None:
+    def __init__(
+        self,
+        core: EtcdCoordinator,
+        callback: Callable[[WatchNotice], None],
+        start_revision: int | None,
+        kinds: frozenset[KeyKind] | None,
+    ) -> None:
         self._core = core
         self._callback = callback
         self._kinds = kinds
@@ -478,8 +497,11 @@ class _Watch:
         with self._core._watch_lock, self._core._mapped("watch"):
             watcher = self._core._client.watcher
             watch_id = watcher.add_callback(
-                root, functools.partial(self._on_response, gen),
-                range_end=etcd_utils.prefix_range_end(root.encode()), start_revision=self._resume_from)
+                root,
+                functools.partial(self._on_response, gen),
+                range_end=etcd_utils.prefix_range_end(root.encode()),
+                start_revision=self._resume_from,
+            )
         with self._lock:
             if self._gen == gen and not self._stop.is_set():
                 self._sub = (watcher, watch_id)
@@ -489,7 +511,9 @@ class _Watch:
         return None
 
     def start_keeper(self) -> None:
-        self._keeper = threading.Thread(target=self._keep, name=f"coordination-watch-{id(self):x}", daemon=True)
+        self._keeper = threading.Thread(
+            target=self._keep, name=f"coordination-watch-{id(self):x}", daemon=True
+        )
         self._keeper.start()
 
     def cancel(self, join: bool = True) -> None:

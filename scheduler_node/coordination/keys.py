@@ -45,8 +45,9 @@ class KeyKind(enum.StrEnum):
 
 
 # Data before branches: which kinds name a family of keys (``<kind>/<ident>``) and which are one key each.
-_FAMILIES: dict[str, KeyKind] = {k.value: k for k in (KeyKind.NODE, KeyKind.SHARD, KeyKind.STATUS,
-                                                      KeyKind.DRAINED, KeyKind.PIN)}
+_FAMILIES: dict[str, KeyKind] = {
+    k.value: k for k in (KeyKind.NODE, KeyKind.SHARD, KeyKind.STATUS, KeyKind.DRAINED, KeyKind.PIN)
+}
 _SINGLETONS: dict[str, KeyKind] = {k.value: k for k in (KeyKind.PAUSED, KeyKind.REBALANCE)}
 # Kinds whose identifier is a shard number rather than a node id.
 _SHARD_KINDS = frozenset({KeyKind.SHARD, KeyKind.PIN})
@@ -112,7 +113,7 @@ class KeyLayout:
         text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
         if not text.startswith(self.root):
             return None
-        rel = text[len(self.root):]
+        rel = text[len(self.root) :]
         if (kind := _SINGLETONS.get(rel)) is not None:
             return ParsedKey(kind, "")
         family, sep, ident = rel.rpartition("/")

@@ -31,7 +31,9 @@ class NodeInfo(msgspec.Struct, frozen=True):
     node_id: str
     address: str  # the node's internal HTTP base URL, e.g. http://10.0.0.5:8081
     started_at: float  # unix seconds
-    shards_hint: int | None = None  # how many shards the node means to hold (its fair share), for status pages
+    shards_hint: int | None = (
+        None  # how many shards the node means to hold (its fair share), for status pages
+    )
     refusing: str | None = None  # why the node takes no shards (a clock offset over the limit), or None
 
 

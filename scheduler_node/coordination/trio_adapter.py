@@ -120,8 +120,14 @@ class TrioCoordinator:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, endpoints: str | Sequence[str], layout: KeyLayout, *, timeout: float = DEFAULT_TIMEOUT_S,
-                   max_threads: int = 4) -> AsyncIterator[TrioCoordinator]:
+    async def open(
+        cls,
+        endpoints: str | Sequence[str],
+        layout: KeyLayout,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        max_threads: int = 4,
+    ) -> AsyncIterator[TrioCoordinator]:
         core = EtcdCoordinator(endpoints, layout, timeout=timeout)  # no I/O: gRPC connects on first use
         try:
             yield cls(core, max_threads=max_threads)
@@ -129,10 +135,19 @@ class TrioCoordinator:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(core.close)
 
-    async def _call(self, fn: Callable[..., T], *args: Any, abandon: bool,
-                    limiter: trio.CapacityLimiter | None = None, **kwargs: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), abandon_on_cancel=abandon,
-                                             limiter=limiter or self._limiter)
+    async def _call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        abandon: bool,
+        limiter: trio.CapacityLimiter | None = None,
+        **kwargs: Any,
+    ) -> T:
+        return await trio.to_thread.run_sync(
+            functools.partial(fn, *args, **kwargs),
+            abandon_on_cancel=abandon,
+            limiter=limiter or self._limiter,
+        )
 
     # -- leases ----------------------------------------------------------------------------------------------
 
@@ -198,8 +213,9 @@ class TrioCoordinator:
     # -- watch -----------------------------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def changes(self, *, include_status: bool = False,
-                      start_revision: int | None = None) -> AsyncIterator[ChangeStream]:
+    async def changes(
+        self, *, include_status: bool = False, start_revision: int | None = None
+    ) -> AsyncIterator[ChangeStream]:
         """Coalesced change notifications while the block runs; the first one (a resync) is already pending.
 
         Status blobs are left out unless ``include_status`` (they change every few seconds and never matter
@@ -214,8 +230,9 @@ class TrioCoordinator:
                 pass  # the trio run is over: nobody is listening any more
 
         kinds = None if include_status else _PLANNING_KINDS
-        handle = await self._call(self.core.watch, on_notice, abandon=False, start_revision=start_revision,
-                                  kinds=kinds)
+        handle = await self._call(
+            self.core.watch, on_notice, abandon=False, start_revision=start_revision, kinds=kinds
+        )
         stream._post(START)
         try:
             yield stream

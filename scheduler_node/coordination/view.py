@@ -41,6 +41,7 @@ __all__ = ["KV", "ClusterView", "ShardOwner", "build_view"]
 
 log = logging.getLogger(__name__)
 
+
 class KV(NamedTuple):
     """The parts of an etcd KeyValue a view needs."""
 
@@ -80,8 +81,11 @@ class ClusterView:
 
     def live_owners(self) -> dict[int, str]:
         """shard -> node id, for shard keys bound to the lease their node is registered with now."""
-        return {s: o.node_id for s, o in self.owners.items()
-                if o.node_id and self.node_leases.get(o.node_id) == o.lease_id}
+        return {
+            s: o.node_id
+            for s, o in self.owners.items()
+            if o.node_id and self.node_leases.get(o.node_id) == o.lease_id
+        }
 
 
 def build_view(layout: KeyLayout, kvs: Iterable[KV], revision: int) -> ClusterView:

@@ -289,6 +289,11 @@ class Dispatcher:
             await trio.lowlevel.checkpoint()
         return opened
 
+    @property
+    def waiting(self) -> int:
+        """Exchanges queued for a connection or a slot: a burst is still being written while this is > 0."""
+        return self._waiting
+
     def statistics(self) -> DispatcherStatistics:
         origins = {origin: op.statistics() for origin, op in self._origins.items()}
         return DispatcherStatistics(

@@ -167,7 +167,9 @@ async def list_alerts(
     return [_alert(r) for r in rows]
 
 
-async def pending_deliveries(db: Executor, shards: Sequence[int], now: datetime, *, limit: int = 100) -> list[Alert]:
+async def pending_deliveries(
+    db: Executor, shards: Sequence[int], now: datetime, *, limit: int = 100
+) -> list[Alert]:
     """Undelivered alerts of ``shards`` with a webhook, due by ``now``, oldest due first."""
     rows = await db.fetch(
         f"SELECT {_COLUMNS} FROM alerts WHERE shard = ANY($1::int[]) AND delivered_at IS NULL"

@@ -59,7 +59,9 @@ async def ensure_cluster(db: Executor, *, name: str, shard_count: int, hash_name
             row = await conn.fetchrow(
                 "INSERT INTO cluster (name, shard_count, hash_name) VALUES ($1, $2, $3)"
                 " RETURNING name, shard_count, hash_name, created_at",
-                name, shard_count, hash_name,
+                name,
+                shard_count,
+                hash_name,
             )
             await conn.execute(
                 "INSERT INTO shard_epochs (shard) SELECT generate_series(0, $1::int - 1)", shard_count

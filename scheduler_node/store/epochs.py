@@ -137,7 +137,8 @@ async def bump_epoch(db: Executor, shard: int, node: str) -> int:
     """Take shard ``shard`` for ``node``: its new epoch. Waits for in-flight fenced writes of the old epoch."""
     epoch = await db.fetchval(
         "UPDATE shard_epochs SET epoch = epoch + 1, owner = $2, updated_at = now() WHERE shard = $1 RETURNING epoch",
-        shard, node,
+        shard,
+        node,
     )
     if epoch is None:
         raise NotFound(f"shard {shard} does not exist in this cluster")

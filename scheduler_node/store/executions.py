@@ -328,7 +328,9 @@ EXEC_COLUMNS = (
 )
 
 
-def _execution(r: asyncpg.Record | dict[str, Any], attempts: list[ExecutionAttempt] | None = None) -> Execution:
+def _execution(
+    r: asyncpg.Record | dict[str, Any], attempts: list[ExecutionAttempt] | None = None
+) -> Execution:
     return Execution(
         job_id=str(r["job_id"]), shard=r["shard"], scheduled_at=r["scheduled_at"], origin=Origin(r["origin"]),
         status=ExecutionStatus(r["status"]), epoch=r["epoch"], node=r["node"], attempt=r["attempt"],
@@ -399,7 +401,9 @@ async def take_over_shard(db: Executor, shard: int, new_epoch: int) -> TakeoverR
     return TakeoverResult(**out)
 
 
-async def job_cursors(db: Executor, shard: int, job_ids: Sequence[uuid.UUID] | None = None) -> dict[uuid.UUID, datetime]:
+async def job_cursors(
+    db: Executor, shard: int, job_ids: Sequence[uuid.UUID] | None = None
+) -> dict[uuid.UUID, datetime]:
     """``job_cursor.last_slot`` of a shard's jobs (all of them, or ``job_ids``): the misfire baseline."""
     if job_ids is None:
         rows = await db.fetch("SELECT job_id, last_slot FROM job_cursor WHERE shard = $1", shard)

@@ -65,7 +65,9 @@ async def reserve(
         "SELECT job_id, request_hash, response::text AS response FROM idempotency WHERE tenant = $1 AND key = $2",
         tenant, key,
     )  # fmt: skip
-    if stored is None:  # purged between the two statements: only an expired record can be, so a retry succeeds
+    if (
+        stored is None
+    ):  # purged between the two statements: only an expired record can be, so a retry succeeds
         raise Conflict(f"Idempotency-Key '{key}' expired while this request ran; retry it")
     if stored["request_hash"] != request_hash:
         raise Conflict(f"Idempotency-Key '{key}' was already used with a different request")
@@ -74,7 +76,10 @@ async def reserve(
 
 async def record_response(conn: Connection, *, tenant: str, key: str, response_json: str) -> None:
     await conn.execute(
-        "UPDATE idempotency SET response = $3::text::jsonb WHERE tenant = $1 AND key = $2", tenant, key, response_json
+        "UPDATE idempotency SET response = $3::text::jsonb WHERE tenant = $1 AND key = $2",
+        tenant,
+        key,
+        response_json,
     )
 
 

@@ -117,7 +117,9 @@ async def lookup_api_key(db: Executor, key: str) -> ApiKey | None:
     return None if row is None else _key(row)
 
 
-async def list_api_keys(db: Executor, *, tenant: str | None = None, include_revoked: bool = False) -> list[ApiKey]:
+async def list_api_keys(
+    db: Executor, *, tenant: str | None = None, include_revoked: bool = False
+) -> list[ApiKey]:
     rows = await db.fetch(
         f"SELECT {_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR tenant = $1)"
         " AND ($2 OR revoked_at IS NULL) ORDER BY created_at, id",

@@ -46,7 +46,9 @@ class Migration:
 def migrations() -> list[Migration]:
     """The packaged migration files, in order."""
     folder = importlib.resources.files("scheduler_node.store").joinpath("migrations")
-    found = [Migration(f.name, f.read_text(encoding="utf-8")) for f in folder.iterdir() if _NAME.fullmatch(f.name)]
+    found = [
+        Migration(f.name, f.read_text(encoding="utf-8")) for f in folder.iterdir() if _NAME.fullmatch(f.name)
+    ]
     found.sort(key=lambda m: m.name)
     numbers = [m.name[:4] for m in found]
     if len(set(numbers)) != len(numbers):
@@ -72,6 +74,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                     )
                 continue
             await conn.execute(m.sql)  # no arguments: the simple protocol, so a file may hold many statements
-            await conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", m.name, m.checksum)
+            await conn.execute(
+                "INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", m.name, m.checksum
+            )
         applied.append(m.name)
     return applied

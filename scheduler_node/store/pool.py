@@ -59,14 +59,14 @@ def redact_dsn(dsn: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
 
 
-async def create_pool(
-    dsn: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any
-) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
     """A pool whose connections decode/encode json and jsonb with msgspec; extra kwargs go to asyncpg."""
     kwargs.setdefault("server_settings", _SERVER_SETTINGS)
     kwargs.setdefault("timeout", 10)
     try:
-        pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs)
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
         raise InfrastructureError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {e}") from None
     assert pool is not None  # create_pool only returns None when awaited without a loop, never here
