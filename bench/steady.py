@@ -130,6 +130,15 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_steady(
     jobs: int, duration: int, *, warmup: int = 3, start_delay: int = 15, pg_dsn: str | None = None
 ) -> dict[str, Any]:
@@ -161,6 +170,10 @@ def run_steady(
                     ready_at = _wait_ready(f"http://127.0.0.1:{node_port}", 120)
                     t0 = max(math.ceil(ready_at), round(start.timestamp())) + warmup
                     t1 = t0 + duration
+                    time.sleep(max(0.0, t0 - time.time()))
+                    cpu0 = _cpu_s(node.pid)
+                    time.sleep(max(0.0, t1 - time.time()))
+                    cpu = _cpu_s(node.pid) - cpu0
                     time.sleep(max(0.0, t1 + 1.5 - time.time()))
                     rss = _rss_mb(node.pid)
                     metrics = httpx.get(f"http://127.0.0.1:{node_port}/metrics", timeout=5).text
@@ -184,6 +197,9 @@ def run_steady(
         "db_statuses": states,
         "node_start_to_ready_s": round(ready_at - started, 2),
         "node_peak_rss_mb": round(rss, 1),
+        # CPU the node used per second of the window, and per firing: the figure that noise moves least.
+        "node_cpu_per_s_ms": round(cpu / duration * 1000, 1),
+        "node_cpu_per_firing_us": round(cpu / max(1.0, figures["firings_per_s"] * duration) * 1e6, 1),
         "node_dispatch_lag_p99_ms": _metric(metrics, 'shardwheel_dispatch_lag{quantile="0.99"}'),
     }
 

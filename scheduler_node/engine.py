@@ -315,7 +315,7 @@ class Engine:
             self._cancel_claim(job)
         unsent = self._unsent.pop(shard, {})
         keys = [
-            ExecKey(shard, job_id, ms_to_datetime(ms), origin)
+            ExecKey(shard, job_id, ms, origin)
             for (job_id, ms, origin), entry in unsent.items()
             if self.wheel.cancel(entry)
         ]
@@ -432,8 +432,8 @@ class Engine:
         slots = job.slots_after(after_ms)
         plan = plan_missed(slots, now, misfire)
         epoch = self._epochs[job.shard]
-        rows = [ClaimRow(job.shard, epoch, job.id, ms_to_datetime(s)) for s in plan.fire]
-        rows += [ClaimRow(job.shard, epoch, job.id, ms_to_datetime(s), status=S.SKIPPED_MISFIRE,
+        rows = [ClaimRow(job.shard, epoch, job.id, s) for s in plan.fire]
+        rows += [ClaimRow(job.shard, epoch, job.id, s, status=S.SKIPPED_MISFIRE,
                           error="missed: no node could fire it in time") for s in plan.skip]  # fmt: skip
         if plan.missed:
             self.metrics.skips.inc(plan.missed - len(plan.fire), kind="misfire")
@@ -445,7 +445,7 @@ class Engine:
         last = max(plan.fire + plan.skip) if plan.missed else None
         limit, room = now + self.config.lookahead_ms, misfire.max_catchup
         while next_slot is not None and next_slot <= limit and room:
-            rows.append(ClaimRow(job.shard, epoch, job.id, ms_to_datetime(next_slot)))
+            rows.append(ClaimRow(job.shard, epoch, job.id, next_slot))
             last, room = next_slot, room - 1
             next_slot = next(slots, None)
         if last is not None:
@@ -569,7 +569,7 @@ class Engine:
             if p.slot_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
                 rows += self._plan_from(job, p.slot_ms - 1, now)
                 continue
-            rows.append(ClaimRow(job.shard, epoch, job.id, ms_to_datetime(p.slot_ms)))
+            rows.append(ClaimRow(job.shard, epoch, job.id, p.slot_ms))
             job.last_claimed_ms = p.slot_ms
             on_time.append(p)
         jobs = {p.job.id: p.job for p in due}
@@ -623,7 +623,7 @@ class Engine:
             if status[key] is not S.CLAIMED:
                 self.metrics.results.inc(status=status[key].value)
                 continue
-            slot = datetime_to_ms(key.scheduled_at)
+            slot = key.slot_ms
             entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
             self._unsent.setdefault(job.shard, {})[(job.id, slot, key.origin)] = entry
             job.unsent += 1
@@ -689,11 +689,11 @@ class Engine:
                 job.shard,
                 epoch,
                 job.id,
-                ms_to_datetime(p.slot_ms),
+                p.slot_ms,
                 p.origin,
                 status,
                 p.attempt,
-                finished_at=ms_to_datetime(self.clock.now_ms()),
+                finished_ms=self.clock.now_ms(),
                 error=error,
             )
         )
@@ -763,7 +763,7 @@ class Engine:
         duration_ms = round(outcome.duration_s * 1000)
         finished = started_ms + duration_ms
         row_base: dict[str, Any] = {
-            "attempt_started_at": ms_to_datetime(started_ms), "attempt_finished_at": ms_to_datetime(finished),
+            "attempt_started_ms": started_ms, "attempt_finished_ms": finished,
             "duration_ms": duration_ms, "error": outcome.error,
         }  # fmt: skip
         if outcome.kind is OutcomeKind.CANCELLED:
@@ -775,7 +775,7 @@ class Engine:
         if attempt == 1:
             self.metrics.dispatch_lag.record(lag)
             row_base["dispatch_lag_ms"] = lag
-            row_base["sent_at"] = ms_to_datetime(started_ms)
+            row_base["sent_ms"] = started_ms
         self.metrics.http_latency.record(outcome.duration_s * 1000)
         row_base |= {"http_status": outcome.http_status, "response_excerpt": outcome.excerpt or None}
         decision = retry.decide(
@@ -792,8 +792,8 @@ class Engine:
             self.metrics.retries.inc()
             if not run.cancelled:
                 run.retry_entry = self._insert(next_at, Pending(FIRE, job, p.slot_ms, p.origin, attempt))
-            self._put_result(ResultRow(shard, epoch, job.id, ms_to_datetime(p.slot_ms), p.origin, S.RETRY_WAIT,
-                                       attempt, next_attempt_at=ms_to_datetime(next_at), **row_base))  # fmt: skip
+            self._put_result(ResultRow(shard, epoch, job.id, p.slot_ms, p.origin, S.RETRY_WAIT, attempt,
+                                       next_attempt_ms=next_at, **row_base))  # fmt: skip
             return
         job.runs.pop(key, None)
         self._finish(job, p, epoch, decision.terminal, attempt, finished, row_base)
@@ -806,11 +806,11 @@ class Engine:
             job.shard,
             epoch,
             job.id,
-            ms_to_datetime(p.slot_ms),
+            p.slot_ms,
             p.origin,
             status,
             attempt,
-            finished_at=ms_to_datetime(finished_ms),
+            finished_ms=finished_ms,
             **fields,
         )
         self._put_result(row)
@@ -820,7 +820,7 @@ class Engine:
             job.failures += 1
             what = row.error or f"HTTP {row.http_status}"
             self._alert(job, row, "execution_failed",
-                        f"job '{job.spec.name}' slot {row.scheduled_at.isoformat()} ended {status.value} "
+                        f"job '{job.spec.name}' slot {ms_to_datetime(row.slot_ms).isoformat()} ended {status.value} "
                         f"after {attempt} attempt(s): {what}")  # fmt: skip
             limit = job.spec.pause_after_failures
             if limit is not None and job.failures >= limit and job.state is JobState.ACTIVE:
@@ -863,7 +863,8 @@ class Engine:
 
     def _alert(self, job: LoadedJob, row: ResultRow, kind: str, message: str) -> None:
         self.metrics.alerts.inc(kind=kind)
-        alert = AlertRow(job.shard, row.epoch, job.id, job.tenant, row.scheduled_at, row.origin, kind, message,
+        alert = AlertRow(job.shard, row.epoch, job.id, job.tenant, ms_to_datetime(row.slot_ms), row.origin, kind,
+                         message,
                          webhook=job.spec.alert_webhook or self.config.alert_webhook,
                          payload={"status": row.status.value, "http_status": row.http_status,
                                   "error": row.error, "attempt": row.attempt})  # fmt: skip
@@ -874,7 +875,7 @@ class Engine:
             self._nursery.start_soon(self.alerts.put, alert)
 
     async def _write_results(self, batch: list[ResultRow]) -> frozenset[int]:
-        return (await self.db.call(store.write_results, batch)).fenced
+        return (await self.db.call(store.write_results, batch, report=False)).fenced
 
     async def _write_alerts(self, batch: list[AlertRow]) -> frozenset[int]:
         return (await self.db.call(store.insert_alerts, batch)).fenced
@@ -932,7 +933,7 @@ class Engine:
         if op is JobWriteOp.TRIGGER:
             job = old or self._make_job(row.job)  # a job out of memory stays out: the mapping carries it
             await self._claim_rows(
-                [ClaimRow(shard, self._epochs[shard], job_id, ms_to_datetime(now), origin=Origin.MANUAL)],
+                [ClaimRow(shard, self._epochs[shard], job_id, now, origin=Origin.MANUAL)],
                 {job_id: job},
             )
             return now

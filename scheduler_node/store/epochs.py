@@ -34,7 +34,7 @@ Example::
 
     e = await bump_epoch(pool, 7, "node-a")                  # 1: node-a owns shard 7
     await bump_epoch(pool, 7, "node-b")                      # 2: node-b took over
-    r = await claim_slots(pool, "node-a", [ClaimRow(7, e, job, slot)])
+    r = await claim_slots(pool, "node-a", [ClaimRow(7, e, job, slot_ms)])
     assert r.fenced == {7} and r.applied == []               # node-a's write is refused
 """
 

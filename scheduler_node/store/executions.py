@@ -22,13 +22,20 @@ Rules:
   lowers each job's cursor below the first deleted slot, so the next owner claims those slots afresh. Manual
   and backfill claims cannot be re-derived from a schedule, so they are not deleted but marked
   ``released_at``: the next owner's takeover resumes them under either semantics.
-- Times are timezone-aware datetimes; the database stores microseconds.
+- On the firing path (``ClaimRow``, ``ResultRow``, ``ExecKey``) times are unix milliseconds (``int``), as the
+  wheel keeps them: the statements convert them (``to_timestamp``, ``extract(epoch ...)``), so a batch of
+  5,000 results costs no ``datetime`` objects in the node (measured: ~10 % of a node's CPU at 5,000 firings/s
+  went to making and encoding them). What is read back for people (``Execution``) has aware datetimes; the
+  database stores microseconds.
+- ``write_results(..., report=False)`` returns only the fenced shards (what the node's writer needs), not the
+  keys of every row written.
 
 Example::
 
-    r = await claim_slots(pool, "node-a", [ClaimRow(7, epoch, job_id, slot)])
+    r = await claim_slots(pool, "node-a", [ClaimRow(7, epoch, job_id, slot_ms)])
     for key in r.applied: send(key)               # only what was inserted
-    await write_results(pool, [ResultRow(7, epoch, job_id, slot, status=ExecutionStatus.SUCCEEDED, attempt=1, ...)])
+    await write_results(pool, [ResultRow(7, epoch, job_id, slot_ms, Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1,
+                                         finished_ms=now_ms, http_status=200, ...)], report=False)
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ RESULT_STATUSES = frozenset(TERMINAL | {S.RETRY_WAIT})
 class ExecKey(NamedTuple):
     shard: int
     job_id: uuid.UUID
-    scheduled_at: datetime
+    slot_ms: int  # scheduled_at, unix ms
     origin: Origin
 
 
@@ -86,39 +93,40 @@ class ClaimRow(msgspec.Struct, frozen=True, gc=False):
     shard: int
     epoch: int
     job_id: uuid.UUID
-    scheduled_at: datetime
+    slot_ms: int  # scheduled_at, unix ms
     origin: Origin = Origin.SCHEDULED
     status: ExecutionStatus = ExecutionStatus.CLAIMED
     attempt: int = 0
     error: str | None = None  # why a slot was skipped
 
     def key(self) -> ExecKey:
-        return ExecKey(self.shard, self.job_id, self.scheduled_at, self.origin)
+        return ExecKey(self.shard, self.job_id, self.slot_ms, self.origin)
 
 
 class ResultRow(msgspec.Struct, frozen=True, gc=False):
-    """The outcome of one attempt (or a decision). ``attempt_started_at`` set: an HTTP attempt row is written."""
+    """The outcome of one attempt (or a decision), times in unix ms. ``attempt_started_ms`` set: an HTTP attempt
+    row is written."""
 
     shard: int
     epoch: int
     job_id: uuid.UUID
-    scheduled_at: datetime
+    slot_ms: int  # scheduled_at
     origin: Origin
     status: ExecutionStatus
     attempt: int
-    next_attempt_at: datetime | None = None  # when status is retry_wait
-    sent_at: datetime | None = None  # first send; kept if already set
-    finished_at: datetime | None = None  # when the execution reached a terminal status
+    next_attempt_ms: int | None = None  # when status is retry_wait
+    sent_ms: int | None = None  # first send; kept if already set
+    finished_ms: int | None = None  # when the execution reached a terminal status
     http_status: int | None = None
     duration_ms: int | None = None
     dispatch_lag_ms: int | None = None  # of the first send; kept if already set
     error: str | None = None
     response_excerpt: str | None = None  # cut to EXCERPT_BYTES on write
-    attempt_started_at: datetime | None = None
-    attempt_finished_at: datetime | None = None
+    attempt_started_ms: int | None = None
+    attempt_finished_ms: int | None = None
 
     def key(self) -> ExecKey:
-        return ExecKey(self.shard, self.job_id, self.scheduled_at, self.origin)
+        return ExecKey(self.shard, self.job_id, self.slot_ms, self.origin)
 
 
 class TakeoverResult(msgspec.Struct, frozen=True):
@@ -138,7 +146,16 @@ def bound_excerpt(text: str | None) -> str | None:
 
 
 def _key(r: asyncpg.Record) -> ExecKey:
-    return ExecKey(r["shard"], r["job_id"], r["scheduled_at"], Origin(r["origin"]))
+    return ExecKey(r["shard"], r["job_id"], r["slot_ms"], Origin(r["origin"]))
+
+
+def _ts(column: str) -> str:
+    """SQL: a unix-ms bigint column as timestamptz (exact: whole ms fit a double's microseconds)."""
+    return f"to_timestamp({column}::float8 / 1000)"
+
+
+# SQL: the key of a returned execution row with its slot in unix ms.
+_KEY_MS = "shard, job_id, (extract(epoch FROM scheduled_at) * 1000)::int8 AS slot_ms, origin"
 
 
 def _split(
@@ -155,8 +172,9 @@ def _split(
 _CLAIM_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
-    SELECT * FROM unnest($4::int[], $5::uuid[], $6::timestamptz[], $7::text[], $8::text[], $9::int[], $10::text[])
-        AS t(shard, job_id, scheduled_at, origin, status, attempt, error)
+    SELECT shard, job_id, {_ts("slot_ms")} AS scheduled_at, origin, status, attempt, error
+    FROM unnest($4::int[], $5::uuid[], $6::int8[], $7::text[], $8::text[], $9::int[], $10::text[])
+        AS t(shard, job_id, slot_ms, origin, status, attempt, error)
 ),
 ins AS (
     INSERT INTO executions AS e
@@ -176,7 +194,7 @@ cursor_upsert AS (
     ON CONFLICT (shard, job_id) DO UPDATE SET last_slot = excluded.last_slot
         WHERE c.last_slot < excluded.last_slot
 )
-SELECT shard, job_id, scheduled_at, origin FROM ins
+SELECT {_KEY_MS} FROM ins
 UNION ALL
 SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
 """
@@ -192,7 +210,7 @@ async def claim_slots(db: Executor, node: str, rows: Sequence[ClaimRow]) -> Batc
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
     records = await db.fetch(
         _CLAIM_SQL, shards, epochs, node,
-        [r.shard for r in rows], [r.job_id for r in rows], [r.scheduled_at for r in rows],
+        [r.shard for r in rows], [r.job_id for r in rows], [r.slot_ms for r in rows],
         [r.origin.value for r in rows], [r.status.value for r in rows], [r.attempt for r in rows],
         [r.error for r in rows],
     )  # fmt: skip
@@ -202,13 +220,18 @@ async def claim_slots(db: Executor, node: str, rows: Sequence[ClaimRow]) -> Batc
 _RESULTS_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
-    SELECT * FROM unnest(
-        $5::int[], $6::uuid[], $7::timestamptz[], $8::text[], $9::text[], $10::int[], $11::timestamptz[],
-        $12::timestamptz[], $13::timestamptz[], $14::int[], $15::int[], $16::int[], $17::text[], $18::text[],
-        $19::timestamptz[], $20::timestamptz[]
-    ) WITH ORDINALITY AS t(shard, job_id, scheduled_at, origin, status, attempt, next_attempt_at,
-                           sent_at, finished_at, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
-                           attempt_started_at, attempt_finished_at, ord)
+    SELECT shard, job_id, {_ts("slot_ms")} AS scheduled_at, origin, status, attempt,
+           {_ts("next_attempt_ms")} AS next_attempt_at, {_ts("sent_ms")} AS sent_at,
+           {_ts("finished_ms")} AS finished_at, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
+           {_ts("attempt_started_ms")} AS attempt_started_at, {_ts("attempt_finished_ms")} AS attempt_finished_at,
+           ord
+    FROM unnest(
+        $5::int[], $6::uuid[], $7::int8[], $8::text[], $9::text[], $10::int[], $11::int8[],
+        $12::int8[], $13::int8[], $14::int[], $15::int[], $16::int[], $17::text[], $18::text[],
+        $19::int8[], $20::int8[]
+    ) WITH ORDINALITY AS t(shard, job_id, slot_ms, origin, status, attempt, next_attempt_ms,
+                           sent_ms, finished_ms, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
+                           attempt_started_ms, attempt_finished_ms, ord)
 ),
 latest AS (
     -- The last result of each execution in batch order sets the row; the first send's time and lag are kept.
@@ -230,7 +253,7 @@ upd AS (
     WHERE e.shard = l.shard AND e.job_id = l.job_id AND e.scheduled_at = l.scheduled_at AND e.origin = l.origin
       AND e.epoch = f.epoch AND e.status IN ('claimed', 'retry_wait')
       -- constant bounds let the planner prune partitions at executor start
-      AND e.scheduled_at BETWEEN $3 AND $4
+      AND e.scheduled_at BETWEEN {_ts("$3::int8")} AND {_ts("$4::int8")}
     RETURNING e.shard, e.job_id, e.scheduled_at, e.origin, e.epoch, e.node
 ),
 attempts AS (
@@ -245,30 +268,42 @@ attempts AS (
     WHERE i.attempt_started_at IS NOT NULL
     ON CONFLICT DO NOTHING
 )
-SELECT shard, job_id, scheduled_at, origin FROM upd
+SELECT {_KEY_MS} FROM upd
 UNION ALL
 SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
 """
+# The same statement answering only with fenced shards (data-modifying CTEs run whether read or not).
+_RESULTS_FENCED_SQL = _RESULTS_SQL[: _RESULTS_SQL.rindex("SELECT shard, job_id")] + (
+    f"SELECT s AS shard, NULL::uuid AS job_id FROM ({FENCED_SHARDS_SQL}) fenced"
+)
 
 
-async def write_results(db: Executor, rows: Sequence[ResultRow]) -> BatchResult[ExecKey]:
-    """Write results in one fenced statement. ``conflicts``: rows not updated (other epoch, terminal, missing)."""
+async def write_results(
+    db: Executor, rows: Sequence[ResultRow], *, report: bool = True
+) -> BatchResult[ExecKey]:
+    """Write results in one fenced statement. ``conflicts``: rows not updated (other epoch, terminal, missing).
+
+    ``report=False``: ``applied`` and ``conflicts`` stay empty, only ``fenced`` is filled (the node's writer).
+    """
     if not rows:
         return BatchResult(applied=[], conflicts=[], fenced=frozenset())
     for r in rows:
         if r.status not in RESULT_STATUSES:
             raise ValueError(f"a result cannot set status {r.status!s}")
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
-    slots = [r.scheduled_at for r in rows]
+    slots = [r.slot_ms for r in rows]
     records = await db.fetch(
-        _RESULTS_SQL, shards, epochs, min(slots), max(slots),
+        _RESULTS_SQL if report else _RESULTS_FENCED_SQL, shards, epochs,
+        min(slots), max(slots),
         [r.shard for r in rows], [r.job_id for r in rows], slots, [r.origin.value for r in rows],
-        [r.status.value for r in rows], [r.attempt for r in rows], [r.next_attempt_at for r in rows],
-        [r.sent_at for r in rows], [r.finished_at for r in rows], [r.http_status for r in rows],
+        [r.status.value for r in rows], [r.attempt for r in rows], [r.next_attempt_ms for r in rows],
+        [r.sent_ms for r in rows], [r.finished_ms for r in rows], [r.http_status for r in rows],
         [r.duration_ms for r in rows], [r.dispatch_lag_ms for r in rows], [r.error for r in rows],
-        [bound_excerpt(r.response_excerpt) for r in rows], [r.attempt_started_at for r in rows],
-        [r.attempt_finished_at for r in rows],
+        [bound_excerpt(r.response_excerpt) for r in rows], [r.attempt_started_ms for r in rows],
+        [r.attempt_finished_ms for r in rows],
     )  # fmt: skip
+    if not report:
+        return BatchResult(applied=[], conflicts=[], fenced=frozenset(r["shard"] for r in records))
     wanted = list(dict.fromkeys(r.key() for r in rows))
     return _split(records, wanted, shards)
 
@@ -276,7 +311,8 @@ async def write_results(db: Executor, rows: Sequence[ResultRow]) -> BatchResult[
 _RELEASE_SQL = f"""
 WITH {FENCE_CTE},
 keys AS (
-    SELECT * FROM unnest($3::uuid[], $4::timestamptz[], $5::text[]) AS k(job_id, scheduled_at, origin)
+    SELECT job_id, {_ts("slot_ms")} AS scheduled_at, origin
+    FROM unnest($3::uuid[], $4::int8[], $5::text[]) AS k(job_id, slot_ms, origin)
 ),
 deleted AS (
     DELETE FROM executions e USING keys k, fence f
@@ -296,8 +332,8 @@ cursor_lowered AS (
     FROM (SELECT shard, job_id, min(scheduled_at) AS first_slot FROM deleted GROUP BY shard, job_id) d
     WHERE c.shard = d.shard AND c.job_id = d.job_id
 )
-SELECT * FROM deleted
-UNION ALL SELECT * FROM handed
+SELECT {_KEY_MS} FROM deleted
+UNION ALL SELECT {_KEY_MS} FROM handed
 UNION ALL SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
 """
 
@@ -317,7 +353,7 @@ async def delete_unsent_claims(
         return BatchResult(applied=[], conflicts=[], fenced=frozenset())
     records = await db.fetch(
         _RELEASE_SQL, [shard], [epoch],
-        [k.job_id for k in keys], [k.scheduled_at for k in keys], [Origin(k.origin).value for k in keys],
+        [k.job_id for k in keys], [k.slot_ms for k in keys], [Origin(k.origin).value for k in keys],
     )  # fmt: skip
     return _split(records, list(keys), [shard])
 
@@ -463,8 +499,8 @@ def _attempt(a: asyncpg.Record) -> ExecutionAttempt:
 async def list_attempts(db: Executor, key: ExecKey) -> list[ExecutionAttempt]:
     rows = await db.fetch(
         "SELECT attempt, started_at, finished_at, http_status, duration_ms, error FROM execution_attempts"
-        " WHERE shard = $1 AND job_id = $2 AND scheduled_at = $3 AND origin = $4 ORDER BY attempt",
-        key.shard, key.job_id, key.scheduled_at, Origin(key.origin).value,
+        f" WHERE shard = $1 AND job_id = $2 AND scheduled_at = {_ts('$3::int8')} AND origin = $4 ORDER BY attempt",
+        key.shard, key.job_id, key.slot_ms, Origin(key.origin).value,
     )  # fmt: skip
     return [_attempt(a) for a in rows]
 

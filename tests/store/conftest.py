@@ -1,7 +1,9 @@
 """Fixtures of the store tests: a TrioStore (the node's trio-asyncio bridge) on a fresh migrated database.
 
 Tests run under pytest-trio and reach PostgreSQL through ``store.call`` / ``store.run``, so every store test
-also exercises the adapter. ``job_in_shard`` makes job ids that land in a chosen shard.
+also exercises the adapter. ``job_in_shard`` makes job ids that land in a chosen shard. The firing path's rows
+(``ClaimRow``, ``ResultRow``, ``ExecKey``) carry unix milliseconds: ``ms`` / ``from_ms`` convert the datetimes of
+``T0`` and ``slots`` exactly.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ S = DEFAULT_SHARD_COUNT
 # A fixed instant well inside one UTC day, so slots of a test never straddle a partition boundary by accident.
 T0 = datetime(2031, 5, 6, 12, 0, tzinfo=UTC)
 _ms = itertools.count(1)
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -41,7 +44,9 @@ def job_in_shard(shard: int) -> uuid.UUID:
             return job_id
 
 
-def spec(name: str = "job", *, semantics: Semantics = Semantics.AT_LEAST_ONCE, tags: list[str] | None = None) -> JobSpec:
+def spec(
+    name: str = "job", *, semantics: Semantics = Semantics.AT_LEAST_ONCE, tags: list[str] | None = None
+) -> JobSpec:
     return JobSpec(name=name, schedule=Every("1s"), target=Target(url="https://example.com/hook"),
                    semantics=semantics, tags=tags or [])  # fmt: skip
 
@@ -65,3 +70,13 @@ async def own(store: TrioStore, shard: int, node: str = "node-a") -> Fence:
 
 def slots(n: int, start: datetime = T0, step: timedelta = timedelta(seconds=1)) -> list[datetime]:
     return [start + i * step for i in range(n)]
+
+
+def ms(t: datetime) -> int:
+    """``t`` (aware) in unix milliseconds, as the firing path carries times (exact for whole milliseconds)."""
+    return (t - UNIX_EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(v: int) -> datetime:
+    """Unix milliseconds back to an aware UTC datetime (the inverse of ``ms``)."""
+    return UNIX_EPOCH + timedelta(milliseconds=v)

@@ -31,13 +31,13 @@ from scheduler_node.store import (
 )
 from scheduler_node.trio_store import TrioStore
 
-from .conftest import T0, create_job, job_in_shard, own, slots, spec
+from .conftest import T0, create_job, job_in_shard, ms, own, slots, spec
 
 
 async def test_bumps_grow_by_one_and_record_the_owner(store: TrioStore) -> None:
     assert await store.call(current_epoch, 5) == 0
     assert [await store.call(bump_epoch, 5, f"n{i}") for i in range(3)] == [1, 2, 3]
-    e = (await store.call(read_epochs, [5, 6]))
+    e = await store.call(read_epochs, [5, 6])
     assert (e[5].epoch, e[5].owner, e[6].epoch, e[6].owner) == (3, "n2", 0, None)
     assert len(await store.call(read_epochs)) == 256
     with pytest.raises(NotFound, match="shard 999"):
@@ -81,14 +81,17 @@ async def test_every_write_kind_is_fenced_by_the_epoch(store: TrioStore) -> None
     shard = 21
     old = await own(store, shard, "old")
     job, _ = await create_job(store, old)
-    claimed = await store.call(claim_slots, "old", [ClaimRow(shard, old.epoch, job, t) for t in slots(3)])
+    claimed = await store.call(claim_slots, "old", [ClaimRow(shard, old.epoch, job, ms(t)) for t in slots(3)])
     assert len(claimed.applied) == 3 and not claimed.fenced
     new = await own(store, shard, "new")
 
     # Batches: the stale epoch's rows are not written and the shard comes back fenced, not as conflicts.
-    r = await store.call(claim_slots, "old", [ClaimRow(shard, old.epoch, job, t) for t in slots(2, T0.replace(hour=13))])
+    r = await store.call(claim_slots, "old", [ClaimRow(shard, old.epoch, job, ms(t))
+                                              for t in slots(2, T0.replace(hour=13))])  # fmt: skip
     assert (r.applied, r.conflicts, r.fenced) == ([], [], frozenset({shard}))
-    result = ResultRow(shard, old.epoch, job, T0, Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1, finished_at=T0)
+    result = ResultRow(
+        shard, old.epoch, job, ms(T0), Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1, finished_ms=ms(T0)
+    )
     r2 = await store.call(write_results, [result])
     assert (r2.applied, r2.conflicts, r2.fenced) == ([], [], frozenset({shard}))
     r3 = await store.call(raise_next_fire_at, [NextFire(shard, old.epoch, job, 1, T0.replace(hour=20))])
@@ -113,12 +116,12 @@ async def test_every_write_kind_is_fenced_by_the_epoch(store: TrioStore) -> None
     # The current epoch goes through.
     taken = await store.call(take_over_shard, shard, new.epoch)
     assert len(taken.resume) == 3
-    r5 = await store.call(claim_slots, "new", [ClaimRow(shard, new.epoch, job, T0.replace(hour=13))])
+    r5 = await store.call(claim_slots, "new", [ClaimRow(shard, new.epoch, job, ms(T0.replace(hour=13)))])
     assert len(r5.applied) == 1 and not r5.fenced
     r6 = await store.call(write_results, [
-        ResultRow(shard, new.epoch, job, T0, Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1, finished_at=T0)
+        ResultRow(shard, new.epoch, job, ms(T0), Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1, finished_ms=ms(T0))
     ])  # fmt: skip
-    assert r6.applied == [ExecKey(shard, job, T0, Origin.SCHEDULED)]
+    assert r6.applied == [ExecKey(shard, job, ms(T0), Origin.SCHEDULED)]
     out = await store.call(write_job, new, job, JobWrite(op=JobWriteOp.PAUSE, actor="a", tenant="acme"))
     assert out.state == JobState.PAUSED
 
@@ -127,7 +130,7 @@ async def test_a_batch_over_several_shards_drops_only_the_fenced_ones(store: Tri
     a, b, c = await own(store, 30), await own(store, 31), await own(store, 32)
     jobs = {s: job_in_shard(s) for s in (30, 31, 32)}
     await store.call(bump_epoch, 31, "thief")
-    rows = [ClaimRow(f.shard, f.epoch, jobs[f.shard], t) for f in (a, b, c) for t in slots(4)]
+    rows = [ClaimRow(f.shard, f.epoch, jobs[f.shard], ms(t)) for f in (a, b, c) for t in slots(4)]
     r = await store.call(claim_slots, "me", rows)
     assert r.fenced == {31}
     assert sorted({k.shard for k in r.applied}) == [30, 32] and len(r.applied) == 8 and r.conflicts == []

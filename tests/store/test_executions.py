@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import asyncpg
@@ -31,54 +32,64 @@ from scheduler_node.store import (
 )
 from scheduler_node.trio_store import TrioStore
 
-from .conftest import T0, create_job, job_in_shard, own, slots, spec
+from .conftest import T0, create_job, from_ms, job_in_shard, ms, own, slots, spec
 
 S = ExecutionStatus
 SCHED, MANUAL = Origin.SCHEDULED, Origin.MANUAL
 
 
 def result(key: ExecKey, epoch: int, status: ExecutionStatus, attempt: int = 1, **kw: object) -> ResultRow:
-    return ResultRow(key.shard, epoch, key.job_id, key.scheduled_at, key.origin, status, attempt, **kw)  # type: ignore[arg-type]
+    return ResultRow(key.shard, epoch, key.job_id, key.slot_ms, key.origin, status, attempt, **kw)  # type: ignore[arg-type]
 
 
 async def rows_of(store: TrioStore, shard: int) -> dict[ExecKey, asyncpg.Record]:
-    recs = await store.run(store.pool.fetch, "SELECT *, tableoid::regclass::text AS part FROM executions WHERE shard = $1", shard)
-    return {ExecKey(r["shard"], r["job_id"], r["scheduled_at"], Origin(r["origin"])): r for r in recs}
+    recs = await store.run(
+        store.pool.fetch, "SELECT *, tableoid::regclass::text AS part FROM executions WHERE shard = $1", shard
+    )
+    return {ExecKey(r["shard"], r["job_id"], ms(r["scheduled_at"]), Origin(r["origin"])): r for r in recs}
 
 
 async def test_claims_insert_once_and_raise_the_cursor(store: TrioStore) -> None:
     f = await own(store, 50)
     job, other = job_in_shard(50), job_in_shard(50)
-    first = await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, t) for t in slots(3)])
-    assert [k.scheduled_at for k in first.applied] == slots(3) and first.conflicts == []
+    first = await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, ms(t)) for t in slots(3)])
+    assert [k.slot_ms for k in first.applied] == [ms(t) for t in slots(3)] and first.conflicts == []
+    assert all(type(k.slot_ms) is int for k in first.applied)
     assert await store.call(job_cursors, 50) == {job: slots(3)[-1]}
     # Overlapping claim: only the new slots are inserted (and may be sent); the cursor never goes back.
-    again = await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, t) for t in slots(5)[1:]]
-                             + [ClaimRow(50, f.epoch, job, T0 - timedelta(hours=1))])  # fmt: skip
-    assert sorted(k.scheduled_at for k in again.applied) == [T0 - timedelta(hours=1), *slots(5)[3:]]
-    assert [k.scheduled_at for k in again.conflicts] == slots(5)[1:3]
+    again = await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, ms(t)) for t in slots(5)[1:]]
+                             + [ClaimRow(50, f.epoch, job, ms(T0 - timedelta(hours=1)))])  # fmt: skip
+    assert sorted(k.slot_ms for k in again.applied) == [
+        ms(t) for t in [T0 - timedelta(hours=1), *slots(5)[3:]]
+    ]
+    assert [k.slot_ms for k in again.conflicts] == [ms(t) for t in slots(5)[1:3]]
     assert await store.call(job_cursors, 50) == {job: slots(5)[-1]}
     # Manual and backfill slots are not part of the schedule: they do not move the cursor.
-    m = await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, T0 + timedelta(days=1), MANUAL),
-                                             ClaimRow(50, f.epoch, other, T0, Origin.BACKFILL)])  # fmt: skip
+    m = await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, ms(T0 + timedelta(days=1)), MANUAL),
+                                             ClaimRow(50, f.epoch, other, ms(T0), Origin.BACKFILL)])  # fmt: skip
     assert len(m.applied) == 2
     assert await store.call(job_cursors, 50) == {job: slots(5)[-1]}
     assert await store.call(job_cursors, 50, [other]) == {}
     # A skip is recorded terminal at once, and counts for the cursor.
-    skip = ClaimRow(50, f.epoch, other, T0, SCHED, S.SKIPPED_MISFIRE, error="missed by 3 h")
+    skip = ClaimRow(50, f.epoch, other, ms(T0), SCHED, S.SKIPPED_MISFIRE, error="missed by 3 h")
     assert len((await store.call(claim_slots, "n1", [skip])).applied) == 1
     rec = (await rows_of(store, 50))[skip.key()]
     assert (rec["status"], rec["error"], rec["finished_at"] is not None, rec["epoch"], rec["node"]) == (
-        "skipped_misfire", "missed by 3 h", True, f.epoch, "n1")
+        "skipped_misfire",
+        "missed by 3 h",
+        True,
+        f.epoch,
+        "n1",
+    )
     assert (await store.call(job_cursors, 50))[other] == T0
     with pytest.raises(ValueError, match="cannot insert status succeeded"):
-        await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, T0, SCHED, S.SUCCEEDED)])
+        await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, ms(T0), SCHED, S.SUCCEEDED)])
 
 
 async def test_ten_thousand_rows_are_one_statement(store: TrioStore, db_dsn: str) -> None:
     f = await own(store, 51)
     jobs = [job_in_shard(51) for _ in range(100)]
-    rows = [ClaimRow(51, f.epoch, j, t) for j in jobs for t in slots(100)]
+    rows = [ClaimRow(51, f.epoch, j, ms(t)) for j in jobs for t in slots(100)]
     assert len(rows) == 10_000
     conn = await store.run(asyncpg.connect, db_dsn)
     statements: list[str] = []
@@ -86,17 +97,27 @@ async def test_ten_thousand_rows_are_one_statement(store: TrioStore, db_dsn: str
     try:
         # Warm up with one row each: asyncpg introspects the array types once per connection (a few queries)
         # and prepares each statement once; what we count is the steady state of the firing path.
-        warm = await store.run(claim_slots, conn, "n1", [ClaimRow(51, f.epoch, jobs[0], T0 - timedelta(hours=1))])
-        await store.run(write_results, conn, [result(warm.applied[0], f.epoch, S.SUCCEEDED, attempt_started_at=T0)])
+        warm = await store.run(
+            claim_slots, conn, "n1", [ClaimRow(51, f.epoch, jobs[0], ms(T0 - timedelta(hours=1)))]
+        )
+        await store.run(
+            write_results, conn, [result(warm.applied[0], f.epoch, S.SUCCEEDED, attempt_started_ms=ms(T0))]
+        )
         statements.clear()
         claimed = await store.run(claim_slots, conn, "n1", rows)
         assert len(claimed.applied) == 10_000
         assert len(statements) == 1, statements  # not one per row: unnest arrays in one statement
-        done = [result(k, f.epoch, S.SUCCEEDED, finished_at=T0, attempt_started_at=T0) for k in claimed.applied]
+        done = [
+            result(k, f.epoch, S.SUCCEEDED, finished_ms=ms(T0), attempt_started_ms=ms(T0))
+            for k in claimed.applied
+        ]
         written = await store.run(write_results, conn, done)
         assert len(written.applied) == 10_000
         assert len(statements) == 2
-        assert await store.run(conn.fetchval, "SELECT count(*) FROM execution_attempts WHERE shard = 51") == 10_001
+        assert (
+            await store.run(conn.fetchval, "SELECT count(*) FROM execution_attempts WHERE shard = 51")
+            == 10_001
+        )
     finally:
         await store.run(conn.close)
 
@@ -104,8 +125,8 @@ async def test_ten_thousand_rows_are_one_statement(store: TrioStore, db_dsn: str
 async def test_a_day_without_partition_lands_in_default_then_moves(store: TrioStore) -> None:
     f = await own(store, 52)
     job = job_in_shard(52)
-    c = await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, t) for t in slots(3)])
-    await store.call(write_results, [result(c.applied[0], f.epoch, S.SUCCEEDED, attempt_started_at=T0)])
+    c = await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, ms(t)) for t in slots(3)])
+    await store.call(write_results, [result(c.applied[0], f.epoch, S.SUCCEEDED, attempt_started_ms=ms(T0))])
     assert {r["part"] for r in (await rows_of(store, 52)).values()} == {"executions_default"}
 
     created = await store.call(ensure_partitions, T0.date(), 2)
@@ -118,17 +139,19 @@ async def test_a_day_without_partition_lands_in_default_then_moves(store: TrioSt
     assert len(await store.call(list_attempts, c.applied[0])) == 1
     assert await store.run(store.pool.fetchval, "SELECT count(*) FROM execution_attempts_default") == 0
     # Claims go on: into the new partition, and the primary key still refuses duplicates there.
-    more = await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, t) for t in slots(4)])
+    more = await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, ms(t)) for t in slots(4)])
     assert len(more.applied) == 1 and len(more.conflicts) == 3
     assert (await rows_of(store, 52))[more.applied[0]]["part"] == "executions_p20310506"
 
     # Retention: the day partition goes; DEFAULT rows before the cutoff are deleted too.
     old = T0 - timedelta(days=3)
-    await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, old)])
+    await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, ms(old))])
     dropped = await store.call(drop_partitions_before, T0.date() + timedelta(days=1))
     assert dropped == ["executions_p20310506", "execution_attempts_p20310506"]
     assert await rows_of(store, 52) == {}
-    assert await store.call(ensure_partitions, T0.date() + timedelta(days=1), 1) == []  # the later day remains
+    assert (
+        await store.call(ensure_partitions, T0.date() + timedelta(days=1), 1) == []
+    )  # the later day remains
 
 
 async def test_takeover_resumes_or_loses_per_semantics(store: TrioStore) -> None:
@@ -138,16 +161,17 @@ async def test_takeover_resumes_or_loses_per_semantics(store: TrioStore) -> None
     gone, _ = await create_job(store, old)
     far = T0 + timedelta(days=365 * 20)  # a retry due long after the takeover (the database's now())
     past = T0 - timedelta(days=365 * 20)  # a retry that was due before the takeover
-    claims = [ClaimRow(53, old.epoch, j, t) for j in (alo, amo) for t in slots(4)] + [ClaimRow(53, old.epoch, gone, T0)]
+    claims = [ClaimRow(53, old.epoch, j, ms(t)) for j in (alo, amo) for t in slots(4)]
+    claims += [ClaimRow(53, old.epoch, gone, ms(T0))]
     c = await store.call(claim_slots, "node-a", claims)
-    k = {(r.job_id, r.scheduled_at): r.key() for r in claims}
+    k = {(r.job_id, from_ms(r.slot_ms)): r.key() for r in claims}
     t0, t1, t2, t3 = slots(4)
     await store.call(write_results, [
-        result(k[alo, t0], old.epoch, S.SUCCEEDED, finished_at=T0),
-        result(k[alo, t2], old.epoch, S.RETRY_WAIT, next_attempt_at=far),
-        result(k[amo, t0], old.epoch, S.FAILED, finished_at=T0),
-        result(k[amo, t2], old.epoch, S.RETRY_WAIT, next_attempt_at=far),  # waiting: certainly not re-sent yet
-        result(k[amo, t3], old.epoch, S.RETRY_WAIT, next_attempt_at=past),  # was due: may have been in flight
+        result(k[alo, t0], old.epoch, S.SUCCEEDED, finished_ms=ms(T0)),
+        result(k[alo, t2], old.epoch, S.RETRY_WAIT, next_attempt_ms=ms(far)),
+        result(k[amo, t0], old.epoch, S.FAILED, finished_ms=ms(T0)),
+        result(k[amo, t2], old.epoch, S.RETRY_WAIT, next_attempt_ms=ms(far)),  # waiting: certainly not re-sent yet
+        result(k[amo, t3], old.epoch, S.RETRY_WAIT, next_attempt_ms=ms(past)),  # was due: may have been in flight
     ])  # fmt: skip
     assert len(c.applied) == 9
     await store.call(write_job, old, gone, JobWrite(op=JobWriteOp.DELETE, actor="a", tenant="acme"))
@@ -171,29 +195,33 @@ async def test_takeover_resumes_or_loses_per_semantics(store: TrioStore) -> None
 
     # A retried takeover (same epoch) resumes the same rows again and loses nothing more.
     again = await store.call(take_over_shard, 53, new.epoch)
-    assert {(e.job_id, e.scheduled_at) for e in again.resume} == resumed and again.lost == again.cancelled == []
+    assert {
+        (e.job_id, e.scheduled_at) for e in again.resume
+    } == resumed and again.lost == again.cancelled == []
 
     # The old owner's late result is fenced; the new owner's lands.
-    late = await store.call(write_results, [result(k[alo, t1], old.epoch, S.SUCCEEDED, finished_at=T0)])
+    late = await store.call(write_results, [result(k[alo, t1], old.epoch, S.SUCCEEDED, finished_ms=ms(T0))])
     assert late.fenced == {53} and late.applied == []
-    ok = await store.call(write_results, [result(k[alo, t1], new.epoch, S.SUCCEEDED, finished_at=T0)])
+    ok = await store.call(write_results, [result(k[alo, t1], new.epoch, S.SUCCEEDED, finished_ms=ms(T0))])
     assert ok.applied == [k[alo, t1]]
 
 
 async def test_results_need_the_rows_epoch_and_a_live_row(store: TrioStore) -> None:
     a = await own(store, 54, "node-a")
     job, _ = await create_job(store, a)
-    c = await store.call(claim_slots, "node-a", [ClaimRow(54, a.epoch, job, t) for t in slots(2)])
+    c = await store.call(claim_slots, "node-a", [ClaimRow(54, a.epoch, job, ms(t)) for t in slots(2)])
     b = await own(store, 54, "node-b")
     # node-b holds the shard but has not re-stamped the row: the row's epoch is not the writer's.
-    r = await store.call(write_results, [result(c.applied[0], b.epoch, S.SUCCEEDED, finished_at=T0)])
+    r = await store.call(write_results, [result(c.applied[0], b.epoch, S.SUCCEEDED, finished_ms=ms(T0))])
     assert (r.applied, r.conflicts, r.fenced) == ([], [c.applied[0]], frozenset())
     await store.call(take_over_shard, 54, b.epoch)
-    assert (await store.call(write_results, [result(c.applied[0], b.epoch, S.SUCCEEDED, finished_at=T0)])).applied
+    assert (
+        await store.call(write_results, [result(c.applied[0], b.epoch, S.SUCCEEDED, finished_ms=ms(T0))])
+    ).applied
     # A terminal row is never overwritten (a duplicate or reordered result is dropped).
-    r = await store.call(write_results, [result(c.applied[0], b.epoch, S.FAILED, finished_at=T0)])
+    r = await store.call(write_results, [result(c.applied[0], b.epoch, S.FAILED, finished_ms=ms(T0))])
     assert r.conflicts == [c.applied[0]]
-    missing = ExecKey(54, job, T0 + timedelta(hours=5), SCHED)
+    missing = ExecKey(54, job, ms(T0 + timedelta(hours=5)), SCHED)
     assert (await store.call(write_results, [result(missing, b.epoch, S.FAILED)])).conflicts == [missing]
     with pytest.raises(ValueError, match="cannot set status claimed"):
         await store.call(write_results, [result(missing, b.epoch, S.CLAIMED)])
@@ -202,20 +230,110 @@ async def test_results_need_the_rows_epoch_and_a_live_row(store: TrioStore) -> N
 async def test_retry_then_success_in_one_batch(store: TrioStore) -> None:
     f = await own(store, 55)
     job = job_in_shard(55)
-    key = (await store.call(claim_slots, "n1", [ClaimRow(55, f.epoch, job, T0)])).applied[0]
+    key = (await store.call(claim_slots, "n1", [ClaimRow(55, f.epoch, job, ms(T0))])).applied[0]
     sent1, sent2 = T0 + timedelta(milliseconds=3), T0 + timedelta(seconds=2)
     body = "é" * 700  # 1400 bytes of UTF-8
     r = await store.call(write_results, [
-        result(key, f.epoch, S.RETRY_WAIT, 1, next_attempt_at=sent2, sent_at=sent1, http_status=503, dispatch_lag_ms=3,
-               error="HTTP 503", attempt_started_at=sent1, attempt_finished_at=sent1 + timedelta(milliseconds=40)),
-        result(key, f.epoch, S.SUCCEEDED, 2, sent_at=sent2, finished_at=sent2, http_status=200, duration_ms=12,
-               dispatch_lag_ms=2000, response_excerpt=body, attempt_started_at=sent2, attempt_finished_at=sent2),
+        result(key, f.epoch, S.RETRY_WAIT, 1, next_attempt_ms=ms(sent2), sent_ms=ms(sent1), http_status=503,
+               dispatch_lag_ms=3, error="HTTP 503", attempt_started_ms=ms(sent1),
+               attempt_finished_ms=ms(sent1 + timedelta(milliseconds=40))),
+        result(key, f.epoch, S.SUCCEEDED, 2, sent_ms=ms(sent2), finished_ms=ms(sent2), http_status=200, duration_ms=12,
+               dispatch_lag_ms=2000, response_excerpt=body, attempt_started_ms=ms(sent2),
+               attempt_finished_ms=ms(sent2)),
     ])  # fmt: skip
     assert r.applied == [key] and r.conflicts == []
     [ex] = await store.call(list_executions, 55, job, with_attempts=True)
-    assert (ex.status, ex.attempt, ex.http_status, ex.sent_at, ex.dispatch_lag_ms) == (S.SUCCEEDED, 2, 200, sent1, 3)
+    assert (ex.status, ex.attempt, ex.http_status, ex.sent_at, ex.dispatch_lag_ms) == (
+        S.SUCCEEDED,
+        2,
+        200,
+        sent1,
+        3,
+    )
     assert ex.response_excerpt == body[:512] and len(ex.response_excerpt.encode()) == 1024
-    assert [(a.attempt, a.http_status, a.error) for a in ex.attempts] == [(1, 503, "HTTP 503"), (2, 200, None)]
+    assert [(a.attempt, a.http_status, a.error) for a in ex.attempts] == [
+        (1, 503, "HTTP 503"),
+        (2, 200, None),
+    ]
+
+
+async def test_results_without_report_write_the_same_and_report_only_fenced(store: TrioStore) -> None:
+    a, by = await own(store, 59), await own(store, 60)
+    loud, quiet, bystander = job_in_shard(59), job_in_shard(59), job_in_shard(60)
+    t = slots(3)
+    c = await store.call(claim_slots, "n1", [ClaimRow(59, a.epoch, j, ms(s)) for j in (loud, quiet) for s in t]
+                         + [ClaimRow(60, by.epoch, bystander, ms(s)) for s in t])  # fmt: skip
+    assert len(c.applied) == 9
+    sent1, sent2 = ms(T0) + 5, ms(T0) + 2000
+
+    def batch(job: uuid.UUID) -> list[ResultRow]:
+        return [
+            ResultRow(59, a.epoch, job, ms(t[0]), SCHED, S.RETRY_WAIT, 1, next_attempt_ms=sent2, sent_ms=sent1,
+                      http_status=503, dispatch_lag_ms=5, error="HTTP 503", attempt_started_ms=sent1,
+                      attempt_finished_ms=sent1 + 40),
+            ResultRow(59, a.epoch, job, ms(t[0]), SCHED, S.SUCCEEDED, 2, sent_ms=sent2, finished_ms=sent2 + 12,
+                      http_status=200, duration_ms=12, dispatch_lag_ms=2000, response_excerpt="é" * 700,
+                      attempt_started_ms=sent2, attempt_finished_ms=sent2 + 12),
+            ResultRow(59, a.epoch, job, ms(t[1]), SCHED, S.FAILED, 1, sent_ms=ms(t[1]) + 1, finished_ms=ms(t[1]) + 9,
+                      http_status=500, duration_ms=8, dispatch_lag_ms=1, error="HTTP 500",
+                      attempt_started_ms=ms(t[1]) + 1, attempt_finished_ms=ms(t[1]) + 9),
+            ResultRow(59, a.epoch, job, ms(t[2]), SCHED, S.RETRY_WAIT, 1, next_attempt_ms=ms(t[2]) + 60_000,
+                      sent_ms=ms(t[2]) + 2, dispatch_lag_ms=2, error="timeout", attempt_started_ms=ms(t[2]) + 2),
+        ]  # fmt: skip
+
+    loud_r = await store.call(write_results, batch(loud))
+    assert len(loud_r.applied) == 3 and loud_r.conflicts == [] and loud_r.fenced == frozenset()
+    quiet_r = await store.call(write_results, batch(quiet), report=False)
+    assert (quiet_r.applied, quiet_r.conflicts, quiet_r.fenced) == ([], [], frozenset())
+
+    async def stored(table: str, job: uuid.UUID) -> list[dict[str, object]]:
+        recs = await store.run(store.pool.fetch, f"SELECT * FROM {table} WHERE shard = 59 AND job_id = $1"
+                               " ORDER BY scheduled_at, origin, attempt", job)  # fmt: skip
+        return [{k: v for k, v in r.items() if k != "job_id"} for r in recs]
+
+    # Row for row and column for column, the quiet batch wrote what the reported one did (claimed_at included:
+    # both jobs were claimed in one statement).
+    for table in ("executions", "execution_attempts"):
+        assert await stored(table, quiet) == await stored(table, loud)
+    [ex0, ex1, ex2] = sorted(await store.call(list_executions, 59, quiet, with_attempts=True),
+                             key=lambda e: e.scheduled_at)  # fmt: skip
+    assert (ex0.status, ex0.attempt, ex0.sent_at, ex0.finished_at, ex0.dispatch_lag_ms) == (
+        S.SUCCEEDED,
+        2,
+        from_ms(sent1),
+        from_ms(sent2 + 12),
+        5,
+    )
+    assert ex0.response_excerpt == "é" * 512 and [x.attempt for x in ex0.attempts] == [1, 2]
+    assert (ex1.status, ex1.http_status, ex2.status, ex2.next_attempt_at) == (
+        S.FAILED,
+        500,
+        S.RETRY_WAIT,
+        from_ms(ms(t[2]) + 60_000),
+    )
+    assert (ex2.attempts[0].started_at, ex2.attempts[0].finished_at) == (from_ms(ms(t[2]) + 2), None)
+
+    # A row not written (terminal already) is not reported as a conflict either; reporting would say so.
+    again = batch(quiet)[2]
+    quiet_again = await store.call(write_results, [again], report=False)
+    assert (quiet_again.applied, quiet_again.conflicts, quiet_again.fenced) == ([], [], frozenset())
+    assert (await store.call(write_results, [again])).conflicts == [again.key()]
+
+    # A stale epoch: its shard comes back fenced (and nothing of it is written), the other shard's rows land.
+    await own(store, 59, "thief")
+    before = await stored("executions", loud)
+    mixed = [ResultRow(59, a.epoch, loud, ms(t[2]), SCHED, S.SUCCEEDED, 2, finished_ms=ms(t[2]) + 70_000)]
+    mixed += [ResultRow(60, by.epoch, bystander, ms(s), SCHED, S.SUCCEEDED, 1, finished_ms=ms(s) + 5,
+                        attempt_started_ms=ms(s) + 1) for s in t]  # fmt: skip
+    r = await store.call(write_results, mixed, report=False)
+    assert (r.applied, r.conflicts, r.fenced) == ([], [], frozenset({59}))
+    assert await stored("executions", loud) == before
+    assert [e.status for e in await store.call(list_executions, 60, bystander)] == [S.SUCCEEDED] * 3
+    assert (
+        await store.run(store.pool.fetchval, "SELECT count(*) FROM execution_attempts WHERE shard = 60") == 3
+    )
+    # The reporting variant fences the same shard.
+    assert (await store.call(write_results, mixed[:1])).fenced == {59}
 
 
 def test_bound_excerpt_never_splits_a_character() -> None:
@@ -228,12 +346,12 @@ async def test_graceful_release_deletes_only_unsent_claims(store: TrioStore) -> 
     a = await own(store, 56, "node-a")
     job, _ = await create_job(store, a, job_spec=spec("amo", semantics=Semantics.AT_MOST_ONCE))
     t0, t1, t2, t3 = slots(4)
-    c = await store.call(claim_slots, "node-a", [ClaimRow(56, a.epoch, job, t) for t in (t0, t1, t2, t3)]
-                         + [ClaimRow(56, a.epoch, job, t1, MANUAL)])  # fmt: skip
-    k = {(x.scheduled_at, x.origin): x for x in c.applied}
-    await store.call(write_results, [result(k[t0, SCHED], a.epoch, S.SUCCEEDED, finished_at=T0),
+    c = await store.call(claim_slots, "node-a", [ClaimRow(56, a.epoch, job, ms(t)) for t in (t0, t1, t2, t3)]
+                         + [ClaimRow(56, a.epoch, job, ms(t1), MANUAL)])  # fmt: skip
+    k = {(from_ms(x.slot_ms), x.origin): x for x in c.applied}
+    await store.call(write_results, [result(k[t0, SCHED], a.epoch, S.SUCCEEDED, finished_ms=ms(T0)),
                                      result(k[t3, SCHED], a.epoch, S.RETRY_WAIT,
-                                            next_attempt_at=T0 - timedelta(days=3650))])  # fmt: skip
+                                            next_attempt_ms=ms(T0 - timedelta(days=3650)))])  # fmt: skip
     assert (await store.call(job_cursors, 56))[job] == t3
     give_back = [k[t0, SCHED], k[t2, SCHED], k[t3, SCHED], k[t1, MANUAL]]
     stale = await store.call(delete_unsent_claims, 56, a.epoch - 1, give_back)
@@ -247,14 +365,14 @@ async def test_graceful_release_deletes_only_unsent_claims(store: TrioStore) -> 
     # The next owner sees t2 as unclaimed: the cursor is just below it.
     assert (await store.call(job_cursors, 56))[job] == t2 - timedelta(microseconds=1)
     with pytest.raises(ValueError, match="shard 56"):
-        await store.call(delete_unsent_claims, 56, a.epoch, [ExecKey(57, job, T0, SCHED)])
+        await store.call(delete_unsent_claims, 56, a.epoch, [ExecKey(57, job, ms(T0), SCHED)])
 
     b = await own(store, 56, "node-b")
     taken = await store.call(take_over_shard, 56, b.epoch)
     # AT_MOST_ONCE: the handed-over manual claim resumes; t1 (claimed, maybe sent) and t3 (retry due) are lost.
     assert [(e.scheduled_at, e.origin) for e in taken.resume] == [(t1, MANUAL)]
     assert sorted(e.scheduled_at for e in taken.lost) == [t1, t3]
-    again = await store.call(claim_slots, "node-b", [ClaimRow(56, b.epoch, job, t2)])
+    again = await store.call(claim_slots, "node-b", [ClaimRow(56, b.epoch, job, ms(t2))])
     assert len(again.applied) == 1  # claimed afresh by the next owner
 
 
@@ -262,14 +380,16 @@ async def test_execution_reads(store: TrioStore) -> None:
     f = await own(store, 57)
     job, _ = await create_job(store, f, tenant="acme")
     other, _ = await create_job(store, f, tenant="globex")
-    c = await store.call(claim_slots, "n1", [ClaimRow(57, f.epoch, j, t) for j in (job, other) for t in slots(5)])
-    by = {(x.job_id, x.scheduled_at): x for x in c.applied}
+    c = await store.call(
+        claim_slots, "n1", [ClaimRow(57, f.epoch, j, ms(t)) for j in (job, other) for t in slots(5)]
+    )
+    by = {(x.job_id, from_ms(x.slot_ms)): x for x in c.applied}
     t = slots(5)
     await store.call(write_results, [
-        result(by[job, t[0]], f.epoch, S.FAILED, finished_at=T0 + timedelta(seconds=10)),
-        result(by[job, t[1]], f.epoch, S.TIMED_OUT, finished_at=T0 + timedelta(seconds=11)),
-        result(by[job, t[2]], f.epoch, S.SUCCEEDED, finished_at=T0 + timedelta(seconds=12)),
-        result(by[other, t[0]], f.epoch, S.FAILED, finished_at=T0 + timedelta(seconds=13)),
+        result(by[job, t[0]], f.epoch, S.FAILED, finished_ms=ms(T0 + timedelta(seconds=10))),
+        result(by[job, t[1]], f.epoch, S.TIMED_OUT, finished_ms=ms(T0 + timedelta(seconds=11))),
+        result(by[job, t[2]], f.epoch, S.SUCCEEDED, finished_ms=ms(T0 + timedelta(seconds=12))),
+        result(by[other, t[0]], f.epoch, S.FAILED, finished_ms=ms(T0 + timedelta(seconds=13))),
     ])  # fmt: skip
     newest = await store.call(list_executions, 57, job, limit=2)
     assert [e.scheduled_at for e in newest] == [t[4], t[3]]
@@ -294,11 +414,11 @@ async def test_cursor_upserts_stay_hot(store: TrioStore, db_dsn: str) -> None:
     conn = await store.run(asyncpg.connect, db_dsn)
     stats = "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'job_cursor'"
     try:
-        await store.run(claim_slots, conn, "n1", [ClaimRow(58, f.epoch, j, T0) for j in jobs])
+        await store.run(claim_slots, conn, "n1", [ClaimRow(58, f.epoch, j, ms(T0)) for j in jobs])
         await store.run(conn.execute, "SELECT pg_stat_force_next_flush()")
         before = await store.run(conn.fetchrow, stats)
         for t in slots(20)[1:]:
-            await store.run(claim_slots, conn, "n1", [ClaimRow(58, f.epoch, j, t) for j in jobs])
+            await store.run(claim_slots, conn, "n1", [ClaimRow(58, f.epoch, j, ms(t)) for j in jobs])
         await store.run(conn.execute, "SELECT pg_stat_force_next_flush()")
         after = await store.run(conn.fetchrow, stats)
     finally:

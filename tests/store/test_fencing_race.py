@@ -48,7 +48,7 @@ from scheduler_node.store import (
 )
 from scheduler_node.trio_store import TrioStore
 
-from .conftest import T0, job_in_shard, slots, spec
+from .conftest import T0, job_in_shard, ms, slots, spec
 
 SHARD = 17  # the shard taken over
 BYSTANDER = 18  # another shard in the same batch, never bumped
@@ -84,14 +84,16 @@ class ClaimBatch(Scenario):
 
     async def write(self, conn: asyncpg.Connection, epoch: int) -> bool:
         other_epoch = await current_epoch(conn, BYSTANDER)
-        rows = [ClaimRow(SHARD, epoch, self.job, t) for t in slots(5)]
-        rows += [ClaimRow(BYSTANDER, other_epoch, self.other, t) for t in slots(5)]
+        rows = [ClaimRow(SHARD, epoch, self.job, ms(t)) for t in slots(5)]
+        rows += [ClaimRow(BYSTANDER, other_epoch, self.other, ms(t)) for t in slots(5)]
         result = await claim_slots(conn, "old-node", rows)
         assert sum(k.shard == BYSTANDER for k in result.applied) == 5  # the other shard is never held up
         return SHARD in result.fenced
 
     async def count(self, conn: asyncpg.Connection) -> int:
-        return await conn.fetchval("SELECT count(*) FROM executions WHERE shard = $1 AND job_id = $2", SHARD, self.job)
+        return await conn.fetchval(
+            "SELECT count(*) FROM executions WHERE shard = $1 AND job_id = $2", SHARD, self.job
+        )
 
 
 class ResultBatch(Scenario):
@@ -101,12 +103,12 @@ class ResultBatch(Scenario):
         self.job = job_in_shard(SHARD)
 
     async def prepare(self, conn: asyncpg.Connection, epoch: int) -> None:
-        r = await claim_slots(conn, "old-node", [ClaimRow(SHARD, epoch, self.job, t) for t in slots(5)])
+        r = await claim_slots(conn, "old-node", [ClaimRow(SHARD, epoch, self.job, ms(t)) for t in slots(5)])
         assert len(r.applied) == 5
 
     async def write(self, conn: asyncpg.Connection, epoch: int) -> bool:
-        rows = [ResultRow(SHARD, epoch, self.job, t, Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1,
-                          finished_at=T0, attempt_started_at=T0) for t in slots(5)]  # fmt: skip
+        rows = [ResultRow(SHARD, epoch, self.job, ms(t), Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1,
+                          finished_ms=ms(T0), attempt_started_ms=ms(T0)) for t in slots(5)]  # fmt: skip
         return SHARD in (await write_results(conn, rows)).fenced
 
     async def count(self, conn: asyncpg.Connection) -> int:
@@ -132,7 +134,9 @@ class JobWriteTx(Scenario):
 
     async def count(self, conn: asyncpg.Connection) -> int:
         jobs = await conn.fetchval("SELECT count(*) FROM jobs WHERE shard = $1 AND id = $2", SHARD, self.job)
-        audit = await conn.fetchval("SELECT count(*) FROM audit_log WHERE shard = $1 AND job_id = $2", SHARD, self.job)
+        audit = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE shard = $1 AND job_id = $2", SHARD, self.job
+        )
         return jobs + audit
 
 
@@ -223,7 +227,9 @@ class Race:
         out.violations += await sc.count(self.obs) - seen[0]
 
 
-async def run_race(dsn: str, make: Callable[[], Scenario], order: str, iterations: int, seed: int = 0) -> Outcome:
+async def run_race(
+    dsn: str, make: Callable[[], Scenario], order: str, iterations: int, seed: int = 0
+) -> Outcome:
     out = Outcome()
     rng = random.Random(seed)
     async with Race(dsn) as race:
@@ -239,7 +245,11 @@ async def run_race(dsn: str, make: Callable[[], Scenario], order: str, iteration
     return out
 
 
-SCENARIOS: dict[str, Callable[[], Scenario]] = {"claims": ClaimBatch, "results": ResultBatch, "job_write": JobWriteTx}
+SCENARIOS: dict[str, Callable[[], Scenario]] = {
+    "claims": ClaimBatch,
+    "results": ResultBatch,
+    "job_write": JobWriteTx,
+}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

@@ -27,7 +27,7 @@ from scheduler_node.store import (
 )
 from scheduler_node.trio_store import TrioStore
 
-from .conftest import T0, create_job, job_in_shard, own, spec
+from .conftest import T0, create_job, job_in_shard, ms, own, spec
 
 
 def op(kind: JobWriteOp, **kw: object) -> JobWrite:
@@ -296,7 +296,7 @@ async def test_reads_are_not_fenced(store: TrioStore) -> None:
 async def test_due_jobs_carry_their_misfire_cursor(store: TrioStore) -> None:
     fence = await own(store, 12)
     fired, fresh = (await create_job(store, fence))[0], (await create_job(store, fence))[0]
-    await store.call(claim_slots, "node-a", [ClaimRow(12, fence.epoch, fired, T0 - timedelta(seconds=s))
+    await store.call(claim_slots, "node-a", [ClaimRow(12, fence.epoch, fired, ms(T0 - timedelta(seconds=s)))
                                              for s in (3, 2)])  # fmt: skip
     got = {uuid.UUID(j.id): last for j, last in await store.call(due_jobs, [12], T0)}
     assert got == {fired: T0 - timedelta(seconds=2), fresh: None}

@@ -67,7 +67,9 @@ async def test_alerts_are_fenced_deduplicated_and_delivered(store: TrioStore) ->
     job = job_in_shard(60)
     row = AlertRow(60, f.epoch, job, "acme", T0, Origin.SCHEDULED, "execution_failed", "HTTP 500 after 3 attempts",
                    webhook="https://alerts.example.com/hook", payload={"http_status": 500})  # fmt: skip
-    quiet = AlertRow(60, f.epoch, job, "acme", T0 + timedelta(seconds=1), Origin.SCHEDULED, "execution_failed", "x")
+    quiet = AlertRow(
+        60, f.epoch, job, "acme", T0 + timedelta(seconds=1), Origin.SCHEDULED, "execution_failed", "x"
+    )
     r = await store.call(insert_alerts, [row, quiet])
     assert len(r.applied) == 2 and not r.conflicts
     again = await store.call(insert_alerts, [row])  # a retried batch raises nothing twice

@@ -84,9 +84,13 @@ async def test_ensure_cluster_creates_once_then_checks(empty_db_dsn: str) -> Non
             "this node is configured with 128 shards and blake2b-64/uuid-bytes"
         )
         assert isinstance(err.value, InfrastructureError)
-        with pytest.raises(ClusterMismatch, match="created with 64 shards and blake2b-64/uuid-bytes; .* sha1"):
+        with pytest.raises(
+            ClusterMismatch, match="created with 64 shards and blake2b-64/uuid-bytes; .* sha1"
+        ):
             await s.call(ensure_cluster, name="c1", shard_count=64, hash_name="sha1")
-        with pytest.raises(ClusterMismatch, match="holds cluster 'c1'; this node is configured for cluster 'c2'"):
+        with pytest.raises(
+            ClusterMismatch, match="holds cluster 'c1'; this node is configured for cluster 'c2'"
+        ):
             await s.call(ensure_cluster, name="c2", shard_count=64, hash_name=HASH_NAME)
         # Nothing changed by the refused calls.
         assert await s.run(s.pool.fetchval, "SELECT count(*) FROM shard_epochs") == 64
