@@ -175,6 +175,8 @@ class Engine:
         self._outcomes: list[Exchange] = []  # outcomes the dispatcher handed back, not yet recorded
         self._outcomes_ready = trio.Event()
         self._firing = False  # the driver is between the firings of one wheel tick
+        self._claims_due: list[Pending] = []  # CLAIM entries the wheel gave, for _claim_loop
+        self._claims_ready = trio.Event()
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._draining = False
@@ -211,6 +213,7 @@ class Engine:
             await nursery.start(self.alerts.run)
             nursery.start_soon(self._drive)
             nursery.start_soon(self._outcome_loop)
+            nursery.start_soon(self._claim_loop)
             nursery.start_soon(self._refill_loop)
             nursery.start_soon(self._ownership_events)
             delivery = AlertDelivery(
@@ -548,14 +551,29 @@ class Engine:
                             self._firing = True
                             await trio.lowlevel.checkpoint()
                 self._firing = False
-                if claims and self._nursery is not None and not self._draining:
-                    self._nursery.start_soon(self._claim_due, claims)
+                if claims and not self._draining:
+                    self._claims_due += claims
+                    self._claims_ready.set()
                 await trio.lowlevel.checkpoint()
                 continue
             nd = wheel.next_deadline()
             self._wakeup = trio.Event()
             with trio.move_on_after(1.0 if nd is None else (nd - now) / 1000):
                 await self._wakeup.wait()
+
+    async def _claim_loop(self) -> None:
+        """One claimer: what fell due while a claim statement ran goes out as the next one.
+
+        Jobs whose slots are spread over the second (anchors at any millisecond) would otherwise cost a
+        statement per wheel tick (measured: ~1,000 statements/s of 2 rows at 2,200 firings/s, most of a node's
+        CPU); claims are 300 ms ahead, so waiting for the previous statement costs nothing.
+        """
+        while True:
+            await self._claims_ready.wait()
+            self._claims_ready = trio.Event()
+            due, self._claims_due = self._claims_due, []
+            if due and not self._draining:
+                await self._claim_due(due)
 
     async def _claim_due(self, due: list[Pending]) -> None:
         now = self.clock.now_ms()

@@ -47,6 +47,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset without asyncpg's default reset query (``RESET ALL; UNLISTEN *; ...``): a round trip on every
+    release, ~5 % of a node's CPU while loading shards. Nothing here keeps session state (advisory locks are
+    transaction-scoped, no LISTEN, no SET), and asyncpg still rolls back an unfinished transaction."""
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for error messages and logs."""
     try:
@@ -63,6 +69,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
     """A pool whose connections decode/encode json and jsonb with msgspec; extra kwargs go to asyncpg."""
     kwargs.setdefault("server_settings", _SERVER_SETTINGS)
     kwargs.setdefault("timeout", 10)
+    kwargs.setdefault("reset", _keep_session)
     try:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
