@@ -228,13 +228,15 @@ def run_bare(jobs: int, duration: int, *, connections: int = 256) -> dict[str, A
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    head = "| scenario | jobs | s | firings/s | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | not terminal |"
-    lines = [head, "|" + "---|" * 11]
+    head = ("| scenario | jobs | s | firings/s | p50 ms | p99 ms | p99.9 ms | max ms | p99 handled ms | lost | dup"
+            " | not terminal | node CPU µs/firing |")  # fmt: skip
+    lines = [head, "|" + "---|" * 13]
     for r in results:
         d = r["drift_ms"]
         lines.append(
             f"| {r['scenario']} | {r['jobs']} | {r['duration_s']} | {r['firings_per_s']} | {d['p50']} | {d['p99']} |"
-            f" {d['p99.9']} | {d['max']} | {r['lost']} | {r['duplicates']} | {r.get('db_rows_not_terminal', '-')} |"
+            f" {d['p99.9']} | {d['max']} | {r['drift_handled_ms'].get('p99', '-')} | {r['lost']} | {r['duplicates']} |"
+            f" {r.get('db_rows_not_terminal', '-')} | {r.get('node_cpu_per_firing_us', '-')} |"
         )
     return "\n".join(lines)
 
