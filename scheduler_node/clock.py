@@ -22,6 +22,10 @@ class Clock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000 + self.offset_ms
 
+    def seconds_until(self, when_ms: int) -> float:
+        """Exact (sub-ms) seconds from now to ``when_ms``; ``when_ms - now_ms()`` is up to 1 ms too long."""
+        return (when_ms - self.offset_ms) / 1000 - time.time_ns() / 1e9
+
     async def sleep_until_ms(self, when_ms: int) -> None:
         delay = when_ms - self.now_ms()
         if delay > 0:
