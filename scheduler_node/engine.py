@@ -548,11 +548,6 @@ class Engine:
             now = clock.now_ms()
             due = wheel.advance(now)
             if due:
-                if len(due) >= 64 and gc.isenabled():
-                    # A burst: no collection until its sends are out (_outcome_loop enables it again).
-                    gc.disable()
-                    self._gc_held = True
-                    self._outcomes_ready.set()
                 claims: list[Pending] = []
                 fired = 0
                 for entry in due:
@@ -564,6 +559,11 @@ class Engine:
                     else:
                         self._fire(p)
                         fired += 1
+                        if fired == 64 and gc.isenabled():
+                            # A burst: no collection until its sends are out (_outcome_loop enables it again).
+                            gc.disable()
+                            self._gc_held = True
+                            self._outcomes_ready.set()
                         if fired % 128 == 0:
                             # Let the sends started so far go out while the rest of the second is prepared.
                             self._firing = True

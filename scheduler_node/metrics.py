@@ -43,7 +43,7 @@ class Counter:
     values: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
+        key = tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items())
         self.values[key] = self.values.get(key, 0.0) + amount
 
     def get(self, **labels: str) -> float:

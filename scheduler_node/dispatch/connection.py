@@ -377,6 +377,31 @@ class Connection:
         """The body went past ``max_body``: checked only that far, reading stopped, the connection not reused."""
         return self.body_bytes > self._max_body
 
+    def idle_readable(self) -> bool:
+        """An idle connection turned readable: True if it is still good (only TLS session tickets arrived).
+
+        Anything else (an EOF, a reset, bytes nobody asked for) means the server is done with it.
+        """
+        if self._tls is None or self.exchanges > 0:
+            return False
+        assert self._in is not None
+        try:
+            data = self.sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self._in.write(data)
+        try:
+            self._tls.read(RECEIVE_BYTES)
+        except ssl.SSLWantReadError:
+            return True  # handshake-layer records only: tickets
+        except ssl.SSLError:
+            return False
+        return False  # application data before any request
+
     def looks_stale(self) -> bool:
         """True if this idle connection must not be reused (closed by the server, or unexpected bytes)."""
         events = self._poller.poll(0)

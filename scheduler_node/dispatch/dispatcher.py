@@ -6,8 +6,8 @@ Rules:
   ``Exchange``; the outcome arrives later through ``on_done(exchange)``, always called from the dispatcher's
   reactor task (never inside ``submit`` or ``cancel``), in batches. ``send(...)`` is the awaitable form for
   callers that want one outcome (tests, alerts, tools).
-- One reactor task waits on a private epoll set holding the sockets with an exchange on them (idle ones are
-  not in it) and, per wake-up, reads every ready socket, parses with httptools, starts the next queued
+- One reactor task waits on a private epoll set holding every open connection's socket (an idle one that turns
+  readable was closed by the server and is dropped at once) and, per wake-up, reads every ready socket, parses with httptools, starts the next queued
   exchange on each freed connection, expires deadlines, then hands the finished exchanges to their
   ``on_done``. No task, cancel scope or limiter per request: at a burst a request costs one ``send`` and one
   ``recv`` (measured: a 5,000-request burst over 100 connections, p99 drift 79 ms instead of 408 ms with a
@@ -400,7 +400,7 @@ class Dispatcher:
     def _pool(self, origin: HttpOrigin) -> OriginPool:
         op = self._origins.get(origin)
         if op is None:
-            op = self._origins[origin] = OriginPool(origin, self._per_host_limit)
+            op = self._origins[origin] = OriginPool(origin, self._per_host_limit, self._forget)
         return op
 
     def _next_queued(self, op: OriginPool) -> Exchange | None:
@@ -457,26 +457,38 @@ class Dispatcher:
                 return
 
     def _park(self, op: OriginPool, conn: Connection) -> None:
+        """An idle connection: kept (still watched, so a close by the server is seen at once), or closed."""
         conn.exchange = None
-        if conn.registered:
-            self._epoll.unregister(conn.fd)
-            del self._by_fd[conn.fd]
-            conn.registered = 0
         if self._closed or op.open > op.limit:
-            conn.close()
-            op.open -= 1
+            op.close(conn)
             return
         conn.idle_since = trio.current_time()
         op.idle.append(conn)
 
-    def _drop(self, conn: Connection) -> None:
+    def _forget(self, conn: Connection) -> None:
         if conn.registered:
             self._epoll.unregister(conn.fd)
             del self._by_fd[conn.fd]
             conn.registered = 0
+
+    def _drop(self, conn: Connection) -> None:
+        self._forget(conn)
         if not conn.closed:
             conn.close()
             self._origins[conn.origin].open -= 1
+
+    def _idle_event(self, conn: Connection) -> None:
+        """An idle connection became readable or hung up: the server closed it (or sent what nobody asked for),
+        unless it was TLS session tickets on a connection not used yet."""
+        if conn.idle_readable():
+            return
+        op = self._origins[conn.origin]
+        try:
+            op.idle.remove(conn)
+        except ValueError:
+            pass
+        op.stale_closed += 1
+        self._drop(conn)
 
     def _watch(self, conn: Connection) -> None:
         mask = _EPOLLIN | _EPOLLOUT if conn.writing else _EPOLLIN
@@ -600,8 +612,8 @@ class Dispatcher:
 
     def _on_ready(self, conn: Connection, mask: int) -> None:
         ex = conn.exchange
-        if not isinstance(ex, Exchange):  # cannot happen: idle connections are not watched
-            self._drop(conn)
+        if not isinstance(ex, Exchange):
+            self._idle_event(conn)
             return
         try:
             if mask & _EPOLLOUT and conn.writing:

@@ -11,12 +11,16 @@ Rules:
   *during* an exchange is ``dispatcher.py``'s stale rule.
 - ``queue`` holds exchanges waiting for a connection (or for the node-wide cap), oldest first. Exchanges that
   ended while queued (timeout, cancel) stay in it until popped; ``waiting`` counts only the live ones.
+- Idle connections stay in the dispatcher's epoll set (no syscall to leave and rejoin it per exchange); one the
+  server closes while idle is noticed there and closed at once. ``forget`` takes a connection out of that set
+  before the pool closes it.
 - Plain bookkeeping, no I/O besides the stale check and closing; the dispatcher drives it.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -39,9 +43,22 @@ class OriginStatistics:
 
 
 class OriginPool:
-    __slots__ = ("busy", "idle", "limit", "open", "origin", "queue", "stale_closed", "starved", "waiting")
+    __slots__ = (
+        "_forget",
+        "busy",
+        "idle",
+        "limit",
+        "open",
+        "origin",
+        "queue",
+        "stale_closed",
+        "starved",
+        "waiting",
+    )
 
-    def __init__(self, origin: HttpOrigin, limit: int) -> None:
+    def __init__(self, origin: HttpOrigin, limit: int, forget: Callable[[Connection], None]) -> None:
+        """``forget(conn)``: the dispatcher stops watching a connection about to be closed."""
+        self._forget = forget
         self.origin = origin
         self.limit = limit
         self.idle: deque[Connection] = deque()  # right end = most recently used
@@ -60,21 +77,24 @@ class OriginPool:
             if not conn.looks_stale():
                 return conn
             self.stale_closed += 1
-            conn.close()
-            self.open -= 1
+            self.close(conn)
         return None
+
+    def close(self, conn: Connection) -> None:
+        """Close a connection of this origin (not in ``idle`` any more) and uncount it."""
+        self._forget(conn)
+        conn.close()
+        self.open -= 1
 
     def sweep(self, older_than: float) -> None:
         """Close idle connections unused since before ``older_than`` (trio time)."""
         idle = self.idle
         while idle and idle[0].idle_since < older_than:
-            idle.popleft().close()
-            self.open -= 1
+            self.close(idle.popleft())
 
     def close_idle(self) -> None:
         while self.idle:
-            self.idle.pop().close()
-            self.open -= 1
+            self.close(self.idle.pop())
 
     def unused(self) -> bool:
         return self.open == 0 and self.busy == 0 and self.waiting == 0

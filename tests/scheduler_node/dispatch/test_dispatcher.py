@@ -262,6 +262,18 @@ async def test_idle_connection_closed_by_server_is_not_reused(server: TestServer
     assert server.connections == 2 and len(server.requests) == 2
 
 
+async def test_idle_connection_closed_by_server_is_dropped_without_a_send(server: TestServer) -> None:
+    # Idle connections stay watched: the server's close is seen when it happens, not at the next reuse.
+    server.handler = lambda r: Reply(close_idle_after_s=0.05)
+    async with Dispatcher() as d:
+        await send(d, template(server.url()))
+        assert d.statistics().open_connections == 1
+        with trio.fail_after(5):
+            while d.statistics().open_connections:
+                await trio.sleep(0.01)
+        assert d.statistics().stale_closed == 1
+
+
 async def test_idle_connection_reset_by_server_is_not_reused(server: TestServer) -> None:
     server.handler = lambda r: Reply(reset_idle_after_s=0.0)
     t = template(server.url(), semantics=Semantics.AT_MOST_ONCE)
@@ -276,9 +288,11 @@ async def test_idle_connection_reset_by_server_is_not_reused(server: TestServer)
 async def test_reset_between_check_and_write_retries_fresh_even_at_most_once(
     server: TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The race the idle check cannot see: the RST lands after poll() and before the write. The write fails
-    # on its first byte, so nothing went out and a fresh connection is safe under AT_MOST_ONCE too.
+    # The race neither idle check can see: the RST lands after the reactor last looked and after poll(), and
+    # before the write. The write fails on its first byte, so nothing went out and a fresh connection is safe
+    # under AT_MOST_ONCE too. (Both checks are switched off here to let the RST through.)
     monkeypatch.setattr(Connection, "looks_stale", lambda self: False)
+    monkeypatch.setattr(Dispatcher, "_idle_event", lambda self, conn: self._forget(conn))
     server.handler = lambda r: Reply(reset_idle_after_s=0.0)
     t = template(server.url(), semantics=Semantics.AT_MOST_ONCE)
     async with Dispatcher() as d:
