@@ -96,6 +96,7 @@ class _Connection:
     """One accepted connection, read with ``recvmsg`` for the kernel's arrival timestamp."""
 
     __slots__ = (
+        "_closing",
         "_job",
         "_loop",
         "_node",
@@ -121,6 +122,7 @@ class _Connection:
         self._sched: bytes | None = None
         self._node: bytes | None = None
         self._out = bytearray()  # response bytes the socket did not take yet
+        self._closing = False  # close once _out is written (a Connection: close request)
         sink.connections += 1
         sink.open += 1
         loop.add_reader(sock.fileno(), self._readable)
@@ -173,6 +175,8 @@ class _Connection:
         del self._out[:n]
         if not self._out:
             self._loop.remove_writer(self._sock.fileno())
+            if self._closing:
+                self._close()
 
     def _close(self) -> None:
         if self._sock.fileno() >= 0:
@@ -219,7 +223,10 @@ class _Connection:
             sink.node.append(self._node)
             self._send(_OK if keep else _OK_CLOSE)
         if not keep:
-            self._close()
+            if self._out:
+                self._closing = True  # after the rest of the response
+            else:
+                self._close()
 
 
 async def serve(host: str, port: int, out: str) -> None:
@@ -235,7 +242,10 @@ async def serve(host: str, port: int, out: str) -> None:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                return  # e.g. out of descriptors: the client sees a refused/hung connect
+                # Out of descriptors: the listener stays readable, so pause accepting rather than spin.
+                loop.remove_reader(listener.fileno())
+                loop.call_later(0.1, loop.add_reader, listener.fileno(), accept)
+                return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:

@@ -210,6 +210,14 @@ class Engine:
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            if self._gc_held:  # stopped mid-burst: give the process its collector back
+                self._gc_held = False
+                gc.enable()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self.writer.run)
@@ -686,6 +694,13 @@ class Engine:
             run.retry_entry = None
             self._attempt(job, p, run)
             return
+        if job.runs:
+            # A run whose outcome is in but not yet recorded (_outcome_loop waits out bursts) is recorded now,
+            # so that concurrency, BUFFER_ONE and REPLACE see the job as it is.
+            for ex in [
+                r.exchange for r in job.runs.values() if r.exchange is not None and r.exchange.outcome
+            ]:
+                self._handle_outcome(ex)
         if job.state in _PAUSED and p.origin is Origin.SCHEDULED:
             self._record(job, p, S.SKIPPED_PAUSED, "the job was paused after its slot was claimed")
             return
@@ -788,8 +803,11 @@ class Engine:
                     await trio.lowlevel.checkpoint()
 
     def _handle_outcome(self, ex: Exchange) -> None:
-        """Record an attempt's outcome: retry it, or finish its run."""
+        """Record an attempt's outcome: retry it, or finish its run. Once per exchange."""
+        if ex.context is None:
+            return  # recorded already (by _fire, ahead of the batch)
         job, p, run, epoch = ex.context
+        ex.context = None
         outcome = ex.outcome
         assert outcome is not None
         shard = job.shard

@@ -342,9 +342,21 @@ class Connection:
             self.flush()
 
     def finish(self) -> None:
-        """Settle ``keep_alive`` and count the exchange once ``readable()`` said it is over."""
+        """Settle ``keep_alive`` and count the exchange once ``readable()`` said it is over.
+
+        Not kept alive either when part of the request never went out (a server may answer before reading a
+        large body) or when TLS holds bytes beyond the response: the next exchange would inherit them.
+        """
+        tls_left = self._tls is not None and (
+            self._tls.pending() > 0 or (self._in is not None and self._in.pending > 0)
+        )
         self.keep_alive = (
-            self.keep_alive and self.complete and not self.extra and self.body_bytes <= self._max_body
+            self.keep_alive
+            and self.complete
+            and not self.extra
+            and self.body_bytes <= self._max_body
+            and self._pending is None
+            and not tls_left
         )
         if self.complete:
             self.exchanges += 1

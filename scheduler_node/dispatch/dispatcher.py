@@ -202,6 +202,7 @@ class Dispatcher:
         self._seq = 0
         self._later: list[Exchange] = []  # finished, ``on_done`` not yet called
         self._starved: deque[OriginPool] = deque()
+        self._connecting: set[Exchange] = set()  # exchanges waiting for a connection opened for them
         self._in_flight = 0
         self._waiting = 0
         self._in_reactor = False
@@ -253,6 +254,9 @@ class Dispatcher:
                         self._done(ex, self._ended(ex, OutcomeKind.CANCELLED, "the dispatcher closed"))
                 op.queue.clear()
                 op.close_idle()
+            for ex in list(self._connecting):
+                if ex.state is not _DONE:
+                    self._done(ex, self._ended(ex, OutcomeKind.CANCELLED, "the dispatcher closed"))
             for conn in list(self._by_fd.values()):
                 busy = conn.exchange
                 if isinstance(busy, Exchange) and busy.state is not _DONE:
@@ -413,6 +417,9 @@ class Dispatcher:
                     self._starved.append(op)
                 return None
             ex = queue.popleft()
+            if ex.state is _QUEUED and ex.deadline <= trio.current_time():
+                self._time_out(ex)  # expired in the queue: never written late
+                continue
             if ex.state is _QUEUED:
                 ex.state = _HOLDING
                 op.waiting -= 1
@@ -462,6 +469,8 @@ class Dispatcher:
         if self._closed or op.open > op.limit:
             op.close(conn)
             return
+        if conn.registered & _EPOLLOUT:
+            self._watch(conn)
         conn.idle_since = trio.current_time()
         op.idle.append(conn)
 
@@ -528,6 +537,7 @@ class Dispatcher:
     def _open_for(self, op: OriginPool, ex: Exchange) -> None:
         """Open a new connection for ``ex`` (which holds its slots) in a short task."""
         ex.connecting = True
+        self._connecting.add(ex)
         op.open += 1  # counted while connecting, so the cap sees it
         assert self._nursery is not None
         self._nursery.start_soon(self._connect_for, op, ex)
@@ -565,7 +575,10 @@ class Dispatcher:
             raise
         finally:
             ex.connecting = False
-        if conn is None:
+            self._connecting.discard(ex)
+        if conn is None:  # the dispatcher closed meanwhile
+            if ex.state is _HOLDING:
+                self._done(ex, self._ended(ex, OutcomeKind.CANCELLED, "the dispatcher closed"))
             return
         if isinstance(conn, ConnectError):
             if ex.state is _HOLDING:
@@ -575,8 +588,17 @@ class Dispatcher:
                     kind = OutcomeKind.TIMEOUT if conn.timed_out else OutcomeKind.CONNECT_ERROR
                     self._done(ex, self._ended(ex, kind, str(conn)))
             self._pump(op)
-        elif ex.state is not _HOLDING or self._start(ex, conn) is _FREE:
-            self._use(op, conn)  # the exchange ended meanwhile, or may_send() refused: serve the queue
+        else:
+            if ex.state is _HOLDING and ex.deadline <= trio.current_time():
+                self._time_out(ex)  # its deadline passed while connecting: never write it now
+            if ex.state is not _HOLDING:
+                self._use(op, conn)  # the exchange ended meanwhile: the connection serves the queue
+            else:
+                started = self._start(ex, conn)
+                if started is _FREE:
+                    self._use(op, conn)  # may_send() refused: serve the queue
+                elif started is _GONE:
+                    self._pump(op)
         self._pump_starved()
 
     # ---- the reactor -----------------------------------------------------------------------------------
@@ -621,6 +643,7 @@ class Dispatcher:
             over = conn.readable() if mask & ~_EPOLLOUT else False
         except ExchangeError as e:
             self._exchange_failed(ex, conn, e)
+            self._pump(ex.op)
             return
         if not over:
             self._watch(conn)  # drops EPOLLOUT once the request is out
@@ -631,6 +654,8 @@ class Dispatcher:
         op = ex.op
         if conn.keep_alive and not self._closed and op.open <= op.limit:
             self._use(op, conn)
+            if conn.closed:  # a write on it failed: room for a new connection
+                self._pump(op)
         else:
             self._drop(conn)
             self._pump(op)
@@ -655,23 +680,25 @@ class Dispatcher:
                 self._open_for(op, ex)
                 return
         self._done(ex, self._failed(ex))
-        self._pump(op)
 
     def _expire(self, now: float) -> None:
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             ex = heapq.heappop(heap)[2]
-            if ex.state is _DONE:
-                continue
-            conn = ex.conn
-            if ex.state is _QUEUED or (not ex.written and conn is None):
-                error = f"not sent within {ex.timeout_s:g} s (waiting for a connection)"
-            else:
-                error = f"no complete response within {ex.timeout_s:g} s"
-            self._done(ex, self._ended(ex, OutcomeKind.TIMEOUT, error))
-            if conn is not None:
-                self._drop(conn)
-                self._pump(ex.op)
+            if ex.state is not _DONE:
+                self._time_out(ex)
+                if ex.conn is None and ex.op.waiting:
+                    self._pump(ex.op)
+
+    def _time_out(self, ex: Exchange) -> None:
+        conn = ex.conn
+        if ex.state is _QUEUED or (not ex.written and conn is None):
+            error = f"not sent within {ex.timeout_s:g} s (waiting for a connection)"
+        else:
+            error = f"no complete response within {ex.timeout_s:g} s"
+        self._done(ex, self._ended(ex, OutcomeKind.TIMEOUT, error))
+        if conn is not None:
+            self._drop(conn)
 
     def _compact(self) -> None:
         self._deadlines = [e for e in self._deadlines if e[2].state is not _DONE]

@@ -44,9 +44,31 @@ class Cluster:
     def start(self, node_id: str, *extra: str) -> NodeProcess:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
-        args = [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", self.dsn, "--etcd", self.etcd,
-                "--etcd-prefix", self.prefix, "--lease-ttl", str(TTL), "--node-id", node_id, "--port", str(port),
-                "--cluster-secret", SECRET, "--release-timeout", "5", "--log-level", "warning", *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "shardwheel.cli",
+            "node",
+            "--dsn",
+            self.dsn,
+            "--etcd",
+            self.etcd,
+            "--etcd-prefix",
+            self.prefix,
+            "--lease-ttl",
+            str(TTL),
+            "--node-id",
+            node_id,
+            "--port",
+            str(port),
+            "--cluster-secret",
+            SECRET,
+            "--release-timeout",
+            "5",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
         proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
         node = self.nodes[node_id] = NodeProcess(node_id, port, proc)
         return node
@@ -67,7 +89,9 @@ class Cluster:
                 return view
             time.sleep(0.2)
         owners = Counter(view.live_owners().values())
-        raise AssertionError(f"timed out waiting for {what}: owners {dict(owners)}, nodes {sorted(view.nodes)}")
+        raise AssertionError(
+            f"timed out waiting for {what}: owners {dict(owners)}, nodes {sorted(view.nodes)}"
+        )
 
     def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
         self.nodes[node_id].proc.send_signal(sig)

@@ -112,7 +112,9 @@ class Target:
                     await trio.sleep(behaviour.delay_s)
                 finally:
                     self.in_flight -= 1
-                out = conn.send(h11.Response(status_code=status, headers=[("content-length", str(len(behaviour.body)))]))
+                out = conn.send(
+                    h11.Response(status_code=status, headers=[("content-length", str(len(behaviour.body)))])
+                )
                 out += conn.send(h11.Data(data=behaviour.body)) + conn.send(h11.EndOfMessage())
                 await stream.send_all(out)
                 if conn.our_state is h11.MUST_CLOSE:
@@ -137,8 +139,15 @@ async def target_running() -> AsyncIterator[Target]:
 async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) -> AsyncIterator[Node]:
     """A node in this trio run. Leaving the block stops it gracefully, or with ``crash=True`` kills it: every
     task is cancelled where it stands, nothing is released or flushed (what ``kill -9`` leaves behind)."""
-    config = NodeConfig(dsn=db_dsn, shards=overrides.pop("shards", "0-255"), port=0, cluster_secret=SECRET,
-                        node_id=overrides.pop("node_id", "node-a"), release_timeout_s=5, **overrides)
+    config = NodeConfig(
+        dsn=db_dsn,
+        shards=overrides.pop("shards", "0-255"),
+        port=0,
+        cluster_secret=SECRET,
+        node_id=overrides.pop("node_id", "node-a"),
+        release_timeout_s=5,
+        **overrides,
+    )
     node = Node(config)
     async with trio.open_nursery() as n:
         await n.start(lambda task_status: node.run(handle_signals=False, task_status=task_status))
@@ -185,7 +194,9 @@ async def query(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
 
 
 async def executions(dsn: str, job_id: uuid.UUID) -> list[dict[str, Any]]:
-    return await query(dsn, "SELECT * FROM executions WHERE job_id = $1 ORDER BY scheduled_at, origin", job_id)
+    return await query(
+        dsn, "SELECT * FROM executions WHERE job_id = $1 ORDER BY scheduled_at, origin", job_id
+    )
 
 
 async def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.1) -> None:

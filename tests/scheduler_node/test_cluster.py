@@ -12,18 +12,21 @@ from shardwheel.embedded import EmbeddedEtcd
 from .cluster_harness import TTL, balanced, cluster
 
 
-async def test_three_nodes_split_85_85_86_and_a_fourth_takes_exactly_64(db_dsn: str, etcd_server: EmbeddedEtcd,
-                                                                        etcd_prefix: str) -> None:
+async def test_three_nodes_split_85_85_86_and_a_fourth_takes_exactly_64(
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
     with cluster(db_dsn, etcd_server.endpoint, etcd_prefix) as c:
         for n in ("n1", "n2", "n3"):
             c.start(n)
-        three = await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}),
-                                                                 what="85/85/86"))
+        three = await trio.to_thread.run_sync(
+            lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}), what="85/85/86")
+        )
         assert sorted(Counter(three.live_owners().values()).values()) == [85, 85, 86]
         before = three.live_owners()
         c.start("n4")
-        four = await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3", "n4"}),
-                                                                what="64 each"))
+        four = await trio.to_thread.run_sync(
+            lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3", "n4"}), what="64 each")
+        )
         after = four.live_owners()
         assert sorted(Counter(after.values()).values()) == [64, 64, 64, 64]
         assert sum(before[s] != after[s] for s in range(256)) == 64
@@ -31,7 +34,8 @@ async def test_three_nodes_split_85_85_86_and_a_fourth_takes_exactly_64(db_dsn: 
 
 
 async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
-        db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
     import signal
     import time
     from datetime import UTC, datetime, timedelta
@@ -51,20 +55,31 @@ async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
         with cluster(db_dsn, etcd_server.endpoint, etcd_prefix) as c:
             for n in ("n1", "n2", "n3"):
                 c.start(n)
-            view = await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"})))
+            view = await trio.to_thread.run_sync(
+                lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}))
+            )
             owners = view.live_owners()
             jobs: dict[str, Semantics] = {}
             async with httpx.AsyncClient() as client:
                 for i in range(24):
                     semantics = Semantics.AT_MOST_ONCE if i % 2 else Semantics.AT_LEAST_ONCE
-                    spec = JobSpec(name=f"j{i}", schedule=Cron("* * * * * *"), semantics=semantics,
-                                   target=Target(url=target.url(f"/k/{semantics.value}")),
-                                   misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
+                    spec = JobSpec(
+                        name=f"j{i}",
+                        schedule=Cron("* * * * * *"),
+                        semantics=semantics,
+                        target=Target(url=target.url(f"/k/{semantics.value}")),
+                        misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000),
+                    )
                     job_id = new_job_id()
                     owner = c.nodes[owners[shard_of(job_id)]]
-                    body = msgspec.json.encode(JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec))
-                    r = await client.post(f"{owner.url}/internal/v1/jobs/{job_id}", content=body,
-                                          headers={"authorization": f"Bearer {SECRET}"})
+                    body = msgspec.json.encode(
+                        JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec)
+                    )
+                    r = await client.post(
+                        f"{owner.url}/internal/v1/jobs/{job_id}",
+                        content=body,
+                        headers={"authorization": f"Bearer {SECRET}"},
+                    )
                     assert r.status_code == 200, r.text
                     jobs[str(job_id)] = semantics
             await trio.sleep(3)
@@ -75,8 +90,11 @@ async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
             killed_at = datetime.now(UTC)
             c.kill(victim, signal.SIGKILL)
             t0 = time.monotonic()
-            await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n3"}), timeout=3 * TTL + 10,
-                                                             what="shards owned again"))
+            await trio.to_thread.run_sync(
+                lambda: c.wait_for(
+                    lambda v: balanced(v, {"n1", "n3"}), timeout=3 * TTL + 10, what="shards owned again"
+                )
+            )
             reowned_s = time.monotonic() - t0
             await trio.sleep(4)
             ended_at = datetime.now(UTC) - timedelta(seconds=2)
@@ -93,14 +111,20 @@ async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
             missing = [s for s in seconds if s not in got]
             assert missing == [], (job, missing)
     # every slot in the window has exactly one execution row, terminal (or lost for AT_MOST_ONCE)
-    rows = await query(db_dsn, "SELECT job_id, scheduled_at, status FROM executions WHERE scheduled_at >= $1"
-                               " AND scheduled_at < $2", first, ended_at)
+    rows = await query(
+        db_dsn,
+        "SELECT job_id, scheduled_at, status FROM executions WHERE scheduled_at >= $1 AND scheduled_at < $2",
+        first,
+        ended_at,
+    )
     keys = Counter((str(r["job_id"]), r["scheduled_at"]) for r in rows)
     assert max(keys.values()) == 1
     assert not [r for r in rows if r["status"] in ("claimed", "retry_wait")]
 
 
-async def test_drain_undrain_and_move_a_shard(db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
+async def test_drain_undrain_and_move_a_shard(
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
     import subprocess
     import sys
 
@@ -124,30 +148,44 @@ async def test_drain_undrain_and_move_a_shard(db_dsn: str, etcd_server: Embedded
         assert doc["drained"] == ["n3"] and doc["unowned_shards"] == []
         assert all(doc["shards"][str(s)]["epoch"] >= 1 for s in range(256))
         assert cli("undrain", "n3").returncode == 0
-        await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}), what="undrained"))
+        await trio.to_thread.run_sync(
+            lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}), what="undrained")
+        )
         shard = next(s for s, n in c.view().live_owners().items() if n == "n1")
         assert cli("move", str(shard), "n2").returncode == 0
-        await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: v.live_owners().get(shard) == "n2", what="moved"))
+        await trio.to_thread.run_sync(
+            lambda: c.wait_for(lambda v: v.live_owners().get(shard) == "n2", what="moved")
+        )
         # the pin survives a restart of its node
         c.kill("n2")
         c.nodes["n2"].proc.wait(10)
         await trio.sleep(0.5)
         c.start("n2")
-        await trio.to_thread.run_sync(lambda: c.wait_for(
-            lambda v: v.live_owners().get(shard) == "n2" and balanced(v, {"n1", "n2", "n3"}), what="pin kept"))
+        await trio.to_thread.run_sync(
+            lambda: c.wait_for(
+                lambda v: v.live_owners().get(shard) == "n2" and balanced(v, {"n1", "n2", "n3"}),
+                what="pin kept",
+            )
+        )
         bad = cli("move", "999", "n2")
-        assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1 and "outside 0-255" in bad.stderr
+        assert (
+            bad.returncode == 1
+            and len(bad.stderr.strip().splitlines()) == 1
+            and "outside 0-255" in bad.stderr
+        )
         bad = cli("drain", "ghost")
         assert bad.returncode == 1 and "not a live member" in bad.stderr
 
 
 async def test_a_node_with_a_skewed_clock_takes_no_shards_and_says_why(
-        db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
     with cluster(db_dsn, etcd_server.endpoint, etcd_prefix) as c:
         c.start("n1")
         c.start("skewed", "--clock-offset-ms", "400")
-        view = await trio.to_thread.run_sync(lambda: c.wait_for(
-            lambda v: balanced(v, {"n1"}) and "skewed" in v.nodes, what="n1 owns all"))
+        view = await trio.to_thread.run_sync(
+            lambda: c.wait_for(lambda v: balanced(v, {"n1"}) and "skewed" in v.nodes, what="n1 owns all")
+        )
         assert view.nodes["skewed"].refusing and "clock offset" in view.nodes["skewed"].refusing
         await trio.sleep(2 * TTL)
         assert c.counts() == Counter({"n1": 256})
@@ -170,20 +208,28 @@ async def _load(c: object, target: object, n_jobs: int, semantics: object = None
     ids = []
     async with httpx.AsyncClient() as client:
         for i in range(n_jobs):
-            spec = JobSpec(name=f"j{i}", schedule=Cron("* * * * * *"), target=Target(url=target.url("/load")),  # type: ignore[attr-defined]
-                           semantics=semantics or (Semantics.AT_MOST_ONCE if i % 2 else Semantics.AT_LEAST_ONCE))
+            spec = JobSpec(
+                name=f"j{i}",
+                schedule=Cron("* * * * * *"),
+                target=Target(url=target.url("/load")),  # type: ignore[attr-defined]
+                semantics=semantics or (Semantics.AT_MOST_ONCE if i % 2 else Semantics.AT_LEAST_ONCE),
+            )
             job_id = new_job_id()
             owner = c.nodes[owners[shard_of(job_id)]]  # type: ignore[attr-defined]
             body = msgspec.json.encode(JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec))
-            r = await client.post(f"{owner.url}/internal/v1/jobs/{job_id}", content=body,
-                                  headers={"authorization": f"Bearer {SECRET}"})
+            r = await client.post(
+                f"{owner.url}/internal/v1/jobs/{job_id}",
+                content=body,
+                headers={"authorization": f"Bearer {SECRET}"},
+            )
             assert r.status_code == 200, r.text
             ids.append(str(job_id))
     return ids
 
 
 async def test_sigstop_longer_than_the_ttl_sends_nothing_for_lost_shards_then_rejoins(
-        db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
     import signal
     from datetime import UTC, datetime, timedelta
 
@@ -198,18 +244,31 @@ async def test_sigstop_longer_than_the_ttl_sends_nothing_for_lost_shards_then_re
             await trio.sleep(2)
             stopped_at = datetime.now(UTC)
             c.kill("n2", signal.SIGSTOP)
-            await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n3"}), what="taken over"))
+            await trio.to_thread.run_sync(
+                lambda: c.wait_for(lambda v: balanced(v, {"n1", "n3"}), what="taken over")
+            )
             await trio.sleep(1)
             c.kill("n2", signal.SIGCONT)
-            await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}),
-                                                             what="n2 back in"))
+            await trio.to_thread.run_sync(
+                lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}), what="n2 back in")
+            )
             rejoined = datetime.now(UTC)
             await trio.sleep(2)
-    late = [r for r in target.received if r.headers["x-shardwheel-node"] == "n2"
-            and stopped_at + timedelta(seconds=TTL) < datetime.fromisoformat(r.slot) < rejoined - timedelta(seconds=1)]
+    late = [
+        r
+        for r in target.received
+        if r.headers["x-shardwheel-node"] == "n2"
+        and stopped_at + timedelta(seconds=TTL)
+        < datetime.fromisoformat(r.slot)
+        < rejoined - timedelta(seconds=1)
+    ]
     assert late == []  # nothing from n2 for the time its lease was dead
-    assert [r for r in target.received if r.headers["x-shardwheel-node"] == "n2"
-            and datetime.fromisoformat(r.slot) > rejoined + timedelta(seconds=1)]  # it fires again after rejoining
+    assert [
+        r
+        for r in target.received
+        if r.headers["x-shardwheel-node"] == "n2"
+        and datetime.fromisoformat(r.slot) > rejoined + timedelta(seconds=1)
+    ]  # it fires again after rejoining
     amo = Counter((r.job, r.slot) for r in target.received)
     assert not [k for k, n in amo.items() if n > 2]
 
@@ -236,22 +295,27 @@ async def test_etcd_outage_longer_than_the_ttl_then_recovery(db_dsn: str, tmp_pa
                 await trio.sleep(3 * TTL)
                 silent_from, silent_to = stopped + timedelta(seconds=TTL + 0.5), datetime.now(UTC)
                 etcd.start()
-                await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"}),
-                                                                 what="recovered"))
+                await trio.to_thread.run_sync(
+                    lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"}), what="recovered")
+                )
                 await trio.sleep(3)
                 recovered = datetime.now(UTC)
     finally:
         etcd.stop()
-    during = [r for r in target.received if silent_from < datetime.fromtimestamp(r.at_ms / 1000, UTC) < silent_to]
+    during = [
+        r for r in target.received if silent_from < datetime.fromtimestamp(r.at_ms / 1000, UTC) < silent_to
+    ]
     assert during == []  # no node sent after its valid_until
-    assert [r for r in target.received
-            if datetime.fromisoformat(r.slot) > recovered - timedelta(seconds=2)]  # firing again
+    assert [
+        r for r in target.received if datetime.fromisoformat(r.slot) > recovered - timedelta(seconds=2)
+    ]  # firing again
     dup = Counter((r.job, r.slot) for r in target.received)
     assert max(dup.values()) == 1  # AT_MOST_ONCE: nothing twice
 
 
-async def test_a_fenced_shard_whose_key_is_still_ours_is_taken_again(db_dsn: str, etcd_server: EmbeddedEtcd,
-                                                                      etcd_prefix: str) -> None:
+async def test_a_fenced_shard_whose_key_is_still_ours_is_taken_again(
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
     from datetime import UTC, datetime, timedelta
 
     from protocol.shards import shard_of

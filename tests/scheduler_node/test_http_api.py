@@ -39,7 +39,9 @@ async def test_health_ready_metrics_and_write_errors(db_dsn: str) -> None:
             upsert = msgspec.json.encode(JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=SPEC))
             assert (await c.post(f"/internal/v1/jobs/{mine}", content=upsert)).status_code == 401
             wrong = {"authorization": "Bearer nope"}
-            assert (await c.post(f"/internal/v1/jobs/{mine}", content=upsert, headers=wrong)).status_code == 401
+            assert (
+                await c.post(f"/internal/v1/jobs/{mine}", content=upsert, headers=wrong)
+            ).status_code == 401
 
             r = await c.post(f"/internal/v1/jobs/{other}", content=upsert, headers=auth)
             assert r.status_code == 409
@@ -47,17 +49,23 @@ async def test_health_ready_metrics_and_write_errors(db_dsn: str) -> None:
 
             r = await c.post(f"/internal/v1/jobs/{mine}", content=upsert, headers=auth)
             assert r.status_code == 200 and r.json()["version"] == 1 and r.json()["created"] is True
-            stale = msgspec.json.encode(JobWrite(op=JobWriteOp.PAUSE, actor="t", tenant="acme", expected_version=7))
+            stale = msgspec.json.encode(
+                JobWrite(op=JobWriteOp.PAUSE, actor="t", tenant="acme", expected_version=7)
+            )
             r = await c.post(f"/internal/v1/jobs/{mine}", content=stale, headers=auth)
             assert r.status_code == 412
-            assert msgspec.json.decode(r.content, type=VersionConflict) == VersionConflict(expected=7, actual=1)
+            assert msgspec.json.decode(r.content, type=VersionConflict) == VersionConflict(
+                expected=7, actual=1
+            )
 
             bad = upsert.replace(b'"every":"1h"', b'"every":"P1M"')
             r = await c.post(f"/internal/v1/jobs/{mine}", content=bad, headers=auth)
             assert r.status_code == 422 and r.json()["error"].startswith("schedule.every:")
             r = await c.post(f"/internal/v1/jobs/{mine}", content=b"{", headers=auth)
             assert r.status_code == 422
-            r = await c.post("/internal/v1/jobs/not-a-uuid-at-all-really-not-0000", content=upsert, headers=auth)
+            r = await c.post(
+                "/internal/v1/jobs/not-a-uuid-at-all-really-not-0000", content=upsert, headers=auth
+            )
             assert r.status_code in (400, 404)
             assert (await c.get("/nowhere")).status_code == 404
             status = (await c.get("/internal/v1/status", headers=auth)).json()

@@ -18,9 +18,17 @@ def test_worked_example() -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.integers(1, 5000), st.integers(0, 400), st.integers(0, 20_000), st.integers(0, 200_000),
-       st.sampled_from(MisfirePolicy), st.integers(1, 50))
-def test_against_model(period: int, first: int, grace: int, now: int, kind: MisfirePolicy, catchup: int) -> None:
+@given(
+    st.integers(1, 5000),
+    st.integers(0, 400),
+    st.integers(0, 20_000),
+    st.integers(0, 200_000),
+    st.sampled_from(MisfirePolicy),
+    st.integers(1, 50),
+)
+def test_against_model(
+    period: int, first: int, grace: int, now: int, kind: MisfirePolicy, catchup: int
+) -> None:
     policy = Misfire(kind, grace_ms=grace, max_catchup=catchup)
     all_slots = [first + k * period for k in range(2000)]
     plan = plan_missed(iter(all_slots), now, policy)
@@ -31,8 +39,11 @@ def test_against_model(period: int, first: int, grace: int, now: int, kind: Misf
     # nothing fires or is skipped twice; all of it was missed; the recorded part is bounded
     assert set(plan.fire).isdisjoint(plan.skip) and set(plan.fire) | set(plan.skip) <= set(seen)
     assert len(plan.skip) <= catchup and len(plan.fire) <= catchup
-    expected_fire = {MisfirePolicy.FIRE_ONCE: seen[:1], MisfirePolicy.SKIP: [],
-                     MisfirePolicy.FIRE_ALL: seen[:catchup]}[kind]
+    expected_fire = {
+        MisfirePolicy.FIRE_ONCE: seen[:1],
+        MisfirePolicy.SKIP: [],
+        MisfirePolicy.FIRE_ALL: seen[:catchup],
+    }[kind]
     assert plan.fire == expected_fire
     if not plan.truncated:
         not_missed = [s for s in all_slots if s >= now - grace]

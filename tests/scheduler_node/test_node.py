@@ -16,7 +16,17 @@ from protocol.internal import JobWriteOp
 from protocol.jobs import Concurrency, JobSpec, JobState, Target as JobTarget
 from protocol.schedules import At, Cron, Every
 
-from .harness import Behaviour, create, executions, node_running, query, statuses, target_running, wait_for, write
+from .harness import (
+    Behaviour,
+    create,
+    executions,
+    node_running,
+    query,
+    statuses,
+    target_running,
+    wait_for,
+    write,
+)
 
 
 def spec(url: str, schedule: object = None, **kw: object) -> JobSpec:
@@ -34,7 +44,13 @@ async def test_every_second_cron_fires_every_second(db_dsn: str) -> None:
         assert {r.job for r in got} == {str(job)}
         assert all(r.headers["idempotency-key"].startswith(f"{job}:") for r in got)
         for r in got:  # drift: received within a second of its slot (wide bound: shared, noisy machine)
-            assert 0 <= r.at_ms - slots[0].timestamp() * 1000 - (slots.index(datetime.fromisoformat(r.slot))) * 1000 < 1000
+            assert (
+                0
+                <= r.at_ms
+                - slots[0].timestamp() * 1000
+                - (slots.index(datetime.fromisoformat(r.slot))) * 1000
+                < 1000
+            )
     rows = await executions(db_dsn, job)
     assert len(rows) >= 4 and all(r["status"] == "succeeded" for r in rows[:4])
     assert all(r["http_status"] == 200 and r["dispatch_lag_ms"] is not None for r in rows[:4])
@@ -102,9 +118,17 @@ async def test_retries_with_growing_gaps_then_failure_with_alert(db_dsn: str) ->
     async with target_running() as target, node_running(db_dsn) as node:
         hook = target.url("/alerts")
         target.behaviours["/fail"] = Behaviour(status=500)
-        job = await create(node, spec(target.url("/fail"), At(soon(1.5)), alert_webhook=hook,
-                                      retry=RetryPolicy(max_attempts=3, initial_backoff_ms=300, multiplier=3.0,
-                                                        max_backoff_ms=10_000, jitter=0.0)))
+        job = await create(
+            node,
+            spec(
+                target.url("/fail"),
+                At(soon(1.5)),
+                alert_webhook=hook,
+                retry=RetryPolicy(
+                    max_attempts=3, initial_backoff_ms=300, multiplier=3.0, max_backoff_ms=10_000, jitter=0.0
+                ),
+            ),
+        )
         await wait_for(lambda: _count(target, "/alerts", 1), timeout=15)
     attempts = target.at("/fail")
     assert [r.headers["x-shardwheel-attempt"] for r in attempts] == ["1", "2", "3"]
@@ -124,8 +148,9 @@ async def test_timeout_is_enforced(db_dsn: str) -> None:
 
     async with target_running() as target, node_running(db_dsn) as node:
         target.behaviours["/slow"] = Behaviour(delay_s=3)
-        job = await create(node, spec(target.url("/slow"), At(soon(1.5)), timeout_ms=300,
-                                      retry=RetryPolicy(max_attempts=1)))
+        job = await create(
+            node, spec(target.url("/slow"), At(soon(1.5)), timeout_ms=300, retry=RetryPolicy(max_attempts=1))
+        )
 
         async def ended() -> bool:
             return await statuses(db_dsn, job) == [S.TIMED_OUT]
@@ -138,7 +163,9 @@ async def test_timeout_is_enforced(db_dsn: str) -> None:
 async def test_forbid_skips_overlapping_slots(db_dsn: str) -> None:
     async with target_running() as target, node_running(db_dsn) as node:
         target.behaviours["/forbid"] = Behaviour(delay_s=2.5)
-        job = await create(node, spec(target.url("/forbid"), concurrency=Concurrency.FORBID, timeout_ms=10_000))
+        job = await create(
+            node, spec(target.url("/forbid"), concurrency=Concurrency.FORBID, timeout_ms=10_000)
+        )
 
         async def some_skipped() -> bool:
             st = await statuses(db_dsn, job)
@@ -148,10 +175,30 @@ async def test_forbid_skips_overlapping_slots(db_dsn: str) -> None:
     assert target.max_in_flight == 1
 
 
+async def test_forbid_sees_a_finished_run_while_another_host_keeps_sends_queued(db_dsn: str) -> None:
+    # Outcomes are recorded once the dispatcher's queue is empty (at most a second later). A slow host kept at
+    # its cap keeps that queue busy; the FORBID job on another host must still see its last run as finished.
+    async with target_running() as target, node_running(db_dsn, per_host_limit=1) as node:
+        target.behaviours["/slow"] = Behaviour(delay_s=3)
+        for _ in range(3):
+            await create(node, spec(target.url("/slow"), timeout_ms=30_000))
+        fast = target.url("/fast").replace("127.0.0.1", "localhost")  # its own origin, its own cap
+        job = await create(node, spec(fast, concurrency=Concurrency.FORBID))
+
+        async def six_done() -> bool:
+            return (await statuses(db_dsn, job)).count(S.SUCCEEDED) >= 6
+
+        await wait_for(six_done, timeout=20)
+        assert node.engine is not None and node.engine.dispatcher.waiting > 0  # the slow host still queues
+    assert S.SKIPPED_OVERLAP not in await statuses(db_dsn, job)
+
+
 async def test_replace_cancels_the_run_in_flight(db_dsn: str) -> None:
     async with target_running() as target, node_running(db_dsn) as node:
         target.behaviours["/replace"] = Behaviour(delay_s=5)
-        job = await create(node, spec(target.url("/replace"), concurrency=Concurrency.REPLACE, timeout_ms=10_000))
+        job = await create(
+            node, spec(target.url("/replace"), concurrency=Concurrency.REPLACE, timeout_ms=10_000)
+        )
 
         async def some_cancelled() -> bool:
             return (await statuses(db_dsn, job)).count(S.CANCELLED) >= 2
@@ -169,17 +216,25 @@ async def test_restart_after_being_down_applies_each_misfire_policy(db_dsn: str)
     policies = {p: Misfire(p, grace_ms=grace) for p in MisfirePolicy}
     async with target_running() as target:
         async with node_running(db_dsn) as node:
-            jobs = {p: await create(node, spec(target.url(f"/m/{p.value}"), misfire=m)) for p, m in policies.items()}
+            jobs = {
+                p: await create(node, spec(target.url(f"/m/{p.value}"), misfire=m))
+                for p, m in policies.items()
+            }
             await wait_for(lambda: _all_fired(target, policies), timeout=8)
-        last_sent = {p: max(datetime.fromisoformat(r.slot) for r in target.at(f"/m/{p.value}")) for p in policies}
+        last_sent = {
+            p: max(datetime.fromisoformat(r.slot) for r in target.at(f"/m/{p.value}")) for p in policies
+        }
         await trio.sleep(5)
         async with node_running(db_dsn):
             back = datetime.now(UTC)
             await trio.sleep(2.5)
     for policy, job in jobs.items():
         rows = await executions(db_dsn, job)
-        missed = [r for r in rows
-                  if last_sent[policy] < r["scheduled_at"] < back - timedelta(milliseconds=grace + 200)]
+        missed = [
+            r
+            for r in rows
+            if last_sent[policy] < r["scheduled_at"] < back - timedelta(milliseconds=grace + 200)
+        ]
         assert len(missed) >= 2, (policy, rows)
         sent = sorted(r.slot for r in target.at(f"/m/{policy.value}"))
         assert len(sent) == len(set(sent)), policy  # no slot twice
@@ -218,7 +273,9 @@ async def test_at_most_once_never_resends_and_at_least_once_resends_after_a_cras
         async with node_running(db_dsn):
 
             async def settled() -> bool:
-                return await statuses(db_dsn, alo) == [S.SUCCEEDED] and await statuses(db_dsn, amo) == [S.LOST]
+                return await statuses(db_dsn, alo) == [S.SUCCEEDED] and await statuses(db_dsn, amo) == [
+                    S.LOST
+                ]
 
             await wait_for(settled, timeout=10)
             await trio.sleep(1)
@@ -233,7 +290,9 @@ async def test_a_newer_epoch_stops_the_node_firing_that_shard(db_dsn: str) -> No
         job = await create(node, spec(target.url("/fenced")))
         await wait_for(lambda: _count(target, "/fenced", 2))
         shard = shard_of(job)
-        await query(db_dsn, "UPDATE shard_epochs SET epoch = epoch + 1, owner = 'thief' WHERE shard = $1", shard)
+        await query(
+            db_dsn, "UPDATE shard_epochs SET epoch = epoch + 1, owner = 'thief' WHERE shard = $1", shard
+        )
         bumped = len(target.at("/fenced"))
         await trio.sleep(3)
         assert len(target.at("/fenced")) <= bumped + 1  # at most the slot already claimed before the bump
@@ -262,8 +321,14 @@ async def test_signature_verifies_with_the_documented_recipe(db_dsn: str) -> Non
     from scheduler_node.dispatch import verify_signature
 
     async with target_running() as target, node_running(db_dsn, signing_secret="s3cret") as node:
-        await create(node, JobSpec(name="signed", schedule=At(soon(1.5)),
-                                   target=JobTarget(url=target.url("/signed"), body={"hello": "world"})))
+        await create(
+            node,
+            JobSpec(
+                name="signed",
+                schedule=At(soon(1.5)),
+                target=JobTarget(url=target.url("/signed"), body={"hello": "world"}),
+            ),
+        )
         await wait_for(lambda: _count(target, "/signed", 1))
     (r,) = target.at("/signed")
     now = datetime.now(UTC).timestamp()
@@ -283,8 +348,22 @@ async def test_sigterm_releases_claims_flushes_and_loses_no_result(db_dsn: str) 
     from .harness import SECRET
 
     port = free_port()
-    args = [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", db_dsn, "--port", str(port),
-            "--node-id", "node-term", "--cluster-secret", SECRET, "--release-timeout", "5"]
+    args = [
+        sys.executable,
+        "-m",
+        "shardwheel.cli",
+        "node",
+        "--dsn",
+        db_dsn,
+        "--port",
+        str(port),
+        "--node-id",
+        "node-term",
+        "--cluster-secret",
+        SECRET,
+        "--release-timeout",
+        "5",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
     async with target_running() as target:
         target.behaviours["/term"] = Behaviour(delay_s=0.3)
@@ -308,8 +387,11 @@ async def test_sigterm_releases_claims_flushes_and_loses_no_result(db_dsn: str) 
     rows = await query(db_dsn, "SELECT * FROM executions WHERE job_id = ANY($1::uuid[])", jobs)
     assert not [r for r in rows if r["status"] in ("claimed", "retry_wait")]  # nothing left hanging
     received = {(r.job, r.slot) for r in target.at("/term")}
-    succeeded = {(str(r["job_id"]), r["scheduled_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z"))
-                 for r in rows if r["status"] == "succeeded"}
+    succeeded = {
+        (str(r["job_id"]), r["scheduled_at"].isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        for r in rows
+        if r["status"] == "succeeded"
+    }
     assert succeeded == received  # every request sent has its result stored, and only those
     assert not [r for r in rows if r["scheduled_at"] >= next_slot]  # the claimed-unsent slots were given back
     cursors = await query(db_dsn, "SELECT last_slot FROM job_cursor WHERE job_id = ANY($1::uuid[])", jobs)
@@ -342,7 +424,9 @@ async def test_graceful_stop_gives_back_claimed_unsent_slots(db_dsn: str) -> Non
             next_slot = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
             assert node.engine is not None
             unsent = sum(len(u) for u in node.engine._unsent.values())
-            claimed = await query(db_dsn, "SELECT count(*) AS n FROM executions WHERE scheduled_at = $1", next_slot)
+            claimed = await query(
+                db_dsn, "SELECT count(*) AS n FROM executions WHERE scheduled_at = $1", next_slot
+            )
             assert unsent == 10 and claimed[0]["n"] == 10  # the next second is claimed, not yet sent
     rows = await query(db_dsn, "SELECT * FROM executions WHERE job_id = ANY($1::uuid[])", jobs)
     assert not [r for r in rows if r["scheduled_at"] >= next_slot]
@@ -350,7 +434,9 @@ async def test_graceful_stop_gives_back_claimed_unsent_slots(db_dsn: str) -> Non
     assert len(rows) == len(target.at("/give"))
 
 
-async def test_a_slot_claimed_at_write_time_fires_even_when_the_next_is_beyond_the_horizon(db_dsn: str) -> None:
+async def test_a_slot_claimed_at_write_time_fires_even_when_the_next_is_beyond_the_horizon(
+    db_dsn: str,
+) -> None:
     async with target_running() as target, node_running(db_dsn) as node:
         start = datetime.now(UTC) + timedelta(milliseconds=200)
         start = start.replace(microsecond=start.microsecond // 1000 * 1000)

@@ -290,8 +290,9 @@ def test_handover_kinds_from_one_view() -> None:
     current = {0: "dead", 1: "d", 2: "b", 3: "a"}
     pins = {0: "a", 1: "a", 2: "a", 3: "b"}
     plan = plan_for("a", 4, live, drained={"d"}, pins=pins, current=current)
-    assert plan == Plan("a", keep=frozenset(), take=frozenset({0}), awaiting=frozenset({1, 2}),
-                        release=frozenset({3}))
+    assert plan == Plan(
+        "a", keep=frozenset(), take=frozenset({0}), awaiting=frozenset({1, 2}), release=frozenset({3})
+    )
     assert not plan.settled
     assert plan_for("d", 4, live, drained={"d"}, pins=pins, current=current).release == {1}
     assert plan_for("stranger", 4, live, pins=pins, current=current) == Plan(
@@ -329,7 +330,11 @@ def test_shard_outside_the_range_is_refused_naming_the_field(field: str, kwargs:
 
 def test_public_api() -> None:
     assert sorted(planner.__all__) == [
-        "Plan", "fair_shares", "plan_for", "plan_from_target", "target_assignment"
+        "Plan",
+        "fair_shares",
+        "plan_for",
+        "plan_from_target",
+        "target_assignment",
     ]
     assert all(hasattr(planner, name) for name in planner.__all__)
 
@@ -374,18 +379,14 @@ def test_converges_balanced_in_two_synchronous_rounds(view: View) -> None:
 
 @settings(max_examples=60)
 @given(views(max_shards=64), st.randoms(use_true_random=False))
-def test_converges_balanced_when_nodes_act_on_different_views(
-    view: View, rng: random.Random
-) -> None:
+def test_converges_balanced_when_nodes_act_on_different_views(view: View, rng: random.Random) -> None:
     shards, live, drained, pins, current = view
     owners = run_turns(shards, live, drained, pins, current, rng, max_rounds=3)
     assert_balanced(owners, shards, live, drained, pins)
 
 
 @given(views())
-def test_one_view_wants_each_shard_once_and_shares_match_the_reference(
-    view: View
-) -> None:
+def test_one_view_wants_each_shard_once_and_shares_match_the_reference(view: View) -> None:
     shards, live, drained, pins, current = view
     assert_one_view_consistent(shards, live, drained, pins, current)
     shares = fair_shares(shards, live, drained=drained, pins=pins, current=current)
@@ -395,9 +396,7 @@ def test_one_view_wants_each_shard_once_and_shares_match_the_reference(
 
 
 @given(views(), st.randoms(use_true_random=False))
-def test_same_view_same_plan_whatever_the_input_order(
-    view: View, rng: random.Random
-) -> None:
+def test_same_view_same_plan_whatever_the_input_order(view: View, rng: random.Random) -> None:
     shards, live, drained, pins, current = view
 
     def shuffled_dict(d: dict[int, str]) -> dict[int, str]:
@@ -408,8 +407,11 @@ def test_same_view_same_plan_whatever_the_input_order(
     live_list = sorted(live) * 2  # duplicates, in another order
     rng.shuffle(live_list)
     kwargs_a: dict[str, Any] = {"drained": frozenset(drained), "pins": pins, "current": current}
-    kwargs_b: dict[str, Any] = {"drained": list(reversed(sorted(drained))), "pins": shuffled_dict(pins),
-                "current": shuffled_dict(current)}
+    kwargs_b: dict[str, Any] = {
+        "drained": list(reversed(sorted(drained))),
+        "pins": shuffled_dict(pins),
+        "current": shuffled_dict(current),
+    }
     target = target_assignment(shards, live, **kwargs_a)
     assert target == target_assignment(shards, iter(live_list), **kwargs_b)
     assert fair_shares(shards, live, **kwargs_a) == fair_shares(shards, live_list, **kwargs_b)
@@ -425,8 +427,11 @@ def test_join_moves_exactly_the_newcomers_share(shards: int, n: int, data: st.Da
     after = run_rounds(shards, live | {"new"}, pins=pins, current=before)
     changed = moved(before, after)
     assert all(after[s] == "new" for s in changed)
-    assert len(changed) == Counter(after.values())["new"] == fair_shares(shards, live | {"new"}, pins=pins,
-                                                                          current=after)["new"]
+    assert (
+        len(changed)
+        == Counter(after.values())["new"]
+        == fair_shares(shards, live | {"new"}, pins=pins, current=after)["new"]
+    )
 
 
 @given(st.integers(1, 300), st.integers(2, 8), st.data())
@@ -463,8 +468,14 @@ class Cluster(RuleBasedStateMachine):
         self.owners = self.settle()
 
     def settle(self, owners: Owners | None = None) -> Owners:
-        return run_turns(self.shards, self.live, self.drained, self.pins, dict(self.owners if owners is None
-                                                                              else owners), self.rng)
+        return run_turns(
+            self.shards,
+            self.live,
+            self.drained,
+            self.pins,
+            dict(self.owners if owners is None else owners),
+            self.rng,
+        )
 
     @precondition(lambda self: len(self.live) < len(NODES))
     @rule(data=st.data())

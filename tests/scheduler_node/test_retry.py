@@ -10,9 +10,17 @@ from scheduler_node.retry import AttemptResult, FailureKind, backoff_ms, decide,
 
 policies = st.builds(
     lambda initial, extra, mult, jitter, attempts: RetryPolicy(
-        max_attempts=attempts, initial_backoff_ms=initial, multiplier=mult,
-        max_backoff_ms=initial + extra, jitter=jitter),
-    st.integers(0, 100_000), st.integers(0, 1_000_000), st.floats(1.0, 10.0), st.floats(0.0, 1.0), st.integers(1, 20),
+        max_attempts=attempts,
+        initial_backoff_ms=initial,
+        multiplier=mult,
+        max_backoff_ms=initial + extra,
+        jitter=jitter,
+    ),
+    st.integers(0, 100_000),
+    st.integers(0, 1_000_000),
+    st.floats(1.0, 10.0),
+    st.floats(0.0, 1.0),
+    st.integers(1, 20),
 )
 results = st.builds(
     AttemptResult,
@@ -24,12 +32,16 @@ results = st.builds(
 )
 
 
-def reference(semantics: Semantics, success: Success, policy: RetryPolicy, attempt: int, r: AttemptResult,
-              u: float) -> tuple[ExecutionStatus | None, int | None]:
+def reference(
+    semantics: Semantics, success: Success, policy: RetryPolicy, attempt: int, r: AttemptResult, u: float
+) -> tuple[ExecutionStatus | None, int | None]:
     """The rules of DESIGN.md §5 written the slow, obvious way."""
-    ok = (r.kind == "response" and r.http_status is not None
-          and ((r.http_status in success.status) if success.status else 200 <= r.http_status <= 299)
-          and (success.body_contains is None or r.body_matched is True))
+    ok = (
+        r.kind == "response"
+        and r.http_status is not None
+        and ((r.http_status in success.status) if success.status else 200 <= r.http_status <= 299)
+        and (success.body_contains is None or r.body_matched is True)
+    )
     if ok:
         return ExecutionStatus.SUCCEEDED, None
     if semantics == "AT_MOST_ONCE":
@@ -48,12 +60,28 @@ def reference(semantics: Semantics, success: Success, policy: RetryPolicy, attem
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.sampled_from(Semantics), st.lists(st.integers(200, 599), max_size=3), st.none() | st.just("ok"),
-       policies, st.integers(1, 20), results, st.floats(0.0, 0.999999))
-def test_agrees_with_reference(semantics: Semantics, statuses: list[int], contains: str | None,
-                               policy: RetryPolicy, attempt: int, result: AttemptResult, u: float) -> None:
+@given(
+    st.sampled_from(Semantics),
+    st.lists(st.integers(200, 599), max_size=3),
+    st.none() | st.just("ok"),
+    policies,
+    st.integers(1, 20),
+    results,
+    st.floats(0.0, 0.999999),
+)
+def test_agrees_with_reference(
+    semantics: Semantics,
+    statuses: list[int],
+    contains: str | None,
+    policy: RetryPolicy,
+    attempt: int,
+    result: AttemptResult,
+    u: float,
+) -> None:
     success = Success(status=statuses, body_contains=contains)
-    d = decide(semantics=semantics, success=success, policy=policy, attempt=attempt, result=result, unit_random=u)
+    d = decide(
+        semantics=semantics, success=success, policy=policy, attempt=attempt, result=result, unit_random=u
+    )
     want_terminal, want_delay = reference(semantics, success, policy, attempt, result, u)
     assert d.terminal == want_terminal
     if want_delay is None:
@@ -64,18 +92,30 @@ def test_agrees_with_reference(semantics: Semantics, statuses: list[int], contai
 
 @settings(max_examples=300, deadline=None)
 @given(policies, results)
-def test_at_most_once_never_retries_after_a_byte_was_written(policy: RetryPolicy, result: AttemptResult) -> None:
+def test_at_most_once_never_retries_after_a_byte_was_written(
+    policy: RetryPolicy, result: AttemptResult
+) -> None:
     if result.bytes_written:
-        d = decide(semantics=Semantics.AT_MOST_ONCE, success=Success(), policy=policy, attempt=1, result=result,
-                   unit_random=0.5)
+        d = decide(
+            semantics=Semantics.AT_MOST_ONCE,
+            success=Success(),
+            policy=policy,
+            attempt=1,
+            result=result,
+            unit_random=0.5,
+        )
         assert d.retry_in_ms is None and d.terminal is not None
 
 
 @settings(max_examples=300, deadline=None)
 @given(policies, st.floats(0.0, 0.999999))
 def test_backoff_grows_and_stays_in_its_jitter_band(policy: RetryPolicy, u: float) -> None:
-    flat = RetryPolicy(initial_backoff_ms=policy.initial_backoff_ms, multiplier=policy.multiplier,
-                       max_backoff_ms=policy.max_backoff_ms, jitter=0.0)
+    flat = RetryPolicy(
+        initial_backoff_ms=policy.initial_backoff_ms,
+        multiplier=policy.multiplier,
+        max_backoff_ms=policy.max_backoff_ms,
+        jitter=0.0,
+    )
     delays = [backoff_ms(flat, n, u) for n in range(1, 12)]
     assert delays == sorted(delays) and max(delays) <= policy.max_backoff_ms
     for n in range(1, 12):
@@ -97,16 +137,28 @@ def test_backoff_grows_and_stays_in_its_jitter_band(policy: RetryPolicy, u: floa
     ],
 )
 def test_named_outcomes_at_least_once(result: AttemptResult, expected: ExecutionStatus | None) -> None:
-    d = decide(semantics=Semantics.AT_LEAST_ONCE, success=Success(), policy=RetryPolicy(), attempt=1,
-               result=result, unit_random=0.5)
+    d = decide(
+        semantics=Semantics.AT_LEAST_ONCE,
+        success=Success(),
+        policy=RetryPolicy(),
+        attempt=1,
+        result=result,
+        unit_random=0.5,
+    )
     assert d.terminal == expected
     if result.retry_after_ms:
         assert d.retry_in_ms == 30_000
 
 
 def test_last_attempt_timeout_is_timed_out() -> None:
-    d = decide(semantics=Semantics.AT_LEAST_ONCE, success=Success(), policy=RetryPolicy(max_attempts=2), attempt=2,
-               result=AttemptResult(FailureKind.TIMEOUT), unit_random=0.5)
+    d = decide(
+        semantics=Semantics.AT_LEAST_ONCE,
+        success=Success(),
+        policy=RetryPolicy(max_attempts=2),
+        attempt=2,
+        result=AttemptResult(FailureKind.TIMEOUT),
+        unit_random=0.5,
+    )
     assert d.terminal == ExecutionStatus.TIMED_OUT
 
 

@@ -29,8 +29,12 @@ class WheelAgainstModel(RuleBasedStateMachine):
 
     handles = Bundle("handles")
 
-    @initialize(tick=st.sampled_from([1, 2, 10]), size=st.sampled_from([2, 3, 4, 16]),
-                levels=st.integers(1, 3), start=st.integers(-100, 100))
+    @initialize(
+        tick=st.sampled_from([1, 2, 10]),
+        size=st.sampled_from([2, 3, 4, 16]),
+        levels=st.integers(1, 3),
+        start=st.integers(-100, 100),
+    )
     def setup(self, tick: int, size: int, levels: int, start: int) -> None:
         self.wheel: TimingWheel[int] = TimingWheel(start, tick_ms=tick, wheel_size=size, levels=levels)
         self.tick = tick
@@ -59,8 +63,11 @@ class WheelAgainstModel(RuleBasedStateMachine):
 
     # -- rules ------------------------------------------------------------------------------------------
 
-    @rule(target=handles, data=st.data(),
-          kind=st.sampled_from(["past", "this tick", "near", "within span", "beyond span", "boundary"]))
+    @rule(
+        target=handles,
+        data=st.data(),
+        kind=st.sampled_from(["past", "this tick", "near", "within span", "beyond span", "boundary"]),
+    )
     def insert(self, data: st.DataObject, kind: str) -> Entry[int]:
         if kind == "past":
             deadline = self.now - data.draw(st.integers(0, 3 * self.tick))
@@ -74,7 +81,9 @@ class WheelAgainstModel(RuleBasedStateMachine):
             deadline = self.now + data.draw(st.integers(self.span, 3 * self.span))
         else:  # a bucket (or span) boundary of some level, at or after now
             step = data.draw(st.sampled_from(self.level_ticks))
-            deadline = (self.now // step + data.draw(st.integers(0, 3))) * step + data.draw(st.sampled_from([-1, 0]))
+            deadline = (self.now // step + data.draw(st.integers(0, 3))) * step + data.draw(
+                st.sampled_from([-1, 0])
+            )
         serial = next(self.serials)
         entry = self.wheel.insert(deadline, serial)
         assert entry.pending and entry.deadline_ms == deadline and entry.payload == serial

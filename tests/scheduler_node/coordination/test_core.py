@@ -68,7 +68,9 @@ def test_lease_grant_keepalive_ttl_and_revoke(coord: EtcdCoordinator) -> None:
     assert coord.keepalive(lease.lease_id) == lease.ttl  # a keepalive restores the full granted TTL
     remaining = coord.lease_ttl(lease.lease_id)
     assert remaining is not None and 0 <= remaining <= lease.ttl  # whole seconds, rounded down
-    assert coord.grant_lease(1).ttl >= 1  # etcd may round a tiny TTL up (to 2 s by default): use the granted one
+    assert (
+        coord.grant_lease(1).ttl >= 1
+    )  # etcd may round a tiny TTL up (to 2 s by default): use the granted one
     assert coord.revoke(lease.lease_id) is True
     assert coord.revoke(lease.lease_id) is False
     assert coord.keepalive(lease.lease_id) is None
@@ -153,8 +155,9 @@ def test_release_and_epoch_only_touch_our_own_key(coord: EtcdCoordinator, other:
     other.revoke(lb)
 
 
-def test_snapshot_reflects_nodes_owners_and_admin_marks(coord: EtcdCoordinator, other: EtcdCoordinator,
-                                                        etcd_server: EmbeddedEtcd, layout: KeyLayout) -> None:
+def test_snapshot_reflects_nodes_owners_and_admin_marks(
+    coord: EtcdCoordinator, other: EtcdCoordinator, etcd_server: EmbeddedEtcd, layout: KeyLayout
+) -> None:
     la, lb = coord.grant_lease(10).lease_id, other.grant_lease(10).lease_id
     coord.register_node(node("a"), la)
     other.register_node(node("b"), lb)
@@ -237,8 +240,13 @@ def test_unreachable_etcd_is_a_quick_infrastructure_error(layout: KeyLayout) -> 
     port = free_port()  # nothing listens there
     with EtcdCoordinator(f"http://127.0.0.1:{port}", layout, timeout=1.0) as dead:
         calls: list[Callable[[], object]] = [
-            dead.snapshot, lambda: dead.keepalive(1), lambda: dead.grant_lease(2), lambda: dead.drain("n"),
-            lambda: dead.try_acquire_shard(1, "n", 1), lambda: dead.watch(lambda n: None), lambda: dead.snapshot(),
+            dead.snapshot,
+            lambda: dead.keepalive(1),
+            lambda: dead.grant_lease(2),
+            lambda: dead.drain("n"),
+            lambda: dead.try_acquire_shard(1, "n", 1),
+            lambda: dead.watch(lambda n: None),
+            lambda: dead.snapshot(),
         ]
         for call in calls:
             t0 = time.monotonic()

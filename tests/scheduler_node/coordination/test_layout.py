@@ -25,7 +25,8 @@ from scheduler_node.coordination.records import decode_node, decode_shard, encod
 from scheduler_node.coordination.view import KV, build_view
 
 node_ids = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=20).filter(
-    lambda s: s.isprintable() and s.strip() == s)
+    lambda s: s.isprintable() and s.strip() == s
+)
 
 
 def test_layout_names_every_key() -> None:
@@ -44,8 +45,11 @@ def test_layout_names_every_key() -> None:
 @given(node_ids, st.integers(0, 10**6))
 def test_parse_inverts_the_builders(node_id: str, shard: int) -> None:
     layout = KeyLayout("c", prefix="/p")
-    for kind, key in [(KeyKind.NODE, layout.node(node_id)), (KeyKind.STATUS, layout.status(node_id)),
-                      (KeyKind.DRAINED, layout.drained(node_id))]:
+    for kind, key in [
+        (KeyKind.NODE, layout.node(node_id)),
+        (KeyKind.STATUS, layout.status(node_id)),
+        (KeyKind.DRAINED, layout.drained(node_id)),
+    ]:
         assert layout.parse(key) == (kind, node_id)
         assert layout.parse(key.encode()) == (kind, node_id)
     assert layout.parse(layout.shard(shard)) == (KeyKind.SHARD, str(shard))
@@ -54,10 +58,22 @@ def test_parse_inverts_the_builders(node_id: str, shard: int) -> None:
     assert layout.parse(layout.rebalance) == (KeyKind.REBALANCE, "")
 
 
-@pytest.mark.parametrize("key", [
-    "/p/c", "/p/c/", "/p/other/nodes/n1", "/p/c/nodes/", "/p/c/nodes", "/p/c/shards/x", "/p/c/shards/-1",
-    "/p/c/admin/pins/abc", "/p/c/future/thing", "/p/c/nodes/a/b", "/p/c/admin/paused/x",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "/p/c",
+        "/p/c/",
+        "/p/other/nodes/n1",
+        "/p/c/nodes/",
+        "/p/c/nodes",
+        "/p/c/shards/x",
+        "/p/c/shards/-1",
+        "/p/c/admin/pins/abc",
+        "/p/c/future/thing",
+        "/p/c/nodes/a/b",
+        "/p/c/admin/paused/x",
+    ],
+)
 def test_parse_ignores_unknown_keys(key: str) -> None:
     assert KeyLayout("c", prefix="/p").parse(key) is None
 
@@ -125,12 +141,16 @@ def test_view_from_one_read() -> None:
 def test_live_owners_ignore_an_earlier_incarnation() -> None:
     """n1 restarted with lease 20; the shard key its old process (lease 10) left is not the new n1's."""
     layout = KeyLayout("c", prefix="/p")
-    view = build_view(layout, [
-        KV(layout.node("n1").encode(), encode(NodeInfo("n1", "http://a", 9.0)), 20, 30),
-        KV(layout.shard(0).encode(), encode(ShardRecord("n1", 3)), 10, 5),
-        KV(layout.shard(1).encode(), encode(ShardRecord("n1", 4)), 20, 31),
-        KV(layout.shard(2).encode(), encode(ShardRecord("gone", 1)), 11, 6),
-    ], revision=32)
+    view = build_view(
+        layout,
+        [
+            KV(layout.node("n1").encode(), encode(NodeInfo("n1", "http://a", 9.0)), 20, 30),
+            KV(layout.shard(0).encode(), encode(ShardRecord("n1", 3)), 10, 5),
+            KV(layout.shard(1).encode(), encode(ShardRecord("n1", 4)), 20, 31),
+            KV(layout.shard(2).encode(), encode(ShardRecord("gone", 1)), 11, 6),
+        ],
+        revision=32,
+    )
     assert view.owner_of(0) == "n1" and view.live_owners() == {1: "n1"}
 
 

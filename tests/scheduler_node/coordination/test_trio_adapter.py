@@ -116,8 +116,9 @@ async def test_open_owns_the_core(etcd_server: EmbeddedEtcd, layout: KeyLayout) 
         assert [n async for n in changes] == []
 
 
-def test_watch_callback_after_the_run_ended_is_harmless(coord: EtcdCoordinator, monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_watch_callback_after_the_run_ended_is_harmless(
+    coord: EtcdCoordinator, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """Keep the watch alive past ``trio.run`` (its cancel is suppressed), then change a key: the bridge's
     ``run_sync_soon`` meets a finished run and must swallow ``RunFinishedError`` on pyetcd's thread."""
     handles: list[WatchHandle] = []

@@ -512,3 +512,57 @@ async def test_tls_hostname_mismatch_fails(
     async with Dispatcher(ssl_context=client_tls) as d:
         o = await send(d, template(s.url(scheme="https")))
     assert o.kind is OutcomeKind.CONNECT_ERROR and o.error is not None and "match" in o.error.lower()
+
+
+async def test_an_exchange_expired_in_the_queue_is_never_written(server: TestServer) -> None:
+    # The reactor may free a connection before it expires deadlines: the queue itself refuses a late write.
+    server.handler = lambda r: Reply(delay_s=0.3)
+    t = template(server.url())
+    async with Dispatcher(per_host_limit=1) as d:
+        first = d.submit(t, scheduled_at_ms=SLOT_MS, attempt=1, origin="scheduled", timeout_s=5)
+        late = d.submit(t, scheduled_at_ms=SLOT_MS + 1000, attempt=1, origin="scheduled", timeout_s=5)
+        late.deadline = trio.current_time() - 1  # expired, and its heap entry not due for seconds
+        with trio.fail_after(5):
+            while first.outcome is None or late.outcome is None:
+                await trio.sleep(0.01)
+    assert first.outcome.kind is OutcomeKind.RESPONSE
+    assert late.outcome.kind is OutcomeKind.TIMEOUT and not late.outcome.bytes_written
+    assert len(server.requests) == 1
+
+
+async def test_aclose_ends_a_send_still_connecting(nursery: trio.Nursery) -> None:
+    silent = socket.socket()  # accepts TCP (the kernel's backlog) and never answers the TLS handshake
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    got: list[Outcome] = []
+    async with Dispatcher(connect_timeout_s=30) as d:
+
+        async def one() -> None:
+            got.append(await send(d, template(f"https://127.0.0.1:{port}/"), timeout_s=30))
+
+        nursery.start_soon(one)
+        await trio.sleep(0.2)
+        assert d.statistics().in_flight == 1
+        with trio.fail_after(2):
+            await d.aclose()
+            while not got:
+                await trio.sleep(0.01)
+    silent.close()
+    assert got[0].kind is OutcomeKind.CANCELLED and not got[0].bytes_written
+
+
+async def test_a_response_before_the_whole_request_went_out_is_not_kept_alive() -> None:
+    # A server may answer (413, 401...) before reading a large body; what is left of the request must not
+    # precede the next request on that connection.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    conn = Connection(HttpOrigin("http", "peer", 80), a)
+    big = b"POST / HTTP/1.1\r\nHost: peer\r\nContent-Length: 8000000\r\n\r\n" + b"x" * 8_000_000
+    assert conn.begin(big, needle=None, max_body=1024) is False  # the socket took only part of it
+    b.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert conn.readable() is True
+    conn.finish()
+    assert conn.status == 413 and conn.complete and not conn.keep_alive
+    conn.close()
+    b.close()
