@@ -37,7 +37,6 @@ import os
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime
 from typing import Any
 
 import httpx
@@ -48,18 +47,11 @@ from hdrh.histogram import HdrHistogram
 from protocol.jobs import Target
 from scheduler_node.dispatch import Dispatcher, Exchange, Outcome, RequestTemplate, format_scheduled_at
 
-from .results import start_sink, stop_sink
+from .results import drift_summary, read_sink, start_sink, stop_sink
 
 __all__ = ["main", "run"]
 
 _QUANTILES = (50.0, 90.0, 99.0)
-
-
-class _Record(msgspec.Struct):
-    recv_ns: int
-    job: str | None
-    scheduled_at: str | None
-    node: str | None
 
 
 async def _burst(
@@ -172,38 +164,17 @@ def _summary(h: HdrHistogram) -> dict[str, float]:
 
 
 def _drift(out: str, n: int) -> dict[str, Any]:
-    dec = msgspec.json.Decoder(_Record)
-    slot_cache: dict[str, int] = {}
-    hist = HdrHistogram(1, 60_000_000, 3)
-    seen: Counter[str] = Counter()
-    early = 0
-    first_ns = last_ns = None
-    with open(out, "rb") as f:
-        for line in f:
-            r = dec.decode(line)
-            if r.job is None or not r.job.startswith("bench-") or r.scheduled_at is None:
-                continue  # warm-up and stats
-            seen[r.job] += 1
-            ms = slot_cache.get(r.scheduled_at)
-            if ms is None:
-                ms = slot_cache[r.scheduled_at] = round(
-                    datetime.fromisoformat(r.scheduled_at).timestamp() * 1000
-                )
-            drift_us = (r.recv_ns - ms * 1_000_000) // 1000
-            if drift_us < 0:
-                early += 1
-            hist.record_value(max(1, drift_us))
-            first_ns = r.recv_ns if first_ns is None else min(first_ns, r.recv_ns)
-            last_ns = r.recv_ns if last_ns is None else max(last_ns, r.recv_ns)
-    expected = {f"bench-{i:06d}" for i in range(n)}
-    span_s = ((last_ns or 0) - (first_ns or 0)) / 1e9
+    burst = [r for r in read_sink(out) if r.job is not None and r.job.startswith("bench-") and r.scheduled_ms]
+    seen = Counter(r.job for r in burst)  # warm-up requests and /stats are left out above
+    span_s = (max(r.recv_ns for r in burst) - min(r.recv_ns for r in burst)) / 1e9 if burst else 0.0
+    drift = drift_summary(burst)
     return {
-        "received": sum(seen.values()),
-        "lost": len(expected - seen.keys()),
+        "received": len(burst),
+        "lost": len({f"bench-{i:06d}" for i in range(n)} - seen.keys()),
         "duplicates": sum(c - 1 for c in seen.values() if c > 1),
-        "early": early,
-        "drift_ms": _summary(hist),
-        "drain_rate_per_s": round(sum(seen.values()) / span_s) if span_s > 0 else None,
+        "early": drift.pop("early", 0),
+        "drift_ms": drift,
+        "drain_rate_per_s": round(len(burst) / span_s) if span_s > 0 else None,
     }
 
 

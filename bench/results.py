@@ -14,12 +14,14 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from hdrh.histogram import HdrHistogram
+
+from .sink import Record
 
 __all__ = ["SinkRecord", "drift_summary", "read_sink", "start_sink", "stop_sink", "window_figures"]
 
@@ -27,12 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
 
 
-class SinkRecord(msgspec.Struct, gc=False):
-    recv_ns: int
-    job: str | None
-    scheduled_at: str | None
-    node: str | None
-    handled_ns: int | None = None
+class SinkRecord(Record, gc=False):
+    """A sink record as read back, with its slot in unix ms (filled by ``read_sink``)."""
+
     scheduled_ms: int | None = None
 
 

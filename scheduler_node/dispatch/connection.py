@@ -47,11 +47,15 @@ from __future__ import annotations
 import select
 import socket
 import ssl
+from typing import TYPE_CHECKING
 
 import httptools
 import trio
 
 from .request import HttpOrigin
+
+if TYPE_CHECKING:
+    from .dispatcher import Exchange
 
 __all__ = ["EXCERPT_BYTES", "ConnectError", "Connection", "ExchangeError", "default_ssl_context"]
 
@@ -145,7 +149,7 @@ class Connection:
         self.exchanges = 0  # completed exchanges; > 0 means a reuse is a kept-alive reuse
         self.idle_since = 0.0  # trio time, set by the dispatcher when the connection goes idle
         self.registered = 0  # the events the dispatcher's epoll set watches on it (0: not in the set)
-        self.exchange: object = None  # the dispatcher's record of the exchange on this connection
+        self.exchange: Exchange | None = None  # the dispatcher's record of the exchange on this connection
         self._reset(None, 0)
 
     @classmethod

@@ -121,7 +121,6 @@ class Exchange:
         "_before",
         "attempt",
         "conn",
-        "connecting",
         "context",
         "deadline",
         "error",
@@ -163,7 +162,6 @@ class Exchange:
         self.deadline = self.t0 + timeout_s
         self.state = _QUEUED
         self.conn: Connection | None = None
-        self.connecting = False
         self.event: trio.Event | None = None
         self.outcome: Outcome | None = None
         self.sent_at: float | None = None
@@ -259,7 +257,7 @@ class Dispatcher:
                     self._done(ex, self._ended(ex, OutcomeKind.CANCELLED, "the dispatcher closed"))
             for conn in list(self._by_fd.values()):
                 busy = conn.exchange
-                if isinstance(busy, Exchange) and busy.state is not _DONE:
+                if busy is not None and busy.state is not _DONE:
                     self._done(busy, self._ended(busy, OutcomeKind.CANCELLED, "the dispatcher closed"))
                 self._drop(conn)
             self._later.clear()
@@ -536,7 +534,6 @@ class Dispatcher:
 
     def _open_for(self, op: OriginPool, ex: Exchange) -> None:
         """Open a new connection for ``ex`` (which holds its slots) in a short task."""
-        ex.connecting = True
         self._connecting.add(ex)
         op.open += 1  # counted while connecting, so the cap sees it
         assert self._nursery is not None
@@ -574,7 +571,6 @@ class Dispatcher:
                 self._done(ex, self._ended(ex, OutcomeKind.CANCELLED, "the dispatcher closed"))
             raise
         finally:
-            ex.connecting = False
             self._connecting.discard(ex)
         if conn is None:  # the dispatcher closed meanwhile
             if ex.state is _HOLDING:
@@ -634,7 +630,7 @@ class Dispatcher:
 
     def _on_ready(self, conn: Connection, mask: int) -> None:
         ex = conn.exchange
-        if not isinstance(ex, Exchange):
+        if ex is None:
             self._idle_event(conn)
             return
         try:
