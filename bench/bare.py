@@ -14,7 +14,7 @@ import time
 import trio
 
 from protocol.jobs import Target
-from scheduler_node.dispatch import Dispatcher, RequestTemplate
+from scheduler_node.dispatch import Dispatcher, RequestTemplate, SendRequest
 
 __all__ = ["fire_every_second"]
 
@@ -39,8 +39,16 @@ async def fire_every_second(port: int, jobs: int, duration: int, connections: in
             await trio.sleep(max(0.0, second - time.time()))
             slot_ms = second * 1000
             for i, t in enumerate(templates):
-                d.submit(t, scheduled_at_ms=slot_ms, attempt=1, origin="scheduled", timeout_s=10.0,
-                         may_send=may_send)  # fmt: skip
+                d.submit(
+                    SendRequest(
+                        template=t,
+                        scheduled_at_ms=slot_ms,
+                        attempt=1,
+                        origin="scheduled",
+                        timeout_s=10.0,
+                        may_send=may_send,
+                    )
+                )
                 if i % 128 == 127:
                     await trio.lowlevel.checkpoint()  # as the node's driver does: first sends out early
         while d.statistics().in_flight or d.statistics().waiting:

@@ -45,7 +45,14 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from protocol.jobs import Target
-from scheduler_node.dispatch import Dispatcher, Exchange, Outcome, RequestTemplate, format_scheduled_at
+from scheduler_node.dispatch import (
+    Dispatcher,
+    Exchange,
+    Outcome,
+    RequestTemplate,
+    SendRequest,
+    format_scheduled_at,
+)
 
 from .results import drift_summary, read_sink, start_sink, stop_sink
 
@@ -87,7 +94,9 @@ async def _burst(
         warm_ms = int(time.time() * 1000)
 
         async def warm(t: RequestTemplate) -> None:
-            await d.send(t, scheduled_at_ms=warm_ms, attempt=1, origin="manual", timeout_s=10)
+            await d.send(
+                SendRequest(template=t, scheduled_at_ms=warm_ms, attempt=1, origin="manual", timeout_s=10)
+            )
 
         async with trio.open_nursery() as nursery:
             for t in warmups:
@@ -96,18 +105,22 @@ async def _burst(
         slot_s = math.ceil(time.time() + lead_s)
         slot_ms = slot_s * 1000
         deadline = trio.current_time() + (slot_s - time.time())  # the slot on trio's clock
-
-        async def fire(i: int, sleep_first: bool) -> None:
-            if sleep_first:
-                await trio.sleep_until(deadline)
-            outcomes[i] = await d.send(
-                templates[i],
+        requests = [
+            SendRequest(
+                template=t,
                 scheduled_at_ms=slot_ms,
                 attempt=1,
                 origin="scheduled",
                 timeout_s=10.0,
                 may_send=may_send,
             )
+            for t in templates
+        ]
+
+        async def fire(i: int, sleep_first: bool) -> None:
+            if sleep_first:
+                await trio.sleep_until(deadline)
+            outcomes[i] = await d.send(requests[i])
 
         cpu0 = 0.0
 
@@ -125,8 +138,7 @@ async def _burst(
                     outcomes[ex.context] = ex.outcome
 
                 for i in range(n):
-                    d.submit(templates[i], scheduled_at_ms=slot_ms, attempt=1, origin="scheduled", timeout_s=10.0,
-                             may_send=may_send, on_done=record, context=i)  # fmt: skip
+                    d.submit(msgspec.structs.replace(requests[i], on_done=record, context=i))
                 while d.statistics().in_flight or d.statistics().waiting:
                     await trio.sleep(0.001)
             elif mode == "ahead":

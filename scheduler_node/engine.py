@@ -50,7 +50,7 @@ from protocol.shards import shard_of
 from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
 from .clock import Clock, datetime_to_ms, ms_to_datetime
-from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate
+from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRequest
 from .http_api import NotOwnerError
 from .metrics import Metrics
 from .misfire import plan_missed
@@ -765,10 +765,18 @@ class Engine:
             return
         self._in_flight[shard] = self._in_flight.get(shard, 0) + 1
         run.exchange = self.dispatcher.submit(
-            job.template, scheduled_at_ms=p.slot_ms, attempt=p.attempt + 1, origin=p.origin.value,
-            timeout_s=job.spec.timeout_ms / 1000, body_contains=job.spec.success.body_contains,
-            may_send=self._may_send, on_done=self._attempted, context=(job, p, run, epoch),
-        )  # fmt: skip
+            SendRequest(
+                template=job.template,
+                scheduled_at_ms=p.slot_ms,
+                attempt=p.attempt + 1,
+                origin=p.origin.value,
+                timeout_s=job.spec.timeout_ms / 1000,
+                body_contains=job.spec.success.body_contains,
+                may_send=self._may_send,
+                on_done=self._attempted,
+                context=(job, p, run, epoch),
+            )
+        )
 
     def _attempted(self, ex: Exchange) -> None:
         """An attempt's outcome, from the dispatcher's reactor: kept for ``_outcome_loop``."""

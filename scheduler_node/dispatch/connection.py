@@ -26,6 +26,17 @@ Rules:
   any response byte had arrived and ``request_written`` whether any request byte may have left (plain TCP
   knows exactly; through TLS a failed write counts as written), which is what the stale kept-alive rule in
   ``dispatcher.py`` needs.
+- States and their transitions are one table, ``CONNECTION_TRANSITIONS`` (h11's ``_state.py`` is the model);
+  every state change goes through it, so an impossible one is a loud ``InvalidTransition``, never a silent
+  flag. The life of a connection::
+
+      IDLE --BEGIN--> SENDING --WRITTEN--> RECEIVING --REUSABLE--> IDLE        (kept alive: next exchange)
+                         |                     |
+                         +--FINAL / FAILED-----+--> MUST_CLOSE --CLOSE--> CLOSED (any state may CLOSE)
+
+  ``finish()`` chooses REUSABLE or FINAL from what the response said; a failed write or read (an
+  ``ExchangeError``) is FAILED. A response may complete while the request is still SENDING (a server may
+  answer before reading a large body): that is FINAL, since the rest of the request would follow it.
 - ``looks_stale()`` is the idle check before reuse: one ``poll(0)`` syscall. A kept-alive socket that is
   readable or hung up while idle was closed by the server (or holds bytes nobody asked for). Exception: a TLS
   connection that never carried an exchange may hold unread TLS 1.3 session tickets, so only a hang-up
@@ -44,26 +55,80 @@ Example::
 
 from __future__ import annotations
 
+import enum
 import select
 import socket
 import ssl
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 import httptools
 import trio
 
 from .request import HttpOrigin
 
-if TYPE_CHECKING:
-    from .dispatcher import Exchange
-
-__all__ = ["EXCERPT_BYTES", "ConnectError", "Connection", "ExchangeError", "default_ssl_context"]
+__all__ = [
+    "CONNECTION_TRANSITIONS",
+    "EXCERPT_BYTES",
+    "ConnEvent",
+    "ConnState",
+    "ConnectError",
+    "Connection",
+    "ExchangeError",
+    "InvalidTransition",
+    "default_ssl_context",
+]
 
 EXCERPT_BYTES = 1024
 RECEIVE_BYTES = 65_536
 # Linux tells a peer's FIN apart from readable data with POLLRDHUP; elsewhere POLLIN alone is checked.
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL | _POLLRDHUP
+
+
+class ConnState(enum.IntEnum):
+    IDLE = 0  # no exchange on it: fresh, or kept alive after a complete response
+    SENDING = 1  # an exchange's request is partly with the socket
+    RECEIVING = 2  # the request is out; the response is being read
+    MUST_CLOSE = 3  # the exchange is over (or failed) and the connection cannot carry another
+    CLOSED = 4
+
+
+class ConnEvent(enum.IntEnum):
+    BEGIN = 0  # begin(request)
+    WRITTEN = 1  # the socket took the request's last byte
+    REUSABLE = 2  # finish(): a complete keep-alive response with nothing after it
+    FINAL = 3  # finish(): the response ended the connection's use (close, EOF body, oversize, leftovers)
+    FAILED = 4  # a write or a read failed, or the response was invalid
+    CLOSE = 5
+
+
+_S, _E = ConnState, ConnEvent
+CONNECTION_TRANSITIONS: dict[ConnState, dict[ConnEvent, ConnState]] = {
+    _S.IDLE: {_E.BEGIN: _S.SENDING, _E.CLOSE: _S.CLOSED},
+    _S.SENDING: {
+        _E.WRITTEN: _S.RECEIVING,
+        _E.FINAL: _S.MUST_CLOSE,
+        _E.FAILED: _S.MUST_CLOSE,
+        _E.CLOSE: _S.CLOSED,
+    },
+    _S.RECEIVING: {
+        _E.REUSABLE: _S.IDLE,
+        _E.FINAL: _S.MUST_CLOSE,
+        _E.FAILED: _S.MUST_CLOSE,
+        _E.CLOSE: _S.CLOSED,
+    },
+    _S.MUST_CLOSE: {_E.CLOSE: _S.CLOSED},
+    _S.CLOSED: {_E.CLOSE: _S.CLOSED},
+}
+_IDLE, _SENDING, _CLOSED = ConnState.IDLE, ConnState.SENDING, ConnState.CLOSED
+_BEGIN, _WRITTEN, _REUSABLE, _FINAL, _FAILED, _CLOSE = ConnEvent
+
+
+class InvalidTransition(RuntimeError):
+    """A state machine was asked for a transition its table does not have: a bug in the dispatcher."""
+
+    def __init__(self, machine: str, state: enum.Enum, event: enum.Enum) -> None:
+        super().__init__(f"{machine}: no transition from {state.name} on {event.name}")
 
 
 class ConnectError(Exception):
@@ -92,7 +157,10 @@ def _describe(e: BaseException) -> str:
     return text if isinstance(e, ssl.SSLError | OSError) else f"{type(e).__name__}: {text}"
 
 
-class Connection:
+X = TypeVar("X")  # the dispatcher's exchange type; the connection only keeps a reference to it
+
+
+class Connection(Generic[X]):
     """One kept-alive HTTP/1.1 connection; not safe for two concurrent exchanges (the dispatcher ensures one)."""
 
     __slots__ = (
@@ -110,7 +178,6 @@ class Connection:
         "_tail",
         "_tls",
         "body_bytes",
-        "closed",
         "complete",
         "excerpt",
         "exchange",
@@ -125,6 +192,7 @@ class Connection:
         "response_started",
         "retry_after",
         "sock",
+        "state",
         "status",
     )
 
@@ -145,15 +213,15 @@ class Connection:
         self._poller.register(fd, select.POLLIN | _POLLRDHUP)
         self._pending: memoryview | None = None  # bytes of the request the socket has not taken yet
         self._sent = 0  # bytes of the current request the socket took
-        self.closed = False
+        self.state = _IDLE
         self.exchanges = 0  # completed exchanges; > 0 means a reuse is a kept-alive reuse
         self.idle_since = 0.0  # trio time, set by the dispatcher when the connection goes idle
         self.registered = 0  # the events the dispatcher's epoll set watches on it (0: not in the set)
-        self.exchange: Exchange | None = None  # the dispatcher's record of the exchange on this connection
+        self.exchange: X | None = None  # the dispatcher's record of the exchange on this connection
         self._reset(None, 0)
 
     @classmethod
-    async def open(cls, origin: HttpOrigin, *, ssl_context: ssl.SSLContext | None) -> Connection:
+    async def open(cls, origin: HttpOrigin, *, ssl_context: ssl.SSLContext | None) -> Connection[X]:
         """Connect (and for https handshake, verifying the certificate with SNI = host); ``ConnectError`` else."""
         try:
             tcp = await trio.open_tcp_stream(origin.host, origin.port)
@@ -177,6 +245,21 @@ class Connection:
             sock.close()
             raise
         return cls(origin, sock, tls, bios)
+
+    def _to(self, event: ConnEvent) -> None:
+        try:
+            self.state = CONNECTION_TRANSITIONS[self.state][event]
+        except KeyError:
+            raise InvalidTransition("connection", self.state, event) from None
+
+    def _failed(self, error: ExchangeError) -> ExchangeError:
+        """``error`` ends the exchange: the connection must close. Returned for the caller to raise."""
+        self._to(_FAILED)
+        return error
+
+    @property
+    def closed(self) -> bool:
+        return self.state is _CLOSED
 
     def _reset(self, needle: bytes | None, max_body: int) -> None:
         self.status = 0
@@ -257,16 +340,19 @@ class Connection:
         False: wait until the socket is writable and call ``flush()``. ``ExchangeError`` on failure, with
         ``request_written`` False only if certainly nothing went out.
         """
-        self._reset(needle, max_body)
-        if self._parser is None or self.closed:
+        if self.state is _CLOSED:
             raise ExchangeError("connection is closed", response_started=False, request_written=False)
+        self._to(_BEGIN)
+        self._reset(needle, max_body)
         self._sent = 0
         if self._tls is not None:
             assert self._out is not None
             try:
                 self._tls.write(request)
             except ssl.SSLError as e:
-                raise ExchangeError(f"write failed: {_describe(e)}", response_started=False) from None
+                raise self._failed(
+                    ExchangeError(f"write failed: {_describe(e)}", response_started=False)
+                ) from None
             self._pending = memoryview(self._out.read())
         else:
             self._pending = memoryview(request)
@@ -283,12 +369,16 @@ class Connection:
             n = 0
         except OSError as e:
             written = self._sent > 0 or self._tls is not None
-            raise ExchangeError(
-                f"write failed: {_describe(e)}", response_started=False, request_written=written
+            raise self._failed(
+                ExchangeError(
+                    f"write failed: {_describe(e)}", response_started=False, request_written=written
+                )
             ) from None
         self._sent += n
         if n == len(pending):
             self._pending = None
+            if self.state is _SENDING:  # TLS records written while RECEIVING do not move the exchange
+                self._to(_WRITTEN)
             return True
         self._pending = pending[n:]
         return False
@@ -308,8 +398,8 @@ class Connection:
         except BlockingIOError:
             return False
         except OSError as e:
-            raise ExchangeError(
-                f"read failed: {_describe(e)}", response_started=self.response_started
+            raise self._failed(
+                ExchangeError(f"read failed: {_describe(e)}", response_started=self.response_started)
             ) from None
         if self._tls is None:
             return self._received(data)
@@ -331,8 +421,8 @@ class Connection:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 plain = b""  # close_notify, or an EOF without it: an EOF either way
             except ssl.SSLError as e:
-                raise ExchangeError(
-                    f"read failed: {_describe(e)}", response_started=self.response_started
+                raise self._failed(
+                    ExchangeError(f"read failed: {_describe(e)}", response_started=self.response_started)
                 ) from None
             if self._received(plain):
                 return True
@@ -346,7 +436,7 @@ class Connection:
             self.flush()
 
     def finish(self) -> None:
-        """Settle ``keep_alive`` and count the exchange once ``readable()`` said it is over.
+        """Settle ``keep_alive`` and count the exchange once ``readable()`` said it is over: IDLE or MUST_CLOSE.
 
         Not kept alive either when part of the request never went out (a server may answer before reading a
         large body) or when TLS holds bytes beyond the response: the next exchange would inherit them.
@@ -364,6 +454,7 @@ class Connection:
         )
         if self.complete:
             self.exchanges += 1
+        self._to(_REUSABLE if self.keep_alive else _FINAL)
 
     def _received(self, data: bytes | bytearray) -> bool:
         """Feed what was read to the parser; True when reading should stop (complete, or over max_body)."""
@@ -374,8 +465,10 @@ class Connection:
                 self.keep_alive = False
                 return True
             where = "mid-response" if self.response_started else "before any response byte"
-            raise ExchangeError(
-                f"connection closed by the server {where}", response_started=self.response_started
+            raise self._failed(
+                ExchangeError(
+                    f"connection closed by the server {where}", response_started=self.response_started
+                )
             )
         self.response_started = True
         assert self._parser is not None
@@ -383,7 +476,9 @@ class Connection:
             self._parser.feed_data(data)
         except httptools.HttpParserError as e:
             if not self.complete:
-                raise ExchangeError(f"invalid HTTP response: {e}", response_started=True) from None
+                raise self._failed(
+                    ExchangeError(f"invalid HTTP response: {e}", response_started=True)
+                ) from None
             self.extra = True  # garbage after a complete response
         # Bounded read: past max_body stop here and let the caller close the connection.
         return self.complete or self.body_bytes > self._max_body
@@ -428,16 +523,15 @@ class Connection:
         return bool(mask & _HANGUP) or self.exchanges > 0 or self._tls is None
 
     def close(self) -> None:
-        if not self.closed:
-            self.closed = True
+        if self.state is not _CLOSED:
+            self._to(_CLOSE)
             self._parser = None  # break the parser <-> protocol cycle now rather than at the next GC
             self.exchange = None
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{self.exchanges} exchanges"
-        return f"<Connection {self.origin} {state}>"
+        return f"<Connection {self.origin} {self.state.name} after {self.exchanges} exchanges>"
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

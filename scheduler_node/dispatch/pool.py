@@ -14,7 +14,11 @@ Rules:
 - Idle connections stay in the dispatcher's epoll set (no syscall to leave and rejoin it per exchange); one the
   server closes while idle is noticed there and closed at once. ``forget`` takes a connection out of that set
   before the pool closes it.
-- Plain bookkeeping, no I/O besides the stale check and closing; the dispatcher drives it.
+- Accounting goes through methods, never by hand: ``reserve()`` counts a connection about to be opened (so
+  the cap sees it while it connects), ``release()`` uncounts one that failed to open or was closed;
+  ``enqueue``/``hold``/``unhold``/``drop_waiting`` move an exchange between waiting, holding a slot, and gone.
+- Plain bookkeeping, no I/O besides the stale check and closing; the dispatcher drives it. It knows nothing of
+  an exchange but that it is queued (``X``), so it imports neither the exchange nor the dispatcher.
 """
 
 from __future__ import annotations
@@ -22,13 +26,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, TypeVar
 
 from .connection import Connection
 from .request import HttpOrigin
 
-if TYPE_CHECKING:
-    from .dispatcher import Exchange
+X = TypeVar("X")
 
 __all__ = ["OriginPool", "OriginStatistics"]
 
@@ -42,7 +45,7 @@ class OriginStatistics:
     limit: int
 
 
-class OriginPool:
+class OriginPool(Generic[X]):
     __slots__ = (
         "_forget",
         "busy",
@@ -56,20 +59,50 @@ class OriginPool:
         "waiting",
     )
 
-    def __init__(self, origin: HttpOrigin, limit: int, forget: Callable[[Connection], None]) -> None:
+    def __init__(self, origin: HttpOrigin, limit: int, forget: Callable[[Connection[X]], None]) -> None:
         """``forget(conn)``: the dispatcher stops watching a connection about to be closed."""
         self._forget = forget
         self.origin = origin
         self.limit = limit
-        self.idle: deque[Connection] = deque()  # right end = most recently used
-        self.queue: deque[Exchange] = deque()
-        self.open = 0
-        self.busy = 0
-        self.waiting = 0
+        self.idle: deque[Connection[X]] = deque()  # right end = most recently used
+        self.queue: deque[X] = deque()
+        self.open = 0  # connections open or being opened
+        self.busy = 0  # exchanges holding a slot
+        self.waiting = 0  # live exchanges in ``queue``
         self.starved = False  # queued behind the node-wide cap, listed in the dispatcher's starved origins
         self.stale_closed = 0
 
-    def take_idle(self) -> Connection | None:
+    @property
+    def full(self) -> bool:
+        """No connection may be opened: the cap counts those open and those being opened."""
+        return self.open >= self.limit
+
+    def reserve(self) -> None:
+        """A connection is about to be opened: count it now, so the cap sees it while it connects."""
+        self.open += 1
+
+    def release(self) -> None:
+        """A reserved connection failed to open, or an open one was closed."""
+        self.open -= 1
+
+    def enqueue(self, ex: X) -> None:
+        self.queue.append(ex)
+        self.waiting += 1
+
+    def hold(self) -> None:
+        """A queued exchange took a slot (it connects, or is on a connection)."""
+        self.waiting -= 1
+        self.busy += 1
+
+    def unhold(self) -> None:
+        """An exchange holding a slot ended."""
+        self.busy -= 1
+
+    def drop_waiting(self) -> None:
+        """A queued exchange ended before it took a slot; it stays in ``queue`` until popped."""
+        self.waiting -= 1
+
+    def take_idle(self) -> Connection[X] | None:
         """The most recent idle connection that does not look stale (stale ones are closed and uncounted)."""
         idle = self.idle
         while idle:
@@ -80,11 +113,11 @@ class OriginPool:
             self.close(conn)
         return None
 
-    def close(self, conn: Connection) -> None:
+    def close(self, conn: Connection[X]) -> None:
         """Close a connection of this origin (not in ``idle`` any more) and uncount it."""
         self._forget(conn)
         conn.close()
-        self.open -= 1
+        self.release()
 
     def sweep(self, older_than: float) -> None:
         """Close idle connections unused since before ``older_than`` (trio time)."""

@@ -20,6 +20,7 @@ from scheduler_node.dispatch import (
     Outcome,
     OutcomeKind,
     RequestTemplate,
+    SendRequest,
     verify_signature,
 )
 
@@ -41,7 +42,9 @@ def template(
     )
 
 
-async def send(d: Dispatcher, t: RequestTemplate, **kw: Any) -> Outcome:
+async def send(
+    d: Dispatcher, t: RequestTemplate, *, cancel_scope: trio.CancelScope | None = None, **kw: Any
+) -> Outcome:
     args: dict[str, Any] = {
         "scheduled_at_ms": SLOT_MS,
         "attempt": 1,
@@ -49,7 +52,7 @@ async def send(d: Dispatcher, t: RequestTemplate, **kw: Any) -> Outcome:
         "timeout_s": 5.0,
     }
     args.update(kw)
-    return await d.send(t, **args)
+    return await d.send(SendRequest(template=t, **args), cancel_scope=cancel_scope)
 
 
 async def test_exact_request_bytes_and_response(server: TestServer) -> None:
@@ -462,8 +465,15 @@ async def test_closed_dispatcher_refuses(server: TestServer) -> None:
     with pytest.raises(trio.ClosedResourceError):
         await send(d, template(server.url()))
     with pytest.raises(RuntimeError, match="async with"):
-        Dispatcher().submit(template(server.url()), scheduled_at_ms=SLOT_MS, attempt=1, origin="manual",
-                            timeout_s=1)  # fmt: skip
+        Dispatcher().submit(
+            SendRequest(
+                template=template(server.url()),
+                scheduled_at_ms=SLOT_MS,
+                attempt=1,
+                origin="manual",
+                timeout_s=1,
+            )
+        )
 
 
 async def test_get_without_body(server: TestServer) -> None:
@@ -519,8 +529,14 @@ async def test_an_exchange_expired_in_the_queue_is_never_written(server: TestSer
     server.handler = lambda r: Reply(delay_s=0.3)
     t = template(server.url())
     async with Dispatcher(per_host_limit=1) as d:
-        first = d.submit(t, scheduled_at_ms=SLOT_MS, attempt=1, origin="scheduled", timeout_s=5)
-        late = d.submit(t, scheduled_at_ms=SLOT_MS + 1000, attempt=1, origin="scheduled", timeout_s=5)
+        first = d.submit(
+            SendRequest(template=t, scheduled_at_ms=SLOT_MS, attempt=1, origin="scheduled", timeout_s=5)
+        )
+        late = d.submit(
+            SendRequest(
+                template=t, scheduled_at_ms=SLOT_MS + 1000, attempt=1, origin="scheduled", timeout_s=5
+            )
+        )
         late.deadline = trio.current_time() - 1  # expired, and its heap entry not due for seconds
         with trio.fail_after(5):
             while first.outcome is None or late.outcome is None:

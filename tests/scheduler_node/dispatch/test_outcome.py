@@ -74,7 +74,7 @@ def test_outcome_kinds_match_retry_failure_kinds() -> None:
 def test_exported_members() -> None:
     # Every public name of every module is re-exported by the package, and every exported name exists.
     exported = set(dispatch.__all__)
-    for module in ("connection", "dispatcher", "outcome", "pool", "request"):
+    for module in ("connection", "dispatcher", "exchange", "outcome", "pool", "request"):
         names = set(importlib.import_module(f"scheduler_node.dispatch.{module}").__all__)
         missing = names - exported
         assert not missing, (module, missing)
