@@ -527,7 +527,10 @@ class Connection(Generic[X]):
             self._to(_CLOSE)
             self._parser = None  # break the parser <-> protocol cycle now rather than at the next GC
             self.exchange = None
-            trio.lowlevel.notify_closing(self.sock)
+            try:
+                trio.lowlevel.notify_closing(self.sock)
+            except RuntimeError:
+                pass  # not inside trio (a connection driven by hand): nothing can be waiting on the socket
             self.sock.close()
 
     def __repr__(self) -> str:
