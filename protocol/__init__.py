@@ -1,6 +1,8 @@
 """Shardwheel's shared language: job specs, schedules, execution records, node<->API messages, shard math.
 
-Pure: no I/O. Everything public is re-exported here.
+Pure: no I/O, and no import of the rest of the project (tests/test_layering.py checks it). Everything public is
+re-exported here, except the schedule math, ``protocol.slots``, a package with its own ``__all__``
+(``from protocol.slots import compile_schedule``) so that importing the wire types does not load croniter.
 """
 
 from .errors import *  # noqa: F403

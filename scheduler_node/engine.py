@@ -46,6 +46,7 @@ from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
 from protocol.shards import shard_of
+from protocol.slots import SlotRule, compile_schedule
 
 from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
@@ -55,7 +56,6 @@ from .http_api import NotOwnerError
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
-from .schedule import SlotRule, compile_schedule
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
