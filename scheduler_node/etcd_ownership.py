@@ -32,8 +32,8 @@ import trio
 from protocol.errors import InfrastructureError
 
 from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo, TrioCoordinator
+from .coordination.planner import plan_for
 from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
-from .planner import plan_for
 
 __all__ = ["EtcdOwnership"]
 

@@ -2,7 +2,8 @@
 
 A synchronous core (``EtcdCoordinator``, one pyetcd client, every call bounded by a timeout) with thin trio
 (``TrioCoordinator``) and asyncio (``AsyncioCoordinator``) adapters that run its calls on threads and bridge its
-watch into their loop as coalesced "re-read the snapshot" notifications.
+watch into their loop as coalesced "re-read the snapshot" notifications. ``planner`` (pure) is the assignment
+policy over a ``ClusterView``: which node should hold each shard (``from .planner import plan_for``).
 
 Rules:
 - Key layout under ``<prefix>/<cluster>/`` (``keys.py``): ``nodes/<id>``, ``shards/<s>``, ``status/<id>`` bound
