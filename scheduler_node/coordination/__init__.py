@@ -15,7 +15,11 @@ Rules:
   ``None`` / writes raise ``LeaseNotFound``.
 - ``valid_until = sent_at + ttl - margin`` from a ``LeaseAck`` (clock read before the keepalive was sent).
 
-Example::
+Importing the package loads no trio, so the control API (asyncio) can use it; trio code takes the trio adapter
+from its own module: ``from scheduler_node.coordination.trio_adapter import TrioCoordinator``
+(tests/test_layering.py checks that nothing but ``trio_adapter`` here reaches trio).
+
+Example (in trio code)::
 
     async with TrioCoordinator.open("http://127.0.0.1:2379", KeyLayout("prod")) as coord:
         ack = await coord.grant_lease(5)
@@ -39,7 +43,6 @@ from .core import (
 )
 from .keys import DEFAULT_PREFIX, KeyKind, KeyLayout, ParsedKey
 from .records import AdminMark, NodeInfo, ShardRecord
-from .trio_adapter import ChangeStream, ChangeStreamStatistics, TrioCoordinator
 from .view import ClusterView, ShardOwner
 
 __all__ = [
@@ -48,8 +51,6 @@ __all__ = [
     "AsyncioChangeStream",
     "AsyncioCoordinator",
     "ChangeNotice",
-    "ChangeStream",
-    "ChangeStreamStatistics",
     "Changed",
     "ClusterView",
     "EtcdCoordinator",
@@ -62,7 +63,6 @@ __all__ = [
     "ParsedKey",
     "ShardOwner",
     "ShardRecord",
-    "TrioCoordinator",
     "WatchHandle",
     "WatchLost",
     "WatchNotice",
