@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from protocol.errors import Fenced, InfrastructureError, NotFound, SpecError
+from protocol.errors import Fenced, InfrastructureError, NotFound, NotOwnerError, SpecError
 from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
@@ -52,7 +52,6 @@ from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
 from .clock import Clock, datetime_to_ms, ms_to_datetime
 from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate
-from .http_api import NotOwnerError
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
