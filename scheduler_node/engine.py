@@ -50,6 +50,7 @@ from protocol.slots import SlotRule, compile_schedule
 
 from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
+from .attempts import attempt_result
 from .clock import Clock, datetime_to_ms, ms_to_datetime
 from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate
 from .metrics import Metrics
@@ -843,7 +844,7 @@ class Engine:
             success=job.spec.success,
             policy=job.spec.retry,
             attempt=attempt,
-            result=outcome.attempt_result(),
+            result=attempt_result(outcome),
             unit_random=self._rng.random(),
         )
         if decision.terminal is None:
