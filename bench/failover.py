@@ -32,8 +32,8 @@ from protocol.schedules import Cron
 from scheduler_node.coordination import EtcdCoordinator, KeyLayout
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
+from .harness import ROOT, insert_jobs, prepare_db
 from .results import read_sink, start_sink, stop_sink, window_figures
-from .steady import ROOT, _prepare_db, insert_jobs
 
 __all__ = ["main", "run_failover"]
 
@@ -56,7 +56,7 @@ def run_failover(jobs: int, ttl: int, before_s: int = 10, after_s: int = 15) -> 
     with tempfile.TemporaryDirectory(prefix="sw-fo-") as tmp_s:
         tmp = Path(tmp_s)
         with EmbeddedPostgres(tmp / "pg") as pg, EmbeddedEtcd(tmp / "etcd", durable=False) as etcd:
-            dsn = asyncio.run(_prepare_db(pg.dsn, "sw_failover"))
+            dsn = asyncio.run(prepare_db(pg.dsn, "sw_failover"))
             sink, port = start_sink(str(tmp / "sink.jsonl"))
             nodes: dict[str, subprocess.Popen[bytes]] = {}
             try:

@@ -31,8 +31,8 @@ from protocol.jobs import JobSpec, RetryPolicy, Target
 from protocol.schedules import Cron, Every
 from shardwheel.embedded import EmbeddedPostgres, free_port
 
+from .harness import ROOT, insert_jobs, prepare_db, rss_mb, wait_ready
 from .results import start_sink, stop_sink
-from .steady import ROOT, _prepare_db, _rss_mb, _wait_ready, insert_jobs
 
 __all__ = ["main", "run_scale"]
 
@@ -41,7 +41,7 @@ def run_scale(jobs: int, in_horizon: int, run_s: int = 20) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sw-scale-") as tmp_s:
         tmp = Path(tmp_s)
         with EmbeddedPostgres(tmp / "pg", durable=False) as pg:
-            dsn = asyncio.run(_prepare_db(pg.dsn, "sw_scale"))
+            dsn = asyncio.run(prepare_db(pg.dsn, "sw_scale"))
             sink, sink_port = start_sink(str(tmp / "sink.jsonl"))
             target = Target(url=f"http://127.0.0.1:{sink_port}/fire")
             far = datetime.now(UTC) + timedelta(hours=2)
@@ -62,10 +62,10 @@ def run_scale(jobs: int, in_horizon: int, run_s: int = 20) -> dict[str, Any]:
                 [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, "--port", str(port),
                  "--node-id", "scale", "--log-level", "warning"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
             try:
-                ready_at = _wait_ready(f"http://127.0.0.1:{port}", 300)
-                rss_ready = _rss_mb(node.pid)
+                ready_at = wait_ready(f"http://127.0.0.1:{port}", 300)
+                rss_ready = rss_mb(node.pid)
                 time.sleep(run_s)
-                rss_peak = _rss_mb(node.pid)
+                rss_peak = rss_mb(node.pid)
                 import httpx
 
                 status = httpx.get(

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,60 +40,14 @@ import httpx
 import msgspec
 import trio
 
-from protocol.ids import new_job_id
 from protocol.jobs import JobSpec, Target
 from protocol.schedules import Cron
-from protocol.shards import HASH_NAME, shard_of
-from shardwheel.embedded import EmbeddedPostgres, dsn_with_database, free_port
+from shardwheel.embedded import EmbeddedPostgres, free_port
 
+from .harness import ROOT, cpu_s, insert_jobs, prepare_db, rss_mb, wait_ready
 from .results import read_sink, start_sink, stop_sink, window_figures
 
 __all__ = ["main", "run_steady"]
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def _prepare_db(admin_dsn: str, name: str) -> str:
-    from scheduler_node.store.migrate import ensure_cluster, migrate
-
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    dsn = dsn_with_database(admin_dsn, name)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-        await ensure_cluster(conn, name="bench", shard_count=256, hash_name=HASH_NAME)
-    finally:
-        await conn.close()
-    return dsn
-
-
-async def insert_jobs(
-    dsn: str, specs: list[JobSpec], next_fire_at: Any = None, chunk: int = 50_000
-) -> list[uuid.UUID]:
-    """Jobs straight into the table, one statement per chunk (the API path is benchmarked elsewhere)."""
-    ids = [new_job_id() for _ in specs]
-    conn = await asyncpg.connect(dsn)
-    try:
-        for i in range(0, len(specs), chunk):
-            part = specs[i : i + chunk]
-            part_ids = ids[i : i + chunk]
-            await conn.execute(
-                "INSERT INTO jobs (shard, id, tenant, name, spec, state, semantics, next_fire_at)"
-                " SELECT s, id, 'bench', n, sp::jsonb, 'active', sem, coalesce($6, now())"
-                " FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[]) AS t(s, id, n, sp, sem)",
-                [shard_of(j) for j in part_ids], part_ids, [s.name for s in part],
-                [msgspec.json.encode(s).decode() for s in part], [s.semantics.value for s in part],
-                next_fire_at,
-            )  # fmt: skip
-    finally:
-        await conn.close()
-    return ids
-
 
 async def _slot_states(dsn: str, t0: int, t1: int) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
@@ -108,37 +61,6 @@ async def _slot_states(dsn: str, t0: int, t1: int) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
-def _wait_ready(url: str, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return time.time()
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"node at {url} not ready within {timeout}s")
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_steady(
     jobs: int, duration: int, *, warmup: int = 3, start_delay: int = 15, pg_dsn: str | None = None
 ) -> dict[str, Any]:
@@ -149,7 +71,7 @@ def run_steady(
             pg.start()
         try:
             admin = pg_dsn or (pg.dsn if pg else "")
-            dsn = asyncio.run(_prepare_db(admin, f"sw_bench_{os.getpid()}"))
+            dsn = asyncio.run(prepare_db(admin, f"sw_bench_{os.getpid()}"))
             sink, port = start_sink(str(tmp / "sink.jsonl"))
             try:
                 # The jobs start firing a little after the node will be ready, so the measured seconds are
@@ -167,15 +89,15 @@ def run_steady(
                 )  # fmt: skip
                 started = time.time()
                 try:
-                    ready_at = _wait_ready(f"http://127.0.0.1:{node_port}", 120)
+                    ready_at = wait_ready(f"http://127.0.0.1:{node_port}", 120)
                     t0 = max(math.ceil(ready_at), round(start.timestamp())) + warmup
                     t1 = t0 + duration
                     time.sleep(max(0.0, t0 - time.time()))
-                    cpu0 = _cpu_s(node.pid)
+                    cpu0 = cpu_s(node.pid)
                     time.sleep(max(0.0, t1 - time.time()))
-                    cpu = _cpu_s(node.pid) - cpu0
+                    cpu = cpu_s(node.pid) - cpu0
                     time.sleep(max(0.0, t1 + 1.5 - time.time()))
-                    rss = _rss_mb(node.pid)
+                    rss = rss_mb(node.pid)
                     metrics = httpx.get(f"http://127.0.0.1:{node_port}/metrics", timeout=5).text
                 finally:
                     node.send_signal(signal.SIGTERM)

@@ -1,6 +1,9 @@
-"""Shardwheel's shared language: job specs, schedules, execution records, node<->API messages, shard math.
+"""Shardwheel's shared language: job specs, schedules, execution records, node<->API messages, shard math,
+target URLs.
 
-Pure: no I/O. Everything public is re-exported here.
+Pure: no I/O, and no import of the rest of the project (tests/test_layering.py checks it). Everything public
+is re-exported here, except the schedule math, ``protocol.slots``, a package with its own ``__all__``
+(``from protocol.slots import compile_schedule``) so that importing the wire types does not load croniter.
 """
 
 from .errors import *  # noqa: F403
@@ -17,5 +20,7 @@ from .schedules import *  # noqa: F403
 from .schedules import __all__ as _schedules
 from .shards import *  # noqa: F403
 from .shards import __all__ as _shards
+from .targets import *  # noqa: F403
+from .targets import __all__ as _targets
 
-__all__ = sorted({*_errors, *_executions, *_ids, *_internal, *_jobs, *_schedules, *_shards})
+__all__ = sorted({*_errors, *_executions, *_ids, *_internal, *_jobs, *_schedules, *_shards, *_targets})

@@ -32,7 +32,7 @@ Rules:
 - "Fixed hour" (``CronExpr.hour_fixed``): the hour field lists only single hours, ``2`` or ``1,13``: no ``*``,
   no range, no step. Such a schedule names wall-clock times, so the job's DST policy decides what happens to a
   time that is skipped or repeated. Anything else (``*``, ``*/2``, ``9-17``) is a cadence and follows absolute
-  time (see ``scheduler_node.schedule``). ``@hourly`` is not fixed; the other macros are (hour 0).
+  time (see ``protocol.slots``). ``@hourly`` is not fixed; the other macros are (hour 0).
 - Errors are ``ValueError`` with one line naming the field and the problem:
   ``minute field '61' out of range 0-59``, ``expected 5 or 6 fields, got 7``,
   ``day-of-week field 'FUNDAY' is not a number or a day name``.

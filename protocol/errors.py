@@ -6,6 +6,8 @@
     │   ├── NotFound                404
     │   ├── VersionMismatch         If-Match / expected_version does not match the stored version, 412
     │   └── Conflict                the request conflicts with stored state (idempotency key reuse...), 409
+    ├── NotOwnerError               this node does not own the job's shard (``shard``, ``owner_hint``), 409;
+    │                               answered as ``protocol.internal.NotOwner``: the control API re-routes
     ├── TargetError                 a job's HTTP target misbehaved (connection refused, bad response...); recorded
     │                               on the execution, never raised to API callers
     └── InternalError               ours: a bug or an infrastructure failure (5xx)
@@ -25,6 +27,7 @@ __all__ = [
     "InfrastructureError",
     "InternalError",
     "NotFound",
+    "NotOwnerError",
     "ShardwheelError",
     "SpecError",
     "TargetError",
@@ -70,6 +73,17 @@ class VersionMismatch(CallerError):
 
 class Conflict(CallerError):
     status_hint = 409
+
+
+class NotOwnerError(ShardwheelError):
+    """Neither the caller's fault nor ours: ownership moved (or the caller's owner cache is stale)."""
+
+    status_hint = 409
+
+    def __init__(self, shard: int, owner_hint: str | None) -> None:
+        self.shard = shard
+        self.owner_hint = owner_hint
+        super().__init__(f"shard {shard} is not owned by this node")
 
 
 class TargetError(ShardwheelError):

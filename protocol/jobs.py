@@ -28,6 +28,7 @@ import msgspec
 
 from .errors import SpecError
 from .schedules import Schedule, validate_schedule
+from .targets import parse_target_url
 
 __all__ = [
     "Concurrency",
@@ -196,18 +197,15 @@ def _check_url(field: str, url: str) -> None:
     if len(url) > LIMITS.url_chars:
         raise SpecError(field, f"longer than {LIMITS.url_chars} characters")
     try:
-        parts = urlsplit(url)
-        port = parts.port
+        # The node's own parse (scheme, host, IDNA, port): what passes here is a URL the node can send to.
+        parse_target_url(url)
     except ValueError as e:
-        raise SpecError(field, f"not a valid URL ({e})") from None
-    if parts.scheme not in ("http", "https"):
-        raise SpecError(field, f"scheme must be http or https, got '{parts.scheme}'")
-    if not parts.hostname:
-        raise SpecError(field, "URL has no host")
+        raise SpecError(field, str(e)) from None
+    # Stricter than the node, which ignores user info and percent-encodes or drops whitespace: refuse both, so
+    # the stored URL reads as what is sent.
+    parts = urlsplit(url)
     if parts.username or parts.password:
         raise SpecError(field, "credentials in the URL are not allowed; use target.headers")
-    if port == 0:
-        raise SpecError(field, "port 0 is not allowed")
     if any(c in url for c in " \r\n\t"):
         raise SpecError(field, "URL contains whitespace")
 

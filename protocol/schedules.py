@@ -1,4 +1,4 @@
-"""Schedule kinds: when a job fires. Wire types only; the firing math is in ``scheduler_node.schedule``.
+"""Schedule kinds: when a job fires. Wire types only; the firing math is in ``protocol.slots``.
 
 Rules:
 - ``cron``: 5 fields (minute first) or 6 fields with **seconds first** (Quartz/Spring style:

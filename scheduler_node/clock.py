@@ -1,16 +1,15 @@
 """The node's wall clock in unix milliseconds, with an injectable offset.
 
-Slots are wall-clock instants, so the wheel runs on wall-clock milliseconds; sleeping uses trio's monotonic
-clock for the duration. ``offset_ms`` shifts what this node believes the time is: tests use it to simulate a
-node whose clock is wrong (clock discipline must refuse such a node shards), and nothing else should set it.
+Slots are wall-clock instants, so the wheel runs on wall-clock milliseconds; callers sleep on trio's monotonic
+clock for the duration (``seconds_until``), so this module needs no trio. ``offset_ms`` shifts what this node
+believes the time is: tests use it to simulate a node whose clock is wrong (clock discipline must refuse
+such a node shards), and nothing else should set it.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-
-import trio
 
 __all__ = ["Clock", "ms_to_datetime", "datetime_to_ms"]
 
@@ -25,13 +24,6 @@ class Clock:
     def seconds_until(self, when_ms: int) -> float:
         """Exact (sub-ms) seconds from now to ``when_ms``; ``when_ms - now_ms()`` is up to 1 ms too long."""
         return (when_ms - self.offset_ms) / 1000 - time.time_ns() / 1e9
-
-    async def sleep_until_ms(self, when_ms: int) -> None:
-        delay = when_ms - self.now_ms()
-        if delay > 0:
-            await trio.sleep(delay / 1000)
-        else:
-            await trio.lowlevel.checkpoint()
 
 
 def ms_to_datetime(ms: int) -> datetime:

@@ -41,21 +41,21 @@ from typing import Any
 
 import trio
 
-from protocol.errors import Fenced, InfrastructureError, NotFound, SpecError
+from protocol.errors import Fenced, InfrastructureError, NotFound, NotOwnerError, SpecError
 from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
 from protocol.shards import shard_of
+from protocol.slots import SlotRule, compile_schedule
 
 from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
+from .attempts import attempt_result
 from .clock import Clock, datetime_to_ms, ms_to_datetime
 from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRequest
-from .http_api import NotOwnerError
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
-from .schedule import SlotRule, compile_schedule
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
@@ -852,7 +852,7 @@ class Engine:
             success=job.spec.success,
             policy=job.spec.retry,
             attempt=attempt,
-            result=outcome.attempt_result(),
+            result=attempt_result(outcome),
             unit_random=self._rng.random(),
         )
         if decision.terminal is None:

@@ -31,9 +31,10 @@ import trio
 
 from protocol.errors import InfrastructureError
 
-from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo, TrioCoordinator
+from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo
+from .coordination.planner import plan_for
+from .coordination.trio_adapter import TrioCoordinator
 from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
-from .planner import plan_for
 
 __all__ = ["EtcdOwnership"]
 

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import msgspec
 
-from protocol.errors import ShardwheelError, VersionMismatch
+from protocol.errors import NotOwnerError, ShardwheelError, VersionMismatch
 from protocol.internal import JobWrite, JobWritten, NotOwner, VersionConflict
 
-__all__ = ["NodeApi", "NodeHttpApp", "NotOwnerError"]
+__all__ = ["NodeApi", "NodeHttpApp"]
 
 MAX_BODY = 256 * 1024
 _JOB_PATH = re.compile(r"/internal/v1/jobs/([0-9a-fA-F-]{32,36})")
@@ -34,15 +34,6 @@ _write_decoder = msgspec.json.Decoder(JobWrite)
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
-
-
-class NotOwnerError(ShardwheelError):
-    status_hint = 409
-
-    def __init__(self, shard: int, owner_hint: str | None) -> None:
-        self.shard = shard
-        self.owner_hint = owner_hint
-        super().__init__(f"shard {shard} is not owned by this node")
 
 
 class NodeApi(Protocol):

@@ -33,7 +33,8 @@ from protocol.errors import InfrastructureError
 
 from .clock import Clock
 from .clock_check import ClockCheck
-from .coordination import KeyLayout, TrioCoordinator
+from .coordination import KeyLayout
+from .coordination.trio_adapter import TrioCoordinator
 from .dispatch import Dispatcher
 from .engine import Engine, EngineConfig
 from .etcd_ownership import EtcdOwnership

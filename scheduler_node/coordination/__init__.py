@@ -2,7 +2,8 @@
 
 A synchronous core (``EtcdCoordinator``, one pyetcd client, every call bounded by a timeout) with thin trio
 (``TrioCoordinator``) and asyncio (``AsyncioCoordinator``) adapters that run its calls on threads and bridge its
-watch into their loop as coalesced "re-read the snapshot" notifications.
+watch into their loop as coalesced "re-read the snapshot" notifications. ``planner`` (pure) is the assignment
+policy over a ``ClusterView``: which node should hold each shard (``from .planner import plan_for``).
 
 Rules:
 - Key layout under ``<prefix>/<cluster>/`` (``keys.py``): ``nodes/<id>``, ``shards/<s>``, ``status/<id>`` bound
@@ -14,7 +15,11 @@ Rules:
   ``None`` / writes raise ``LeaseNotFound``.
 - ``valid_until = sent_at + ttl - margin`` from a ``LeaseAck`` (clock read before the keepalive was sent).
 
-Example::
+Importing the package loads no trio, so the control API (asyncio) can use it; trio code takes the trio adapter
+from its own module: ``from scheduler_node.coordination.trio_adapter import TrioCoordinator``
+(tests/test_layering.py checks that nothing but ``trio_adapter`` here reaches trio).
+
+Example (in trio code)::
 
     async with TrioCoordinator.open("http://127.0.0.1:2379", KeyLayout("prod")) as coord:
         ack = await coord.grant_lease(5)
@@ -38,7 +43,6 @@ from .core import (
 )
 from .keys import DEFAULT_PREFIX, KeyKind, KeyLayout, ParsedKey
 from .records import AdminMark, NodeInfo, ShardRecord
-from .trio_adapter import ChangeStream, ChangeStreamStatistics, TrioCoordinator
 from .view import ClusterView, ShardOwner
 
 __all__ = [
@@ -47,8 +51,6 @@ __all__ = [
     "AsyncioChangeStream",
     "AsyncioCoordinator",
     "ChangeNotice",
-    "ChangeStream",
-    "ChangeStreamStatistics",
     "Changed",
     "ClusterView",
     "EtcdCoordinator",
@@ -61,7 +63,6 @@ __all__ = [
     "ParsedKey",
     "ShardOwner",
     "ShardRecord",
-    "TrioCoordinator",
     "WatchHandle",
     "WatchLost",
     "WatchNotice",

@@ -17,8 +17,9 @@ Rules:
   cancelled     the caller's ``cancel_scope`` was cancelled (REPLACE)    either
   ============= ======================================================== ===============
 
-- The first four are the attempt kinds of ``scheduler_node.retry`` (same values); ``attempt_result()`` maps
-  them. ``not_sent`` is no attempt at all and ``cancelled`` ends the slot, so neither maps.
+- The first four are attempts; ``not_sent`` is no attempt at all and ``cancelled`` ends the slot. What an
+  outcome means for the slot is the engine's business: ``scheduler_node.attempts`` maps it onto the retry
+  policy, so the dispatcher reports and never imports the policy.
 - ``excerpt`` is the first 1 KiB of the body decoded as UTF-8 with replacement; ``body_matched`` is None
   unless a ``body_contains`` check was asked for, then whether it was found in the first ``max_body_bytes``.
 - Times: ``started_at``/``sent_at`` are wall-clock unix seconds (for rows and dispatch lag), ``duration_s``
@@ -29,7 +30,6 @@ Example::
     Outcome(kind=OutcomeKind.RESPONSE, http_status=503, retry_after_s=30.0, excerpt="busy",
             body_matched=None, bytes_written=True, started_at=1795428000.001, sent_at=1795428000.002,
             duration_s=0.012)
-    .attempt_result()   # AttemptResult(kind=FailureKind.RESPONSE, http_status=503, retry_after_ms=30000, ...)
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import msgspec
-
-from scheduler_node.retry import AttemptResult, FailureKind
 
 __all__ = ["Outcome", "OutcomeKind", "parse_retry_after"]
 
@@ -52,14 +50,6 @@ class OutcomeKind(enum.StrEnum):
     CONNECTION_ERROR = "connection_error"  # after (part of) the request was written
     NOT_SENT = "not_sent"
     CANCELLED = "cancelled"
-
-
-_ATTEMPT_KINDS: dict[OutcomeKind, FailureKind] = {
-    OutcomeKind.RESPONSE: FailureKind.RESPONSE,
-    OutcomeKind.TIMEOUT: FailureKind.TIMEOUT,
-    OutcomeKind.CONNECT_ERROR: FailureKind.CONNECT_ERROR,
-    OutcomeKind.CONNECTION_ERROR: FailureKind.CONNECTION_ERROR,
-}
 
 
 # gc=False: no reference cycles possible, and thousands are made per burst (DESIGN.md §2 on GC and tails).
@@ -76,20 +66,6 @@ class Outcome(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     error: str | None = None
     reused_connection: bool = False  # the request went out on a kept-alive connection
     resent: bool = False  # a kept-alive connection was found closed and the request went again on a fresh one
-
-    def attempt_result(self) -> AttemptResult:
-        """The retry policy's view; ``ValueError`` for ``not_sent`` and ``cancelled`` (no attempt to judge)."""
-        try:
-            kind = _ATTEMPT_KINDS[self.kind]
-        except KeyError:
-            raise ValueError(f"a {self.kind} outcome is not an attempt") from None
-        return AttemptResult(
-            kind=kind,
-            http_status=self.http_status,
-            body_matched=self.body_matched,
-            bytes_written=self.bytes_written,
-            retry_after_ms=None if self.retry_after_s is None else round(self.retry_after_s * 1000),
-        )
 
 
 def parse_retry_after(value: bytes | str, now_s: float) -> float | None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from protocol.cron import MACROS, parse_cron
 from protocol.jobs import JobSpec, Target
 from protocol.schedules import Cron
-from scheduler_node.schedule import compile_schedule
+from protocol.slots import compile_schedule
 
 # --- a strategy that builds valid seconds-first expressions field by field ----------------------------------
 # Forms croniter and we read alike: plain values, ascending ranges, steps, lists, names, '?', and L in

@@ -82,6 +82,14 @@ INVALID = [
         {**VALID, "start_at": "2026-01-02T00:00:00Z", "end_at": "2026-01-01T00:00:00Z"}).encode(),
      "end_at", "after start_at"),
     (with_("alert_webhook", "mailto:ops@example.com"), "alert_webhook", "scheme must be http or https"),
+    # What the node cannot build a request from is refused here (protocol.targets is the one parse).
+    (with_("target.url", "http://é..com/"), "target.url", "host 'é..com' is not a valid internationalised"),
+    (with_("alert_webhook", "https://é..com/hook"), "alert_webhook", "label empty or too long"),
+    (with_("target.url", "http://example.com:0/"), "target.url", "port 0 is not allowed"),
+    (with_("target.url", "http://example.com:99999/"), "target.url", "not a valid URL"),
+    (with_("target.url", "https://user:pw@example.com/"), "target.url", "credentials"),
+    (with_("target.url", "https://example.com/a b"), "target.url", "whitespace"),
+    (with_("target.url", "https://example.com/" + "a" * 2_100), "target.url", "longer than 2048"),
     (with_("schedule", ...), "", "missing required field `schedule`"),
     (b"{not json", "", "malformed"),
 ]

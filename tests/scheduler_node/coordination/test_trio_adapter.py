@@ -16,10 +16,10 @@ from scheduler_node.coordination import (
     KeyLayout,
     LeaseNotFound,
     NodeInfo,
-    TrioCoordinator,
     WatchHandle,
     WatchNotice,
 )
+from scheduler_node.coordination.trio_adapter import TrioCoordinator
 from shardwheel.embedded import EmbeddedEtcd
 
 from .conftest import TTL_S

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from protocol.jobs import HttpMethod, Semantics, Target
+from scheduler_node.attempts import attempt_result
 from scheduler_node.dispatch import (
     Connection,
     Dispatcher,
@@ -187,7 +188,7 @@ async def test_retry_after_seconds_and_http_date(server: TestServer) -> None:
         server.handler = lambda r: Reply(status=500)
         e = await send(d, t)
     assert a.http_status == 503 and a.retry_after_s == 120.0
-    assert a.attempt_result().retry_after_ms == 120_000
+    assert attempt_result(a).retry_after_ms == 120_000
     assert b.http_status == 429 and b.retry_after_s is not None and 57 <= b.retry_after_s <= 61
     assert c.retry_after_s is None and e.retry_after_s is None  # unparseable; absent (not left over)
 
@@ -200,7 +201,7 @@ async def test_timeout_is_enforced_and_connection_dropped(server: TestServer) ->
         elapsed = trio.current_time() - start
         assert d.statistics().open_connections == 0
     assert o.kind is OutcomeKind.TIMEOUT and o.bytes_written and 0.15 <= elapsed < 2
-    assert o.attempt_result().bytes_written
+    assert attempt_result(o).bytes_written
 
 
 async def test_timeout_while_queued_has_nothing_written(server: TestServer) -> None:
@@ -394,7 +395,7 @@ async def test_may_send_false_writes_nothing(server: TestServer) -> None:
     assert len(calls) == 1
     assert server.requests == [] and all(len(b) == 0 for b in server.raw.values())
     with pytest.raises(ValueError):
-        o.attempt_result()
+        attempt_result(o)
 
 
 async def test_may_send_is_asked_after_the_connection_is_ready(server: TestServer) -> None:

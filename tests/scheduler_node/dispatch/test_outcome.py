@@ -1,18 +1,15 @@
-"""Outcome: Retry-After parsing, the mapping to the retry policy, and the package's exported names."""
+"""Outcome: Retry-After parsing and the package's exported names (the mapping to the retry policy is
+scheduler_node.attempts, tested in tests/scheduler_node/test_attempts.py)."""
 
 from __future__ import annotations
 
 import email.utils
 import importlib
-from typing import Any
 
 import pytest
 
-from protocol.executions import ExecutionStatus
-from protocol.jobs import RetryPolicy, Semantics, Success
 from scheduler_node import dispatch
-from scheduler_node.dispatch import Outcome, OutcomeKind, parse_retry_after
-from scheduler_node.retry import FailureKind, decide
+from scheduler_node.dispatch import parse_retry_after
 
 NOW = 1_795_428_000.0
 
@@ -34,41 +31,6 @@ NOW = 1_795_428_000.0
 def test_parse_retry_after(value: bytes | str, expected: float | None) -> None:
     got = parse_retry_after(value, NOW)
     assert got == expected if expected is None else got == pytest.approx(expected, abs=1)
-
-
-def outcome(kind: OutcomeKind, *, bytes_written: bool = True, **kw: Any) -> Outcome:
-    return Outcome(kind=kind, bytes_written=bytes_written, started_at=NOW, duration_s=0.01, **kw)
-
-
-def test_attempt_result_feeds_the_retry_policy() -> None:
-    def fate(o: Outcome, semantics: Semantics) -> ExecutionStatus | None:
-        d = decide(
-            semantics=semantics,
-            success=Success(),
-            policy=RetryPolicy(),
-            attempt=1,
-            result=o.attempt_result(),
-            unit_random=0.5,
-        )
-        return d.terminal
-
-    ok = outcome(OutcomeKind.RESPONSE, http_status=204)
-    assert ok.attempt_result().kind is FailureKind.RESPONSE
-    assert fate(ok, Semantics.AT_MOST_ONCE) is ExecutionStatus.SUCCEEDED
-    refused = outcome(OutcomeKind.CONNECT_ERROR, bytes_written=False)
-    assert fate(refused, Semantics.AT_MOST_ONCE) is None  # nothing written: retried even at most once
-    broken = outcome(OutcomeKind.CONNECTION_ERROR)
-    assert fate(broken, Semantics.AT_MOST_ONCE) is ExecutionStatus.FAILED
-    assert fate(broken, Semantics.AT_LEAST_ONCE) is None
-    busy = outcome(OutcomeKind.RESPONSE, http_status=503, retry_after_s=30.0)
-    assert busy.attempt_result().retry_after_ms == 30_000
-    for kind in (OutcomeKind.NOT_SENT, OutcomeKind.CANCELLED):
-        with pytest.raises(ValueError):
-            outcome(kind).attempt_result()
-
-
-def test_outcome_kinds_match_retry_failure_kinds() -> None:
-    assert {k.value for k in FailureKind} <= {k.value for k in OutcomeKind}
 
 
 def test_exported_members() -> None:

@@ -1,5 +1,8 @@
 """Schedule math: when a job fires. Pure (no I/O, no clock reads: ``after`` and ``created_at`` are arguments).
 
+Shared: the node compiles a rule per job to fill its wheel, the control API computes next fire times and
+previews with the same code, so both always agree on a job's slots.
+
 - ``rules``: ``compile_schedule(spec, created_at) -> SlotRule``; ``SlotRule.next_after / iter_after / iter_ms
   / preview``; ``preview(spec, after, n)``. Bounds ``start_at``/``end_at`` inclusive; ``every`` slots are
   ``anchor + k * period``; ``at`` fires once.

@@ -48,7 +48,7 @@ from typing import Final
 
 from croniter import croniter
 
-from protocol.jobs import DstPolicy
+from ..jobs import DstPolicy
 
 from .dst import GAP_INSTANT, ONE_SECOND, REPEAT_FOLDS, WallKind, classify, gap_end, instant, overlap
 

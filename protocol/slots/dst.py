@@ -37,8 +37,8 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from protocol.cron import CronExpr
-from protocol.jobs import DstGap, DstPolicy, DstRepeat
+from ..cron import CronExpr
+from ..jobs import DstGap, DstPolicy, DstRepeat
 
 __all__ = [
     "ABSOLUTE",

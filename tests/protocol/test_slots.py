@@ -1,4 +1,4 @@
-"""scheduler_node.schedule: slot math against simple reference models, and named DST cases.
+"""protocol.slots: slot math against simple reference models, and named DST cases.
 
 Reference models (deliberately naive, sharing no code with the implementation but ``CronExpr.matches``, which
 test_cron.py holds to croniter):
@@ -23,7 +23,7 @@ from protocol.cron import CronExpr, parse_cron
 from protocol.errors import SpecError
 from protocol.jobs import DstGap, DstPolicy, DstRepeat, JobSpec, Target, validate_job_spec
 from protocol.schedules import At, Cron, Every
-from scheduler_node.schedule import (
+from protocol.slots import (
     ABSOLUTE,
     AtRule,
     CronRule,
@@ -33,9 +33,9 @@ from scheduler_node.schedule import (
     preview,
     zone,
 )
-from scheduler_node.schedule.cron_slots import CronSlots
+from protocol.slots.cron_slots import CronSlots
 
-from ..protocol.strategies import job_specs
+from .strategies import job_specs
 
 S = timedelta(seconds=1)
 
@@ -65,7 +65,7 @@ def spec(
     )
 
 
-# --- transitions, found by scanning (independent of scheduler_node.schedule.dst) ----------------------------
+# --- transitions, found by scanning (independent of protocol.slots.dst) -------------------------------------
 
 DST_ZONES = ["America/New_York", "Europe/London", "Australia/Lord_Howe", "Pacific/Chatham", "Europe/Dublin"]
 

@@ -35,9 +35,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from protocol.cron import CronExpr, parse_cron
-from protocol.jobs import DstPolicy, JobSpec
-from protocol.schedules import At, Cron, Every, parse_every
+from ..cron import CronExpr, parse_cron
+from ..jobs import DstPolicy, JobSpec
+from ..schedules import At, Cron, Every, parse_every
 
 from .cron_slots import CronSlots
 from .dst import effective_policy, zone

@@ -1,0 +1,109 @@
+"""The harness around the system under test, shared by the bench scenarios: a fresh migrated database, jobs
+inserted straight into it, and a node process's readiness and resource use.
+
+Example::
+
+    dsn = asyncio.run(prepare_db(admin_dsn, "sw_bench"))
+    asyncio.run(insert_jobs(dsn, [spec] * 1000))
+    node = subprocess.Popen([sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, ...], cwd=ROOT)
+    ready_at = wait_ready("http://127.0.0.1:8081", 120)
+    print(rss_mb(node.pid), cpu_s(node.pid))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+
+from protocol.ids import new_job_id
+from protocol.jobs import JobSpec
+from protocol.shards import HASH_NAME, shard_of
+from shardwheel.embedded import dsn_with_database
+
+__all__ = ["ROOT", "cpu_s", "insert_jobs", "prepare_db", "rss_mb", "wait_ready"]
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: the cwd of the processes the bench starts
+
+
+async def prepare_db(admin_dsn: str, name: str) -> str:
+    """A fresh database ``name`` on the server of ``admin_dsn`` (dropped first if it exists), migrated, with a
+    cluster of 256 shards; returns its DSN."""
+    from scheduler_node.store.migrate import ensure_cluster, migrate
+
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    dsn = dsn_with_database(admin_dsn, name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        await ensure_cluster(conn, name="bench", shard_count=256, hash_name=HASH_NAME)
+    finally:
+        await conn.close()
+    return dsn
+
+
+async def insert_jobs(
+    dsn: str, specs: list[JobSpec], next_fire_at: Any = None, chunk: int = 50_000
+) -> list[uuid.UUID]:
+    """Jobs straight into the table, one statement per chunk (the API path is benchmarked elsewhere)."""
+    ids = [new_job_id() for _ in specs]
+    conn = await asyncpg.connect(dsn)
+    try:
+        for i in range(0, len(specs), chunk):
+            part = specs[i : i + chunk]
+            part_ids = ids[i : i + chunk]
+            await conn.execute(
+                "INSERT INTO jobs (shard, id, tenant, name, spec, state, semantics, next_fire_at)"
+                " SELECT s, id, 'bench', n, sp::jsonb, 'active', sem, coalesce($6, now())"
+                " FROM unnest($1::int[], $2::uuid[], $3::text[], $4::text[], $5::text[]) AS t(s, id, n, sp, sem)",
+                [shard_of(j) for j in part_ids], part_ids, [s.name for s in part],
+                [msgspec.json.encode(s).decode() for s in part], [s.semantics.value for s in part],
+                next_fire_at,
+            )  # fmt: skip
+    finally:
+        await conn.close()
+    return ids
+
+
+def wait_ready(url: str, timeout: float) -> float:
+    """Poll ``url``/readyz until it answers 200 (every owned shard loaded); returns that wall-clock time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return time.time()
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"node at {url} not ready within {timeout}s")
+
+
+def rss_mb(pid: int) -> float:
+    """Peak resident memory (``VmHWM``) of a process in MiB; NaN when it cannot be read (Linux ``/proc``)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
