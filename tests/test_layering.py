@@ -381,3 +381,53 @@ def test_relative_imports_resolve() -> None:
 )
 def test_patterns(name: str, pattern: str, expected: bool) -> None:
     assert matches(name, [pattern]) is expected
+
+
+def import_cycle(modules: Mapping[str, Module], package: str) -> list[str]:
+    """A cycle of direct imports (``TYPE_CHECKING`` ones included) among ``package``'s modules, or []."""
+    inside = {m for m in modules if m.startswith(f"{package}.")}
+    edges = {m: sorted({i.target for i in modules[m].imports if i.target in inside}) for m in inside}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str]:
+        state[m] = 1
+        path.append(m)
+        for n in edges[m]:
+            if state.get(n) == 1:
+                return [*path[path.index(n) :], n]
+            if n not in state and (found := visit(n)):
+                return found
+        path.pop()
+        state[m] = 2
+        return []
+
+    for m in sorted(inside):
+        if m not in state and (found := visit(m)):
+            return found
+    return []
+
+
+def test_the_dispatcher_modules_import_each_other_without_a_cycle() -> None:
+    # request, outcome -> connection -> pool -> exchange -> stale, reactor -> dispatcher (docs/architecture.md)
+    cycle = import_cycle(load(ROOT), "scheduler_node.dispatch")
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_one_hidden_behind_type_checking(tmp_path: Path) -> None:
+    files = {
+        "scheduler_node/__init__.py": "",
+        "scheduler_node/dispatch/__init__.py": "from .dispatcher import Dispatcher\n",
+        "scheduler_node/dispatch/dispatcher.py": "from .pool import OriginPool\n",
+        "scheduler_node/dispatch/pool.py": (
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .dispatcher import Exchange\n"
+        ),
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert import_cycle(load(tmp_path), "scheduler_node.dispatch") == [
+        "scheduler_node.dispatch.dispatcher",
+        "scheduler_node.dispatch.pool",
+        "scheduler_node.dispatch.dispatcher",
+    ]
