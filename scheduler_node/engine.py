@@ -80,15 +80,22 @@ class JobRow:
 
 
 @dataclass(frozen=True)
+class EngineTuning:
+    """How the engine runs. The defaults live here only: the node's config and its CLI flags take them."""
+
+    horizon_ms: int = 60_000  # jobs whose next slot is this close are held in the wheel
+    lookahead_ms: int = 300  # a slot is claimed this long before it is due (< lease TTL / 3)
+    refill_interval_ms: int = 5_000
+    claim_chunk: int = 5_000  # slots per claim statement
+    release_timeout_s: float = 30.0  # requests in flight get this long to finish when shards are released
+    load_concurrency: int = 4  # shards loaded at once (loading is database-bound)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     node_id: str
     shard_count: int
-    horizon_ms: int = 60_000
-    lookahead_ms: int = 300
-    refill_interval_ms: int = 5_000
-    claim_chunk: int = 5_000
-    release_timeout_s: float = 30.0
-    load_concurrency: int = 4
+    tuning: EngineTuning = field(default_factory=EngineTuning)
     signing_secret: bytes | None = None
     alert_webhook: str | None = None  # the cluster's, for jobs without their own
 
@@ -157,6 +164,7 @@ class Engine:
         clock: Clock | None = None,
     ) -> None:
         self.config = config
+        self.tuning = config.tuning
         self.db = db
         self.ownership = ownership
         self.dispatcher = dispatcher
@@ -241,7 +249,7 @@ class Engine:
     async def drain(self) -> None:
         """The graceful shutdown: release every shard (no loss, no duplicate), then flush the writer."""
         self._draining = True
-        deadline = trio.current_time() + self.config.release_timeout_s
+        deadline = trio.current_time() + self.tuning.release_timeout_s
         async with trio.open_nursery() as n:
             for shard in list(self._loaded):
                 n.start_soon(self._release, shard, deadline)
@@ -252,7 +260,7 @@ class Engine:
 
     async def _ownership_events(self) -> None:
         assert self._nursery is not None
-        limiter = trio.CapacityLimiter(self.config.load_concurrency)  # loading is database-bound
+        limiter = trio.CapacityLimiter(self.tuning.load_concurrency)  # loading is database-bound
         async for event in self.ownership.events:
             match event:
                 case Acquired(shard=shard, epoch=epoch):
@@ -273,7 +281,7 @@ class Engine:
                 self.lose_shard(shard)
                 return
             now = self.clock.now_ms()
-            until = now + self.config.horizon_ms
+            until = now + self.tuning.horizon_ms
             rows = await self._load_rows([shard], until)
             missing = {uuid.UUID(e.job_id) for e in takeover.resume} - {uuid.UUID(r.job.id) for r in rows}
             if missing:
@@ -467,7 +475,7 @@ class Engine:
         else:
             next_slot = plan.next_slot
         last = max(plan.fire + plan.skip) if plan.missed else None
-        limit, room = now + self.config.lookahead_ms, misfire.max_catchup
+        limit, room = now + self.tuning.lookahead_ms, misfire.max_catchup
         while next_slot is not None and next_slot <= limit and room:
             rows.append(ClaimRow(job.shard, epoch, job.id, next_slot))
             last, room = next_slot, room - 1
@@ -483,7 +491,7 @@ class Engine:
             job.exhausted = True
             self._maybe_complete(job)
             return
-        if slot > now + self.config.horizon_ms:
+        if slot > now + self.tuning.horizon_ms:
             # Leaves memory until the refill brings it back; its lower bound moves up to this slot first.
             epoch = self._epochs.get(job.shard)
             if epoch is not None:
@@ -495,7 +503,7 @@ class Engine:
                 self.jobs.pop(job.id, None)
             return
         job.claim_entry = self._insert(
-            slot - self.config.lookahead_ms, Pending(CLAIM, job, slot, Origin.SCHEDULED)
+            slot - self.tuning.lookahead_ms, Pending(CLAIM, job, slot, Origin.SCHEDULED)
         )
 
     def _cancel_claim(self, job: LoadedJob) -> None:
@@ -509,7 +517,7 @@ class Engine:
         return entry
 
     async def _refill_loop(self) -> None:
-        interval = self.config.refill_interval_ms
+        interval = self.tuning.refill_interval_ms
         while not self._draining:
             # 400 ms into a second: after the whole-second burst of sends, before the next second's claims.
             now = self.clock.now_ms()
@@ -520,7 +528,7 @@ class Engine:
         """Load the jobs that entered the horizon; one query per group of shards refilled up to the same time."""
         await self._flush_raises()
         now = self.clock.now_ms()
-        until = now + self.config.horizon_ms
+        until = now + self.tuning.horizon_ms
         groups: dict[int, list[int]] = {}
         for shard in self._loaded:
             since = self._refilled_until.get(shard)
@@ -622,7 +630,7 @@ class Engine:
         # driver fires on time should this run long. A job that fell behind gets its late slots here too.
         now = self.clock.now_ms()
         follow: list[ClaimRow] = []
-        limit = now + self.config.lookahead_ms
+        limit = now + self.tuning.lookahead_ms
         for i, p in enumerate(on_time):
             job = p.job
             if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE and job.claim_entry is None:
@@ -638,8 +646,8 @@ class Engine:
     async def _claim_rows(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
         """Claim, then put what was inserted in the wheel. ``jobs``: the rows' jobs, which may have left
         ``self.jobs`` meanwhile (next slot beyond the horizon) but still owe these slots."""
-        for i in range(0, len(rows), self.config.claim_chunk):
-            await self._claim_chunk(rows[i : i + self.config.claim_chunk], jobs)
+        for i in range(0, len(rows), self.tuning.claim_chunk):
+            await self._claim_chunk(rows[i : i + self.tuning.claim_chunk], jobs)
 
     async def _claim_chunk(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
         if not rows:

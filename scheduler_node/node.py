@@ -35,8 +35,8 @@ from .clock import Clock
 from .clock_check import ClockCheck
 from .coordination import KeyLayout
 from .coordination.trio_adapter import TrioCoordinator
-from .dispatch import Dispatcher
-from .engine import Engine, EngineConfig
+from .dispatch import Dispatcher, DispatcherConfig
+from .engine import Engine, EngineConfig, EngineTuning
 from .etcd_ownership import EtcdOwnership
 from .http_api import NodeHttpApp
 from .metrics import Metrics
@@ -58,11 +58,8 @@ class NodeConfig:
     port: int = 8081
     cluster_secret: str = "dev-cluster-secret"
     signing_secret: str | None = None
-    horizon_ms: int = 60_000
-    lookahead_ms: int = 300
-    per_host_limit: int = 256
-    total_limit: int = 10_000
-    release_timeout_s: float = 30.0
+    engine: EngineTuning = field(default_factory=EngineTuning)
+    dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     clock_offset_ms: int = 0
     alert_webhook: str | None = None
     pool_size: int = 8
@@ -144,20 +141,17 @@ class Node:
                 )
                 ownership = EtcdOwnership(
                     coord, node_id=config.node_id, address="", shard_count=cluster.shard_count, bump_epoch=bump,
-                    ttl_s=config.lease_ttl_s, release_timeout_s=config.release_timeout_s,
+                    ttl_s=config.lease_ttl_s, release_timeout_s=config.engine.release_timeout_s,
                     clock_ok=clock_check.problem,
                 )  # fmt: skip
             else:
                 if clock_check.problem():
                     raise InfrastructureError(f"refusing to own shards: {clock_check.problem()}")
                 ownership = StaticOwnership(parse_shard_ranges(config.shards, cluster.shard_count), bump)
-            dispatcher = await stack.enter_async_context(
-                Dispatcher(per_host_limit=config.per_host_limit, node_limit=config.total_limit)
-            )
+            dispatcher = await stack.enter_async_context(Dispatcher(config.dispatcher))
             engine = self.engine = Engine(
                 EngineConfig(
-                    node_id=config.node_id, shard_count=cluster.shard_count, horizon_ms=config.horizon_ms,
-                    lookahead_ms=config.lookahead_ms, release_timeout_s=config.release_timeout_s,
+                    node_id=config.node_id, shard_count=cluster.shard_count, tuning=config.engine,
                     signing_secret=config.signing_secret.encode() if config.signing_secret else None,
                     alert_webhook=config.alert_webhook,
                 ),

@@ -101,11 +101,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(**flags: object) -> dict[str, object]:
+    """The flags given on the command line; the others keep the defaults their config class defines."""
+    return {k: v for k, v in flags.items() if v is not None}
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     import logging
 
     import trio
 
+    from scheduler_node.engine import EngineTuning
     from scheduler_node.node import NodeConfig, run_node
 
     if not args.dsn:
@@ -115,7 +121,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     config = NodeConfig(
         dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
         cluster_secret=args.cluster_secret, signing_secret=args.signing_secret,
-        horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms, release_timeout_s=args.release_timeout,
+        engine=EngineTuning(**_given(horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms,
+                                     release_timeout_s=args.release_timeout)),
         clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook, etcd=args.etcd,
         etcd_prefix=args.etcd_prefix, lease_ttl_s=args.lease_ttl, advertise_host=args.advertise_host,
         clock_limit_ms=args.clock_limit_ms,
@@ -179,10 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sign requests with X-Shardwheel-Signature (env SHARDWHEEL_SIGNING_SECRET)")
     n.add_argument("--alert-webhook", default=os.environ.get("SHARDWHEEL_ALERT_WEBHOOK"),
                    help="the cluster's alert webhook, for jobs without their own")
-    n.add_argument("--horizon-ms", type=int, default=60_000, help="how far ahead jobs are held in the wheel")
-    n.add_argument("--lookahead-ms", type=int, default=300, help="how long before its slot a firing is claimed")
-    n.add_argument("--release-timeout", type=float, default=30.0,
-                   help="seconds in-flight requests get to finish at shutdown")
+    n.add_argument("--horizon-ms", type=int, help="how far ahead jobs are held in the wheel")
+    n.add_argument("--lookahead-ms", type=int, help="how long before its slot a firing is claimed")
+    n.add_argument("--release-timeout", type=float, help="seconds in-flight requests get to finish at shutdown")
     n.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
                    help="etcd endpoint(s), comma-separated: cluster mode, --shards is then ignored (env SHARDWHEEL_ETCD)")
     n.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),

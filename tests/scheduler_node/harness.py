@@ -26,6 +26,7 @@ from protocol.executions import ExecutionStatus
 from protocol.ids import new_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import JobSpec
+from scheduler_node.engine import EngineTuning
 from scheduler_node.node import Node, NodeConfig
 
 SECRET = "test-cluster-secret"
@@ -145,7 +146,7 @@ async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) ->
         port=0,
         cluster_secret=SECRET,
         node_id=overrides.pop("node_id", "node-a"),
-        release_timeout_s=5,
+        engine=EngineTuning(release_timeout_s=5),
         **overrides,
     )
     node = Node(config)
