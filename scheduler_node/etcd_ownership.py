@@ -30,9 +30,9 @@ from collections.abc import Awaitable, Callable, Mapping
 import trio
 
 from protocol.errors import InfrastructureError
+from protocol.planner import plan_for
 
 from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo
-from .coordination.planner import plan_for
 from .coordination.trio_adapter import TrioCoordinator
 from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
 

@@ -17,11 +17,9 @@ API; the node and the API above them, neither importing the other. The rules, on
 
 How imports are read: every ``import`` and ``from ... import`` anywhere in a module (top level, in
 functions, under ``if TYPE_CHECKING``), relative ones resolved to absolute names; ``from pkg import sub``
-imports the submodule ``pkg.sub`` when it is one. "Reaches" follows imports transitively, counting that
-importing ``a.b.c`` first runs the ``__init__`` of ``a`` and ``a.b``. A module's own enclosing packages are
-not counted for the module itself: they are not its code's dependencies, and where a package's ``__init__``
-matters (rule b-trio) the package is a source in its own right. (So ``scheduler_node.coordination.planner``
-passes d although its package's ``__init__`` loads the etcd client: the planner's code needs none of it.)
+imports the submodule ``pkg.sub`` when it is one. "Reaches" is everything importing the module runs: its
+enclosing packages' ``__init__`` first (importing ``a.b.c`` runs ``a`` and ``a.b``), then its imports,
+transitively.
 """
 
 from __future__ import annotations
@@ -49,7 +47,7 @@ NO_IO = (*TRIO, "asyncio.*", "asyncpg.*", "grpc.*", "pyetcd.*", "httpx.*", "http
          "select")  # fmt: skip
 PURE_CORES = (
     "scheduler_node.wheel",
-    "scheduler_node.coordination.planner",
+    "protocol.planner",
     "protocol.slots.*",
     "scheduler_node.retry",
     "scheduler_node.misfire",
@@ -191,8 +189,9 @@ class Hop:
 def reach(source: str, modules: Mapping[str, Module]) -> dict[str, list[Hop]]:
     """Every module (project or not) that importing ``source`` runs, each with a shortest chain of imports."""
     found: dict[str, list[Hop]] = {}
-    queue: deque[tuple[str, list[Hop]]] = deque([(source, [])])
-    seen = {source}
+    first = runs(source, modules)  # its packages' __init__, then itself
+    queue: deque[tuple[str, list[Hop]]] = deque((m, []) for m in first)
+    seen = set(first)
     while queue:
         name, chain = queue.popleft()
         for imp in modules[name].imports:
@@ -285,7 +284,9 @@ def test_store_and_coordination_load_no_trio_at_run_time() -> None:
 BROKEN_TREE = {
     "protocol/__init__.py": "from .jobs import Job\n",
     "protocol/jobs.py": "import socket\nfrom scheduler_node import wheel\n",  # a: I/O; a: the node
-    "protocol/slots/__init__.py": "",
+    "protocol/planner.py": "",
+    "protocol/slots/__init__.py": "import grpc\n",  # a; and d for every module in it: its package runs first
+    "protocol/slots/rules.py": "",
     "scheduler_node/__init__.py": "",
     "scheduler_node/engine.py": "def later():\n    from .http_api import NotOwnerError\n",  # e: in a function
     "scheduler_node/http_api.py": "",
@@ -302,12 +303,12 @@ BROKEN_TREE = {
     "scheduler_node/store/jobs.py": "from ..trio_store import TrioStore\n",  # b-trio: store loads trio
     "scheduler_node/coordination/__init__.py": "from .trio_adapter import TrioCoordinator\n",
     "scheduler_node/coordination/trio_adapter.py": "import trio\n",
-    "scheduler_node/coordination/planner.py": "",  # not d: only its package's __init__ loads trio
+    "scheduler_node/coordination/view.py": "",
     "scheduler_node/dispatch/__init__.py": "",
     "scheduler_node/dispatch/outcome.py": "from ..retry import AttemptResult\n",  # f: relative, two levels
     "control_api/__init__.py": "",
-    "control_api/app.py": (  # b: the engine; b-trio: through the package __init__ the planner's import runs
-        "from scheduler_node import engine\nfrom scheduler_node.coordination.planner import plan_for\n"
+    "control_api/app.py": (  # b: the engine; b-trio: through the package __init__ the view's import runs
+        "from scheduler_node import engine\nfrom scheduler_node.coordination.view import ClusterView\n"
         "from scheduler_node.store import jobs\n"
     ),
     "bench/__init__.py": "",
@@ -331,7 +332,7 @@ def test_the_checker_finds_each_broken_rule(tmp_path: Path) -> None:
         "scheduler_node.store reaches trio: scheduler_node.store:1 imports scheduler_node.store.jobs"
         " -> scheduler_node.store.jobs:1 imports scheduler_node.trio_store -> scheduler_node.trio_store:1"
         " imports trio -- rule b-trio",
-        "control_api.app reaches trio: control_api.app:2 imports scheduler_node.coordination.planner"
+        "control_api.app reaches trio: control_api.app:2 imports scheduler_node.coordination.view"
         " (which runs scheduler_node.coordination) -> scheduler_node.coordination:1 imports"
         " scheduler_node.coordination.trio_adapter -> scheduler_node.coordination.trio_adapter:1"
         " imports trio",
@@ -339,6 +340,8 @@ def test_the_checker_finds_each_broken_rule(tmp_path: Path) -> None:
         " control_api) -- rule c",
         "scheduler_node.wheel reaches asyncpg: scheduler_node.wheel:3 imports scheduler_node.helpers"
         " -> scheduler_node.helpers:1 imports asyncpg -- rule d",
+        "protocol.slots:1 imports grpc -- rule a",
+        "protocol.slots.rules reaches grpc: protocol.slots:1 imports grpc -- rule d",
         "scheduler_node.engine reaches scheduler_node.http_api: scheduler_node.engine:2 imports"
         " scheduler_node.http_api -- rule e",
         "scheduler_node.dispatch.outcome reaches scheduler_node.retry: scheduler_node.dispatch.outcome:1"
@@ -349,9 +352,8 @@ def test_the_checker_finds_each_broken_rule(tmp_path: Path) -> None:
     for line in expected:
         assert any(p.startswith(line) for p in problems), f"{line!r} not in\n" + "\n".join(problems)
     # Allowed imports are not reported: control_api may import the store and coordination (rule b), only not
-    # load trio through them (b-trio); a core's own package is not its dependency (d).
+    # load trio through them (b-trio).
     assert not any(p.startswith(("control_api.app:2", "control_api.app:3")) for p in problems)
-    assert not any(p.startswith("scheduler_node.coordination.planner") for p in problems)
 
 
 def test_the_checker_reports_a_rule_whose_modules_are_gone(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 A synchronous core (``EtcdCoordinator``, one pyetcd client, every call bounded by a timeout) with thin trio
 (``TrioCoordinator``) and asyncio (``AsyncioCoordinator``) adapters that run its calls on threads and bridge its
-watch into their loop as coalesced "re-read the snapshot" notifications. ``planner`` (pure) is the assignment
-policy over a ``ClusterView``: which node should hold each shard (``from .planner import plan_for``).
+watch into their loop as coalesced "re-read the snapshot" notifications. The assignment policy (which node
+should hold each shard) is pure and lives in ``protocol/planner.py``.
 
 Rules:
 - Key layout under ``<prefix>/<cluster>/`` (``keys.py``): ``nodes/<id>``, ``shards/<s>``, ``status/<id>`` bound

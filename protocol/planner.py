@@ -1,8 +1,9 @@
 """Shard planner: which node should hold each shard, and what one node must take, await and release.
 
-Pure: no I/O, no clock, no trio. The view is the argument; the shell watches etcd, calls ``plan_for`` on every
-change, releases gracefully and takes with create-if-absent (DESIGN.md §4). It lives in ``coordination``
-because it is the assignment policy over the cluster view, which the control API reads too.
+Pure: no I/O, no clock, no trio. The view is the argument; the shell (``scheduler_node/etcd_ownership.py``)
+watches etcd, calls ``plan_for`` on every change, releases gracefully and takes with create-if-absent
+(DESIGN.md §4). It is shard math over plain values, so it lives in ``protocol`` beside ``shards.py``: both
+services import it without loading an etcd client.
 
 Rules and invariants (DESIGN.md §4, "Balance"):
 

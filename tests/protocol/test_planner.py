@@ -1,4 +1,4 @@
-"""The shard planner against its rules (scheduler_node/coordination/planner.py) and a reference model of the fair shares.
+"""The shard planner against its rules (protocol/planner.py) and a reference model of the fair shares.
 
 The reference for the quotas is the obvious greedy: start every eligible node at its pin count and hand the
 unpinned shards out one at a time to a least-loaded node. Its sorted load vector is the unique balanced one,
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from protocol.shards import rendezvous_owner, rendezvous_rank
-from scheduler_node.coordination import planner
-from scheduler_node.coordination.planner import Plan, fair_shares, plan_for, plan_from_target, target_assignment
+from protocol import planner
+from protocol.planner import Plan, fair_shares, plan_for, plan_from_target, target_assignment
 
 NODES = [f"n{i}" for i in range(8)]
 DEAD = ["gone-1", "gone-2"]  # owners and pin targets that hold no lease
