@@ -137,8 +137,17 @@ async def _burst(
                 def record(ex: Exchange) -> None:
                     outcomes[ex.context] = ex.outcome
 
-                for i in range(n):
-                    d.submit(msgspec.structs.replace(requests[i], on_done=record, context=i))
+                for i in range(n):  # a request made per submit, as the node's engine does per attempt
+                    request = SendRequest(
+                        template=templates[i],
+                        scheduled_at_ms=slot_ms,
+                        attempt=1,
+                        origin="scheduled",
+                        timeout_s=10.0,
+                        may_send=may_send,
+                        on_done=record,
+                    )
+                    d.submit(request, context=i)
                 while d.statistics().in_flight or d.statistics().waiting:
                     await trio.sleep(0.001)
             elif mode == "ahead":

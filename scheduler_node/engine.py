@@ -782,8 +782,8 @@ class Engine:
                 body_contains=job.spec.success.body_contains,
                 may_send=self._may_send,
                 on_done=self._attempted,
-                context=(job, p, run, epoch),
-            )
+            ),
+            context=(job, p, run, epoch),
         )
 
     def _attempted(self, ex: Exchange) -> None:

@@ -21,8 +21,8 @@ import logging
 import secrets
 import signal
 import socket
-from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import trio

@@ -49,7 +49,6 @@ from typing import Final
 from croniter import croniter
 
 from ..jobs import DstPolicy
-
 from .dst import GAP_INSTANT, ONE_SECOND, REPEAT_FOLDS, WallKind, classify, gap_end, instant, overlap
 
 __all__ = ["MAX_STEPS", "CronSlots", "cron_template"]

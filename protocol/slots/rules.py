@@ -38,7 +38,6 @@ from typing import Final
 from ..cron import CronExpr, parse_cron
 from ..jobs import DstPolicy, JobSpec
 from ..schedules import At, Cron, Every, parse_every
-
 from .cron_slots import CronSlots
 from .dst import effective_policy, zone
 

@@ -6,7 +6,7 @@ Rules:
   socket takes at once (``True`` when all of it went); ``flush()`` writes the rest once the socket is writable;
   ``readable()`` reads what arrived and feeds the parser (``True`` when the response is complete or reading
   should stop). No await and no task per exchange: a burst costs one ``send`` and one ``recv`` per request
-  (measured: a 5,000-request burst over 100 connections went from p99 408 ms with a task per send to 79 ms).
+  (a 5,000-request burst over 100 connections: p99 408 ms with a task per send, 88–150 ms so; docs/bench.md).
 - The connection is the parser's protocol object: httptools calls ``on_header``/``on_body``/... with what it
   parsed; they only copy the few things the node needs (status, ``Retry-After``, the first 1 KiB of body, a
   body-substring check), so a response costs no per-header objects beyond httptools' own.
@@ -196,8 +196,13 @@ class Connection(Generic[X]):
         "status",
     )
 
-    def __init__(self, origin: HttpOrigin, sock: socket.socket, tls: ssl.SSLObject | None = None,
-                 bios: tuple[ssl.MemoryBIO, ssl.MemoryBIO] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        origin: HttpOrigin,
+        sock: socket.socket,
+        tls: ssl.SSLObject | None = None,
+        bios: tuple[ssl.MemoryBIO, ssl.MemoryBIO] | None = None,
+    ) -> None:
         """``sock``: a connected non-blocking socket we own; ``tls``/``bios``: its completed TLS session."""
         fd = sock.fileno()
         if fd < 0:
@@ -548,8 +553,9 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
             await trio.lowlevel.wait_writable(sock)
 
 
-async def _handshake(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
-                     outgoing: ssl.MemoryBIO) -> None:  # fmt: skip
+async def _handshake(
+    sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
     while True:
         try:
             tls.do_handshake()

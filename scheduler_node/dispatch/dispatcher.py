@@ -7,7 +7,7 @@ stale kept-alive decision table; ``reactor.py`` the task, the epoll set, the dea
 module joins them: it decides which exchange goes on which connection.
 
 Rules:
-- ``submit(SendRequest)`` is synchronous: it queues the exchange on its origin and, when a kept-alive
+- ``submit(SendRequest, context=...)`` is synchronous: it queues the exchange on its origin and, when a kept-alive
   connection is idle (or one may be opened), starts it at once: ``may_send()``, render the template, write
   it. It returns an ``Exchange``; the outcome arrives later through the request's ``on_done(exchange)``,
   always called from the reactor task (never inside ``submit`` or ``cancel``), in batches. ``send(...)`` is
@@ -42,7 +42,7 @@ Example::
         await d.prewarm(template.http_origin, 100)
         d.submit(SendRequest(template=template, scheduled_at_ms=slot_ms, attempt=1, origin="scheduled",
                              timeout_s=job.spec.timeout_ms / 1000, may_send=lambda: trio.current_time() < valid_until,
-                             on_done=lambda ex: print(ex.context, ex.outcome.kind), context=job.id))
+                             on_done=lambda ex: print(ex.context, ex.outcome.kind)), context=job.id)
         outcome = await d.send(SendRequest(template=template, scheduled_at_ms=slot_ms, attempt=1,
                                            origin="manual", timeout_s=10))
         outcome.kind, outcome.http_status      # (OutcomeKind.RESPONSE, 200)
@@ -247,18 +247,21 @@ class Dispatcher:
 
     # ---- the API ---------------------------------------------------------------------------------------
 
-    def submit(self, request: SendRequest, *, _event: trio.Event | None = None) -> Exchange:
+    def submit(
+        self, request: SendRequest, *, context: Any = None, _event: trio.Event | None = None
+    ) -> Exchange:
         """Queue one attempt of one slot and start it if a connection is free; never blocks.
 
         ``request.on_done(exchange)`` gets ``exchange.outcome`` (every failure is an ``Outcome``, never an
-        exception). ``trio.ClosedResourceError`` after ``aclose``.
+        exception) and ``exchange.context`` (``context``, the caller's). ``trio.ClosedResourceError`` after
+        ``aclose``.
         """
         if self._closed:
             raise trio.ClosedResourceError("the dispatcher is closed")
         if self._nursery is None:
             raise RuntimeError("use the dispatcher as `async with Dispatcher() as d`")
         op = self._pool(request.template.http_origin)
-        ex = Exchange(request, op, _event)
+        ex = Exchange(request, op, _event, context)
         self._reactor.add_deadline(ex)
         op.enqueue(ex)
         self._waiting += 1

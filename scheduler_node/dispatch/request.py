@@ -61,6 +61,7 @@ import re
 import time
 from binascii import hexlify
 from collections.abc import Mapping
+
 import msgspec
 
 from protocol.executions import Origin

@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from protocol.shards import rendezvous_owner, rendezvous_rank
 from protocol import planner
 from protocol.planner import Plan, fair_shares, plan_for, plan_from_target, target_assignment
+from protocol.shards import rendezvous_rank
 
 NODES = [f"n{i}" for i in range(8)]
 DEAD = ["gone-1", "gone-2"]  # owners and pin targets that hold no lease

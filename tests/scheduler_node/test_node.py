@@ -13,7 +13,8 @@ import trio
 
 from protocol.executions import ExecutionStatus as S
 from protocol.internal import JobWriteOp
-from protocol.jobs import Concurrency, JobSpec, JobState, Target as JobTarget
+from protocol.jobs import Concurrency, JobSpec, JobState
+from protocol.jobs import Target as JobTarget
 from protocol.schedules import At, Cron, Every
 from scheduler_node.dispatch import DispatcherConfig
 

@@ -43,6 +43,10 @@ class Model:
     request_out: bool = False  # the whole request went out
     peer_closed: bool = False  # the server closed (FIN) or reset the connection
 
+    def must_close_now(self) -> bool:
+        """The dispatcher closes it: the exchange is over, or the idle check saw the server close it."""
+        return self.state is ConnState.MUST_CLOSE or (self.state is ConnState.IDLE and self.peer_closed)
+
 
 class ConnectionMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
@@ -211,8 +215,7 @@ class ConnectionMachine(RuleBasedStateMachine):
         self.conn.close()  # what the dispatcher does at the exchange's deadline
         self.m.state = ConnState.CLOSED
 
-    @precondition(lambda self: self.m.state is ConnState.MUST_CLOSE or (
-        self.m.state is ConnState.IDLE and self.m.peer_closed))  # fmt: skip
+    @precondition(lambda self: self.m.must_close_now())
     @rule()
     def dispatcher_drops_it(self) -> None:
         self.conn.close()
