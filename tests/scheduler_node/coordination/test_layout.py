@@ -168,7 +168,7 @@ def test_coalescing_folds_notices() -> None:
 def test_exported_names() -> None:
     for name in coordination.__all__:
         assert getattr(coordination, name) is not None
-    for module in ("asyncio_adapter", "changes", "core", "keys", "planner", "records", "trio_adapter", "view"):
+    for module in ("asyncio_adapter", "changes", "core", "keys", "records", "trio_adapter", "view"):
         mod = importlib.import_module(f"scheduler_node.coordination.{module}")
         for name in mod.__all__:
             assert hasattr(mod, name), f"{module}.{name}"
