@@ -13,6 +13,8 @@
     └── InternalError               ours: a bug or an infrastructure failure (5xx)
         ├── Fenced                  a write carried an epoch older than the shard's current one
         └── InfrastructureError     PostgreSQL or etcd could not be reached or could not start
+            └── DatabaseUnavailable PostgreSQL is unreachable or unwilling for now (a transient error,
+                                    ``scheduler_node/store/errors.py``): ride it out, retry later
 
 Messages are one line and say what is wrong and, for ``SpecError``, where: ``str(err)`` is
 ``"<field>: <problem>"`` so a 422 body, a CLI error and a log line read the same.
@@ -23,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "CallerError",
     "Conflict",
+    "DatabaseUnavailable",
     "Fenced",
     "InfrastructureError",
     "InternalError",
@@ -104,3 +107,7 @@ class Fenced(InternalError):
 
 class InfrastructureError(InternalError):
     status_hint = 503
+
+
+class DatabaseUnavailable(InfrastructureError):
+    """PostgreSQL is unreachable or refused a statement for now; the same call may succeed later."""

@@ -25,10 +25,13 @@ import httpx
 import msgspec
 import trio
 
+from protocol.errors import DatabaseUnavailable
+
 from . import store
 from .clock import Clock, ms_to_datetime
 from .metrics import Metrics
 from .store import Alert
+from .store_health import StoreHealth
 from .trio_store import TrioStore
 
 __all__ = ["AlertDelivery"]
@@ -38,9 +41,10 @@ log = logging.getLogger(__name__)
 
 class AlertDelivery:
     def __init__(self, db: TrioStore, shards: Callable[[], Iterable[int]], *, metrics: Metrics, clock: Clock,
-                 interval_s: float = 1.0, timeout_s: float = 10.0, max_attempts: int = 8,
-                 concurrency: int = 16) -> None:  # fmt: skip
+                 health: StoreHealth | None = None, interval_s: float = 1.0, timeout_s: float = 10.0,
+                 max_attempts: int = 8, concurrency: int = 16) -> None:  # fmt: skip
         self.db = db
+        self.health = health or StoreHealth(metrics)
         self.shards = shards
         self.metrics = metrics
         self.clock = clock
@@ -53,7 +57,12 @@ class AlertDelivery:
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
             task_status.started()
             while True:
-                await self.deliver_due(client)
+                try:
+                    await self.deliver_due(client)
+                except DatabaseUnavailable as e:
+                    await self.health.pause("alert delivery", e)  # the due alerts are read again after it
+                    continue
+                self.health.ok("alert delivery")
                 await trio.sleep(self.interval_s)
 
     async def deliver_due(self, client: httpx.AsyncClient) -> None:
@@ -82,7 +91,9 @@ class AlertDelivery:
                 error = f"{type(e).__name__}: {e}"
         if error is None:
             self.metrics.alert_deliveries.inc(outcome="delivered")
-            await self.db.call(store.mark_delivered, alert.shard, alert.id)
+            await self.health.retry(
+                "alert delivery", self.db.call, store.mark_delivered, alert.shard, alert.id
+            )
             return
         self.metrics.alert_deliveries.inc(outcome="failed")
         tries = alert.delivery_attempts + 1
@@ -96,4 +107,12 @@ class AlertDelivery:
             error,
             f"retry at {retry_at}" if retry_at else "giving up",
         )
-        await self.db.call(store.record_delivery_failure, alert.shard, alert.id, error, retry_at)
+        await self.health.retry(
+            "alert delivery",
+            self.db.call,
+            store.record_delivery_failure,
+            alert.shard,
+            alert.id,
+            error,
+            retry_at,
+        )

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 import trio
 
+from protocol.errors import DatabaseUnavailable
+
 from .clock import Clock
+from .store_health import StoreHealth
 from .trio_store import TrioStore
 
 __all__ = ["ClockCheck", "Sample", "best_offset"]
@@ -52,9 +55,16 @@ async def _server_ms(conn: object) -> float:
 
 class ClockCheck:
     def __init__(
-        self, db: TrioStore, clock: Clock, *, limit_ms: float = 50.0, interval_s: float = 5.0
+        self,
+        db: TrioStore,
+        clock: Clock,
+        *,
+        limit_ms: float = 50.0,
+        interval_s: float = 5.0,
+        health: StoreHealth | None = None,
     ) -> None:
         self.db = db
+        self.health = health or StoreHealth()
         self.clock = clock
         self.limit_ms = limit_ms
         self.interval_s = interval_s
@@ -87,4 +97,9 @@ class ClockCheck:
             if problem:
                 log.error(problem)
             await trio.sleep(self.interval_s)
-            await self.measure()
+            try:
+                await self.measure()
+            except DatabaseUnavailable as e:  # the last offset stands until PostgreSQL answers again
+                await self.health.pause("clock check", e)
+                continue
+            self.health.ok("clock check")

@@ -34,14 +34,14 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
-from protocol.errors import Fenced, InfrastructureError, NotFound, NotOwnerError, SpecError
+from protocol.errors import DatabaseUnavailable, Fenced, NotFound, NotOwnerError, SpecError
 from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
@@ -56,14 +56,16 @@ from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRe
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
+from .store_health import StoreHealth
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
 from .writer import Writer
 
-__all__ = ["Engine", "EngineConfig"]
+__all__ = ["Engine", "EngineConfig", "EngineTuning"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLAIM, FIRE = 0, 1
 S = ExecutionStatus
@@ -162,6 +164,7 @@ class Engine:
         dispatcher: Dispatcher,
         metrics: Metrics | None = None,
         clock: Clock | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self.config = config
         self.tuning = config.tuning
@@ -170,6 +173,7 @@ class Engine:
         self.dispatcher = dispatcher
         self.metrics = metrics or Metrics()
         self.clock = clock or Clock()
+        self.health = health or StoreHealth(self.metrics)
         self.wheel: TimingWheel[Pending] = TimingWheel(self.clock.now_ms())
         self.jobs: dict[uuid.UUID, LoadedJob] = {}
         self._shard_jobs: dict[int, dict[uuid.UUID, LoadedJob]] = {}
@@ -197,6 +201,7 @@ class Engine:
         self.writer: Writer[ResultRow] = Writer(
             self._write_results,
             on_fenced=self.lose_shard,
+            health=self.health,
             name="results",
             max_batch=5_000,
             max_delay_s=0.5,
@@ -206,7 +211,12 @@ class Engine:
         # Alerts are batched like results: a target that is down fails every slot, and an insert per failure
         # would put a database round trip behind each of them.
         self.alerts: Writer[AlertRow] = Writer(
-            self._write_alerts, on_fenced=self.lose_shard, name="alerts", max_batch=1_000, max_delay_s=0.2
+            self._write_alerts,
+            on_fenced=self.lose_shard,
+            health=self.health,
+            name="alerts",
+            max_batch=1_000,
+            max_delay_s=0.2,
         )
         self.metrics.wheel_size.read = lambda: float(len(self.wheel))
         self.metrics.in_flight.read = lambda: float(sum(self._in_flight.values()))
@@ -236,7 +246,11 @@ class Engine:
             nursery.start_soon(self._refill_loop)
             nursery.start_soon(self._ownership_events)
             delivery = AlertDelivery(
-                self.db, lambda: list(self._loaded), metrics=self.metrics, clock=self.clock
+                self.db,
+                lambda: list(self._loaded),
+                metrics=self.metrics,
+                clock=self.clock,
+                health=self.health,
             )
             await nursery.start(delivery.run)
             await nursery.start(self.ownership.run)
@@ -244,7 +258,15 @@ class Engine:
 
     def ready(self) -> bool:
         grants = self.ownership.grants()
-        return bool(grants) and all(s in self._loaded for s in grants)
+        return bool(grants) and all(s in self._loaded for s in grants) and self.health.problem() is None
+
+    def not_ready_because(self) -> str:
+        """Why ``ready()`` is False: PostgreSQL unavailable (degraded), or shards still loading."""
+        return self.health.problem() or "loading"
+
+    async def _db(self, where: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """A store call that rides a PostgreSQL outage out (``store_health.py``): retried until it is back."""
+        return await self.health.retry(where, self.db.call, fn, *args, **kwargs)
 
     async def drain(self) -> None:
         """The graceful shutdown: release every shard (no loss, no duplicate), then flush the writer."""
@@ -276,7 +298,7 @@ class Engine:
             self._shard_jobs.setdefault(shard, {})
             self._unsent.setdefault(shard, {})
             try:
-                takeover = await self.db.call(store.take_over_shard, shard, epoch)
+                takeover = await self._db("load", store.take_over_shard, shard, epoch)
             except Fenced:
                 self.lose_shard(shard)
                 return
@@ -352,7 +374,7 @@ class Engine:
             if self.wheel.cancel(entry)
         ]
         if keys:
-            result = await self.db.call(store.delete_unsent_claims, shard, epoch, keys)
+            result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
             if result.fenced:
                 log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
         with trio.move_on_at(deadline):
@@ -405,15 +427,15 @@ class Engine:
     async def _load_rows(
         self, shards: Sequence[int], until_ms: int, after_ms: int | None = None
     ) -> list[JobRow]:
-        rows = await self.db.call(store.due_jobs, shards, ms_to_datetime(until_ms),
-                                  after=None if after_ms is None else ms_to_datetime(after_ms))  # fmt: skip
+        after = None if after_ms is None else ms_to_datetime(after_ms)
+        rows = await self._db("load", store.due_jobs, shards, ms_to_datetime(until_ms), after=after)
         return [JobRow(job, last_slot) for job, last_slot in rows]
 
     async def _get_rows(self, shard: int, ids: Sequence[uuid.UUID]) -> list[JobRow]:
         jobs = []
         for job_id in ids:
             try:
-                jobs.append(await self.db.call(store.get_job, shard, job_id))
+                jobs.append(await self._db("load", store.get_job, shard, job_id))
             except NotFound:
                 pass
         return await self._with_cursors(shard, jobs)
@@ -421,7 +443,7 @@ class Engine:
     async def _with_cursors(self, shard: int, jobs: list[Job]) -> list[JobRow]:
         if not jobs:
             return []
-        cursors = await self.db.call(store.job_cursors, shard, [uuid.UUID(j.id) for j in jobs])
+        cursors = await self._db("load", store.job_cursors, shard, [uuid.UUID(j.id) for j in jobs])
         return [JobRow(j, cursors.get(uuid.UUID(j.id))) for j in jobs]
 
     def _make_job(self, job: Job) -> LoadedJob:
@@ -552,7 +574,7 @@ class Engine:
         queue, self._raise_queue = self._raise_queue, []
         live = [r for r in queue if self._granted_epoch(r.shard) == r.epoch]
         if live:
-            result = await self.db.call(store.raise_next_fire_at, live)
+            result = await self._db("refill", store.raise_next_fire_at, live)
             for shard in result.fenced:
                 self.lose_shard(shard)
 
@@ -657,12 +679,12 @@ class Engine:
             try:
                 result = await self.db.call(store.claim_slots, self.config.node_id, rows)
                 break
-            except InfrastructureError as e:
-                log.warning("claim of %d rows failed (%s); retrying", len(rows), e)
-                await trio.sleep(0.1)
+            except DatabaseUnavailable as e:
+                await self.health.pause("claim", e)
                 rows = [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
                 if not rows:
                     return
+        self.health.ok("claim")
         self.metrics.claim_batch.record(len(rows))
         self.metrics.claim_latency.record((trio.current_time() - started) * 1000)
         for shard in result.fenced:
@@ -929,8 +951,14 @@ class Engine:
 
     async def _store_state(self, job: LoadedJob, epoch: int, state: JobState, reason: str) -> None:
         try:
-            outcome = await self.db.call(
-                store.set_job_state, Fence(job.shard, epoch), job.id, state, tenant=job.tenant, reason=reason
+            outcome = await self._db(
+                "job state",
+                store.set_job_state,
+                Fence(job.shard, epoch),
+                job.id,
+                state,
+                tenant=job.tenant,
+                reason=reason,
             )
             job.version = outcome.version
         except Fenced:
@@ -1039,6 +1067,7 @@ class Engine:
             "in_flight": sum(self._in_flight.values()),
             "dispatch_lag_p99_ms": self.metrics.dispatch_lag.quantile(0.99),
             "lag_ms": max(0, now - nd) if nd is not None else 0,  # how late the oldest due entry is
+            "degraded": self.health.problem(),  # None, or why PostgreSQL cannot be reached
         }
 
     def status(self) -> dict[str, Any]:

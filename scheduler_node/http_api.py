@@ -1,7 +1,8 @@
 """The node's HTTP port: health, readiness, Prometheus metrics, and the internal job-write API.
 
 Routes:
-- ``GET /healthz`` 200 while the process serves; ``GET /readyz`` 200 once every owned shard is loaded, else 503.
+- ``GET /healthz`` 200 while the process serves; ``GET /readyz`` 200 once every owned shard is loaded and
+  PostgreSQL answers, else 503 with the reason (``loading``, or ``PostgreSQL unavailable for 12.0 s ...``).
 - ``GET /metrics``: Prometheus text format.
 - ``GET /internal/v1/status``: this node's view (shards with epochs, counters) as JSON.
 - ``POST /internal/v1/jobs/{id}``: a ``protocol.internal.JobWrite`` (JSON), authenticated by
@@ -41,6 +42,8 @@ class NodeApi(Protocol):
 
     def ready(self) -> bool: ...
 
+    def not_ready_because(self) -> str: ...
+
     def metrics_text(self) -> str: ...
 
     def status(self) -> Any: ...
@@ -65,8 +68,10 @@ class NodeHttpApp:
         if method == "GET" and path == "/healthz":
             await _respond(send, 200, b"ok\n", b"text/plain")
         elif method == "GET" and path == "/readyz":
-            ready = self.node.ready()
-            await _respond(send, 200 if ready else 503, b"ready\n" if ready else b"loading\n", b"text/plain")
+            if self.node.ready():
+                await _respond(send, 200, b"ready\n", b"text/plain")
+            else:
+                await _respond(send, 503, self.node.not_ready_because().encode() + b"\n", b"text/plain")
         elif method == "GET" and path == "/metrics":
             await _respond(send, 200, self.node.metrics_text().encode(), b"text/plain; version=0.0.4")
         elif method == "GET" and path == "/internal/v1/status":

@@ -135,6 +135,9 @@ class Metrics:
         self.not_sent = Counter(p + "not_sent_total", "sends withheld because the lease validity had passed")
         self.alerts = Counter(p + "alerts_total", "alerts raised")
         self.alert_deliveries = Counter(p + "alert_deliveries_total", "alert webhook deliveries by outcome")
+        self.store_unavailable = Counter(
+            p + "store_unavailable_total", "store calls that found PostgreSQL unavailable, by loop"
+        )
         self.in_flight = Gauge(p + "in_flight", "requests in flight")
         self.wheel_size = Gauge(p + "wheel_entries", "entries in the timing wheel")
         self.shards = Gauge(p + "shards_owned", "shards this node owns")

@@ -41,6 +41,7 @@ from .etcd_ownership import EtcdOwnership
 from .http_api import NodeHttpApp
 from .metrics import Metrics
 from .ownership import StaticOwnership, parse_shard_ranges
+from .store_health import StoreHealth
 from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_cluster
 from .trio_store import TrioStore
 
@@ -71,13 +72,14 @@ class NodeConfig:
     clock_limit_ms: float = 50.0
 
 
-async def _partition_maintenance(db: TrioStore, retention_days: int, *,
+async def _partition_maintenance(db: TrioStore, health: StoreHealth, retention_days: int, *,
                                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
     """Day partitions a week ahead, and retention, at start and hourly (every node may: it is serialised)."""
     while True:
         today = datetime.now(UTC).date()
-        created = await db.call(ensure_partitions, today - timedelta(days=1), 8)
-        dropped = await db.call(drop_partitions_before, today - timedelta(days=retention_days))
+        created = await health.retry("partitions", db.call, ensure_partitions, today - timedelta(days=1), 8)
+        cutoff = today - timedelta(days=retention_days)
+        dropped = await health.retry("partitions", db.call, drop_partitions_before, cutoff)
         if created or dropped:
             log.info("partitions: created %s, dropped %s", created, dropped)
         task_status.started()
@@ -128,7 +130,9 @@ class Node:
             if cluster is None:
                 raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
             clock = Clock(config.clock_offset_ms)
-            clock_check = ClockCheck(db, clock, limit_ms=config.clock_limit_ms)
+            metrics = Metrics()
+            health = StoreHealth(metrics)  # one view of PostgreSQL for every loop: /readyz and status read it
+            clock_check = ClockCheck(db, clock, limit_ms=config.clock_limit_ms, health=health)
             await clock_check.measure()
 
             async def bump(shard: int) -> int:
@@ -155,7 +159,7 @@ class Node:
                     signing_secret=config.signing_secret.encode() if config.signing_secret else None,
                     alert_webhook=config.alert_webhook,
                 ),
-                db=db, ownership=ownership, dispatcher=dispatcher, metrics=Metrics(), clock=clock,
+                db=db, ownership=ownership, dispatcher=dispatcher, metrics=metrics, clock=clock, health=health,
             )  # fmt: skip
             hc = HypercornConfig()
             hc.bind = [f"{config.host}:{config.port}"]
@@ -165,7 +169,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 if handle_signals:
                     nursery.start_soon(self._watch_signals, nursery)
-                await nursery.start(_partition_maintenance, db, config.retention_days)
+                await nursery.start(_partition_maintenance, db, health, config.retention_days)
                 await nursery.start(clock_check.run)
                 self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
                 port = self.addresses[0].rsplit(":", 1)[1]

@@ -9,6 +9,9 @@ Rules:
 - ``await store.call(fn, *args)`` runs ``fn(pool, *args)``; ``await store.run(fn, *args)`` runs any asyncio
   coroutine function (a dedicated connection, say). Trio cancellation cancels the asyncio task, and asyncpg
   then cancels the query on the server.
+- This is where the node classifies database errors (``store/errors.py``): a transient one (PostgreSQL
+  unreachable, restarting, shutting down, a serialization failure...) comes out as ``DatabaseUnavailable``,
+  which every loop of the node rides out; anything else is a bug and comes out as it is.
 
 Example::
 
@@ -26,6 +29,8 @@ import asyncpg
 import trio
 import trio_asyncio
 
+from protocol.errors import DatabaseUnavailable
+from scheduler_node.store.errors import describe, is_transient
 from scheduler_node.store.pool import create_pool
 
 __all__ = ["TrioStore"]
@@ -53,9 +58,24 @@ class TrioStore:
                     await trio_asyncio.aio_as_trio(pool.close, loop=loop)()
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """``await fn(pool, *args, **kwargs)`` on the asyncio side."""
-        return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(self.pool, *args, **kwargs)
+        """``await fn(pool, *args, **kwargs)`` on the asyncio side; ``DatabaseUnavailable`` if it failed
+        transiently."""
+        try:
+            return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(self.pool, *args, **kwargs)
+        except Exception as e:
+            if is_transient(e):
+                raise _unavailable(e) from e
+            raise
 
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-        """``await fn(*args, **kwargs)`` on the asyncio side (no pool passed)."""
-        return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args, **kwargs)
+        """``await fn(*args, **kwargs)`` on the asyncio side (no pool passed); errors as for ``call``."""
+        try:
+            return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args, **kwargs)
+        except Exception as e:
+            if is_transient(e):
+                raise _unavailable(e) from e
+            raise
+
+
+def _unavailable(e: Exception) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"PostgreSQL unavailable: {describe(e)}")

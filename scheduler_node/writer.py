@@ -8,7 +8,8 @@ Rules:
   at most a few milliseconds. With ``quiet_s``, a batch is also written once no item arrived for that long:
   the node's results then go out just after a second's burst of responses rather than in the middle of it
   (encoding a batch holds the node's one thread for milliseconds, and the burst's last sends would wait).
-- A batch whose write fails with an infrastructure error is retried (same items, growing pause up to 2 s);
+- A batch whose write finds PostgreSQL unavailable (``DatabaseUnavailable``) is retried (same items, the
+  pause of ``store_health.py``: 0.1 s doubling to 2 s);
   nothing is dropped while the writer runs. ``flush()`` returns once everything put before it is written;
   closing (leaving ``run``) drains what is queued first.
 - The write function returns the shards it found fenced; they go to ``on_fenced`` (the shard is gone).
@@ -25,7 +26,9 @@ from typing import Generic, TypeVar
 
 import trio
 
-from protocol.errors import InfrastructureError
+from protocol.errors import DatabaseUnavailable
+
+from .store_health import StoreHealth
 
 __all__ = ["Writer"]
 
@@ -39,6 +42,7 @@ class Writer(Generic[T]):
         write_batch: Callable[[list[T]], Awaitable[Iterable[int]]],
         *,
         on_fenced: Callable[[int], None],
+        health: StoreHealth | None = None,
         max_batch: int = 2_000,
         max_delay_s: float = 0.005,
         max_pending: int = 50_000,
@@ -47,6 +51,7 @@ class Writer(Generic[T]):
     ) -> None:
         self._write = write_batch
         self._on_fenced = on_fenced
+        self.health = health or StoreHealth()
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.quiet_s = quiet_s
@@ -113,17 +118,17 @@ class Writer(Generic[T]):
         await self._send.aclose()
 
     async def _write_with_retry(self, batch: list[T]) -> None:
-        pause = 0.05
+        """Until it is written: a PostgreSQL outage holds the batch (and, past ``max_pending``, the writer's
+        callers), it never drops it."""
         while True:
             started = trio.current_time()
             try:
                 fenced = await self._write(batch)
-            except InfrastructureError as e:
-                log.warning("%s: batch of %d failed (%s); retrying in %.2fs", self.name, len(batch), e, pause)
-                await trio.sleep(pause)
-                pause = min(pause * 2, 2.0)
+            except DatabaseUnavailable as e:
+                await self.health.pause(self.name, e)
                 continue
             break
+        self.health.ok(self.name)
         self.batches += 1
         self.last_batch_size = len(batch)
         if self.on_batch is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from protocol.errors import InfrastructureError
+from protocol.errors import DatabaseUnavailable
 from scheduler_node.writer import Writer
 
 
@@ -43,7 +43,7 @@ async def test_back_pressure_and_retry(autojump_clock: trio.testing.MockClock) -
         await gate.wait()
         if failures:
             failures -= 1
-            raise InfrastructureError("database away")
+            raise DatabaseUnavailable("database away")
         written.extend(batch)
         return set()
 
