@@ -10,13 +10,32 @@ from __future__ import annotations
 import gc
 import math
 import time
+from collections.abc import Callable
 
 import trio
 
 from protocol.jobs import Target
-from scheduler_node.dispatch import Dispatcher, RequestTemplate, SendRequest
+from scheduler_node.dispatch import Dispatcher, Exchange, RequestTemplate, SendRequest
 
-__all__ = ["fire_every_second"]
+__all__ = ["fire_every_second", "first_attempt"]
+
+
+def first_attempt(
+    template: RequestTemplate,
+    slot_ms: int,
+    may_send: Callable[[], bool],
+    on_done: Callable[[Exchange], object] | None = None,
+) -> SendRequest:
+    """What the node's engine hands the dispatcher for a slot's first attempt (10 s timeout)."""
+    return SendRequest(
+        template=template,
+        scheduled_at_ms=slot_ms,
+        attempt=1,
+        origin="scheduled",
+        timeout_s=10.0,
+        may_send=may_send,
+        on_done=on_done,
+    )
 
 
 async def fire_every_second(port: int, jobs: int, duration: int, connections: int = 256,
@@ -39,16 +58,7 @@ async def fire_every_second(port: int, jobs: int, duration: int, connections: in
             await trio.sleep(max(0.0, second - time.time()))
             slot_ms = second * 1000
             for i, t in enumerate(templates):
-                d.submit(
-                    SendRequest(
-                        template=t,
-                        scheduled_at_ms=slot_ms,
-                        attempt=1,
-                        origin="scheduled",
-                        timeout_s=10.0,
-                        may_send=may_send,
-                    )
-                )
+                d.submit(first_attempt(t, slot_ms, may_send))
                 if i % 128 == 127:
                     await trio.lowlevel.checkpoint()  # as the node's driver does: first sends out early
         while d.statistics().in_flight or d.statistics().waiting:

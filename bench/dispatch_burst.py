@@ -54,6 +54,7 @@ from scheduler_node.dispatch import (
     format_scheduled_at,
 )
 
+from .bare import first_attempt
 from .results import drift_summary, read_sink, start_sink, stop_sink
 
 __all__ = ["main", "run"]
@@ -105,17 +106,7 @@ async def _burst(
         slot_s = math.ceil(time.time() + lead_s)
         slot_ms = slot_s * 1000
         deadline = trio.current_time() + (slot_s - time.time())  # the slot on trio's clock
-        requests = [
-            SendRequest(
-                template=t,
-                scheduled_at_ms=slot_ms,
-                attempt=1,
-                origin="scheduled",
-                timeout_s=10.0,
-                may_send=may_send,
-            )
-            for t in templates
-        ]
+        requests = [first_attempt(t, slot_ms, may_send) for t in templates]
 
         async def fire(i: int, sleep_first: bool) -> None:
             if sleep_first:
@@ -138,16 +129,7 @@ async def _burst(
                     outcomes[ex.context] = ex.outcome
 
                 for i in range(n):  # a request made per submit, as the node's engine does per attempt
-                    request = SendRequest(
-                        template=templates[i],
-                        scheduled_at_ms=slot_ms,
-                        attempt=1,
-                        origin="scheduled",
-                        timeout_s=10.0,
-                        may_send=may_send,
-                        on_done=record,
-                    )
-                    d.submit(request, context=i)
+                    d.submit(first_attempt(templates[i], slot_ms, may_send, record), context=i)
                 while d.statistics().in_flight or d.statistics().waiting:
                     await trio.sleep(0.001)
             elif mode == "ahead":
