@@ -41,8 +41,8 @@ from .etcd_ownership import EtcdOwnership
 from .http_api import NodeHttpApp
 from .metrics import Metrics
 from .ownership import StaticOwnership, parse_shard_ranges
-from .store_health import StoreHealth
 from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_cluster
+from .store_health import StoreHealth
 from .trio_store import TrioStore
 
 __all__ = ["Node", "NodeConfig", "run_node"]
@@ -70,6 +70,9 @@ class NodeConfig:
     lease_ttl_s: int = 5
     advertise_host: str | None = None  # how other processes reach this node's HTTP port (default: host)
     clock_limit_ms: float = 50.0
+    # A PostgreSQL outage longer than this ends the node (exit 1, one line), for its supervisor to restart it;
+    # shorter ones are ridden out (store_health.py).
+    store_outage_limit_s: float = 300.0
 
 
 async def _partition_maintenance(db: TrioStore, health: StoreHealth, retention_days: int, *,
@@ -116,6 +119,7 @@ class Node:
         self.engine: Engine | None = None
         self.addresses: list[str] = []
         self._stop = trio.Event()
+        self.failure: InfrastructureError | None = None  # why the node ended on its own
 
     def stop(self) -> None:
         """Ask for the graceful shutdown (what SIGTERM does)."""
@@ -169,6 +173,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 if handle_signals:
                     nursery.start_soon(self._watch_signals, nursery)
+                nursery.start_soon(self._watch_store, health, nursery)
                 await nursery.start(_partition_maintenance, db, health, config.retention_days)
                 await nursery.start(clock_check.run)
                 self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
@@ -185,6 +190,24 @@ class Node:
                 if isinstance(ownership, EtcdOwnership):
                     await ownership.leave()
                 nursery.cancel_scope.cancel()
+            # After an outage past the limit, what can be released without the database: the lease, so that
+            # other nodes take over.
+            if self.failure is not None and isinstance(ownership, EtcdOwnership):
+                with trio.move_on_after(2, shield=True):
+                    await ownership.leave()
+        if self.failure is not None:
+            raise self.failure  # out here, not through the nurseries above: one error, not a group of them
+
+    async def _watch_store(self, health: StoreHealth, nursery: trio.Nursery) -> None:
+        """End the node once PostgreSQL has been unavailable for longer than ``store_outage_limit_s``."""
+        limit = self.config.store_outage_limit_s
+        while health.unavailable_for_s() <= limit:
+            await trio.sleep(min(1.0, limit / 4))
+        self.failure = InfrastructureError(
+            f"PostgreSQL unavailable for more than {limit:g} s, exiting: {health.problem()}"
+        )
+        log.error("%s", self.failure)
+        nursery.cancel_scope.cancel()
 
     async def _watch_signals(self, nursery: trio.Nursery) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

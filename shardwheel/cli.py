@@ -125,7 +125,7 @@ def cmd_node(args: argparse.Namespace) -> int:
                                      release_timeout_s=args.release_timeout)),
         clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook, etcd=args.etcd,
         etcd_prefix=args.etcd_prefix, lease_ttl_s=args.lease_ttl, advertise_host=args.advertise_host,
-        clock_limit_ms=args.clock_limit_ms,
+        clock_limit_ms=args.clock_limit_ms, **_given(store_outage_limit_s=args.store_outage_limit),
         **({"node_id": args.node_id} if args.node_id else {}),
     )  # fmt: skip
     try:
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host other processes use to reach this node (default: --host)")
     n.add_argument("--clock-limit-ms", type=float, default=50.0,
                    help="largest clock offset from PostgreSQL at which the node still owns shards")
+    n.add_argument("--store-outage-limit", type=float,
+                   help="seconds of PostgreSQL outage after which the node exits 1 for its supervisor (300)")
     n.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)  # tests: a skewed clock
     n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     n.set_defaults(func=cmd_node)

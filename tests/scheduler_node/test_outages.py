@@ -90,3 +90,38 @@ async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> N
     assert set(delivered) <= succeeded  # every delivery recorded, those made just before the outage too
     # AT_LEAST_ONCE lost nothing: every second from the first slot to the last, the outage's ones late
     assert len(delivered) == int((delivered[-1] - delivered[0]).total_seconds()) + 1
+
+
+async def test_an_outage_past_the_limit_ends_the_node_with_one_line(own_pg: EmbeddedPostgres) -> None:
+    from protocol.errors import InfrastructureError
+    from scheduler_node.node import Node, NodeConfig
+
+    from .harness import SECRET
+
+    config = NodeConfig(dsn=own_pg.dsn, shards="0-255", port=0, cluster_secret=SECRET, node_id="n-limit",
+                        store_outage_limit_s=2.0)  # fmt: skip
+    node = Node(config)
+    ended: list[BaseException] = []
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await node.run(handle_signals=False, task_status=task_status)
+        except InfrastructureError as e:  # a plain exception, not a group: the CLI prints it as one line
+            ended.append(e)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            await n.start(run)
+            await wait_for(_ready(node), timeout=30)
+            await trio.to_thread.run_sync(own_pg.stop)
+    (e,) = ended
+    assert str(e).startswith("PostgreSQL unavailable for more than 2 s, exiting: PostgreSQL unavailable for")
+    assert "\n" not in str(e)
+
+
+def _ready(node: object) -> object:
+    async def ready() -> bool:
+        engine = node.engine  # type: ignore[attr-defined]
+        return engine is not None and engine.ready()
+
+    return ready
