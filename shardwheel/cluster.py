@@ -53,6 +53,7 @@ def cluster_status(dsn: str, etcd: str, prefix: str) -> dict[str, Any]:
             "drained": node_id in view.drained, "refusing": info.refusing,
             "firings_per_s": figures.get("firings_per_s"), "dispatch_lag_p99_ms": figures.get("dispatch_lag_p99_ms"),
             "lag_ms": figures.get("lag_ms"), "clock_offset_ms": figures.get("clock_offset_ms"),
+            "degraded": figures.get("degraded"),
         })  # fmt: skip
     return {
         "cluster": name,
@@ -77,6 +78,8 @@ def render_status(status: dict[str, Any]) -> None:
         table.add_column(col)
     for m in status["members"]:
         state = "drained" if m["drained"] else (f"refusing: {m['refusing']}" if m["refusing"] else "ok")
+        if m.get("degraded"):
+            state = f"degraded: {m['degraded']}"
         table.add_row(m["node"], m["address"], str(m["shards"]), str(m["firings_per_s"]),
                       str(m["dispatch_lag_p99_ms"]), str(m["lag_ms"]), str(m["clock_offset_ms"]), state)
     console.print(table)

@@ -146,6 +146,7 @@ async def test_drain_undrain_and_move_a_shard(
         doc = json.loads(status.stdout)
         assert {m["node"]: m["shards"] for m in doc["members"]} == {"n1": 128, "n2": 128, "n3": 0}
         assert doc["drained"] == ["n3"] and doc["unowned_shards"] == []
+        assert all(m["degraded"] is None for m in doc["members"])  # PostgreSQL answers every node
         assert all(doc["shards"][str(s)]["epoch"] >= 1 for s in range(256))
         assert cli("undrain", "n3").returncode == 0
         await trio.to_thread.run_sync(
