@@ -40,7 +40,7 @@ _FIRST_S, _CAP_S = 0.1, 2.0
 
 def backoff_s(failures: int) -> float:
     """The pause after the n-th consecutive failure (1, 2, ...): 0.1 s doubling, at most 2 s."""
-    return min(_CAP_S, _FIRST_S * 2 ** max(0, failures - 1))
+    return min(_CAP_S, _FIRST_S * float(2 ** max(0, failures - 1)))
 
 
 class StoreHealth:
