@@ -70,7 +70,12 @@ async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> N
             return r.status_code == 503 and r.text.startswith("PostgreSQL unavailable")
 
         await wait_for(degraded, timeout=20)
-        await trio.sleep(2)  # down a while: claims, results and refills all find it gone
+
+        async def claims_blocked() -> bool:  # down long enough for the claimer to find it gone
+            problem = node.engine.health.problem() if node.engine is not None else None
+            return problem is not None and "claim" in problem
+
+        await wait_for(claims_blocked, timeout=20)
         await trio.to_thread.run_sync(own_pg.start)
         before = len(target.at("/alo"))
         await wait_for(lambda: fired("/alo", before + 3), timeout=30)  # firing again
