@@ -10,9 +10,16 @@ Rules (DESIGN.md §4, §5):
   striking and the bytes leaving.
 - A CLAIM handled later than its slot's misfire grace is a stall: the missed slots follow the job's misfire
   policy, exactly as at load time.
-- FIRE: nothing is written when the shard is no longer granted or the lease validity (``valid_until``) has
-  passed; the row stays ``claimed`` for the next owner. A scheduled slot of a job paused since its claim ends
-  ``skipped_paused``; the concurrency policy decides between send, skip, buffer and replace.
+- FIRE: nothing is sent when the shard is no longer granted (the row stays ``claimed`` for the next owner).
+  Past the lease validity (``valid_until``: etcd unreachable) a FIRE is held in memory and nothing is claimed;
+  once the lease proves alive the held slots go out by the misfire policy (AT_MOST_ONCE ones too: the node
+  knows it never sent them). A shard lost meanwhile has its unsent claims deleted if its epoch still stands,
+  so the next owner plans them afresh instead of finding AT_MOST_ONCE rows it must call ``lost``.
+- Claims that waited out an outage (PostgreSQL errors, or ``valid_until`` passed) are re-planned before
+  they are retried: a job with a slot now past its misfire grace has its slots planned again from the first
+  of them. A claim retried after an error first looks for the rows its lost attempt may have inserted.
+- A scheduled slot of a job paused since its claim ends ``skipped_paused``; the concurrency policy decides
+  between send, skip, buffer and replace.
 - A run is in flight from its first send until its terminal state, retry waits included. Every attempt's
   outcome goes through the retry policy; results go to the batched writer, fenced by epoch. A fenced write
   means the shard is gone: it is dropped at once.
@@ -56,8 +63,8 @@ from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRe
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
-from .store_health import StoreHealth
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
+from .store_health import StoreHealth
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
 from .writer import Writer
@@ -178,6 +185,8 @@ class Engine:
         self.jobs: dict[uuid.UUID, LoadedJob] = {}
         self._shard_jobs: dict[int, dict[uuid.UUID, LoadedJob]] = {}
         self._unsent: dict[int, dict[SlotKey, Entry[Pending]]] = {}
+        self._held: dict[int, dict[SlotKey, Pending]] = {}  # due while sends were blocked (lease unconfirmed)
+        self._held_ready = trio.Event()
         self._in_flight: dict[int, int] = {}
         self._loaded: set[int] = set()
         self._epochs: dict[int, int] = {}
@@ -245,6 +254,7 @@ class Engine:
             nursery.start_soon(self._claim_loop)
             nursery.start_soon(self._refill_loop)
             nursery.start_soon(self._ownership_events)
+            nursery.start_soon(self._held_loop)
             delivery = AlertDelivery(
                 self.db,
                 lambda: list(self._loaded),
@@ -290,7 +300,7 @@ class Engine:
                 case RevokeRequested(shard=shard, deadline=deadline):
                     self._nursery.start_soon(self._release, shard, deadline)
                 case Lost(shard=shard):
-                    self._drop_shard(shard)
+                    self._drop_shard(shard, give_back=True)
 
     async def _acquire(self, shard: int, epoch: int, limiter: trio.CapacityLimiter) -> None:
         async with limiter:
@@ -373,6 +383,7 @@ class Engine:
             for (job_id, ms, origin), entry in unsent.items()
             if self.wheel.cancel(entry)
         ]
+        keys += [ExecKey(shard, *key) for key, p in self._held.pop(shard, {}).items() if p.attempt == 0]
         if keys:
             result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
             if result.fenced:
@@ -390,7 +401,15 @@ class Engine:
         self.ownership.lost(shard)
         self._drop_shard(shard)
 
-    def _drop_shard(self, shard: int) -> None:
+    def _drop_shard(self, shard: int, *, give_back: bool = False) -> None:
+        """Stop everything for ``shard``. ``give_back``: its lease ran out (no fenced write proved a newer
+        owner yet), so the claims it never sent are deleted if its epoch still stands, and the next owner
+        plans those slots by their misfire policy instead of finding them ``claimed`` (AT_MOST_ONCE: lost)."""
+        epoch = self._epochs.get(shard)
+        unsent = [ExecKey(shard, *key) for key, entry in self._unsent.get(shard, {}).items() if entry.pending]
+        unsent += [ExecKey(shard, *key) for key, p in self._held.get(shard, {}).items() if p.attempt == 0]
+        if give_back and unsent and epoch is not None and self._nursery is not None:
+            self._nursery.start_soon(self._give_back, shard, epoch, unsent)
         for job in list(self._shard_jobs.get(shard, {}).values()):
             self._cancel_claim(job)
             for run in job.runs.values():
@@ -403,10 +422,18 @@ class Engine:
             self.wheel.cancel(entry)
         self._forget_shard(shard)
 
+    async def _give_back(self, shard: int, epoch: int, keys: list[ExecKey]) -> None:
+        try:
+            result = await self.db.call(store.delete_unsent_claims, shard, epoch, keys)
+        except DatabaseUnavailable:
+            return  # best effort: the next owner's takeover settles them
+        if not result.fenced:
+            log.info("shard %d: gave back %d unsent claims", shard, len(result.applied))
+
     def _forget_shard(self, shard: int) -> None:
         for job_id in self._shard_jobs.pop(shard, {}):
             self.jobs.pop(job_id, None)
-        for name in ("_unsent", "_epochs", "_refilled_until"):
+        for name in ("_unsent", "_held", "_epochs", "_refilled_until"):
             getattr(self, name).pop(shard, None)
         self._loaded.discard(shard)
         self._releasing.discard(shard)
@@ -421,6 +448,51 @@ class Engine:
 
     def _may_send(self) -> bool:
         return trio.current_time() < self.ownership.valid_until()
+
+    def _hold(self, p: Pending) -> None:
+        """A slot due while sends are blocked (``valid_until`` passed, e.g. etcd unreachable): kept, not sent.
+
+        The node knows it never wrote a byte of it, so once the lease proves alive it goes out as a late slot
+        would (the misfire policy decides, for AT_MOST_ONCE too); should the shard move instead, the row is
+        still ``claimed`` and the new owner's takeover settles it."""
+        self.metrics.not_sent.inc()
+        held = self._held.setdefault(p.job.shard, {})
+        held[(p.job.id, p.slot_ms, p.origin)] = p
+        self._held_ready.set()
+
+    async def _held_loop(self) -> None:
+        while True:
+            await self._held_ready.wait()
+            while not self._may_send():
+                await trio.sleep(0.05)
+            self._held_ready = trio.Event()
+            held, self._held = self._held, {}
+            now = self.clock.now_ms()
+            for shard, slots in held.items():
+                if self._granted_epoch(shard) is None:
+                    continue  # lost meanwhile: the row stays for the next owner
+                self._resume_held(list(slots.values()), now)
+
+    def _resume_held(self, held: list[Pending], now: int) -> None:
+        """Send what was held, slots past their job's grace following its misfire policy."""
+        missed: dict[uuid.UUID, list[Pending]] = {}
+        for p in held:
+            late = p.slot_ms < now - p.job.spec.misfire.grace_ms
+            if p.attempt == 0 and p.origin is Origin.SCHEDULED and late:
+                missed.setdefault(p.job.id, []).append(p)
+            else:
+                self._fire(p)
+        for pending in missed.values():
+            pending.sort(key=lambda p: p.slot_ms)
+            job = pending[0].job
+            plan = plan_missed([p.slot_ms for p in pending], now, job.spec.misfire)
+            fire = set(plan.fire)
+            for p in pending:
+                if p.slot_ms in fire:
+                    self._fire(p)
+                else:
+                    self._record(job, p, S.SKIPPED_MISFIRE, "missed: sends were blocked (lease unconfirmed)")
+            self._maybe_complete(job)
 
     # ---- loading -----------------------------------------------------------------------------------------
 
@@ -675,22 +747,46 @@ class Engine:
         if not rows:
             return
         started = trio.current_time()
+        adopted: list[ExecKey] = []
+        held_back = failed = False
         while True:
-            try:
-                result = await self.db.call(store.claim_slots, self.config.node_id, rows)
-                break
-            except DatabaseUnavailable as e:
-                await self.health.pause("claim", e)
-                rows = [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
+            if not self._may_send():
+                # Nothing is claimed that could not be sent: the claims wait for the lease to prove alive.
+                held_back = True
+                rows = await self._until_sendable(rows)
                 if not rows:
                     return
+            elif held_back:
+                # Claims that waited out an outage: slots now past their grace follow the misfire policy, and
+                # what a lost first attempt inserted is found (ON CONFLICT would hide it from the retry).
+                rows = self._replan_held_back([r for r in rows if self._granted_epoch(r.shard) == r.epoch],
+                                              jobs, self.clock.now_ms())  # fmt: skip
+                if not rows:
+                    return
+                try:
+                    if failed:
+                        adopted = await self.db.call(store.own_unsent_claims, self.config.node_id, rows)
+                    result = await self.db.call(store.claim_slots, self.config.node_id, rows)
+                    break
+                except DatabaseUnavailable as e:
+                    failed = True
+                    await self.health.pause("claim", e)
+            else:
+                try:
+                    result = await self.db.call(store.claim_slots, self.config.node_id, rows)
+                    break
+                except DatabaseUnavailable as e:
+                    held_back = failed = True
+                    await self.health.pause("claim", e)
         self.health.ok("claim")
         self.metrics.claim_batch.record(len(rows))
         self.metrics.claim_latency.record((trio.current_time() - started) * 1000)
         for shard in result.fenced:
             self.lose_shard(shard)
         status = {r.key(): r.status for r in rows}
-        for key in result.applied:
+        for key in adopted:
+            status[key] = S.CLAIMED  # claimed already, by us: sent whatever the re-plan said
+        for key in [*result.applied, *adopted]:
             job = jobs.get(key.job_id)
             if job is None:
                 continue
@@ -701,6 +797,35 @@ class Engine:
             entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
             self._unsent.setdefault(job.shard, {})[(job.id, slot, key.origin)] = entry
             job.unsent += 1
+
+    def _replan_held_back(
+        self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob], now: int
+    ) -> list[ClaimRow]:
+        """Rows held back by an outage, re-planned: a job with a scheduled slot now past its misfire grace has
+        its slots from the first of them planned again in one go (FIRE_ONCE fires once for the whole gap)."""
+        replan: dict[uuid.UUID, int] = {}
+        for r in rows:
+            job = jobs.get(r.job_id)
+            if job is None or r.origin is not Origin.SCHEDULED:
+                continue
+            if r.slot_ms >= now - job.spec.misfire.grace_ms:
+                continue
+            if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE:
+                replan[job.id] = min(replan.get(job.id, r.slot_ms), r.slot_ms)
+        if not replan:
+            return rows
+        kept = [r for r in rows if r.origin is not Origin.SCHEDULED or r.job_id not in replan]
+        for job_id, first in replan.items():
+            kept += self._plan_from(jobs[job_id], first - 1, now)
+        return kept
+
+    async def _until_sendable(self, rows: list[ClaimRow]) -> list[ClaimRow]:
+        """Wait until the lease is confirmed again (``valid_until`` ahead); returns the rows whose shard is
+        still ours then (none: every one was lost meanwhile)."""
+        while rows and not self._may_send():
+            await trio.sleep(0.05)
+            rows = [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
+        return rows
 
     # ---- firing ------------------------------------------------------------------------------------------
 
@@ -714,9 +839,12 @@ class Engine:
             and unsent.pop((job.id, p.slot_ms, p.origin), None) is not None
         ):
             job.unsent -= 1
-        if self._granted_epoch(job.shard) is None or not self._may_send():
+        if self._granted_epoch(job.shard) is None:
             self.metrics.not_sent.inc()
             return  # the row stays as it is; the next owner continues it
+        if not self._may_send():
+            self._hold(p)
+            return
         if p.attempt > 0 and key in job.runs:  # a retry, or a run resumed at takeover
             run = job.runs[key]
             if run.cancelled:
@@ -853,8 +981,10 @@ class Engine:
         self._in_flight[shard] -= 1
         if self._epochs.get(shard) != epoch:
             return  # the shard was dropped meanwhile: not ours to record
-        if outcome.kind is OutcomeKind.NOT_SENT:
-            self.metrics.not_sent.inc()
+        if outcome.kind is OutcomeKind.NOT_SENT:  # the lease ran out while it waited for a connection
+            if p.attempt == 0:
+                job.runs.pop((p.slot_ms, p.origin), None)  # not started: fired afresh once sends resume
+            self._hold(p)
             return
         attempt = p.attempt + 1
         key = (p.slot_ms, p.origin)

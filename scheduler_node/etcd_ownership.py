@@ -1,8 +1,10 @@
 """Shard ownership on etcd: a lease per node, a key per owned shard, the planner deciding who holds what.
 
 Rules (DESIGN.md §4):
-- The node holds one lease (TTL default 5 s) renewed every TTL/3; ``valid_until`` = the trio time at which the
-  last acknowledged keepalive was *sent* + TTL - margin. Past it, the engine sends nothing, for every shard.
+- The node holds one lease (TTL default 5 s) renewed every TTL/3 but at least every second, a failed keepalive
+  retried after 0.1 s doubling up to 1 s, so an etcd stall up to TTL - 1.5 s moves nothing. ``valid_until`` =
+  the trio time at which the last acknowledged keepalive was *sent* + TTL - margin. Past it, the engine sends
+  nothing, for every shard (it holds what falls due and claims nothing until the lease proves alive).
 - Owning shard s = the key ``shards/<s>`` bound to our lease, created only if absent; then the epoch is bumped
   in PostgreSQL (never taken from etcd) and ``Acquired(s, epoch)`` is emitted.
 - Every node plans from one snapshot with the pure planner: live nodes are those registered with a lease,
@@ -35,6 +37,7 @@ from protocol.planner import plan_for
 from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo
 from .coordination.trio_adapter import TrioCoordinator
 from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
+from .store_health import backoff_s
 
 __all__ = ["EtcdOwnership"]
 
@@ -145,19 +148,32 @@ class EtcdOwnership:
         await self.coord.register_node(info, self._lease.lease_id)
 
     async def _keepalive_loop(self) -> None:
+        failures = 0
         while True:
-            await trio.sleep(max(self.ttl_s / 3, 0.5) if self._lease is None else self._lease.ttl / 3)
+            await trio.sleep(self._keepalive_interval_s() if failures == 0 else min(backoff_s(failures), 1.0))
             assert self._lease is not None
             try:
                 ack = await self.coord.keepalive(self._lease.lease_id)
             except InfrastructureError as e:
-                log.warning("keepalive failed (%s); sending stops at valid_until", e)
+                failures += 1
+                if failures == 1:
+                    log.warning("keepalive failed (%s); retrying, sending stops at valid_until", e)
                 continue
+            if failures:
+                log.warning("keepalive answered again after %d failures", failures)
+                failures = 0
             if ack is not None:
                 self._lease = ack
                 self._valid_until = ack.valid_until(self.margin_s)
                 continue
             await self._rejoin(self._lease)
+
+    def _keepalive_interval_s(self) -> float:
+        """TTL/3, at most 1 s: a stall of etcd up to TTL - 1.5 s then never outlives the lease (the last
+        keepalive answered before it is at most 1 s old; the one in flight, or its retry, is answered when it
+        ends)."""
+        ttl = self.ttl_s if self._lease is None else self._lease.ttl
+        return min(max(ttl / 3, 0.2), 1.0)
 
     async def _rejoin(self, dead: LeaseAck | None) -> None:
         """The lease is gone, and every key bound to it: nothing is ours any more. Join with a new one."""

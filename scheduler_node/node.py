@@ -135,7 +135,8 @@ class Node:
                 raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
             clock = Clock(config.clock_offset_ms)
             metrics = Metrics()
-            health = StoreHealth(metrics)  # one view of PostgreSQL for every loop: /readyz and status read it
+            # One view of PostgreSQL for every loop: /readyz and status read it.
+            health = StoreHealth(metrics, stalled_for_s=db.stalled_for_s)
             clock_check = ClockCheck(db, clock, limit_ms=config.clock_limit_ms, health=health)
             await clock_check.measure()
 

@@ -9,7 +9,8 @@ Rules (DESIGN.md §4, "PostgreSQL outage"):
   (not one per attempt), a metric per failure, and a pause that doubles from 0.1 s up to 2 s
   (``backoff_s``), so a restarting server is not hammered and a short blink costs little.
 - ``problem()`` says, while any loop's last attempt failed, since when and why: ``/readyz`` and the node's
-  status report it (degraded), and a success anywhere clears the loop that had it.
+  status report it (degraded), and a success anywhere clears the loop that had it. A call that has waited
+  ``STALL_S`` or more without an answer (a paused server raises nothing) counts too.
 
 Example::
 
@@ -36,6 +37,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _FIRST_S, _CAP_S = 0.1, 2.0
+STALL_S = 5.0  # a call unanswered this long makes the node degraded (a healthy statement takes milliseconds)
 
 
 def backoff_s(failures: int) -> float:
@@ -44,23 +46,28 @@ def backoff_s(failures: int) -> float:
 
 
 class StoreHealth:
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics | None = None, *, stalled_for_s: Callable[[], float] = lambda: 0.0
+    ) -> None:
         self.metrics = metrics
+        self._stalled_for_s = stalled_for_s
         self._failing: dict[str, tuple[int, float, str]] = {}  # where -> (consecutive failures, since, error)
 
     def problem(self) -> str | None:
         """None while every loop reaches PostgreSQL; else one line: since when, where, why."""
         if not self._failing:
-            return None
+            stalled = self._stalled_for_s()
+            return f"PostgreSQL has not answered for {stalled:.1f} s" if stalled >= STALL_S else None
         where, (_, since, error) = min(self._failing.items(), key=lambda kv: kv[1][1])
         loops = ", ".join(sorted(self._failing))
         return f"PostgreSQL unavailable for {trio.current_time() - since:.1f} s ({loops}): {error}"
 
     def unavailable_for_s(self) -> float:
-        """How long the longest-failing loop has been failing (0 when none is)."""
+        """How long the longest-failing loop has been failing, or the oldest call waiting (0 when neither)."""
+        stalled = self._stalled_for_s()
         if not self._failing:
-            return 0.0
-        return trio.current_time() - min(since for _, since, _ in self._failing.values())
+            return stalled if stalled >= STALL_S else 0.0
+        return max(stalled, trio.current_time() - min(since for _, since, _ in self._failing.values()))
 
     async def pause(self, where: str, error: DatabaseUnavailable) -> None:
         """``where`` failed with ``error``: count it, log the first failure, wait before the next attempt."""

@@ -12,6 +12,8 @@ Rules:
 - This is where the node classifies database errors (``store/errors.py``): a transient one (PostgreSQL
   unreachable, restarting, shutting down, a serialization failure...) comes out as ``DatabaseUnavailable``,
   which every loop of the node rides out; anything else is a bug and comes out as it is.
+- A paused server (SIGSTOP, a frozen VM) raises nothing: statements just wait. ``stalled_for_s()`` says how
+  long the oldest call in flight has waited, so the node can say it is degraded meanwhile.
 
 Example::
 
@@ -21,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
@@ -43,6 +46,12 @@ class TrioStore:
     def __init__(self, loop: trio_asyncio.TrioEventLoop, pool: asyncpg.Pool) -> None:
         self._loop = loop
         self.pool = pool
+        self._started: dict[int, float] = {}  # call token -> trio time it began
+        self._tokens = itertools.count()
+
+    def stalled_for_s(self) -> float:
+        """How long the oldest call in flight has been waiting for PostgreSQL (0 when none is)."""
+        return trio.current_time() - min(self._started.values()) if self._started else 0.0
 
     @classmethod
     @asynccontextmanager
@@ -60,21 +69,21 @@ class TrioStore:
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """``await fn(pool, *args, **kwargs)`` on the asyncio side; ``DatabaseUnavailable`` if it failed
         transiently."""
-        try:
-            return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(self.pool, *args, **kwargs)
-        except Exception as e:
-            if is_transient(e):
-                raise _unavailable(e) from e
-            raise
+        return await self.run(fn, self.pool, *args, **kwargs)
 
     async def run(self, fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
         """``await fn(*args, **kwargs)`` on the asyncio side (no pool passed); errors as for ``call``."""
+        token = next(self._tokens)
+        self._started[token] = trio.current_time()
         try:
-            return await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args, **kwargs)
+            result: T = await trio_asyncio.aio_as_trio(fn, loop=self._loop)(*args, **kwargs)
+            return result
         except Exception as e:
             if is_transient(e):
                 raise _unavailable(e) from e
             raise
+        finally:
+            del self._started[token]
 
 
 def _unavailable(e: Exception) -> DatabaseUnavailable:

@@ -73,6 +73,42 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants, parents first (PostgreSQL's children call setsid(): no common group)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat_file.parent.name))
+    tree, i = [root], 0
+    while i < len(tree):
+        tree += children.get(tree[i], [])
+        i += 1
+    return tree
+
+
+def _all_stopped(pids: list[int]) -> bool:
+    """Every thread of every process in ``pids`` is stopped (state T in /proc), or gone."""
+    for pid in pids:
+        for stat_file in Path(f"/proc/{pid}/task").glob("[0-9]*/stat"):
+            try:
+                state = stat_file.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in ("T", "t", "Z", "X"):
+                return False
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # ended meanwhile
+
+
 def _stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
     if proc is None or proc.poll() is not None:
         return
@@ -110,15 +146,51 @@ def wait_for_postgres(dsn: str, timeout: float = 30.0) -> None:
 
 
 class _Server(abc.ABC):
-    """Shared lifecycle: ``start``/``stop`` and a context manager."""
+    """Shared lifecycle: ``start``/``stop``, a context manager, ``pause``/``resume``/``kill`` for outages."""
 
     external: bool = False
+    _proc: subprocess.Popen[bytes] | None
 
     @abc.abstractmethod
     def start(self) -> Self: ...
 
     @abc.abstractmethod
     def stop(self) -> None: ...
+
+    def _processes(self) -> list[int]:
+        if self.external or self._proc is None:
+            raise InfrastructureError("only a started embedded server can be paused or killed")
+        return _process_tree(self._proc.pid)
+
+    def pause(self) -> None:
+        """SIGSTOP the server and its children, returning once every thread of them has stopped (the signal is
+        asynchronous: a thread on another core could still answer a request sent right after ``kill``)."""
+        pids = self._processes()
+        for pid in pids:  # the parent first: it forks no new child meanwhile
+            _signal(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while not _all_stopped(pids):
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"processes {pids} did not stop within 10 s")
+            time.sleep(0.005)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            _signal(pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its children at once (a crash); ``start`` brings it back on its data."""
+        pids = self._processes()
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        assert self._proc is not None
+        self._proc.wait()
+        self._proc = None
+        deadline = time.monotonic() + 10  # the children too: a new server refuses shared memory in use
+        while any(Path(f"/proc/{pid}").exists() and not _all_stopped([pid]) for pid in pids):
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"processes {pids} did not end within 10 s")
+            time.sleep(0.01)
 
     def __enter__(self) -> Self:
         return self.start()

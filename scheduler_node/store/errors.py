@@ -4,10 +4,11 @@ Rules (DESIGN.md §4, "PostgreSQL outage"):
 - **Transient**, to be ridden out (retry with backoff, never end the process): the server unreachable or going
   away, or a statement the server gave up on that would succeed when tried again —
   ``OSError`` (refused, reset, unreachable, broken pipe), timeouts, asyncpg's "connection is closed" and
-  "pool is closing" ``InterfaceError``, and the SQLSTATEs of class 08 (connection exception), 57P01
-  admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 53300 too_many_connections, 40001
-  serialization_failure, 40P01 deadlock_detected, 55P03 lock_not_available, 57014 query_canceled (a statement
-  timeout).
+  "pool is closing" ``InterfaceError``, its "cannot switch to state" ``InternalClientError`` (a pooled
+  connection that received the server's shutdown notice between two statements), and the SQLSTATEs of
+  class 08 (connection exception), 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now,
+  53300 too_many_connections, 40001 serialization_failure, 40P01 deadlock_detected, 55P03
+  lock_not_available, 57014 query_canceled (a statement timeout).
 - Everything else is a **bug** (a constraint we broke, bad SQL, a type we passed wrong): retrying cannot help,
   so it is raised as it is, for the caller to log with context.
 - ``is_transient`` is pure and asyncio-free: the control API (asyncio) uses it as it is, the node applies it at
@@ -45,6 +46,8 @@ def is_transient(exc: BaseException) -> bool:
         return state.startswith("08") or state in TRANSIENT_SQLSTATES
     if isinstance(exc, asyncpg.InterfaceError):
         return any(text in str(exc) for text in _CLOSED)
+    if isinstance(exc, asyncpg.InternalClientError):
+        return str(exc).startswith("cannot switch to state")
     return False
 
 

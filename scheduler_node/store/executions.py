@@ -9,6 +9,8 @@ Rules:
 - ``claim_slots`` inserts with ``ON CONFLICT DO NOTHING`` and returns exactly the rows it inserted: only those
   may be sent. It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
   each job; manual and backfill slots do not move the cursor (they are not part of the schedule).
+- ``own_unsent_claims`` finds, before a claim is retried after an outage, the rows its lost first attempt
+  inserted: they are ours to send, though the retry's ``ON CONFLICT`` would not return them.
 - ``write_results`` updates a row only if its epoch is the writer's and it is not terminal, so a stale node's
   late result is dropped; it inserts one ``execution_attempts`` row per reported HTTP attempt. Several results
   for one execution in a batch: the last one (batch order) sets the row, every attempt is recorded.
@@ -68,6 +70,7 @@ __all__ = [
     "job_cursors",
     "list_attempts",
     "list_executions",
+    "own_unsent_claims",
     "take_over_shard",
     "write_results",
 ]
@@ -215,6 +218,33 @@ async def claim_slots(db: Executor, node: str, rows: Sequence[ClaimRow]) -> Batc
         [r.error for r in rows],
     )  # fmt: skip
     return _split(records, [r.key() for r in rows], shards)
+
+
+_OWN_UNSENT_SQL = f"""
+SELECT e.shard, e.job_id, (extract(epoch FROM e.scheduled_at) * 1000)::int8 AS slot_ms, e.origin
+FROM unnest($1::int[], $2::bigint[], $3::uuid[], $4::int8[], $5::text[])
+    AS k(shard, epoch, job_id, slot_ms, origin)
+JOIN shard_epochs se ON se.shard = k.shard AND se.epoch = k.epoch  -- still ours: not taken over since
+JOIN executions e ON e.shard = k.shard AND e.job_id = k.job_id AND e.origin = k.origin
+                 AND e.scheduled_at = {_ts("k.slot_ms")}
+WHERE e.epoch = k.epoch AND e.node = $6 AND e.status = 'claimed' AND e.attempt = 0 AND e.sent_at IS NULL
+"""
+
+
+async def own_unsent_claims(db: Executor, node: str, rows: Sequence[ClaimRow]) -> list[ExecKey]:
+    """Of ``rows``, those already stored as ``node``'s unsent claims at the row's epoch, still the shard's.
+
+    A claim statement whose answer was lost (PostgreSQL went away mid-commit) may have inserted its rows; its
+    retry would see them as conflicts and never send them. Asked before such a retry, this finds them.
+    """
+    if not rows:
+        return []
+    records = await db.fetch(
+        _OWN_UNSENT_SQL,
+        [r.shard for r in rows], [r.epoch for r in rows], [r.job_id for r in rows], [r.slot_ms for r in rows],
+        [r.origin.value for r in rows], node,
+    )  # fmt: skip
+    return [_key(r) for r in records]
 
 
 _RESULTS_SQL = f"""

@@ -12,6 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import httpx
+import msgspec
+
+from protocol.ids import new_job_id
+from protocol.internal import JobWrite, JobWriteOp
+from protocol.jobs import JobSpec, Misfire, Semantics, Target
+from protocol.schedules import Cron
+from protocol.shards import shard_of
 from scheduler_node.coordination import ClusterView, EtcdCoordinator, KeyLayout
 from shardwheel.embedded import free_port
 
@@ -36,6 +44,7 @@ class Cluster:
     dsn: str
     etcd: str
     prefix: str
+    ttl: int = TTL
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
 
     def coordinator(self) -> EtcdCoordinator:
@@ -56,7 +65,7 @@ class Cluster:
             "--etcd-prefix",
             self.prefix,
             "--lease-ttl",
-            str(TTL),
+            str(self.ttl),
             "--node-id",
             node_id,
             "--port",
@@ -80,8 +89,8 @@ class Cluster:
     def counts(self) -> Counter[str]:
         return Counter(self.view().live_owners().values())
 
-    def wait_for(self, predicate: object, timeout: float = 6 * TTL + 10, what: str = "") -> ClusterView:
-        deadline = time.monotonic() + timeout
+    def wait_for(self, predicate: object, timeout: float | None = None, what: str = "") -> ClusterView:
+        deadline = time.monotonic() + (6 * self.ttl + 10 if timeout is None else timeout)
         view = self.view()
         while time.monotonic() < deadline:
             view = self.view()
@@ -108,10 +117,44 @@ class Cluster:
                 n.proc.kill()
                 n.proc.wait()
 
+    def exited(self) -> dict[str, int]:
+        """Nodes that ended, with their exit codes (none should, whatever the outage)."""
+        return {n: p.proc.returncode for n, p in self.nodes.items() if p.proc.poll() is not None}
+
+    async def load(self, target: object, n_jobs: int, semantics: Semantics | None = None,
+                   misfire: Misfire | None = None) -> dict[str, Semantics]:  # fmt: skip
+        """Jobs firing every second (AT_MOST_ONCE and AT_LEAST_ONCE alternately unless ``semantics``), each
+        written to its owner (found from the etcd view); returns their ids and semantics."""
+        owners = self.view().live_owners()
+        jobs: dict[str, Semantics] = {}
+        async with httpx.AsyncClient() as client:
+            for i in range(n_jobs):
+                sem = semantics or (Semantics.AT_MOST_ONCE if i % 2 else Semantics.AT_LEAST_ONCE)
+                spec = JobSpec(
+                    name=f"j{i}",
+                    schedule=Cron("* * * * * *"),
+                    target=Target(url=target.url(f"/load/{sem.value}")),  # type: ignore[attr-defined]
+                    semantics=sem,
+                    misfire=misfire or Misfire(),
+                )
+                job_id = new_job_id()
+                owner = self.nodes[owners[shard_of(job_id)]]
+                body = msgspec.json.encode(
+                    JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec)
+                )
+                r = await client.post(
+                    f"{owner.url}/internal/v1/jobs/{job_id}",
+                    content=body,
+                    headers={"authorization": f"Bearer {SECRET}"},
+                )
+                assert r.status_code == 200, r.text
+                jobs[str(job_id)] = sem
+        return jobs
+
 
 @contextmanager
-def cluster(dsn: str, etcd: str, prefix: str) -> Iterator[Cluster]:
-    c = Cluster(dsn, etcd, prefix)
+def cluster(dsn: str, etcd: str, prefix: str, ttl: int = TTL) -> Iterator[Cluster]:
+    c = Cluster(dsn, etcd, prefix, ttl)
     try:
         yield c
     finally:

@@ -40,16 +40,10 @@ async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
     import time
     from datetime import UTC, datetime, timedelta
 
-    import httpx
-    import msgspec
-
-    from protocol.ids import new_job_id
-    from protocol.internal import JobWrite, JobWriteOp
-    from protocol.jobs import JobSpec, Misfire, MisfirePolicy, Semantics, Target
-    from protocol.schedules import Cron
+    from protocol.jobs import Misfire, MisfirePolicy, Semantics
     from protocol.shards import shard_of
 
-    from .harness import SECRET, query, target_running
+    from .harness import query, target_running
 
     async with target_running() as target:
         with cluster(db_dsn, etcd_server.endpoint, etcd_prefix) as c:
@@ -59,29 +53,7 @@ async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
                 lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"}))
             )
             owners = view.live_owners()
-            jobs: dict[str, Semantics] = {}
-            async with httpx.AsyncClient() as client:
-                for i in range(24):
-                    semantics = Semantics.AT_MOST_ONCE if i % 2 else Semantics.AT_LEAST_ONCE
-                    spec = JobSpec(
-                        name=f"j{i}",
-                        schedule=Cron("* * * * * *"),
-                        semantics=semantics,
-                        target=Target(url=target.url(f"/k/{semantics.value}")),
-                        misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000),
-                    )
-                    job_id = new_job_id()
-                    owner = c.nodes[owners[shard_of(job_id)]]
-                    body = msgspec.json.encode(
-                        JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec)
-                    )
-                    r = await client.post(
-                        f"{owner.url}/internal/v1/jobs/{job_id}",
-                        content=body,
-                        headers={"authorization": f"Bearer {SECRET}"},
-                    )
-                    assert r.status_code == 200, r.text
-                    jobs[str(job_id)] = semantics
+            jobs = await c.load(target, 24, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
             await trio.sleep(3)
             victim = "n2"
             victim_shards = {s for s, n in owners.items() if n == victim}
@@ -192,42 +164,6 @@ async def test_a_node_with_a_skewed_clock_takes_no_shards_and_says_why(
         assert c.counts() == Counter({"n1": 256})
 
 
-async def _load(c: object, target: object, n_jobs: int, semantics: object = None) -> list[str]:
-    """Jobs firing every second, written to their owners (found from the etcd view)."""
-    import httpx
-    import msgspec
-
-    from protocol.ids import new_job_id
-    from protocol.internal import JobWrite, JobWriteOp
-    from protocol.jobs import JobSpec, Semantics, Target
-    from protocol.schedules import Cron
-    from protocol.shards import shard_of
-
-    from .harness import SECRET
-
-    owners = c.view().live_owners()  # type: ignore[attr-defined]
-    ids = []
-    async with httpx.AsyncClient() as client:
-        for i in range(n_jobs):
-            spec = JobSpec(
-                name=f"j{i}",
-                schedule=Cron("* * * * * *"),
-                target=Target(url=target.url("/load")),  # type: ignore[attr-defined]
-                semantics=semantics or (Semantics.AT_MOST_ONCE if i % 2 else Semantics.AT_LEAST_ONCE),
-            )
-            job_id = new_job_id()
-            owner = c.nodes[owners[shard_of(job_id)]]  # type: ignore[attr-defined]
-            body = msgspec.json.encode(JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec))
-            r = await client.post(
-                f"{owner.url}/internal/v1/jobs/{job_id}",
-                content=body,
-                headers={"authorization": f"Bearer {SECRET}"},
-            )
-            assert r.status_code == 200, r.text
-            ids.append(str(job_id))
-    return ids
-
-
 async def test_sigstop_longer_than_the_ttl_sends_nothing_for_lost_shards_then_rejoins(
     db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
 ) -> None:
@@ -249,7 +185,7 @@ async def test_sigstop_longer_than_the_ttl_sends_nothing_for_lost_shards_then_re
                 c.start(n)
             await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2", "n3"})))
             # 30 jobs: the chance that none lands on n2's shards after the rebalance is (2/3)^30, about 5e-6.
-            await _load(c, target, 30)
+            await c.load(target, 30)
             await trio.sleep(2)
             stopped_at = datetime.now(UTC)
             c.kill("n2", signal.SIGSTOP)
@@ -282,46 +218,6 @@ async def test_sigstop_longer_than_the_ttl_sends_nothing_for_lost_shards_then_re
     assert not [k for k, n in amo.items() if n > 2]
 
 
-async def test_etcd_outage_longer_than_the_ttl_then_recovery(db_dsn: str, tmp_path: object) -> None:
-    from datetime import UTC, datetime, timedelta
-    from pathlib import Path
-
-    from .harness import target_running
-
-    etcd = EmbeddedEtcd(Path(str(tmp_path)) / "etcd", durable=False).start()
-    try:
-        async with target_running() as target:
-            with cluster(db_dsn, etcd.endpoint, "/outage") as c:
-                for n in ("n1", "n2"):
-                    c.start(n)
-                await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
-                from protocol.jobs import Semantics
-
-                await _load(c, target, 8, Semantics.AT_MOST_ONCE)
-                await trio.sleep(2)
-                etcd.stop()
-                stopped = datetime.now(UTC)
-                await trio.sleep(3 * TTL)
-                silent_from, silent_to = stopped + timedelta(seconds=TTL + 0.5), datetime.now(UTC)
-                etcd.start()
-                await trio.to_thread.run_sync(
-                    lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"}), what="recovered")
-                )
-                await trio.sleep(3)
-                recovered = datetime.now(UTC)
-    finally:
-        etcd.stop()
-    during = [
-        r for r in target.received if silent_from < datetime.fromtimestamp(r.at_ms / 1000, UTC) < silent_to
-    ]
-    assert during == []  # no node sent after its valid_until
-    assert [
-        r for r in target.received if datetime.fromisoformat(r.slot) > recovered - timedelta(seconds=2)
-    ]  # firing again
-    dup = Counter((r.job, r.slot) for r in target.received)
-    assert max(dup.values()) == 1  # AT_MOST_ONCE: nothing twice
-
-
 async def test_a_fenced_shard_whose_key_is_still_ours_is_taken_again(
     db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
 ) -> None:
@@ -335,7 +231,7 @@ async def test_a_fenced_shard_whose_key_is_still_ours_is_taken_again(
         with cluster(db_dsn, etcd_server.endpoint, etcd_prefix) as c:
             c.start("n1")
             await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1"})))
-            (job,) = await _load(c, target, 1)
+            (job,) = await c.load(target, 1)
             await trio.sleep(2)
             shard = shard_of(job)
             (before,) = await query(db_dsn, "SELECT epoch FROM shard_epochs WHERE shard = $1", shard)

@@ -312,19 +312,54 @@ async def test_a_newer_epoch_stops_the_node_firing_that_shard(db_dsn: str) -> No
     assert all(r["epoch"] < current["epoch"] for r in await executions(db_dsn, job))  # nothing written after
 
 
-async def test_a_node_past_its_valid_until_sends_nothing(db_dsn: str) -> None:
+async def test_a_node_past_its_valid_until_sends_and_claims_nothing_then_catches_up(db_dsn: str) -> None:
+    from protocol.jobs import Misfire, MisfirePolicy, Semantics
+
     async with target_running() as target, node_running(db_dsn) as node:
-        job = await create(node, spec(target.url("/lease")))
-        await wait_for(lambda: _count(target, "/lease", 1))
+        alo = await create(node, spec(target.url("/alo"), semantics=Semantics.AT_LEAST_ONCE))
+        amo = await create(node, spec(target.url("/amo"), semantics=Semantics.AT_MOST_ONCE,
+                                      misfire=Misfire(MisfirePolicy.SKIP, grace_ms=1000)))  # fmt: skip
+        await wait_for(lambda: _count(target, "/alo", 1))
+        await wait_for(lambda: _count(target, "/amo", 1))
         assert node.engine is not None
-        node.engine.ownership.valid_until = lambda: 0.0  # type: ignore[method-assign]  # the lease ran out
+        engine = node.engine
+
+        async def claimed_ahead() -> bool:  # a slot claimed and waiting for its second: blocked, it is held
+            return any(engine._unsent.values())
+
+        await wait_for(claimed_ahead, interval=0.01)
+        ownership = engine.ownership
+        # the lease unconfirmed (etcd away)
+        ownership.valid_until = lambda: 0.0  # type: ignore[method-assign]
         await trio.sleep(0.5)  # a request already on the wire may land
-        before = len(target.at("/lease"))
+        before = {p: len(target.at(p)) for p in ("/alo", "/amo")}
+        rows_before = len(await query(db_dsn, "SELECT 1 FROM executions"))
         await trio.sleep(2.5)
-        assert len(target.at("/lease")) == before
-        assert node.engine.metrics.not_sent.get() >= 2
-    rows = await executions(db_dsn, job)
-    assert any(r["status"] == "claimed" for r in rows)  # left for the next owner, not sent
+        assert {p: len(target.at(p)) for p in ("/alo", "/amo")} == before  # nothing sent
+        assert len(await query(db_dsn, "SELECT 1 FROM executions")) <= rows_before + 2  # nor claimed
+        assert node.engine.metrics.not_sent.get() >= 1  # what was claimed already is held
+        del ownership.valid_until  # the lease proves alive
+        back = datetime.now(UTC)
+
+        async def caught_up() -> bool:
+            rows = await query(db_dsn, "SELECT status, scheduled_at FROM executions")
+            return not [r for r in rows if r["status"] == "claimed"] and max(
+                r["scheduled_at"] for r in rows
+            ) > back + timedelta(seconds=1)
+
+        await wait_for(caught_up, timeout=10)
+    for job in (alo, amo):
+        rows = [r for r in await executions(db_dsn, job) if r["status"] != "claimed"]
+        seconds = sorted(r["scheduled_at"] for r in rows)
+        assert len(seconds) == int((seconds[-1] - seconds[0]).total_seconds()) + 1  # every slot, once
+    # AT_LEAST_ONCE (FIRE_ONCE, grace 60 s): the held slots went out late
+    assert {r["status"] for r in await executions(db_dsn, alo)} == {"succeeded"}
+    # AT_MOST_ONCE, SKIP after 1 s: never written a byte of, so skipped by its policy, not `lost`
+    amo_rows = await executions(db_dsn, amo)
+    assert "lost" not in {r["status"] for r in amo_rows}
+    assert [r for r in amo_rows if r["status"] == "skipped_misfire"]
+    sent = [r.slot for r in target.at("/amo")]
+    assert len(sent) == len(set(sent))
 
 
 async def test_signature_verifies_with_the_documented_recipe(db_dsn: str) -> None:

@@ -9,24 +9,28 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from protocol.jobs import JobSpec, Semantics, Target
+from protocol.jobs import JobSpec, Misfire, MisfirePolicy, Semantics, Target
 from protocol.schedules import Cron
 from protocol.shards import DEFAULT_SHARD_COUNT, HASH_NAME
-from shardwheel.embedded import EmbeddedPostgres, free_port
+from scheduler_node.store_health import STALL_S
+from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
+from .cluster_harness import TTL, Cluster, balanced, cluster
+from .harness import Target as RecordingTarget
 from .harness import create, node_running, node_url, query, target_running, wait_for
 
 
 @pytest.fixture
 def own_pg(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port(), durable=False).start()
+    # Durable: a killed server must keep what it acknowledged (synchronous_commit=off would lose claims).
+    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port(), durable=True).start()
     try:
         asyncio.run(_migrate(pg.dsn))
         yield pg
@@ -47,8 +51,9 @@ async def _migrate(dsn: str) -> None:
         await conn.close()
 
 
-def _spec(url: str, semantics: Semantics) -> JobSpec:
-    return JobSpec(name="t", schedule=Cron("* * * * * *"), target=Target(url=url), semantics=semantics)
+def _spec(url: str, semantics: Semantics, misfire: Misfire | None = None) -> JobSpec:
+    return JobSpec(name="t", schedule=Cron("* * * * * *"), target=Target(url=url), semantics=semantics,
+                   misfire=misfire or Misfire())  # fmt: skip
 
 
 async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> None:
@@ -56,6 +61,9 @@ async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> N
     async with target_running() as target, node_running(dsn) as node:
         alo = await create(node, _spec(target.url("/alo"), Semantics.AT_LEAST_ONCE))
         amo = await create(node, _spec(target.url("/amo"), Semantics.AT_MOST_ONCE))
+        skip = await create(
+            node, _spec(target.url("/skip"), Semantics.AT_LEAST_ONCE, Misfire(MisfirePolicy.SKIP, 1000))
+        )
 
         async def fired(path: str, n: int) -> bool:
             return len(target.at(path)) >= n
@@ -76,6 +84,7 @@ async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> N
             return problem is not None and "claim" in problem
 
         await wait_for(claims_blocked, timeout=20)
+        await trio.sleep(3)  # the outage: longer than the SKIP job's grace
         await trio.to_thread.run_sync(own_pg.start)
         before = len(target.at("/alo"))
         await wait_for(lambda: fired("/alo", before + 3), timeout=30)  # firing again
@@ -95,6 +104,11 @@ async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> N
     assert set(delivered) <= succeeded  # every delivery recorded, those made just before the outage too
     # AT_LEAST_ONCE lost nothing: every second from the first slot to the last, the outage's ones late
     assert len(delivered) == int((delivered[-1] - delivered[0]).total_seconds()) + 1
+    # Claims that waited out the outage followed the misfire policy: past the 1 s grace, skipped, not sent
+    skipped = {r["scheduled_at"] for r in rows if r["job_id"] == skip and r["status"] == "skipped_misfire"}
+    assert skipped and not skipped & {datetime.fromisoformat(r.slot) for r in target.at("/skip")}
+    seconds = sorted(r["scheduled_at"] for r in rows if r["job_id"] == skip)
+    assert len(seconds) == int((seconds[-1] - seconds[0]).total_seconds()) + 1  # every slot, once
 
 
 async def test_an_outage_past_the_limit_ends_the_node_with_one_line(own_pg: EmbeddedPostgres) -> None:
@@ -130,3 +144,140 @@ def _ready(node: object) -> object:
         return engine is not None and engine.ready()
 
     return ready
+
+
+# ---- a cluster: node processes, etcd, PostgreSQL, 40 jobs firing every second ---------------------------
+
+
+async def _caught_up(
+    c: Cluster, dsn: str, target: RecordingTarget, jobs: dict[str, Semantics], since: datetime
+) -> None:
+    """Wait until every slot from ``since`` to 3 s ago is settled: no node exited, every shard owned, one
+    terminal row per slot (nothing ``claimed``), every AT_LEAST_ONCE slot delivered, no AT_MOST_ONCE slot
+    sent twice."""
+
+    async def problems() -> list[str]:
+        until = _whole_second_ago(3)
+        seconds = [since + timedelta(seconds=k) for k in range(int((until - since).total_seconds()))]
+        found = [f"exited: {c.exited()}"] if c.exited() else []
+        if len(c.view().live_owners()) != 256:
+            found.append("not every shard owned")
+        rows = await query(
+            dsn,
+            "SELECT job_id, scheduled_at, status FROM executions"
+            " WHERE scheduled_at >= $1 AND scheduled_at < $2",
+            since, until,
+        )  # fmt: skip
+        per_slot = Counter((str(r["job_id"]), r["scheduled_at"]) for r in rows)
+        if len(per_slot) != len(jobs) * len(seconds) or set(per_slot.values()) - {1}:
+            found.append(f"{len(per_slot)} slots recorded of {len(jobs) * len(seconds)}, {len(rows)} rows")
+        if unfinished := [r for r in rows if r["status"] in ("claimed", "retry_wait")]:
+            found.append(f"{len(unfinished)} rows unfinished")
+        received = Counter((r.job, datetime.fromisoformat(r.slot)) for r in target.received)
+        for job, semantics in jobs.items():
+            if semantics is Semantics.AT_LEAST_ONCE and (
+                lost := [s for s in seconds if (job, s) not in received]
+            ):
+                found.append(f"AT_LEAST_ONCE {job}: {lost} not delivered")
+            if semantics is Semantics.AT_MOST_ONCE and (
+                twice := [s for s in seconds if received[(job, s)] > 1]
+            ):
+                found.append(f"AT_MOST_ONCE {job}: {twice} sent twice")
+        return found
+
+    with trio.move_on_after(60):
+        while await problems():
+            await trio.sleep(0.5)
+    assert await problems() == []
+
+
+def _whole_second_ago(seconds: float) -> datetime:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(microsecond=0)
+
+
+async def test_a_cluster_rides_out_postgresql_paused_restarted_and_killed(
+    own_pg: EmbeddedPostgres, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
+    async def degraded(node: str) -> bool:
+        async with httpx.AsyncClient() as client:
+            r = await client.get(f"{c.nodes[node].url}/readyz")
+        return r.status_code == 503 and r.text.startswith("PostgreSQL")
+
+    async def paused(seconds: float) -> None:
+        await trio.to_thread.run_sync(own_pg.pause)
+        with trio.move_on_after(seconds):
+            if seconds > STALL_S + 5:  # long enough to be reported: a paused server raises nothing at first
+                await wait_for(lambda: degraded("n1"), timeout=seconds)
+                reported.append(seconds)
+            await trio.sleep_forever()
+        own_pg.resume()
+
+    async def restarted(kill: bool) -> None:
+        await trio.to_thread.run_sync(own_pg.kill if kill else own_pg.stop)
+        await wait_for(lambda: degraded("n1"), timeout=20)
+        await trio.sleep(3)
+        await trio.to_thread.run_sync(own_pg.start)
+
+    reported: list[float] = []
+    async with target_running() as target:
+        with cluster(own_pg.dsn, etcd_server.endpoint, etcd_prefix) as c:
+            c.start("n1")
+            c.start("n2")
+            await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
+            jobs = await c.load(target, 40, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
+            await trio.sleep(2)
+            since = _whole_second_ago(0)
+            await paused(3 * TTL)
+            await _caught_up(c, own_pg.dsn, target, jobs, since)
+            await paused(30)
+            assert reported == [30]
+            await _caught_up(c, own_pg.dsn, target, jobs, since)
+            await restarted(kill=False)  # a fast shutdown: every connection cut
+            await _caught_up(c, own_pg.dsn, target, jobs, since)
+            await restarted(kill=True)  # every process of the server killed: crash recovery at start
+            await _caught_up(c, own_pg.dsn, target, jobs, since)
+    rows = await query(own_pg.dsn, "SELECT 1 FROM executions WHERE status IN ('claimed', 'retry_wait')")
+    assert rows == []  # the nodes left gracefully: nothing stays claimed
+
+
+async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_three(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    ttl = 5  # the default: a pause of TTL - 1.5 s must move nothing
+    etcd = EmbeddedEtcd(tmp_path / "etcd", durable=False).start()
+
+    async def placement() -> tuple[dict[int, str], dict[int, int]]:
+        epochs = await query(db_dsn, "SELECT shard, epoch FROM shard_epochs")
+        return c.view().live_owners(), {r["shard"]: r["epoch"] for r in epochs}
+
+    try:
+        async with target_running() as target:
+            with cluster(db_dsn, etcd.endpoint, "/outage", ttl=ttl) as c:
+                c.start("n1")
+                c.start("n2")
+                await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
+                jobs = await c.load(target, 40, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
+                await trio.sleep(2)
+                since = _whole_second_ago(0)
+                before = await placement()
+                await trio.to_thread.run_sync(etcd.pause)
+                await trio.sleep(ttl - 1.5)
+                etcd.resume()
+                await trio.sleep(ttl)  # a lease that had expired meanwhile would have shown by now
+                assert await placement() == before  # no shard moved, no epoch bumped
+                await _caught_up(c, db_dsn, target, jobs, since)
+
+                await trio.to_thread.run_sync(etcd.kill)
+                killed = datetime.now(UTC)
+                await trio.sleep(3 * ttl)
+                silent = (killed + timedelta(seconds=ttl), datetime.now(UTC))
+                await trio.to_thread.run_sync(etcd.start)  # etcd keeps its leases across a restart
+                await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
+                await _caught_up(c, db_dsn, target, jobs, since)
+                assert (await placement())[1] == before[1]  # the leases survived: nothing was taken over
+    finally:
+        etcd.stop()
+    sent_while_unconfirmed = [
+        r for r in target.received if silent[0] < datetime.fromtimestamp(r.at_ms / 1000, UTC) < silent[1]
+    ]
+    assert sent_while_unconfirmed == []  # nothing sent past valid_until

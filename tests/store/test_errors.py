@@ -33,6 +33,8 @@ from scheduler_node.store.errors import describe, is_transient
         asyncpg.QueryCanceledError("canceling statement due to statement timeout"),
         asyncpg.InterfaceError("cannot call Connection.fetch(): connection is closed"),
         asyncpg.InterfaceError("pool is closing"),
+        # seen when a fast shutdown's notice reached a pooled connection between two statements
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
     ],
 )
 def test_transient(exc: BaseException) -> None:
@@ -47,6 +49,7 @@ def test_transient(exc: BaseException) -> None:
         asyncpg.PostgresSyntaxError("syntax error at or near"),
         asyncpg.DataError("invalid input syntax for type uuid"),
         asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
+        asyncpg.InternalClientError("unexpected codec"),
         ValueError("bad argument"),
         KeyError("x"),
     ],

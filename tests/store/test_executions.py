@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from protocol.executions import ExecutionStatus, Origin
-from protocol.jobs import Semantics
 from protocol.internal import JobWrite, JobWriteOp
+from protocol.jobs import Semantics
 from scheduler_node.store import (
     ClaimRow,
     ExecKey,
@@ -26,6 +26,7 @@ from scheduler_node.store import (
     job_cursors,
     list_attempts,
     list_executions,
+    own_unsent_claims,
     take_over_shard,
     write_job,
     write_results,
@@ -426,3 +427,17 @@ async def test_cursor_upserts_stay_hot(store: TrioStore, db_dsn: str) -> None:
     updates, hot = after[0] - before[0], after[1] - before[1]
     assert updates == 19 * 50
     assert hot >= 0.9 * updates
+
+
+async def test_own_unsent_claims_finds_what_a_lost_claim_inserted(store: TrioStore) -> None:
+    f = await own(store, 62)
+    job = job_in_shard(62)
+    rows = [ClaimRow(62, f.epoch, job, ms(t)) for t in slots(4)]
+    await store.call(claim_slots, "n1", rows[:3])  # committed, its answer lost
+    await store.call(write_results, [result(rows[0].key(), f.epoch, S.SUCCEEDED)])  # sent meanwhile
+    ours = await store.call(own_unsent_claims, "n1", rows)
+    assert sorted(k.slot_ms for k in ours) == [rows[1].slot_ms, rows[2].slot_ms]
+    assert await store.call(own_unsent_claims, "n2", rows) == []  # another node's claims are not ours
+    newer = await own(store, 62)  # a takeover since: the old epoch's claims are not ours to send
+    assert await store.call(own_unsent_claims, "n1", rows) == []
+    assert newer.epoch > f.epoch

@@ -3,9 +3,7 @@ outages and recovery. TTL 2 s (etcd's minimum); every wait is bounded."""
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -315,12 +313,10 @@ def test_frozen_etcd_times_out_and_the_watch_survives(private_etcd: EmbeddedEtcd
     and the existing watch stream still delivers (pyetcd drops its watcher object on a deadline, not the
     stream)."""
     notices: queue.Queue[WatchNotice] = queue.Queue()
-    pid = private_etcd.pid
-    assert pid is not None
     with EtcdCoordinator(private_etcd.endpoint, layout, timeout=0.5) as c:
         lease = c.grant_lease(30).lease_id
         handle = c.watch(notices.put)
-        os.kill(pid, signal.SIGSTOP)
+        private_etcd.pause()
         try:
             for call in (c.snapshot, lambda: c.keepalive(lease), lambda: c.drain("n")):
                 t0 = time.monotonic()
@@ -328,7 +324,7 @@ def test_frozen_etcd_times_out_and_the_watch_survives(private_etcd: EmbeddedEtcd
                     call()
                 assert 0.4 < time.monotonic() - t0 < 1.5
         finally:
-            os.kill(pid, signal.SIGCONT)
+            private_etcd.resume()
         try:
             wait_for(lambda: _answers(c), timeout=5.0)
             assert c.keepalive(lease) is not None
