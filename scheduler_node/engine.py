@@ -69,7 +69,7 @@ from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
 from .writer import Writer
 
-__all__ = ["Engine", "EngineConfig", "EngineTuning"]
+__all__ = ["Engine", "EngineConfig", "EngineStatistics", "EngineTuning"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,6 +98,17 @@ class EngineTuning:
     claim_chunk: int = 5_000  # slots per claim statement
     release_timeout_s: float = 30.0  # requests in flight get this long to finish when shards are released
     load_concurrency: int = 4  # shards loaded at once (loading is database-bound)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatistics:
+    """What the engine holds right now (for status, metrics and tests)."""
+
+    shards_loaded: int
+    jobs_in_memory: int
+    claimed_unsent: int  # slots claimed and waiting in the wheel for their second
+    held: int  # slots due while sends were blocked (lease unconfirmed), waiting to go out
+    in_flight: int  # runs between their first send and their terminal state
 
 
 @dataclass(frozen=True)
@@ -1187,14 +1198,25 @@ class Engine:
     def metrics_text(self) -> str:
         return self.metrics.render()
 
+    def statistics(self) -> EngineStatistics:
+        return EngineStatistics(
+            shards_loaded=len(self._loaded),
+            jobs_in_memory=len(self.jobs),
+            claimed_unsent=sum(len(u) for u in self._unsent.values()),
+            held=sum(len(h) for h in self._held.values()),
+            in_flight=sum(self._in_flight.values()),
+        )
+
     def summary(self) -> dict[str, Any]:
         """The figures a node publishes for cluster status."""
         now = self.clock.now_ms()
         nd = self.wheel.next_deadline()
+        stats = self.statistics()
         return {
-            "shards": len(self._loaded),
-            "jobs_in_memory": len(self.jobs),
-            "in_flight": sum(self._in_flight.values()),
+            "shards": stats.shards_loaded,
+            "jobs_in_memory": stats.jobs_in_memory,
+            "in_flight": stats.in_flight,
+            "held": stats.held,
             "dispatch_lag_p99_ms": self.metrics.dispatch_lag.quantile(0.99),
             "lag_ms": max(0, now - nd) if nd is not None else 0,  # how late the oldest due entry is
             "degraded": self.health.problem(),  # None, or why PostgreSQL cannot be reached

@@ -325,7 +325,7 @@ async def test_a_node_past_its_valid_until_sends_and_claims_nothing_then_catches
         engine = node.engine
 
         async def claimed_ahead() -> bool:  # a slot claimed and waiting for its second: blocked, it is held
-            return any(engine._unsent.values())
+            return engine.statistics().claimed_unsent > 0
 
         await wait_for(claimed_ahead, interval=0.01)
         ownership = engine.ownership
@@ -337,7 +337,7 @@ async def test_a_node_past_its_valid_until_sends_and_claims_nothing_then_catches
         await trio.sleep(2.5)
         assert {p: len(target.at(p)) for p in ("/alo", "/amo")} == before  # nothing sent
         assert len(await query(db_dsn, "SELECT 1 FROM executions")) <= rows_before + 2  # nor claimed
-        assert node.engine.metrics.not_sent.get() >= 1  # what was claimed already is held
+        assert engine.statistics().held >= 1  # what was claimed already is held
         del ownership.valid_until  # the lease proves alive
         back = datetime.now(UTC)
 
@@ -468,7 +468,7 @@ async def test_graceful_stop_gives_back_claimed_unsent_slots(db_dsn: str) -> Non
             await trio.sleep((1850 - now.microsecond / 1000) % 1000 / 1000)
             next_slot = (datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)
             assert node.engine is not None
-            unsent = sum(len(u) for u in node.engine._unsent.values())
+            unsent = node.engine.statistics().claimed_unsent
             claimed = await query(
                 db_dsn, "SELECT count(*) AS n FROM executions WHERE scheduled_at = $1", next_slot
             )
