@@ -208,6 +208,7 @@ class Engine:
         self._outcomes: list[Exchange] = []  # outcomes the dispatcher handed back, not yet recorded
         self._outcomes_ready = trio.Event()
         self._firing = False  # the driver is between the firings of one wheel tick
+        self._burst_over = trio.Event()  # set when the driver has fired everything it took from the wheel
         self._claims_due: list[Pending] = []  # CLAIM entries the wheel gave, for _claim_loop
         self._claims_ready = trio.Event()
         self._frozen_at = -math.inf
@@ -244,6 +245,7 @@ class Engine:
         self.metrics.connections_open.read = lambda: float(dispatcher.statistics().open_connections)
         self.metrics.connections_opened.read = lambda: float(dispatcher.statistics().connections_opened)
         self.metrics.sends_waiting.read = lambda: float(dispatcher.waiting)
+        self.metrics.writes_pending.read = lambda: float(self.writer.pending() + self.alerts.pending())
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -379,6 +381,8 @@ class Engine:
         with trio.move_on_at(deadline):
             while shard in self._epochs and shard not in self._loaded:
                 await trio.sleep(0.02)  # still loading: release once it is whole
+        while self._firing:  # slots the driver took from the wheel mid-burst are sent, not left claimed
+            await self._burst_over.wait()
         if shard in self._releasing:
             return
         if shard not in self._loaded:  # never loaded, or dropped meanwhile: nothing here to hand over
@@ -687,9 +691,13 @@ class Engine:
                             self._outcomes_ready.set()
                         if fired % 128 == 0:
                             # Let the sends started so far go out while the rest of the second is prepared.
-                            self._firing = True
+                            if not self._firing:
+                                self._firing = True
+                                self._burst_over = trio.Event()
                             await trio.lowlevel.checkpoint()
-                self._firing = False
+                if self._firing:
+                    self._firing = False
+                    self._burst_over.set()
                 if claims and not self._draining:
                     self._claims_due += claims
                     self._claims_ready.set()
@@ -757,9 +765,14 @@ class Engine:
     async def _claim_chunk(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
         if not rows:
             return
+        # Back-pressure: results and alerts past their writers' bound (PostgreSQL slow or away) stop new claims,
+        # so memory holds at most the bound plus what is already claimed.
         started = trio.current_time()
+        await self.writer.room()
+        await self.alerts.room()
         adopted: list[ExecKey] = []
-        held_back = failed = False
+        held_back = trio.current_time() > started  # waited: re-planned like any claim an outage held back
+        failed = False
         while True:
             if not self._may_send():
                 # Nothing is claimed that could not be sent: the claims wait for the lease to prove alive.
@@ -919,12 +932,8 @@ class Engine:
         )
 
     def _put_result(self, row: ResultRow) -> None:
-        """Queue a result row; past the writer's bound, a task waits for room (the writer's back-pressure)."""
-        try:
-            self.writer.put_nowait(row)
-        except trio.WouldBlock:
-            assert self._nursery is not None
-            self._nursery.start_soon(self.writer.put, row)
+        """Queue a result row. Never waits: the claimer waits for the writer's room before taking new work."""
+        self.writer.put_nowait(row)
 
     def _attempt(self, job: LoadedJob, p: Pending, run: Run) -> None:
         """Hand attempt ``p.attempt + 1`` to the dispatcher; ``_attempted`` gets its outcome."""
@@ -1114,11 +1123,7 @@ class Engine:
                          webhook=job.spec.alert_webhook or self.config.alert_webhook,
                          payload={"status": row.status.value, "http_status": row.http_status,
                                   "error": row.error, "attempt": row.attempt})  # fmt: skip
-        try:
-            self.alerts.put_nowait(alert)
-        except trio.WouldBlock:
-            assert self._nursery is not None
-            self._nursery.start_soon(self.alerts.put, alert)
+        self.alerts.put_nowait(alert)
 
     async def _write_results(self, batch: list[ResultRow]) -> frozenset[int]:
         return (await self.db.call(store.write_results, batch, report=False)).fenced

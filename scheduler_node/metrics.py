@@ -132,7 +132,9 @@ class Metrics:
         self.fenced = Counter(
             p + "fenced_writes_total", "writes refused because a newer epoch owns the shard"
         )
-        self.not_sent = Counter(p + "not_sent_total", "sends withheld because the lease validity had passed")
+        self.not_sent = Counter(
+            p + "not_sent_total", "sends withheld because the lease validity had passed (held, sent later)"
+        )
         self.alerts = Counter(p + "alerts_total", "alerts raised")
         self.alert_deliveries = Counter(p + "alert_deliveries_total", "alert webhook deliveries by outcome")
         self.store_unavailable = Counter(
@@ -146,6 +148,9 @@ class Metrics:
         )
         self.connections_opened = Gauge(
             p + "connections_opened_total", "connections to targets opened", kind="counter"
+        )
+        self.writes_pending = Gauge(
+            p + "writes_pending", "results and alerts accepted, not yet written (claims wait past the bound)"
         )
         self.sends_waiting = Gauge(
             p + "sends_waiting", "sends queued for a connection (per-host or node cap)"

@@ -1,8 +1,13 @@
 """The batched writer: results go to PostgreSQL in batches, one statement per batch, with back-pressure.
 
 Rules:
-- ``put(item)`` waits when ``max_pending`` items are queued: a slow database slows the producers down instead
-  of growing memory without bound.
+- At most ``max_pending`` items wait unwritten: ``put(item)`` waits for room (a slow database slows the
+  producers down instead of growing memory without bound). ``put_nowait(item)`` never blocks nor refuses, for
+  callers that cannot wait (the engine records an outcome in the middle of a burst); they bound the backlog
+  by waiting for ``room()`` before taking on new work (the engine's claimer does: no claim while the
+  results of earlier ones cannot be written).
+- An item counts from the moment ``put`` is called, so ``flush()`` also waits for puts still waiting for
+  room: a shutdown's flush leaves nothing unwritten.
 - A batch is written when ``max_batch`` items are waiting or ``max_delay_s`` after its first item arrived,
   whichever comes first, so a burst of 5,000 results is a handful of statements and a lone result waits
   at most a few milliseconds. With ``quiet_s``, a batch is also written once no item arrived for that long:
@@ -21,6 +26,7 @@ nursery; the firing path calls ``await writer.put(result)``.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -56,8 +62,10 @@ class Writer(Generic[T]):
         self.max_delay_s = max_delay_s
         self.quiet_s = quiet_s
         self.name = name
-        self._send, self._receive = trio.open_memory_channel[T](max_pending)
-        self._put_count = 0
+        self.max_pending = max_pending
+        self._send, self._receive = trio.open_memory_channel[T](math.inf)  # bounded by room()
+        self._put_count = 0  # accepted: queued, in the batch being written, or in a put waiting for room
+        self._waiting = 0  # puts waiting for room
         self._written_count = 0
         self._progress = trio.Event()
         self.batches = 0
@@ -65,20 +73,35 @@ class Writer(Generic[T]):
         self.on_batch: Callable[[int, float], None] | None = None  # (rows, seconds), for metrics
 
     async def put(self, item: T) -> None:
-        await self._send.send(item)
         self._put_count += 1
+        self._waiting += 1
+        try:
+            await self.room()
+        except BaseException:
+            self._put_count -= 1  # cancelled while waiting: never accepted
+            raise
+        finally:
+            self._waiting -= 1
+        self._send.send_nowait(item)
 
     def put_nowait(self, item: T) -> None:
-        """Raises ``trio.WouldBlock`` when full; for callers that must not wait (they count a drop)."""
-        self._send.send_nowait(item)
+        """Accept ``item`` now, whatever the backlog (see the module's rules)."""
         self._put_count += 1
+        self._send.send_nowait(item)
+
+    async def room(self) -> None:
+        """Return once fewer than ``max_pending`` items wait to be written."""
+        while self._put_count - self._waiting - self._written_count >= self.max_pending:
+            await self._progress.wait()
 
     async def flush(self) -> None:
+        """Return once everything put before this call is written."""
         target = self._put_count
-        while self._written_count < target:
+        while self._written_count < min(target, self._put_count):  # a cancelled put lowers the count
             await self._progress.wait()
 
     def pending(self) -> int:
+        """Items accepted and not yet written (for metrics)."""
         return self._put_count - self._written_count
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -17,7 +17,9 @@ Rules:
 - ``take_over_shard`` (after ``bump_epoch``, before claiming): unfinished rows of older epochs are
   re-stamped with the new epoch and returned to be resumed (sent again, retries continued from ``attempt`` /
   ``next_attempt_at``), except AT_MOST_ONCE rows that may have been sent, which become ``lost``: ``claimed``
-  rows, and ``retry_wait`` rows whose retry was due (it may have been in flight). An AT_MOST_ONCE ``retry_wait``
+  rows, and ``retry_wait`` rows whose retry was due (it may have been in flight). A resumed row that may have
+  been sent has its ``attempt`` raised by one (the attempt the old owner may have made), so the resend's
+  ``X-Shardwheel-Attempt`` is higher than any the target may have seen. An AT_MOST_ONCE ``retry_wait``
   row whose retry is still in the future was certainly not re-sent (the old owner stopped sending when its
   lease expired, before the takeover), so it is resumed. Rows of deleted jobs are ``cancelled``.
 - ``delete_unsent_claims`` (graceful release) deletes the owner's scheduled claims that were never sent and
@@ -412,21 +414,27 @@ WITH fence AS (
     SELECT shard, epoch, coalesce(owner, '') AS owner FROM shard_epochs WHERE shard = $1 AND epoch = $2 FOR SHARE
 ),
 stale AS (
-    SELECT e.job_id, e.scheduled_at, e.origin, e.epoch AS old_epoch, e.node AS old_node,
+    SELECT e.job_id, e.scheduled_at, e.origin, e.epoch AS old_epoch, e.node AS old_node, m.maybe_sent,
         CASE
             WHEN j.id IS NULL OR j.deleted_at IS NOT NULL THEN 'cancelled'
-            WHEN j.semantics = 'AT_MOST_ONCE' AND e.released_at IS NULL
-                 AND (e.status = 'claimed' OR e.next_attempt_at IS NULL OR e.next_attempt_at <= now()) THEN 'lost'
+            WHEN j.semantics = 'AT_MOST_ONCE' AND m.maybe_sent THEN 'lost'
             ELSE 'resume'
         END AS action
     FROM executions e
     LEFT JOIN jobs j ON j.shard = e.shard AND j.id = e.job_id
+    -- The old owner may have sent the row's next attempt: a claim, or a retry that was due.
+    CROSS JOIN LATERAL (
+        SELECT e.released_at IS NULL
+               AND (e.status = 'claimed' OR e.next_attempt_at IS NULL OR e.next_attempt_at <= now()) AS maybe_sent
+    ) m
     WHERE e.shard = $1 AND e.status IN ('claimed', 'retry_wait') AND e.epoch < $2
       AND EXISTS (SELECT 1 FROM fence)
 ),
 changed AS (
     UPDATE executions e SET
         epoch = f.epoch, node = f.owner, released_at = NULL,
+        -- counted as made: the resend carries one more, so a target can tell a replay from a first try
+        attempt = CASE WHEN s.action = 'resume' AND s.maybe_sent THEN e.attempt + 1 ELSE e.attempt END,
         status = CASE s.action WHEN 'resume' THEN e.status ELSE s.action END,
         finished_at = CASE s.action WHEN 'resume' THEN NULL ELSE now() END,
         next_attempt_at = CASE s.action WHEN 'resume' THEN e.next_attempt_at END,

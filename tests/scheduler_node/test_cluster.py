@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 import trio
 
 from shardwheel.embedded import EmbeddedEtcd
 
 from .cluster_harness import TTL, balanced, cluster
+
+pytestmark = pytest.mark.slow
 
 
 async def test_three_nodes_split_85_85_86_and_a_fourth_takes_exactly_64(
@@ -74,6 +77,9 @@ async def test_kill_9_under_load_moves_its_shards_without_duplicates_or_losses(
     received = Counter((r.job, r.slot) for r in target.received)
     amo_dups = [k for k, n in received.items() if n > 1 and jobs.get(k[0]) == Semantics.AT_MOST_ONCE]
     assert amo_dups == []
+    for key in [k for k, n in received.items() if n > 1]:  # a resend after takeover says a higher attempt
+        attempts = [r.headers["x-shardwheel-attempt"] for r in target.received if (r.job, r.slot) == key]
+        assert len(set(attempts)) == len(attempts), (key, attempts)
     # every AT_LEAST_ONCE (FIRE_ALL) slot of the victim's jobs across the failover arrived at least once
     first = (killed_at - timedelta(seconds=2)).replace(microsecond=0)
     seconds = [first + timedelta(seconds=k) for k in range(int((ended_at - first).total_seconds()))]

@@ -6,6 +6,7 @@ are asserted exactly.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -489,3 +490,23 @@ async def test_a_slot_claimed_at_write_time_fires_even_when_the_next_is_beyond_t
         job = await create(node, spec(target.url("/soon"), Every("2h"), start_at=start))
         await wait_for(lambda: _count(target, "/soon", 1), timeout=5)
     assert await statuses(db_dsn, job) == [S.SUCCEEDED]
+
+
+async def test_a_graceful_stop_mid_burst_leaves_nothing_claimed_and_records_every_send(db_dsn: str) -> None:
+    from bench.harness import insert_jobs
+
+    n = 1000
+    async with target_running() as target:
+        jobs = await trio.to_thread.run_sync(
+            lambda: asyncio.run(insert_jobs(db_dsn, [spec(target.url("/burst"))] * n))
+        )
+        async with node_running(db_dsn) as node:
+            await wait_for(lambda: _count(target, "/burst", 2 * n), timeout=20)
+            now = datetime.now(UTC)
+            await trio.sleep((1005 - now.microsecond / 1000) % 1000 / 1000)  # 5 ms into a second's burst
+            assert node.engine is not None
+        sent = {(r.job, datetime.fromisoformat(r.slot)) for r in target.at("/burst")}
+    rows = await query(db_dsn, "SELECT job_id, scheduled_at, status FROM executions WHERE job_id = ANY($1)", jobs)
+    assert [r for r in rows if r["status"] == "claimed"] == []  # given back or finished, none left claimed
+    recorded = {(str(r["job_id"]), r["scheduled_at"]) for r in rows if r["status"] == "succeeded"}
+    assert sent <= recorded  # every send's result is in PostgreSQL

@@ -195,6 +195,7 @@ def _whole_second_ago(seconds: float) -> datetime:
     return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(microsecond=0)
 
 
+@pytest.mark.slow
 async def test_a_cluster_rides_out_postgresql_paused_restarted_and_killed(
     own_pg: EmbeddedPostgres, etcd_server: EmbeddedEtcd, etcd_prefix: str
 ) -> None:
@@ -240,6 +241,7 @@ async def test_a_cluster_rides_out_postgresql_paused_restarted_and_killed(
     assert rows == []  # the nodes left gracefully: nothing stays claimed
 
 
+@pytest.mark.slow
 async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_three(
     db_dsn: str, tmp_path: Path
 ) -> None:

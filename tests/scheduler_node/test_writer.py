@@ -50,15 +50,50 @@ async def test_back_pressure_and_retry(autojump_clock: trio.testing.MockClock) -
     w: Writer[int] = Writer(write, on_fenced=lambda s: None, max_batch=10, max_pending=20)
     async with trio.open_nursery() as n:
         await n.start(w.run)
-        for i in range(20 + 10):  # 10 in the stuck batch, 20 queued: the channel is full
+        for i in range(20):  # 10 in the stuck batch, 10 queued: max_pending reached
             await w.put(i)
         with trio.move_on_after(1) as cs:
             await w.put(99)
-        assert cs.cancelled_caught  # put blocks while the queue is full
+        assert cs.cancelled_caught  # put blocks while max_pending items wait
+        w.put_nowait(20)  # never blocks: its caller bounds the backlog by waiting for room()
+        with trio.move_on_after(1) as cs:
+            await w.room()
+        assert cs.cancelled_caught
         gate.set()
+        await w.room()
         await w.flush()
         await w.drain_and_close()
-    assert written == list(range(30))  # nothing lost across three failed attempts, order kept
+    assert written == list(range(21))  # nothing lost across three failed attempts, order kept
+
+
+async def test_flush_waits_for_a_put_still_waiting_for_room(autojump_clock: trio.testing.MockClock) -> None:
+    gate = trio.Event()
+    written: list[int] = []
+
+    async def write(batch: list[int]) -> set[int]:
+        await gate.wait()
+        written.extend(batch)
+        return set()
+
+    w: Writer[int] = Writer(write, on_fenced=lambda s: None, max_batch=2, max_pending=2)
+    async with trio.open_nursery() as n:
+        await n.start(w.run)
+        await w.put(1)
+        await w.put(2)
+        n.start_soon(w.put, 3)  # waits for room
+        await trio.sleep(0.1)
+        flushed = trio.Event()
+
+        async def flush() -> None:
+            await w.flush()
+            flushed.set()
+
+        n.start_soon(flush)
+        await trio.sleep(0.1)
+        gate.set()
+        await flushed.wait()
+        assert written == [1, 2, 3]  # the shutdown's flush did not return with the waiting put unwritten
+        await w.drain_and_close()
 
 
 async def test_quiet_period_writes_after_a_burst_not_during_it(

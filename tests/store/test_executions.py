@@ -184,6 +184,10 @@ async def test_takeover_resumes_or_loses_per_semantics(store: TrioStore) -> None
     assert all((e.epoch, e.node) == (new.epoch, "node-b") for e in taken.resume)
     retry = next(e for e in taken.resume if e.job_id == str(alo) and e.scheduled_at == t2)
     assert (retry.status, retry.attempt, retry.next_attempt_at) == (S.RETRY_WAIT, 1, far)  # retries continue
+    # A claim or a due retry may have been sent by the old owner: counted as an attempt made, so the resend
+    # carries a higher X-Shardwheel-Attempt than anything the target may have seen.
+    attempts = {(e.job_id, e.scheduled_at): e.attempt for e in taken.resume}
+    assert attempts == {(str(alo), t1): 1, (str(alo), t2): 1, (str(alo), t3): 1, (str(amo), t2): 1}
     assert {(e.job_id, e.scheduled_at) for e in taken.lost} == {(str(amo), t1), (str(amo), t3)}
     for e in taken.lost:
         assert e.status == S.LOST and e.finished_at is not None and e.next_attempt_at is None
@@ -199,6 +203,7 @@ async def test_takeover_resumes_or_loses_per_semantics(store: TrioStore) -> None
     assert {
         (e.job_id, e.scheduled_at) for e in again.resume
     } == resumed and again.lost == again.cancelled == []
+    assert {(e.job_id, e.scheduled_at): e.attempt for e in again.resume} == attempts  # counted once
 
     # The old owner's late result is fenced; the new owner's lands.
     late = await store.call(write_results, [result(k[alo, t1], old.epoch, S.SUCCEEDED, finished_ms=ms(T0))])
