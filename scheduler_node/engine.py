@@ -41,7 +41,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -51,9 +51,9 @@ import trio
 from protocol.errors import DatabaseUnavailable, Fenced, NotFound, NotOwnerError, SpecError
 from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
-from protocol.jobs import Job, JobSpec, JobState, validate_job_spec
+from protocol.jobs import Job, JobState, validate_job_spec
 from protocol.shards import shard_of
-from protocol.slots import SlotRule, compile_schedule
+from protocol.slots import compile_schedule
 
 from . import concurrency, retry, store
 from .alert_delivery import AlertDelivery
@@ -63,6 +63,7 @@ from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRe
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
+from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
 from .store_health import StoreHealth
 from .trio_store import TrioStore
@@ -74,10 +75,8 @@ __all__ = ["Engine", "EngineConfig", "EngineStatistics", "EngineTuning"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CLAIM, FIRE = 0, 1
 S = ExecutionStatus
 _PAUSED = frozenset({JobState.PAUSED, JobState.AUTO_PAUSED})
-SlotKey = tuple[uuid.UUID, int, Origin]  # (job, slot ms, origin): an execution within a shard
 
 
 @dataclass(slots=True)
@@ -120,58 +119,6 @@ class EngineConfig:
     alert_webhook: str | None = None  # the cluster's, for jobs without their own
 
 
-@dataclass(slots=True, eq=False)
-class Pending:
-    """A wheel payload: claim the slot (CLAIM) or send attempt ``attempt + 1`` of it (FIRE)."""
-
-    kind: int
-    job: LoadedJob
-    slot_ms: int
-    origin: Origin
-    attempt: int = 0
-
-
-@dataclass(slots=True, eq=False)
-class Run:
-    """A slot between its first send and its terminal state."""
-
-    exchange: Exchange | None = None  # while an attempt is with the dispatcher
-    retry_entry: Entry[Pending] | None = None  # while waiting for the next attempt
-    cancelled: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class LoadedJob:
-    id: uuid.UUID
-    shard: int
-    tenant: str
-    spec: JobSpec
-    state: JobState
-    version: int
-    rule: SlotRule
-    template: RequestTemplate
-    claim_entry: Entry[Pending] | None = None
-    last_claimed_ms: int | None = None
-    runs: dict[tuple[int, Origin], Run] = field(default_factory=dict)
-    buffered: Pending | None = None
-    failures: int = 0
-    unsent: int = 0  # claimed slots waiting in the wheel for their second
-    exhausted: bool = False  # the schedule has no slot left
-
-    _slots: Iterator[int] | None = None  # kept while the job is in the horizon: get_next is ~5x cheaper
-    _slots_at: int | None = None  # the slot the kept iterator last returned
-
-    def slots_after(self, after_ms: int) -> Iterator[int]:
-        return self.rule.iter_ms(after_ms)
-
-    def next_slot(self, after_ms: int) -> int | None:
-        """The first slot after ``after_ms``, continuing the kept iterator when it stands there."""
-        if self._slots is None or self._slots_at != after_ms:
-            self._slots = self.rule.iter_ms(after_ms)
-        self._slots_at = next(self._slots, None)
-        return self._slots_at
-
-
 class Engine:
     def __init__(
         self,
@@ -194,15 +141,8 @@ class Engine:
         self.health = health or StoreHealth(self.metrics)
         self.wheel: TimingWheel[Pending] = TimingWheel(self.clock.now_ms())
         self.jobs: dict[uuid.UUID, LoadedJob] = {}
-        self._shard_jobs: dict[int, dict[uuid.UUID, LoadedJob]] = {}
-        self._unsent: dict[int, dict[SlotKey, Entry[Pending]]] = {}
-        self._held: dict[int, dict[SlotKey, Pending]] = {}  # due while sends were blocked (lease unconfirmed)
-        self._held_ready = trio.Event()
-        self._in_flight: dict[int, int] = {}
-        self._loaded: set[int] = set()
-        self._epochs: dict[int, int] = {}
-        self._releasing: set[int] = set()
-        self._refilled_until: dict[int, int] = {}
+        self._shards: dict[int, ShardState] = {}  # every shard acquired and not yet dropped or released
+        self._held_ready = trio.Event()  # a slot was held (sends blocked): _held_loop sends it when they resume
         self._raise_queue: list[NextFire] = []
         self._wakeup = trio.Event()
         self._outcomes: list[Exchange] = []  # outcomes the dispatcher handed back, not yet recorded
@@ -240,8 +180,8 @@ class Engine:
             max_delay_s=0.2,
         )
         self.metrics.wheel_size.read = lambda: float(len(self.wheel))
-        self.metrics.in_flight.read = lambda: float(sum(self._in_flight.values()))
-        self.metrics.shards.read = lambda: float(len(self._loaded))
+        self.metrics.in_flight.read = lambda: float(sum(st.in_flight for st in self._shards.values()))
+        self.metrics.shards.read = lambda: float(len(self._loaded_shards()))
         self.metrics.connections_open.read = lambda: float(dispatcher.statistics().open_connections)
         self.metrics.connections_opened.read = lambda: float(dispatcher.statistics().connections_opened)
         self.metrics.sends_waiting.read = lambda: float(dispatcher.waiting)
@@ -270,7 +210,7 @@ class Engine:
             nursery.start_soon(self._held_loop)
             delivery = AlertDelivery(
                 self.db,
-                lambda: list(self._loaded),
+                self._loaded_shards,
                 metrics=self.metrics,
                 clock=self.clock,
                 health=self.health,
@@ -281,7 +221,12 @@ class Engine:
 
     def ready(self) -> bool:
         grants = self.ownership.grants()
-        return bool(grants) and all(s in self._loaded for s in grants) and self.health.problem() is None
+        loaded = self._loaded_shards()
+        return bool(grants) and all(s in loaded for s in grants) and self.health.problem() is None
+
+    def _loaded_shards(self) -> list[int]:
+        """Shards loaded (firing, or being released), in acquisition order."""
+        return [s for s, st in self._shards.items() if st.phase is not Phase.LOADING]
 
     def not_ready_because(self) -> str:
         """Why ``ready()`` is False: PostgreSQL unavailable (degraded), or shards still loading."""
@@ -296,7 +241,7 @@ class Engine:
         self._draining = True
         deadline = trio.current_time() + self.tuning.release_timeout_s
         async with trio.open_nursery() as n:
-            for shard in list(self._loaded):
+            for shard in self._loaded_shards():
                 n.start_soon(self._release, shard, deadline)
         await self.writer.flush()
         await self.alerts.flush()
@@ -316,10 +261,8 @@ class Engine:
                     self._drop_shard(shard, give_back=True)
 
     async def _acquire(self, shard: int, epoch: int, limiter: trio.CapacityLimiter) -> None:
+        state = self._shards[shard] = ShardState(shard, epoch)
         async with limiter:
-            self._epochs[shard] = epoch
-            self._shard_jobs.setdefault(shard, {})
-            self._unsent.setdefault(shard, {})
             try:
                 takeover = await self._db("load", store.take_over_shard, shard, epoch)
             except Fenced:
@@ -331,6 +274,8 @@ class Engine:
             missing = {uuid.UUID(e.job_id) for e in takeover.resume} - {uuid.UUID(r.job.id) for r in rows}
             if missing:
                 rows += await self._get_rows(shard, sorted(missing))
+            if self._shards.get(shard) is not state:
+                return  # dropped while loading
             claims: list[ClaimRow] = []
             loaded: dict[uuid.UUID, LoadedJob] = {}
             for row in rows:
@@ -340,8 +285,11 @@ class Engine:
             await self._claim_rows(claims, loaded)
             for e in takeover.resume:
                 self._resume(e, now)
-            self._refilled_until[shard] = until
-            self._loaded.add(shard)
+            if self._shards.get(shard) is not state:
+                return
+            state.refilled_until = until
+            state.phase = Phase.LOADED
+            state.loaded.set()
             self._freeze_loaded()
             self.metrics.skips.inc(len(takeover.lost), kind="lost")
             log.info(
@@ -378,36 +326,41 @@ class Engine:
         run.retry_entry = self._insert(when, Pending(FIRE, job, slot, e.origin, e.attempt))
 
     async def _release(self, shard: int, deadline: float) -> None:
-        with trio.move_on_at(deadline):
-            while shard in self._epochs and shard not in self._loaded:
-                await trio.sleep(0.02)  # still loading: release once it is whole
+        state = self._shards.get(shard)
+        if state is not None:
+            with trio.move_on_at(deadline):
+                await state.loaded.wait()  # still loading: release once it is whole
         while self._firing:  # slots the driver took from the wheel mid-burst are sent, not left claimed
             await self._burst_over.wait()
-        if shard in self._releasing:
+        state = self._shards.get(shard)
+        if state is not None and state.phase is Phase.RELEASING:
             return
-        if shard not in self._loaded:  # never loaded, or dropped meanwhile: nothing here to hand over
+        if state is None or state.phase is Phase.LOADING:  # dropped, or loading outlasted the deadline
+            if state is not None:
+                self._drop_shard(shard)  # its claims so far stay for the next owner's takeover
             await self.ownership.released(shard)
             return
-        self._releasing.add(shard)
-        epoch = self._epochs[shard]
-        for job in list(self._shard_jobs.get(shard, {}).values()):
+        state.phase = Phase.RELEASING
+        epoch = state.epoch
+        for job in list(state.jobs.values()):
             self._cancel_claim(job)
-        unsent = self._unsent.pop(shard, {})
+        unsent, state.unsent = state.unsent, {}
+        held, state.held = state.held, {}
         keys = [
             ExecKey(shard, job_id, ms, origin)
             for (job_id, ms, origin), entry in unsent.items()
             if self.wheel.cancel(entry)
         ]
-        keys += [ExecKey(shard, *key) for key, p in self._held.pop(shard, {}).items() if p.attempt == 0]
+        keys += [ExecKey(shard, *key) for key, p in held.items() if p.attempt == 0]
         if keys:
             result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
             if result.fenced:
                 log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
         with trio.move_on_at(deadline):
-            while self._in_flight.get(shard, 0):
-                await trio.sleep(0.01)
+            await state.idle.wait()
         await self.writer.flush()
-        self._forget_shard(shard)
+        if self._shards.get(shard) is state:
+            self._forget_shard(shard)
         await self.ownership.released(shard)
 
     def lose_shard(self, shard: int) -> None:
@@ -420,12 +373,14 @@ class Engine:
         """Stop everything for ``shard``. ``give_back``: its lease ran out (no fenced write proved a newer
         owner yet), so the claims it never sent are deleted if its epoch still stands, and the next owner
         plans those slots by their misfire policy instead of finding them ``claimed`` (AT_MOST_ONCE: lost)."""
-        epoch = self._epochs.get(shard)
-        unsent = [ExecKey(shard, *key) for key, entry in self._unsent.get(shard, {}).items() if entry.pending]
-        unsent += [ExecKey(shard, *key) for key, p in self._held.get(shard, {}).items() if p.attempt == 0]
-        if give_back and unsent and epoch is not None and self._nursery is not None:
-            self._nursery.start_soon(self._give_back, shard, epoch, unsent)
-        for job in list(self._shard_jobs.get(shard, {}).values()):
+        state = self._shards.get(shard)
+        if state is None:
+            return
+        unsent = [ExecKey(shard, *key) for key, entry in state.unsent.items() if entry.pending]
+        unsent += [ExecKey(shard, *key) for key, p in state.held.items() if p.attempt == 0]
+        if give_back and unsent and self._nursery is not None:
+            self._nursery.start_soon(self._give_back, shard, state.epoch, unsent)
+        for job in list(state.jobs.values()):
             self._cancel_claim(job)
             for run in job.runs.values():
                 run.cancelled = True
@@ -433,7 +388,7 @@ class Engine:
                     self.dispatcher.cancel(run.exchange)
                 if run.retry_entry is not None:
                     self.wheel.cancel(run.retry_entry)
-        for entry in self._unsent.get(shard, {}).values():
+        for entry in state.unsent.values():
             self.wheel.cancel(entry)
         self._forget_shard(shard)
 
@@ -446,20 +401,19 @@ class Engine:
             log.info("shard %d: gave back %d unsent claims", shard, len(result.applied))
 
     def _forget_shard(self, shard: int) -> None:
-        for job_id in self._shard_jobs.pop(shard, {}):
-            self.jobs.pop(job_id, None)
-        for name in ("_unsent", "_held", "_epochs", "_refilled_until"):
-            getattr(self, name).pop(shard, None)
-        self._loaded.discard(shard)
-        self._releasing.discard(shard)
+        state = self._shards.pop(shard, None)
+        if state is not None:
+            for job_id in state.jobs:
+                self.jobs.pop(job_id, None)
+            state.loaded.set()  # nobody waits for a shard that is gone
 
     def _granted_epoch(self, shard: int) -> int | None:
         """The epoch to write and send with for ``shard`` (loading counts: its first claims go out then)."""
-        epoch = self._epochs.get(shard)
-        if epoch is None or shard in self._releasing:
+        state = self._shards.get(shard)
+        if state is None or state.phase is Phase.RELEASING:
             return None
         grant = self.ownership.grants().get(shard)
-        return epoch if grant is not None and grant.epoch == epoch else None
+        return state.epoch if grant is not None and grant.epoch == state.epoch else None
 
     def _may_send(self) -> bool:
         return trio.current_time() < self.ownership.valid_until()
@@ -471,9 +425,10 @@ class Engine:
         would (the misfire policy decides, for AT_MOST_ONCE too); should the shard move instead, the row is
         still ``claimed`` and the new owner's takeover settles it."""
         self.metrics.not_sent.inc()
-        held = self._held.setdefault(p.job.shard, {})
-        held[(p.job.id, p.slot_ms, p.origin)] = p
-        self._held_ready.set()
+        state = self._shards.get(p.job.shard)
+        if state is not None:
+            state.held[(p.job.id, p.slot_ms, p.origin)] = p
+            self._held_ready.set()
 
     async def _held_loop(self) -> None:
         while True:
@@ -481,12 +436,11 @@ class Engine:
             while not self._may_send():
                 await trio.sleep(0.05)
             self._held_ready = trio.Event()
-            held, self._held = self._held, {}
             now = self.clock.now_ms()
-            for shard, slots in held.items():
-                if self._granted_epoch(shard) is None:
-                    continue  # lost meanwhile: the row stays for the next owner
-                self._resume_held(list(slots.values()), now)
+            for state in list(self._shards.values()):
+                held, state.held = state.held, {}
+                if held and self._granted_epoch(state.shard) is not None:  # else: the row stays for the next owner
+                    self._resume_held(list(held.values()), now)
 
     def _resume_held(self, held: list[Pending], now: int) -> None:
         """Send what was held, slots past their job's grace following its misfire policy."""
@@ -550,7 +504,9 @@ class Engine:
             job.last_claimed_ms = old.last_claimed_ms
             self._cancel_claim(old)
         self.jobs[job.id] = job
-        self._shard_jobs.setdefault(job.shard, {})[job.id] = job
+        state = self._shards.get(job.shard)
+        if state is not None:
+            state.jobs[job.id] = job
         if job.state is not JobState.ACTIVE:
             return job, []
         nfa = row.job.next_fire_at
@@ -572,7 +528,7 @@ class Engine:
         misfire = job.spec.misfire
         slots = job.slots_after(after_ms)
         plan = plan_missed(slots, now, misfire)
-        epoch = self._epochs[job.shard]
+        epoch = self._shards[job.shard].epoch
         rows = [ClaimRow(job.shard, epoch, job.id, s) for s in plan.fire]
         rows += [ClaimRow(job.shard, epoch, job.id, s, status=S.SKIPPED_MISFIRE,
                           error="missed: no node could fire it in time") for s in plan.skip]  # fmt: skip
@@ -602,12 +558,12 @@ class Engine:
             return
         if slot > now + self.tuning.horizon_ms:
             # Leaves memory until the refill brings it back; its lower bound moves up to this slot first.
-            epoch = self._epochs.get(job.shard)
-            if epoch is not None:
+            state = self._shards.get(job.shard)
+            if state is not None:
                 self._raise_queue.append(
-                    NextFire(job.shard, epoch, job.id, job.version, ms_to_datetime(slot))
+                    NextFire(job.shard, state.epoch, job.id, job.version, ms_to_datetime(slot))
                 )
-            self._shard_jobs.get(job.shard, {}).pop(job.id, None)
+                state.jobs.pop(job.id, None)
             if not job.runs:
                 self.jobs.pop(job.id, None)
             return
@@ -639,10 +595,9 @@ class Engine:
         now = self.clock.now_ms()
         until = now + self.tuning.horizon_ms
         groups: dict[int, list[int]] = {}
-        for shard in self._loaded:
-            since = self._refilled_until.get(shard)
-            if since is not None and shard not in self._releasing:
-                groups.setdefault(since, []).append(shard)
+        for shard, state in self._shards.items():
+            if state.phase is Phase.LOADED and state.refilled_until is not None:
+                groups.setdefault(state.refilled_until, []).append(shard)
         for since, shards in groups.items():
             rows = await self._load_rows(shards, until, after_ms=since)
             claims: list[ClaimRow] = []
@@ -654,8 +609,8 @@ class Engine:
                     claims += job_claims
             await self._claim_rows(claims, loaded)
             for shard in shards:
-                if shard in self._refilled_until:
-                    self._refilled_until[shard] = until
+                if (st := self._shards.get(shard)) is not None and st.refilled_until is not None:
+                    st.refilled_until = until
 
     async def _flush_raises(self) -> None:
         queue, self._raise_queue = self._raise_queue, []
@@ -817,9 +772,12 @@ class Engine:
             if status[key] is not S.CLAIMED:
                 self.metrics.results.inc(status=status[key].value)
                 continue
+            state = self._shards.get(job.shard)
+            if state is None:
+                continue  # dropped meanwhile: the row is the next owner's
             slot = key.slot_ms
             entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
-            self._unsent.setdefault(job.shard, {})[(job.id, slot, key.origin)] = entry
+            state.unsent[(job.id, slot, key.origin)] = entry
             job.unsent += 1
 
     def _replan_held_back(
@@ -856,11 +814,11 @@ class Engine:
     def _fire(self, p: Pending) -> None:
         job = p.job
         key = (p.slot_ms, p.origin)
-        unsent = self._unsent.get(job.shard)
+        state = self._shards.get(job.shard)
         if (
             p.attempt == 0
-            and unsent is not None
-            and unsent.pop((job.id, p.slot_ms, p.origin), None) is not None
+            and state is not None
+            and state.unsent.pop((job.id, p.slot_ms, p.origin), None) is not None
         ):
             job.unsent -= 1
         if self._granted_epoch(job.shard) is None:
@@ -911,9 +869,10 @@ class Engine:
 
     def _record(self, job: LoadedJob, p: Pending, status: ExecutionStatus, error: str) -> None:
         """A terminal decision taken without sending (skips, cancels of a waiting retry)."""
-        epoch = self._epochs.get(job.shard)
-        if epoch is None:
+        state = self._shards.get(job.shard)
+        if state is None:
             return
+        epoch = state.epoch
         if status.value.startswith("skipped_"):
             self.metrics.skips.inc(kind=status.value.removeprefix("skipped_"))
         self.metrics.results.inc(status=status.value)
@@ -937,11 +896,10 @@ class Engine:
 
     def _attempt(self, job: LoadedJob, p: Pending, run: Run) -> None:
         """Hand attempt ``p.attempt + 1`` to the dispatcher; ``_attempted`` gets its outcome."""
-        shard = job.shard
-        epoch = self._epochs.get(shard)
-        if epoch is None:
+        state = self._shards.get(job.shard)
+        if state is None:
             return
-        self._in_flight[shard] = self._in_flight.get(shard, 0) + 1
+        state.sending()
         run.exchange = self.dispatcher.submit(
             SendRequest(
                 template=job.template,
@@ -953,7 +911,7 @@ class Engine:
                 may_send=self._may_send,
                 on_done=self._attempted,
             ),
-            context=(job, p, run, epoch),
+            context=(job, p, run, state),
         )
 
     def _attempted(self, ex: Exchange) -> None:
@@ -992,14 +950,14 @@ class Engine:
         """Record an attempt's outcome: retry it, or finish its run. Once per exchange."""
         if ex.context is None:
             return  # recorded already (by _fire, ahead of the batch)
-        job, p, run, epoch = ex.context
+        job, p, run, state = ex.context
         ex.context = None
         outcome = ex.outcome
         assert outcome is not None
-        shard = job.shard
+        shard, epoch = job.shard, state.epoch
         run.exchange = None
-        self._in_flight[shard] -= 1
-        if self._epochs.get(shard) != epoch:
+        state.answered()
+        if self._shards.get(shard) is not state:
             return  # the shard was dropped meanwhile: not ours to record
         if outcome.kind is OutcomeKind.NOT_SENT:  # the lease ran out while it waited for a connection
             if p.attempt == 0:
@@ -1140,9 +1098,10 @@ class Engine:
     async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
         """A job write routed here by the control API: fenced in PostgreSQL, then in the wheel, then answered."""
         shard = shard_of(job_id, self.config.shard_count)
-        with trio.move_on_after(5):
-            while shard in self.ownership.grants() and shard not in self._loaded:
-                await trio.sleep(0.02)  # acquired, still loading
+        state = self._shards.get(shard)
+        if state is not None and shard in self.ownership.grants():
+            with trio.move_on_after(5):
+                await state.loaded.wait()  # acquired, still loading
         epoch = self._granted_epoch(shard)
         if epoch is None:
             raise NotOwnerError(shard, None)
@@ -1175,18 +1134,18 @@ class Engine:
             if old is not None:
                 old.state = JobState.PAUSED  # its claimed slots still in the wheel end skipped_paused
                 self._cancel_claim(old)
-                if op is JobWriteOp.DELETE:
-                    self._shard_jobs.get(shard, {}).pop(job_id, None)
+                if op is JobWriteOp.DELETE and (state := self._shards.get(shard)) is not None:
+                    state.jobs.pop(job_id, None)
                     if not old.runs:
                         self.jobs.pop(job_id, None)
             return None
         (row,) = await self._get_rows(shard, [job_id])
         if op is JobWriteOp.TRIGGER:
             job = old or self._make_job(row.job)  # a job out of memory stays out: the mapping carries it
-            await self._claim_rows(
-                [ClaimRow(shard, self._epochs[shard], job_id, now, origin=Origin.MANUAL)],
-                {job_id: job},
-            )
+            epoch = self._granted_epoch(shard)
+            if epoch is None:
+                raise NotOwnerError(shard, None)
+            await self._claim_rows([ClaimRow(shard, epoch, job_id, now, origin=Origin.MANUAL)], {job_id: job})
             return now
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
         job, claims = self._load_job(row, now)
@@ -1204,12 +1163,13 @@ class Engine:
         return self.metrics.render()
 
     def statistics(self) -> EngineStatistics:
+        states = self._shards.values()
         return EngineStatistics(
-            shards_loaded=len(self._loaded),
+            shards_loaded=sum(st.phase is not Phase.LOADING for st in states),
             jobs_in_memory=len(self.jobs),
-            claimed_unsent=sum(len(u) for u in self._unsent.values()),
-            held=sum(len(h) for h in self._held.values()),
-            in_flight=sum(self._in_flight.values()),
+            claimed_unsent=sum(len(st.unsent) for st in states),
+            held=sum(len(st.held) for st in states),
+            in_flight=sum(st.in_flight for st in states),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -1229,11 +1189,12 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         grants = self.ownership.grants()
+        loaded = set(self._loaded_shards())
         return {
             **self.summary(),
             "node": self.config.node_id,
             "shards": {
-                str(s): {"epoch": g.epoch, "loaded": s in self._loaded} for s, g in sorted(grants.items())
+                str(s): {"epoch": g.epoch, "loaded": s in loaded} for s, g in sorted(grants.items())
             },
             "wheel": dataclasses.asdict(self.wheel.statistics()),
             "firings": self.metrics.firings.get(),
