@@ -60,6 +60,7 @@ from .alert_delivery import AlertDelivery
 from .attempts import attempt_result
 from .clock import Clock, datetime_to_ms, ms_to_datetime
 from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRequest
+from .gc_guard import GcGuard
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
@@ -152,7 +153,7 @@ class Engine:
         self._claims_due: list[Pending] = []  # CLAIM entries the wheel gave, for _claim_loop
         self._claims_ready = trio.Event()
         self._frozen_at = -math.inf
-        self._gc_held = False  # the driver disabled the collector for a burst
+        self._gc = GcGuard()  # the collector off during a burst's sends
         self._rng = random.Random()
         self._nursery: trio.Nursery | None = None
         self._draining = False
@@ -193,9 +194,7 @@ class Engine:
         try:
             await self._run(task_status)
         finally:
-            if self._gc_held:  # stopped mid-burst: give the process its collector back
-                self._gc_held = False
-                gc.enable()
+            self._gc.release()  # stopped mid-burst: give the process its collector back
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -639,10 +638,8 @@ class Engine:
                     else:
                         self._fire(p)
                         fired += 1
-                        if fired == 64 and gc.isenabled():
-                            # A burst: no collection until its sends are out (_outcome_loop enables it again).
-                            gc.disable()
-                            self._gc_held = True
+                        if fired == 64 and self._gc.hold():
+                            # A burst: no collection until its sends are out (_outcome_loop releases it).
                             self._outcomes_ready.set()
                         if fired % 128 == 0:
                             # Let the sends started so far go out while the rest of the second is prepared.
@@ -936,9 +933,7 @@ class Engine:
             latest = trio.current_time() + 1.0
             while (self._firing or self.dispatcher.waiting) and trio.current_time() < latest:
                 await trio.sleep(0.005)
-            if self._gc_held:
-                self._gc_held = False
-                gc.enable()
+            self._gc.release()
             batch, self._outcomes = self._outcomes, []
             self._outcomes_ready = trio.Event()
             for i, ex in enumerate(batch):
