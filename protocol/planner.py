@@ -72,7 +72,7 @@ from types import MappingProxyType
 
 from protocol.shards import h64
 
-__all__ = ["Plan", "fair_shares", "plan_for", "plan_from_target", "target_assignment"]
+__all__ = ["Plan", "bids", "fair_shares", "plan_for", "plan_from_target", "target_assignment"]
 
 _NO_SHARDS: Mapping[int, str] = MappingProxyType({})
 
@@ -184,7 +184,8 @@ def _quotas(view: _View) -> dict[str, int]:
     return quota
 
 
-def _bids(node: str, shards: list[int]) -> list[int]:
+def bids(node: str, shards: list[int]) -> list[int]:
+    """``node``'s rendezvous weight for each of ``shards`` (higher wins)."""
     # The rendezvous weight exactly as protocol/shards.py documents it (h64 of "{node}\x00{shard}"), so the
     # planner ranks like rendezvous_rank / rendezvous_owner; a test pins the agreement. One node's column at a
     # time: the hash is most of the planner's cost, and a comprehension is its cheapest loop.
@@ -203,7 +204,7 @@ def _deal(free: list[int], room: dict[str, int], target: dict[int, str]) -> None
         return
     hungry = sorted(n for n, left in room.items() if left > 0)
     columns = range(len(hungry))
-    rows = list(zip(*(_bids(n, free) for n in hungry)))  # rows[k][j]: hungry[j]'s bid for free[k]
+    rows = list(zip(*(bids(n, free) for n in hungry)))  # rows[k][j]: hungry[j]'s bid for free[k]
     heap: list[tuple[int, int, int]] = []
     for k, row in enumerate(rows):
         j = max(columns, key=row.__getitem__)  # the first of equal maxima: the lowest name
@@ -234,7 +235,7 @@ def _solve(view: _View) -> tuple[dict[int, str], dict[str, int]]:
         if len(mine) > room[n]:
             # Over its share: keep the shards it bids highest for, so the ones let go are those the rendezvous
             # ranking ties to it least (and the choice does not depend on the order of `current`).
-            ranked = heapq.nlargest(room[n], zip(_bids(n, mine), (-s for s in mine)))
+            ranked = heapq.nlargest(room[n], zip(bids(n, mine), (-s for s in mine)))
             mine = [-neg_s for _, neg_s in ranked]
         for s in mine:
             target[s] = n

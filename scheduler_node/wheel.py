@@ -130,6 +130,7 @@ class WheelStatistics:
     buckets_in_use: int  # non-empty buckets across all levels
     overflow: int  # live entries beyond the top level's span
     now_ms: int  # the wheel's current time
+    heap_slots: int = 0  # entries held in the soon and overflow heaps, cancelled leftovers included
 
 
 class TimingWheel(Generic[P]):
@@ -344,6 +345,7 @@ class TimingWheel(Generic[P]):
             buckets_in_use=sum(1 for level in self._buckets for bucket in level if bucket),
             overflow=len(self._overflow) - self._overflow_stale,
             now_ms=self._now,
+            heap_slots=len(self._soon) + len(self._overflow),
         )
 
     # -- internals -------------------------------------------------------------------------------------

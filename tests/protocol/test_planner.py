@@ -331,6 +331,7 @@ def test_shard_outside_the_range_is_refused_naming_the_field(field: str, kwargs:
 def test_public_api() -> None:
     assert sorted(planner.__all__) == [
         "Plan",
+        "bids",
         "fair_shares",
         "plan_for",
         "plan_from_target",
@@ -346,7 +347,7 @@ def test_public_api() -> None:
 def test_bids_rank_like_rendezvous(shard: int, nodes: list[str]) -> None:
     # The planner hashes pairs itself for speed; this pins it to protocol/shards.py's ranking.
     nodes = sorted(set(nodes))
-    bids = {n: planner._bids(n, [shard])[0] for n in nodes}
+    bids = {n: planner.bids(n, [shard])[0] for n in nodes}
     assert sorted(nodes, key=lambda n: (-bids[n], n)) == rendezvous_rank(shard, nodes)
 
 
@@ -355,7 +356,7 @@ def test_cold_start_is_rendezvous_bounded_by_the_quotas(shards: int, live: set[s
     # No blocking pair: a shard sits off its rendezvous owner only when every node ranked above the one it got
     # is full of shards that node bids higher for. Without quotas this would be rendezvous_owner exactly.
     target = target_assignment(shards, live)
-    bid = {n: planner._bids(n, list(range(shards))) for n in live}
+    bid = {n: planner.bids(n, list(range(shards))) for n in live}
     lowest_held = {n: min((bid[n][s] for s, m in target.items() if m == n), default=None) for n in live}
     shares = fair_shares(shards, live)
     for s, m in target.items():
