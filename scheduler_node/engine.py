@@ -65,6 +65,7 @@ from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
 from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
+from .slot_plan import plan_slots
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
 from .store_health import StoreHealth
 from .trio_store import TrioStore
@@ -524,29 +525,16 @@ class Engine:
         within the lookahead) are claimed to be sent, at most ``max_catchup`` of them per call so one call stays
         bounded; the rest come with the next CLAIM, due at once. One batch catches a job up, not one per slot.
         """
-        misfire = job.spec.misfire
-        slots = job.slots_after(after_ms)
-        plan = plan_missed(slots, now, misfire)
+        plan = plan_slots(job.slots_after, after_ms, now, job.spec.misfire, self.tuning.lookahead_ms)
         epoch = self._shards[job.shard].epoch
-        rows = [ClaimRow(job.shard, epoch, job.id, s) for s in plan.fire]
+        rows = [ClaimRow(job.shard, epoch, job.id, s) for s in plan.send]
         rows += [ClaimRow(job.shard, epoch, job.id, s, status=S.SKIPPED_MISFIRE,
                           error="missed: no node could fire it in time") for s in plan.skip]  # fmt: skip
         if plan.missed:
-            self.metrics.skips.inc(plan.missed - len(plan.fire), kind="misfire")
-        if plan.truncated:  # more were missed than planned for: skip ahead to the first slot within grace
-            slots = job.slots_after(now - misfire.grace_ms - 1)
-            next_slot = next(slots, None)
-        else:
-            next_slot = plan.next_slot
-        last = max(plan.fire + plan.skip) if plan.missed else None
-        limit, room = now + self.tuning.lookahead_ms, misfire.max_catchup
-        while next_slot is not None and next_slot <= limit and room:
-            rows.append(ClaimRow(job.shard, epoch, job.id, next_slot))
-            last, room = next_slot, room - 1
-            next_slot = next(slots, None)
-        if last is not None:
-            job.last_claimed_ms = last
-        self._schedule_claim(job, next_slot, now)
+            self.metrics.skips.inc(plan.missed - plan.missed_sent, kind="misfire")
+        if plan.last is not None:
+            job.last_claimed_ms = plan.last
+        self._schedule_claim(job, plan.next_slot, now)
         return rows
 
     def _schedule_claim(self, job: LoadedJob, slot: int | None, now: int) -> None:

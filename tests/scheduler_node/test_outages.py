@@ -191,6 +191,17 @@ async def _caught_up(
     assert await problems() == []
 
 
+async def _two_nodes_firing(c: Cluster, target: RecordingTarget) -> tuple[dict[str, Semantics], datetime]:
+    """Nodes n1 and n2 sharing the shards, 40 jobs firing every second (FIRE_ALL, 60 s grace); returns the
+    jobs and the first whole second from which every slot must be accounted for."""
+    c.start("n1")
+    c.start("n2")
+    await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
+    jobs = await c.load(target, 40, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
+    await trio.sleep(2)
+    return jobs, _whole_second_ago(0)
+
+
 def _whole_second_ago(seconds: float) -> datetime:
     return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(microsecond=0)
 
@@ -222,12 +233,7 @@ async def test_a_cluster_rides_out_postgresql_paused_restarted_and_killed(
     reported: list[float] = []
     async with target_running() as target:
         with cluster(own_pg.dsn, etcd_server.endpoint, etcd_prefix) as c:
-            c.start("n1")
-            c.start("n2")
-            await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
-            jobs = await c.load(target, 40, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
-            await trio.sleep(2)
-            since = _whole_second_ago(0)
+            jobs, since = await _two_nodes_firing(c, target)
             await paused(3 * TTL)
             await _caught_up(c, own_pg.dsn, target, jobs, since)
             await paused(30)
@@ -255,12 +261,7 @@ async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_thre
     try:
         async with target_running() as target:
             with cluster(db_dsn, etcd.endpoint, "/outage", ttl=ttl) as c:
-                c.start("n1")
-                c.start("n2")
-                await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
-                jobs = await c.load(target, 40, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
-                await trio.sleep(2)
-                since = _whole_second_ago(0)
+                jobs, since = await _two_nodes_firing(c, target)
                 before = await placement()
                 await trio.to_thread.run_sync(etcd.pause)
                 await trio.sleep(ttl - 1.5)
