@@ -720,28 +720,22 @@ class Engine:
                 rows = await self._until_sendable(rows)
                 if not rows:
                     return
-            elif held_back:
+                continue
+            if held_back:
                 # Claims that waited out an outage: slots now past their grace follow the misfire policy, and
                 # what a lost first attempt inserted is found (ON CONFLICT would hide it from the retry).
                 rows = self._replan_held_back([r for r in rows if self._granted_epoch(r.shard) == r.epoch],
                                               jobs, self.clock.now_ms())  # fmt: skip
                 if not rows:
                     return
-                try:
-                    if failed:
-                        adopted = await self.db.call(store.own_unsent_claims, self.config.node_id, rows)
-                    result = await self.db.call(store.claim_slots, self.config.node_id, rows)
-                    break
-                except DatabaseUnavailable as e:
-                    failed = True
-                    await self.health.pause("claim", e)
-            else:
-                try:
-                    result = await self.db.call(store.claim_slots, self.config.node_id, rows)
-                    break
-                except DatabaseUnavailable as e:
-                    held_back = failed = True
-                    await self.health.pause("claim", e)
+            try:
+                if failed:
+                    adopted = await self.db.call(store.own_unsent_claims, self.config.node_id, rows)
+                result = await self.db.call(store.claim_slots, self.config.node_id, rows)
+                break
+            except DatabaseUnavailable as e:
+                held_back = failed = True
+                await self.health.pause("claim", e)
         self.health.ok("claim")
         self.metrics.claim_batch.record(len(rows))
         self.metrics.claim_latency.record((trio.current_time() - started) * 1000)
