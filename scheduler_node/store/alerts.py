@@ -185,7 +185,7 @@ async def mark_delivered(db: Executor, shard: int, alert_id: uuid.UUID) -> bool:
         " last_error = NULL WHERE shard = $1 AND id = $2 AND delivered_at IS NULL",
         shard, alert_id,
     )  # fmt: skip
-    return status.endswith(" 1")
+    return bool(status.endswith(" 1"))
 
 
 async def record_delivery_failure(
@@ -197,4 +197,4 @@ async def record_delivery_failure(
         " next_delivery_at = $4 WHERE shard = $1 AND id = $2 AND delivered_at IS NULL",
         shard, alert_id, error, next_delivery_at,
     )  # fmt: skip
-    return status.endswith(" 1")
+    return bool(status.endswith(" 1"))
