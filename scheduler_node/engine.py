@@ -344,14 +344,7 @@ class Engine:
         epoch = state.epoch
         for job in list(state.jobs.values()):
             self._cancel_claim(job)
-        unsent, state.unsent = state.unsent, {}
-        held, state.held = state.held, {}
-        keys = [
-            ExecKey(shard, job_id, ms, origin)
-            for (job_id, ms, origin), entry in unsent.items()
-            if self.wheel.cancel(entry)
-        ]
-        keys += [ExecKey(shard, *key) for key, p in held.items() if p.attempt == 0]
+        keys = self._take_unsent(state)
         if keys:
             result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
             if result.fenced:
@@ -376,8 +369,7 @@ class Engine:
         state = self._shards.get(shard)
         if state is None:
             return
-        unsent = [ExecKey(shard, *key) for key, entry in state.unsent.items() if entry.pending]
-        unsent += [ExecKey(shard, *key) for key, p in state.held.items() if p.attempt == 0]
+        unsent = self._take_unsent(state)
         if give_back and unsent and self._nursery is not None:
             self._nursery.start_soon(self._give_back, shard, state.epoch, unsent)
         for job in list(state.jobs.values()):
@@ -388,9 +380,16 @@ class Engine:
                     self.dispatcher.cancel(run.exchange)
                 if run.retry_entry is not None:
                     self.wheel.cancel(run.retry_entry)
-        for entry in state.unsent.values():
-            self.wheel.cancel(entry)
         self._forget_shard(shard)
+
+    def _take_unsent(self, state: ShardState) -> list[ExecKey]:
+        """Cancel the shard's claimed slots still waiting for their second, and forget its held ones; returns
+        the keys of those never sent (what a release or a give-back deletes)."""
+        unsent, state.unsent = state.unsent, {}
+        held, state.held = state.held, {}
+        keys = [ExecKey(state.shard, *key) for key, entry in unsent.items() if self.wheel.cancel(entry)]
+        keys += [ExecKey(state.shard, *key) for key, p in held.items() if p.attempt == 0]
+        return keys
 
     async def _give_back(self, shard: int, epoch: int, keys: list[ExecKey]) -> None:
         try:

@@ -198,7 +198,11 @@ async def _two_nodes_firing(c: Cluster, target: RecordingTarget) -> tuple[dict[s
     c.start("n2")
     await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
     jobs = await c.load(target, 40, misfire=Misfire(MisfirePolicy.FIRE_ALL, grace_ms=60_000))
-    await trio.sleep(2)
+
+    async def every_job_fired() -> bool:
+        return {r.job for r in target.received} >= set(jobs)
+
+    await wait_for(every_job_fired, timeout=30)
     return jobs, _whole_second_ago(0)
 
 
