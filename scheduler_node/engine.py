@@ -41,7 +41,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -144,6 +144,7 @@ class Engine:
         self.wheel: TimingWheel[Pending] = TimingWheel(self.clock.now_ms())
         self.jobs: dict[uuid.UUID, LoadedJob] = {}
         self._shards: dict[int, ShardState] = {}  # every shard acquired and not yet dropped or released
+        self._shards_changed = trio.Event()  # set (and renewed) when a shard is acquired, loaded or dropped
         self._held_ready = trio.Event()  # a slot was held (sends blocked): _held_loop sends it when they resume
         self._raise_queue: list[NextFire] = []
         self._wakeup = trio.Event()
@@ -224,6 +225,16 @@ class Engine:
         loaded = self._loaded_shards()
         return bool(grants) and all(s in loaded for s in grants) and self.health.problem() is None
 
+    async def wait_loaded(self, shards: Iterable[int]) -> None:
+        """Return once every one of ``shards`` is loaded (acquired and firing)."""
+        wanted = set(shards)
+        while not wanted <= set(self._loaded_shards()):
+            await self._shards_changed.wait()
+
+    def _shards_change(self) -> None:
+        self._shards_changed.set()
+        self._shards_changed = trio.Event()
+
     def _loaded_shards(self) -> list[int]:
         """Shards loaded (firing, or being released), in acquisition order."""
         return [s for s, st in self._shards.items() if st.phase is not Phase.LOADING]
@@ -262,6 +273,7 @@ class Engine:
 
     async def _acquire(self, shard: int, epoch: int, limiter: trio.CapacityLimiter) -> None:
         state = self._shards[shard] = ShardState(shard, epoch)
+        self._shards_change()
         async with limiter:
             try:
                 takeover = await self._db("load", store.take_over_shard, shard, epoch)
@@ -284,12 +296,13 @@ class Engine:
                 claims += job_claims
             await self._claim_rows(claims, loaded)
             for e in takeover.resume:
-                self._resume(e, now)
+                self._resume(state, loaded, e, now)
             if self._shards.get(shard) is not state:
                 return
             state.refilled_until = until
             state.phase = Phase.LOADED
             state.loaded.set()
+            self._shards_change()
             self._freeze_loaded()
             self.metrics.skips.inc(len(takeover.lost), kind="lost")
             log.info(
@@ -315,13 +328,18 @@ class Engine:
             gc.collect(1)
             gc.freeze()
 
-    def _resume(self, e: Execution, now: int) -> None:
-        job = self.jobs.get(uuid.UUID(e.job_id))
+    def _resume(
+        self, state: ShardState, loaded: Mapping[uuid.UUID, LoadedJob], e: Execution, now: int
+    ) -> None:
+        """Continue a run taken over. Its job may have left memory already (next slot beyond the horizon): the
+        run is the shard's all the same."""
+        job = loaded.get(uuid.UUID(e.job_id))
         if job is None:
             return
         slot = datetime_to_ms(e.scheduled_at)
         run = Run()
         job.runs[(slot, e.origin)] = run
+        state.runs[(job.id, slot, e.origin)] = run
         when = now if e.next_attempt_at is None else max(now, datetime_to_ms(e.next_attempt_at))
         run.retry_entry = self._insert(when, Pending(FIRE, job, slot, e.origin, e.attempt))
 
@@ -374,12 +392,12 @@ class Engine:
             self._nursery.start_soon(self._give_back, shard, state.epoch, unsent)
         for job in list(state.jobs.values()):
             self._cancel_claim(job)
-            for run in job.runs.values():
-                run.cancelled = True
-                if run.exchange is not None:
-                    self.dispatcher.cancel(run.exchange)
-                if run.retry_entry is not None:
-                    self.wheel.cancel(run.retry_entry)
+        for run in state.runs.values():
+            run.cancelled = True
+            if run.exchange is not None:
+                self.dispatcher.cancel(run.exchange)
+            if run.retry_entry is not None:
+                self.wheel.cancel(run.retry_entry)
         self._forget_shard(shard)
 
     def _take_unsent(self, state: ShardState) -> list[ExecKey]:
@@ -405,6 +423,7 @@ class Engine:
             for job_id in state.jobs:
                 self.jobs.pop(job_id, None)
             state.loaded.set()  # nobody waits for a shard that is gone
+            self._shards_change()
 
     def _granted_epoch(self, shard: int) -> int | None:
         """The epoch to write and send with for ``shard`` (loading counts: its first claims go out then)."""
@@ -793,11 +812,11 @@ class Engine:
         job = p.job
         key = (p.slot_ms, p.origin)
         state = self._shards.get(job.shard)
-        if (
-            p.attempt == 0
-            and state is not None
-            and state.unsent.pop((job.id, p.slot_ms, p.origin), None) is not None
-        ):
+        if state is None:
+            self.metrics.not_sent.inc()
+            return  # the row stays as it is; the next owner continues it
+        skey = (job.id, p.slot_ms, p.origin)
+        if p.attempt == 0 and state.unsent.pop(skey, None) is not None:
             job.unsent -= 1
         if self._granted_epoch(job.shard) is None:
             self.metrics.not_sent.inc()
@@ -832,9 +851,17 @@ class Engine:
         if action is concurrency.Action.REPLACE:
             for other_key, other in list(job.runs.items()):
                 self._cancel_run(job, other_key, other)
-        run = job.runs.setdefault(key, Run())
+        new = job.runs.get(key)
+        if new is None:
+            new = job.runs[key] = state.runs[skey] = Run()
         self.metrics.firings.inc()
-        self._attempt(job, p, run)
+        self._attempt(job, p, new)
+
+    def _end_run(self, job: LoadedJob, slot_ms: int, origin: Origin) -> None:
+        job.runs.pop((slot_ms, origin), None)
+        state = self._shards.get(job.shard)
+        if state is not None:
+            state.runs.pop((job.id, slot_ms, origin), None)
 
     def _cancel_run(self, job: LoadedJob, key: tuple[int, Origin], run: Run) -> None:
         run.cancelled = True
@@ -842,7 +869,7 @@ class Engine:
             self.dispatcher.cancel(run.exchange)  # its outcome records ``cancelled``
         elif run.retry_entry is not None:
             self.wheel.cancel(run.retry_entry)
-            job.runs.pop(key, None)
+            self._end_run(job, *key)
             self._record(job, Pending(FIRE, job, key[0], key[1]), S.CANCELLED, "replaced by a newer slot")
 
     def _record(self, job: LoadedJob, p: Pending, status: ExecutionStatus, error: str) -> None:
@@ -937,11 +964,10 @@ class Engine:
             return  # the shard was dropped meanwhile: not ours to record
         if outcome.kind is OutcomeKind.NOT_SENT:  # the lease ran out while it waited for a connection
             if p.attempt == 0:
-                job.runs.pop((p.slot_ms, p.origin), None)  # not started: fired afresh once sends resume
+                self._end_run(job, p.slot_ms, p.origin)  # not started: fired afresh once sends resume
             self._hold(p)
             return
         attempt = p.attempt + 1
-        key = (p.slot_ms, p.origin)
         started_ms = round(outcome.started_at * 1000)
         duration_ms = round(outcome.duration_s * 1000)
         finished = started_ms + duration_ms
@@ -950,7 +976,7 @@ class Engine:
             "duration_ms": duration_ms, "error": outcome.error,
         }  # fmt: skip
         if outcome.kind is OutcomeKind.CANCELLED:
-            job.runs.pop(key, None)
+            self._end_run(job, p.slot_ms, p.origin)
             self._finish(job, p, epoch, S.CANCELLED, attempt, finished,
                          {**row_base, "error": "cancelled: replaced by a newer slot"})  # fmt: skip
             return
@@ -978,7 +1004,7 @@ class Engine:
             self._put_result(ResultRow(shard, epoch, job.id, p.slot_ms, p.origin, S.RETRY_WAIT, attempt,
                                        next_attempt_ms=next_at, **row_base))  # fmt: skip
             return
-        job.runs.pop(key, None)
+        self._end_run(job, p.slot_ms, p.origin)
         self._finish(job, p, epoch, decision.terminal, attempt, finished, row_base)
 
     def _finish(self, job: LoadedJob, p: Pending, epoch: int, status: ExecutionStatus, attempt: int,

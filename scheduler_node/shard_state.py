@@ -2,10 +2,12 @@
 
 Rules:
 - Everything the engine holds for a shard lives in its ``ShardState`` (epoch, jobs, claimed-unsent slots, held
-  slots, runs in flight, refill mark, phase): dropping the shard drops that one object, and a task that held on
+  slots, runs, refill mark, phase): dropping the shard drops that one object, and a task that held on
   to it can tell it was dropped (``engine.shard(n) is not state``).
 - ``phase`` goes LOADING → LOADED → RELEASING, forward only; ``loaded`` is set on entering LOADED (or when the
   shard is dropped, so no waiter hangs), ``idle`` whenever no request of the shard is with the dispatcher.
+- ``runs`` holds every run of the shard, also those of jobs that left memory meanwhile (next slot beyond the
+  horizon, ``jobs`` no longer has them): dropping the shard cancels each of them.
 - The per-firing path touches a ``ShardState`` through plain attribute access; nothing here allocates per firing.
 
 Example::
@@ -103,6 +105,7 @@ class ShardState:
     jobs: dict[uuid.UUID, LoadedJob] = field(default_factory=dict)
     unsent: dict[SlotKey, Entry[Pending]] = field(default_factory=dict)  # claimed, waiting for their second
     held: dict[SlotKey, Pending] = field(default_factory=dict)  # due while sends were blocked
+    runs: dict[SlotKey, Run] = field(default_factory=dict)  # first send to terminal state (also in job.runs)
     refilled_until: int | None = None  # jobs due before this (ms) are loaded
     in_flight: int = 0  # requests of this shard with the dispatcher
     loaded: trio.Event = field(default_factory=trio.Event)

@@ -1,0 +1,349 @@
+"""The engine's behaviour on virtual time: a memory store, a scripted dispatcher, trio's MockClock.
+
+Each test drives seconds to minutes of firings in milliseconds, the same way on every machine (no sleep is
+long enough or too short here: time only moves when every task waits). The wiring to PostgreSQL and a real
+HTTP target is covered by the end-to-end tests in ``test_node.py``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import trio
+
+from protocol.executions import TERMINAL, ExecutionStatus, Origin
+from protocol.internal import JobWrite, JobWriteOp
+from protocol.jobs import (
+    Concurrency,
+    JobSpec,
+    JobState,
+    Misfire,
+    MisfirePolicy,
+    RetryPolicy,
+    Semantics,
+    Target,
+)
+from protocol.schedules import At, Every
+from scheduler_node.dispatch import SendRequest
+from scheduler_node.store import ClaimRow
+
+from .virtual_world import T0_MS, Reply, at, job_id_in, world
+
+S = ExecutionStatus
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+def spec(every: str = "1s", **kw: object) -> JobSpec:
+    target = Target(url="http://127.0.0.1:9/hook")
+    return JobSpec(name="job", schedule=Every(every), target=target, **kw)  # type: ignore[arg-type]
+
+
+def slow(seconds: float) -> Reply:
+    return Reply(delay_s=seconds)
+
+
+async def test_an_every_second_job_fires_on_the_second_and_records_each_run(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec())
+        await w.until(T0_MS + 5_500)
+        await w.settle()
+        sends = w.dispatcher.sends_of(job)
+        assert [(s.slot_ms - T0_MS, s.at_ms - T0_MS, s.attempt) for s in sends] == [
+            (1000 * i, 1000 * i, 1) for i in range(6)
+        ]
+        assert w.statuses(job) == {1000 * i: S.SUCCEEDED for i in range(6)}
+        assert all(r.dispatch_lag_ms == 0 and r.http_status == 200 for r in w.rows(job).values())
+
+
+@pytest.mark.parametrize(
+    ("policy", "fired_of_missed"),
+    [(MisfirePolicy.FIRE_ONCE, 1), (MisfirePolicy.SKIP, 0), (MisfirePolicy.FIRE_ALL, 89)],
+)
+async def test_slots_missed_while_no_node_ran_follow_the_misfire_policy(
+    autojump_clock: trio.testing.MockClock, policy: MisfirePolicy, fired_of_missed: int
+) -> None:
+    """Down from 0 s to 100 s, grace 10 s: slots 1-89 s are missed, 90-100 s late within grace."""
+    async with world() as w:
+        job = job_id_in(0)
+        w.store_job(job, spec(misfire=Misfire(policy=policy, grace_ms=10_000)), shard=0)
+        w.store.cursors[(0, job)] = T0_MS  # slot 0 was claimed before the outage
+        await w.until(T0_MS + 100_000)
+        await w.grant(0)
+        await w.until(T0_MS + 102_500)
+        await w.settle()
+        statuses = w.statuses(job)
+        missed = {s: st for s, st in statuses.items() if s < 90_000}
+        assert Counter(missed.values())[S.SUCCEEDED] == fired_of_missed
+        assert set(missed.values()) <= {S.SUCCEEDED, S.SKIPPED_MISFIRE}
+        assert min(missed) == 1_000  # every missed slot is accounted for, from the first after the cursor
+        assert all(statuses[s] is S.SUCCEEDED for s in range(90_000, 103_000, 1000))  # within grace: sent
+        late = {s.slot_ms - T0_MS: s.at_ms - T0_MS for s in w.dispatcher.sends_of(job)}
+        assert all(late[s] == 100_000 for s in range(90_000, 100_001, 1000))  # sent at load, late
+        assert late[101_000] == 101_000 and late[102_000] == 102_000  # then on the second again
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (Concurrency.ALLOW, {0: S.SUCCEEDED, 1: S.SUCCEEDED, 2: S.SUCCEEDED, 3: S.SUCCEEDED, 4: S.SUCCEEDED}),
+        # the run of :00 ends at 2.5 s: :01 and :02 skipped, :03 sent
+        (
+            Concurrency.FORBID,
+            {
+                0: S.SUCCEEDED,
+                1: S.SKIPPED_OVERLAP,
+                2: S.SKIPPED_OVERLAP,
+                3: S.SUCCEEDED,
+                4: S.SKIPPED_OVERLAP,
+            },
+        ),
+        # :01 waits for :00 (sent at 2.5 s, ends at 5 s), :02 finds the buffer full; :03 waits for :01
+        (
+            Concurrency.BUFFER_ONE,
+            {0: S.SUCCEEDED, 1: S.SUCCEEDED, 2: S.SKIPPED_OVERLAP, 3: S.SUCCEEDED, 4: S.SKIPPED_OVERLAP},
+        ),
+        (
+            Concurrency.REPLACE,
+            {0: S.CANCELLED, 1: S.CANCELLED, 2: S.CANCELLED, 3: S.CANCELLED, 4: S.SUCCEEDED},
+        ),
+    ],
+)
+async def test_each_concurrency_policy_with_a_target_slower_than_the_period(
+    autojump_clock: trio.testing.MockClock, policy: Concurrency, expected: dict[int, ExecutionStatus]
+) -> None:
+    async with world(lambda r: slow(2.5)) as w:
+        await w.grant(0)
+        job = await w.add_job(spec(concurrency=policy, end_at=at(4_500)))
+        await w.until(T0_MS + 30_000)
+        await w.settle()
+        assert {s // 1000: st for s, st in w.statuses(job).items()} == expected
+        if policy is Concurrency.BUFFER_ONE:
+            sent_at = {s.slot_ms - T0_MS: s.at_ms - T0_MS for s in w.dispatcher.sends_of(job)}
+            assert sent_at == {0: 0, 1000: 2_500, 3000: 5_000}
+        if policy is Concurrency.REPLACE:
+            assert len(w.dispatcher.cancelled) == 4
+            assert all(
+                r.error and "replaced" in r.error for r in w.rows(job).values() if r.status is S.CANCELLED
+            )
+        assert w.store.job(0, job).state is JobState.COMPLETED  # end_at passed, nothing in flight
+
+
+async def test_a_retry_waits_what_retry_after_asks_then_succeeds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def respond(r: SendRequest) -> Reply:
+        return Reply(status=503, retry_after_s=7) if r.attempt == 1 else Reply(status=200)
+
+    async with world(respond) as w:
+        await w.grant(0)
+        job = await w.add_job(spec("1h", retry=RetryPolicy(max_attempts=3, initial_backoff_ms=100, jitter=0)))
+        await w.until(T0_MS + 1_000)
+        await w.settle()
+        (row,) = w.rows(job).values()
+        assert row.status is S.RETRY_WAIT and row.next_attempt_ms == T0_MS + 10 + 7_000
+        await w.until(T0_MS + 10_000)
+        await w.settle()
+        sends = w.dispatcher.sends_of(job)
+        assert [(s.attempt, s.at_ms - T0_MS) for s in sends] == [(1, 0), (2, 7_010)]
+        (row,) = w.rows(job).values()
+        assert (row.status, row.attempt, row.http_status, row.sent_ms) == (S.SUCCEEDED, 2, 200, T0_MS)
+        assert [a for (_, a) in w.store.attempts] == [1, 2]
+
+
+@pytest.mark.parametrize("semantics", list(Semantics))
+async def test_takeover_resends_at_least_once_and_never_at_most_once(
+    autojump_clock: trio.testing.MockClock, semantics: Semantics
+) -> None:
+    """A dead node claimed slot 0 and may have sent it: the new owner resends it one attempt higher, or calls
+    it lost."""
+    async with world() as w:
+        job = job_id_in(0)
+        w.store_job(job, spec("1h", semantics=semantics), shard=0, next_fire_at_ms=T0_MS + 3_600_000)
+        dead_epoch = w.store.bump_epoch(0, "node-dead")
+        w.store.claim_slots("node-dead", [ClaimRow(0, dead_epoch, job, T0_MS)])
+        await w.until(T0_MS + 2_000)
+        await w.grant(0)
+        await w.until(T0_MS + 3_000)
+        await w.settle()
+        (row,) = w.rows(job).values()
+        sends = w.dispatcher.sends_of(job)
+        if semantics is Semantics.AT_LEAST_ONCE:
+            assert [(s.slot_ms, s.attempt) for s in sends] == [(T0_MS, 2)]  # higher than the dead node's 1
+            assert (row.status, row.attempt, row.node) == (S.SUCCEEDED, 2, "node-a")
+        else:
+            assert sends == []
+            assert row.status is S.LOST and "node-dead" in (row.error or "")
+
+
+async def test_a_shard_lost_mid_run_cancels_its_request_and_the_next_owner_finishes_the_slot(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world(lambda r: slow(10)) as a:
+        await a.grant(0)
+        job = await a.add_job(spec("1h"))
+        await a.until(T0_MS + 500)
+        a.ownership.expire(0)  # the lease ran out while the request was in flight
+        await a.until(T0_MS + 600)
+        assert len(a.dispatcher.cancelled) == 1
+        assert a.engine.statistics().in_flight == 0
+        (row,) = a.rows(job).values()
+        assert row.status is S.CLAIMED  # sent: not given back, the next owner's takeover decides
+        async with world(store=a.store, node="node-b") as b:
+            await b.grant(0)
+            await b.until(T0_MS + 20_000)
+            await b.settle()
+            (row,) = b.rows(job).values()
+            assert (row.status, row.attempt, row.node) == (S.SUCCEEDED, 2, "node-b")
+            assert [s.attempt for s in b.dispatcher.sends_of(job)] == [2]
+
+
+async def test_consecutive_failures_auto_pause_the_job_with_alerts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world(lambda r: Reply(status=500)) as w:
+        await w.grant(0)
+        job = await w.add_job(spec(retry=NO_RETRY, pause_after_failures=3))
+        await w.until(T0_MS + 10_000)
+        await w.settle()
+        assert w.store.job(0, job).state is JobState.AUTO_PAUSED
+        assert len(w.dispatcher.sends_of(job)) == 3
+        statuses = w.statuses(job)
+        assert [statuses[s] for s in (0, 1000, 2000)] == [S.FAILED] * 3
+        assert set(list(statuses.values())[3:]) <= {S.SKIPPED_PAUSED}  # claimed before the pause took effect
+        kinds = Counter(a.kind for a in w.store.alerts.values())
+        assert kinds == {"execution_failed": 3, "job_auto_paused": 1}
+
+
+async def test_pause_stops_firing_and_resume_fires_again(autojump_clock: trio.testing.MockClock) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec())
+        await w.until(T0_MS + 2_500)
+        version = w.store.job(0, job).version
+        await w.engine.apply_write(
+            job, JobWrite(op=JobWriteOp.PAUSE, actor="t", tenant="acme", expected_version=version)
+        )
+        await w.until(T0_MS + 6_500)
+        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.RESUME, actor="t", tenant="acme"))
+        await w.until(T0_MS + 8_500)
+        await w.settle()
+        sent = sorted(s.slot_ms - T0_MS for s in w.dispatcher.sends_of(job))
+        assert sent == [0, 1000, 2000, 7000, 8000]
+        assert all(st in TERMINAL for st in w.statuses(job).values())
+
+
+async def test_an_at_job_fires_once_and_completes(autojump_clock: trio.testing.MockClock) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(
+            JobSpec(name="once", schedule=At(at(3_000)), target=Target(url="http://127.0.0.1:9/"))
+        )
+        await w.until(T0_MS + 10_000)
+        await w.settle()
+        assert [s.slot_ms - T0_MS for s in w.dispatcher.sends_of(job)] == [3_000]
+        assert w.statuses(job) == {3_000: S.SUCCEEDED}
+        assert w.store.job(0, job).state is JobState.COMPLETED
+
+
+async def test_a_trigger_fires_a_manual_slot_now(autojump_clock: trio.testing.MockClock) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec("1h"))
+        await w.until(T0_MS + 1_234)
+        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme"))
+        await w.until(T0_MS + 2_000)
+        await w.settle()
+        assert {(k[0] - T0_MS, k[1]): r.status for k, r in w.rows(job).items()} == {
+            (0, Origin.SCHEDULED): S.SUCCEEDED,
+            (1_234, Origin.MANUAL): S.SUCCEEDED,
+        }
+
+
+async def test_a_postgresql_outage_holds_claims_back_then_the_misfire_policy_decides(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """PostgreSQL refuses everything for 20 s: nothing is sent that was not claimed; afterwards the slots
+    past the grace are planned by the policy (FIRE_ONCE: one send for the gap) and nothing stays claimed."""
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec(misfire=Misfire(policy=MisfirePolicy.FIRE_ONCE, grace_ms=5_000)))
+        await w.until(T0_MS + 2_500)
+        w.store.down_for(20)
+        await w.until(T0_MS + 40_500)
+        await w.settle()
+        statuses = w.statuses(job)
+        sends = Counter(s.slot_ms for s in w.dispatcher.sends_of(job))
+        assert max(sends.values()) == 1
+        assert set(statuses) == set(range(0, 40_001, 1000))  # every slot has its row
+        assert all(st in TERMINAL for st in statuses.values())
+        assert Counter(statuses.values())[S.SKIPPED_MISFIRE] >= 10
+        assert all(st is S.SUCCEEDED for s, st in statuses.items() if s >= 30_000)
+
+
+async def test_a_claim_whose_answer_was_lost_is_sent_not_stranded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec("1h"))
+        await w.until(T0_MS + 100)
+        w.store.lose_answer("claim_slots")  # the next claim commits, its answer never arrives
+        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme"))
+        await w.until(T0_MS + 5_000)
+        await w.settle()
+        assert {k[1]: r.status for k, r in w.rows(job).items()} == {
+            Origin.SCHEDULED: S.SUCCEEDED,
+            Origin.MANUAL: S.SUCCEEDED,
+        }
+        assert "own_unsent_claims" in w.store.calls
+
+
+async def test_sends_stop_while_the_lease_is_unconfirmed_and_held_slots_follow_the_policy(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec(misfire=Misfire(policy=MisfirePolicy.SKIP, grace_ms=3_000)))
+        await w.until(T0_MS + 1_500)
+        w.ownership.valid = trio.current_time()  # etcd unreachable: the lease is no longer confirmed
+        await w.until(T0_MS + 10_500)
+        assert max(s.at_ms for s in w.dispatcher.sends) < T0_MS + 1_500
+        w.ownership.valid = float("inf")
+        await w.until(T0_MS + 14_500)
+        await w.settle()
+        statuses = w.statuses(job)
+        sends = w.dispatcher.sends_of(job)
+        assert Counter(s.slot_ms for s in sends).most_common(1)[0][1] == 1
+        assert all(st in TERMINAL for st in statuses.values())
+        # slots older than the grace when sends resumed are skipped; the recent ones go out late
+        assert statuses[2_000] is S.SKIPPED_MISFIRE and statuses[14_000] is S.SUCCEEDED
+
+
+async def test_a_graceful_release_gives_back_unsent_claims_and_lets_runs_finish(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world(lambda r: slow(0.8)) as w:
+        await w.grant(0)
+        job = await w.add_job(spec())
+        await w.until(T0_MS + 2_800)  # slot 3 s is claimed (300 ms ahead) and waiting; slot 2 s is in flight
+        w.ownership.revoke(0)
+        await w.until(T0_MS + 10_000)
+        assert w.ownership.released_shards == [0]
+        statuses = w.statuses(job)
+        assert statuses == {0: S.SUCCEEDED, 1000: S.SUCCEEDED, 2000: S.SUCCEEDED}  # 3 s given back: no row
+        assert w.store.cursors[(0, job)] == T0_MS + 2_999  # the next owner claims 3 s afresh
+
+
+async def test_a_write_to_a_fenced_shard_drops_it(autojump_clock: trio.testing.MockClock) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec())
+        await w.until(T0_MS + 1_500)
+        w.store.bump_epoch(0, "node-new")  # another node took the shard over
+        await w.until(T0_MS + 5_000)
+        assert w.engine.statistics().shards_loaded == 0
+        assert max(s.slot_ms for s in w.dispatcher.sends_of(job)) <= T0_MS + 2_000
