@@ -35,6 +35,7 @@ Rules (DESIGN.md §4, §5):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -44,7 +45,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -164,7 +165,7 @@ class Engine:
         # node's one thread.
         self.writer: Writer[ResultRow] = Writer(
             self._write_results,
-            on_fenced=self.lose_shard,
+            on_fenced=lambda fence: self.lose_shard(*fence),
             health=self.health,
             name="results",
             max_batch=5_000,
@@ -176,7 +177,7 @@ class Engine:
         # would put a database round trip behind each of them.
         self.alerts: Writer[AlertRow] = Writer(
             self._write_alerts,
-            on_fenced=self.lose_shard,
+            on_fenced=lambda fence: self.lose_shard(*fence),
             health=self.health,
             name="alerts",
             max_batch=1_000,
@@ -272,13 +273,15 @@ class Engine:
                     self._drop_shard(shard, give_back=True)
 
     async def _acquire(self, shard: int, epoch: int, limiter: trio.CapacityLimiter) -> None:
+        if shard in self._shards:
+            self._drop_shard(shard)  # granted again without a Lost first: nothing of the old epoch goes on
         state = self._shards[shard] = ShardState(shard, epoch)
         self._shards_change()
         async with limiter:
             try:
                 takeover = await self._db("load", store.take_over_shard, shard, epoch)
             except Fenced:
-                self.lose_shard(shard)
+                self.lose_shard(shard, epoch)
                 return
             now = self.clock.now_ms()
             until = now + self.tuning.horizon_ms
@@ -374,8 +377,14 @@ class Engine:
             self._forget_shard(shard)
         await self.ownership.released(shard)
 
-    def lose_shard(self, shard: int) -> None:
-        """A fenced write proved a newer owner: stop everything for this shard now."""
+    def lose_shard(self, shard: int, epoch: int) -> None:
+        """A write at ``epoch`` was fenced, which proves a newer owner: stop everything for this shard now.
+
+        Unless the shard is held at another epoch by now: lost and taken back since that write was queued, the
+        stale write says nothing about the new ownership."""
+        state = self._shards.get(shard)
+        if state is not None and state.epoch != epoch:
+            return
         self.metrics.fenced.inc()
         self.ownership.lost(shard)
         self._drop_shard(shard)
@@ -518,8 +527,11 @@ class Engine:
         job = self._make_job(row.job)
         old = self.jobs.get(job.id)
         if old is not None:
+            # What runs and waits moves to the new object; the old one keeps none of it (both holding the
+            # buffered slot fired it twice). Work in flight still points at the old one: see _current.
             job.runs, job.failures, job.buffered = old.runs, old.failures, old.buffered
             job.last_claimed_ms = old.last_claimed_ms
+            old.buffered = None
             self._cancel_claim(old)
         self.jobs[job.id] = job
         state = self._shards.get(job.shard)
@@ -622,8 +634,8 @@ class Engine:
         live = [r for r in queue if self._granted_epoch(r.shard) == r.epoch]
         if live:
             result = await self._db("refill", store.raise_next_fire_at, live)
-            for shard in result.fenced:
-                self.lose_shard(shard)
+            for fence in _stale_fences(live, result.fenced):
+                self.lose_shard(*fence)
 
     # ---- the driver --------------------------------------------------------------------------------------
 
@@ -716,9 +728,20 @@ class Engine:
 
     async def _claim_rows(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
         """Claim, then put what was inserted in the wheel. ``jobs``: the rows' jobs, which may have left
-        ``self.jobs`` meanwhile (next slot beyond the horizon) but still owe these slots."""
-        for i in range(0, len(rows), self.tuning.claim_chunk):
-            await self._claim_chunk(rows[i : i + self.tuning.claim_chunk], jobs)
+        ``self.jobs`` meanwhile (next slot beyond the horizon) but still owe these slots.
+
+        A shard's claims go one after the other (its ``claiming`` lock, taken in shard order): a later claim
+        committing first would raise a job's cursor past slots an earlier one, held back by an outage, has not
+        claimed yet; were the earlier one then dropped with the shard, the next owner would never see them.
+        """
+        if not rows:
+            return
+        states = [st for s in sorted({r.shard for r in rows}) if (st := self._shards.get(s)) is not None]
+        async with contextlib.AsyncExitStack() as held:
+            for st in states:
+                await held.enter_async_context(st.claiming)
+            for i in range(0, len(rows), self.tuning.claim_chunk):
+                await self._claim_chunk(rows[i : i + self.tuning.claim_chunk], jobs)
 
     async def _claim_chunk(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
         if not rows:
@@ -729,6 +752,7 @@ class Engine:
         await self.writer.room()
         await self.alerts.room()
         adopted: list[ExecKey] = []
+        token = self._rng.getrandbits(62)  # the same on every try: finds the rows of a try whose answer was lost
         held_back = trio.current_time() > started  # waited: re-planned like any claim an outage held back
         failed = False
         while True:
@@ -746,10 +770,13 @@ class Engine:
                                               jobs, self.clock.now_ms())  # fmt: skip
                 if not rows:
                     return
+                # one row per slot: what is sent must be what was inserted (a re-plan may repeat a slot)
+                rows = list({r.key(): r for r in rows}.values())
             try:
                 if failed:
-                    adopted = await self.db.call(store.own_unsent_claims, self.config.node_id, rows)
-                result = await self.db.call(store.claim_slots, self.config.node_id, rows)
+                    node = self.config.node_id
+                    adopted = await self.db.call(store.own_unsent_claims, node, rows, token=token)
+                result = await self.db.call(store.claim_slots, self.config.node_id, rows, token=token)
                 break
             except DatabaseUnavailable as e:
                 held_back = failed = True
@@ -757,8 +784,8 @@ class Engine:
         self.health.ok("claim")
         self.metrics.claim_batch.record(len(rows))
         self.metrics.claim_latency.record((trio.current_time() - started) * 1000)
-        for shard in result.fenced:
-            self.lose_shard(shard)
+        for fence in _stale_fences(rows, result.fenced):
+            self.lose_shard(*fence)
         status = {r.key(): r.status for r in rows}
         for key in adopted:
             status[key] = S.CLAIMED  # claimed already, by us: sent whatever the re-plan said
@@ -824,10 +851,10 @@ class Engine:
         if not self._may_send():
             self._hold(p)
             return
-        if p.attempt > 0 and key in job.runs:  # a retry, or a run resumed at takeover
-            run = job.runs[key]
-            if run.cancelled:
-                return
+        if p.attempt > 0:  # a retry, or a run resumed at takeover
+            run = job.runs.get(key)
+            if run is None or run.cancelled:
+                return  # replaced or dropped while its entry was already due in this tick: nothing to send
             run.retry_entry = None
             self._attempt(job, p, run)
             return
@@ -870,7 +897,8 @@ class Engine:
         elif run.retry_entry is not None:
             self.wheel.cancel(run.retry_entry)
             self._end_run(job, *key)
-            self._record(job, Pending(FIRE, job, key[0], key[1]), S.CANCELLED, "replaced by a newer slot")
+            # the waiting retry's entry carries the attempts made so far
+            self._record(job, run.retry_entry.payload, S.CANCELLED, "replaced by a newer slot")
 
     def _record(self, job: LoadedJob, p: Pending, status: ExecutionStatus, error: str) -> None:
         """A terminal decision taken without sending (skips, cancels of a waiting retry)."""
@@ -1010,6 +1038,7 @@ class Engine:
     def _finish(self, job: LoadedJob, p: Pending, epoch: int, status: ExecutionStatus, attempt: int,
                 finished_ms: int, fields: dict[str, Any]) -> None:  # fmt: skip
         """A run reached its terminal state: record it, then failure counting, alerts, buffered slot, completion."""
+        job = self._current(job)
         self.metrics.results.inc(status=status.value)
         row = ResultRow(
             job.shard,
@@ -1042,8 +1071,13 @@ class Engine:
                 )
         if job.buffered is not None and not job.runs:
             buffered, job.buffered = job.buffered, None
-            self._fire(buffered)
+            self._fire(Pending(FIRE, job, buffered.slot_ms, buffered.origin))
         self._maybe_complete(job)
+
+    def _current(self, job: LoadedJob) -> LoadedJob:
+        """The job as loaded now: a run that began before a reload finishes on the reloaded object."""
+        now = self.jobs.get(job.id)
+        return now if now is not None and now.runs is job.runs else job
 
     def _maybe_complete(self, job: LoadedJob) -> None:
         if (job.exhausted and not job.runs and not job.unsent and job.buffered is None
@@ -1072,7 +1106,7 @@ class Engine:
             )
             job.version = outcome.version
         except Fenced:
-            self.lose_shard(job.shard)
+            self.lose_shard(job.shard, epoch)
         except NotFound:
             pass  # deleted meanwhile
 
@@ -1085,11 +1119,11 @@ class Engine:
                                   "error": row.error, "attempt": row.attempt})  # fmt: skip
         self.alerts.put_nowait(alert)
 
-    async def _write_results(self, batch: list[ResultRow]) -> frozenset[int]:
-        return (await self.db.call(store.write_results, batch, report=False)).fenced
+    async def _write_results(self, batch: list[ResultRow]) -> set[tuple[int, int]]:
+        return _stale_fences(batch, (await self.db.call(store.write_results, batch, report=False)).fenced)
 
-    async def _write_alerts(self, batch: list[AlertRow]) -> frozenset[int]:
-        return (await self.db.call(store.insert_alerts, batch)).fenced
+    async def _write_alerts(self, batch: list[AlertRow]) -> set[tuple[int, int]]:
+        return _stale_fences(batch, (await self.db.call(store.insert_alerts, batch)).fenced)
 
     def _record_write_batch(self, rows: int, seconds: float) -> None:
         self.metrics.write_batch.record(rows)
@@ -1117,7 +1151,7 @@ class Engine:
                 store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(now)
             )
         except Fenced:
-            self.lose_shard(shard)
+            self.lose_shard(shard, epoch)
             raise NotOwnerError(shard, None) from None
         next_fire: int | None = None
         if not outcome.replayed:
@@ -1201,3 +1235,16 @@ class Engine:
             "wheel": dataclasses.asdict(self.wheel.statistics()),
             "firings": self.metrics.firings.get(),
         }
+
+
+class _Fenced(Protocol):
+    @property
+    def shard(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
+
+
+def _stale_fences(rows: Iterable[_Fenced], fenced: frozenset[int]) -> set[tuple[int, int]]:
+    """The (shard, epoch) pairs of ``rows`` whose shard a batch found fenced (none, nearly always)."""
+    return {(r.shard, r.epoch) for r in rows if r.shard in fenced} if fenced else set()

@@ -108,6 +108,7 @@ class ShardState:
     runs: dict[SlotKey, Run] = field(default_factory=dict)  # first send to terminal state (also in job.runs)
     refilled_until: int | None = None  # jobs due before this (ms) are loaded
     in_flight: int = 0  # requests of this shard with the dispatcher
+    claiming: trio.Lock = field(default_factory=trio.Lock)  # held by this shard's claim statement in flight
     loaded: trio.Event = field(default_factory=trio.Event)
     idle: trio.Event = field(default_factory=trio.Event)
 

@@ -17,9 +17,10 @@ Rules:
   pause of ``store_health.py``: 0.1 s doubling to 2 s);
   nothing is dropped while the writer runs. ``flush()`` returns once everything put before it is written;
   closing (leaving ``run``) drains what is queued first.
-- The write function returns the shards it found fenced; they go to ``on_fenced`` (the shard is gone).
+- The write function returns the fences it found stale, ``(shard, epoch)`` pairs; each goes to ``on_fenced``
+  (that ownership of the shard is gone; a newer one of the same node may already stand).
 
-Example: ``Writer(write_batch, on_fenced=node.lose_shard, max_batch=2000, max_delay_s=0.005)`` run in the node's
+Example: ``Writer(write_batch, on_fenced=lose, max_batch=2000, max_delay_s=0.005)`` run in the node's
 nursery; the firing path calls ``await writer.put(result)``.
 """
 
@@ -45,9 +46,9 @@ log = logging.getLogger(__name__)
 class Writer(Generic[T]):
     def __init__(
         self,
-        write_batch: Callable[[list[T]], Awaitable[Iterable[int]]],
+        write_batch: Callable[[list[T]], Awaitable[Iterable[tuple[int, int]]]],
         *,
-        on_fenced: Callable[[int], None],
+        on_fenced: Callable[[tuple[int, int]], None],
         health: StoreHealth | None = None,
         max_batch: int = 2_000,
         max_delay_s: float = 0.005,
@@ -156,8 +157,8 @@ class Writer(Generic[T]):
         self.last_batch_size = len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch), trio.current_time() - started)
-        for shard in fenced:
-            self._on_fenced(shard)
+        for fence in fenced:
+            self._on_fenced(fence)
         self._written_count += len(batch)
         self._progress.set()
         self._progress = trio.Event()

@@ -10,7 +10,8 @@ Rules:
   may be sent. It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
   each job; manual and backfill slots do not move the cursor (they are not part of the schedule).
 - ``own_unsent_claims`` finds, before a claim is retried after an outage, the rows its lost first attempt
-  inserted: they are ours to send, though the retry's ``ON CONFLICT`` would not return them.
+  inserted (by the ``token`` both attempts carry): they are ours to send, though the retry's ``ON CONFLICT``
+  would not return them. The token keeps out rows of the node's other claims, which may have been sent.
 - ``write_results`` updates a row only if its epoch is the writer's and it is not terminal, so a stale node's
   late result is dropped; it inserts one ``execution_attempts`` row per reported HTTP attempt. Several results
   for one execution in a batch: the last one (batch order) sets the row, every attempt is recorded.
@@ -183,9 +184,10 @@ input AS (
 ),
 ins AS (
     INSERT INTO executions AS e
-        (shard, job_id, scheduled_at, origin, epoch, node, status, attempt, claimed_at, finished_at, error)
+        (shard, job_id, scheduled_at, origin, epoch, node, status, attempt, claimed_at, finished_at, error,
+         claim_token)
     SELECT i.shard, i.job_id, i.scheduled_at, i.origin, f.epoch, $3, i.status, i.attempt, now(),
-           CASE WHEN i.status <> 'claimed' THEN now() END, i.error
+           CASE WHEN i.status <> 'claimed' THEN now() END, i.error, $11
     FROM input i JOIN fence f ON f.shard = i.shard
     -- Key order: two overlapping batches take their locks in the same order and cannot deadlock.
     ORDER BY i.shard, i.job_id, i.scheduled_at, i.origin
@@ -205,8 +207,11 @@ SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
 """
 
 
-async def claim_slots(db: Executor, node: str, rows: Sequence[ClaimRow]) -> BatchResult[ExecKey]:
-    """Claim slots in one fenced statement; ``applied`` is exactly what was inserted (and may be sent)."""
+async def claim_slots(
+    db: Executor, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
+) -> BatchResult[ExecKey]:
+    """Claim slots in one fenced statement; ``applied`` is exactly what was inserted (and may be sent).
+    ``token`` marks the rows as this claim's, for ``own_unsent_claims`` should its answer be lost."""
     if not rows:
         return BatchResult(applied=[], conflicts=[], fenced=frozenset())
     for r in rows:
@@ -217,7 +222,7 @@ async def claim_slots(db: Executor, node: str, rows: Sequence[ClaimRow]) -> Batc
         _CLAIM_SQL, shards, epochs, node,
         [r.shard for r in rows], [r.job_id for r in rows], [r.slot_ms for r in rows],
         [r.origin.value for r in rows], [r.status.value for r in rows], [r.attempt for r in rows],
-        [r.error for r in rows],
+        [r.error for r in rows], token,
     )  # fmt: skip
     return _split(records, [r.key() for r in rows], shards)
 
@@ -229,12 +234,16 @@ FROM unnest($1::int[], $2::bigint[], $3::uuid[], $4::int8[], $5::text[])
 JOIN shard_epochs se ON se.shard = k.shard AND se.epoch = k.epoch  -- still ours: not taken over since
 JOIN executions e ON e.shard = k.shard AND e.job_id = k.job_id AND e.origin = k.origin
                  AND e.scheduled_at = {_ts("k.slot_ms")}
-WHERE e.epoch = k.epoch AND e.node = $6 AND e.status = 'claimed' AND e.attempt = 0 AND e.sent_at IS NULL
+WHERE e.epoch = k.epoch AND e.node = $6 AND e.claim_token = $7 AND e.status = 'claimed' AND e.attempt = 0
+  AND e.sent_at IS NULL
 """
 
 
-async def own_unsent_claims(db: Executor, node: str, rows: Sequence[ClaimRow]) -> list[ExecKey]:
-    """Of ``rows``, those already stored as ``node``'s unsent claims at the row's epoch, still the shard's.
+async def own_unsent_claims(
+    db: Executor, node: str, rows: Sequence[ClaimRow], *, token: int
+) -> list[ExecKey]:
+    """Of ``rows``, those stored as unsent claims of ``node``'s claim ``token`` at the row's epoch, still the
+    shard's.
 
     A claim statement whose answer was lost (PostgreSQL went away mid-commit) may have inserted its rows; its
     retry would see them as conflicts and never send them. Asked before such a retry, this finds them.
@@ -244,7 +253,7 @@ async def own_unsent_claims(db: Executor, node: str, rows: Sequence[ClaimRow]) -
     records = await db.fetch(
         _OWN_UNSENT_SQL,
         [r.shard for r in rows], [r.epoch for r in rows], [r.job_id for r in rows], [r.slot_ms for r in rows],
-        [r.origin.value for r in rows], node,
+        [r.origin.value for r in rows], node, token,
     )  # fmt: skip
     return [_key(r) for r in records]
 

@@ -66,6 +66,7 @@ class Row:
     error: str | None = None
     response_excerpt: str | None = None
     released: bool = False
+    claim_token: int | None = None
 
 
 @dataclass
@@ -308,7 +309,9 @@ class MemoryStore:
 
     # ---- executions ------------------------------------------------------------------------------------
 
-    def claim_slots(self, node: str, rows: Sequence[ClaimRow]) -> BatchResult[ExecKey]:
+    def claim_slots(
+        self, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
+    ) -> BatchResult[ExecKey]:
         for r in rows:
             if r.status not in CLAIMABLE:
                 raise ValueError(f"a claim cannot insert status {r.status!s}")
@@ -327,6 +330,7 @@ class MemoryStore:
                 claimed_ms=now,
                 error=r.error,
                 finished_ms=None if r.status is S.CLAIMED else now,
+                claim_token=token,
             )
             applied.append(key)
             if r.origin is Origin.SCHEDULED:
@@ -336,7 +340,7 @@ class MemoryStore:
         conflicts = [r.key() for r in rows if r.shard not in fenced and r.key() not in done]
         return BatchResult(applied=applied, conflicts=conflicts, fenced=fenced)
 
-    def own_unsent_claims(self, node: str, rows: Sequence[ClaimRow]) -> list[ExecKey]:
+    def own_unsent_claims(self, node: str, rows: Sequence[ClaimRow], *, token: int) -> list[ExecKey]:
         out = []
         for r in rows:
             row = self.rows.get(r.key())
@@ -344,6 +348,7 @@ class MemoryStore:
                 row is not None
                 and self.epochs.get(r.shard, (None, ""))[0] == r.epoch == row.epoch
                 and row.node == node
+                and row.claim_token == token
                 and row.status is S.CLAIMED
                 and row.attempt == 0
                 and row.sent_ms is None

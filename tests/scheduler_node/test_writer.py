@@ -9,12 +9,12 @@ from scheduler_node.writer import Writer
 
 async def test_batches_flush_and_fenced(autojump_clock: trio.testing.MockClock) -> None:
     batches: list[list[int]] = []
-    fenced: list[int] = []
+    fenced: list[tuple[int, int]] = []
 
-    async def write(batch: list[int]) -> set[int]:
+    async def write(batch: list[int]) -> set[tuple[int, int]]:
         batches.append(list(batch))
         await trio.sleep(0.001)
-        return {7} if 7 in batch else set()
+        return {(7, 1)} if 7 in batch else set()
 
     w: Writer[int] = Writer(write, on_fenced=fenced.append, max_batch=100, max_delay_s=0.005)
     async with trio.open_nursery() as n:
@@ -24,7 +24,7 @@ async def test_batches_flush_and_fenced(autojump_clock: trio.testing.MockClock) 
         await w.flush()
         assert sum(len(b) for b in batches) == 250 and max(len(b) for b in batches) <= 100
         assert [x for b in batches for x in b] == list(range(250))
-        assert fenced == [7] and w.pending() == 0
+        assert fenced == [(7, 1)] and w.pending() == 0
         await w.put(1000)  # a lone item waits at most max_delay_s
         t0 = trio.current_time()
         await w.flush()

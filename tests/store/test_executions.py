@@ -438,11 +438,12 @@ async def test_own_unsent_claims_finds_what_a_lost_claim_inserted(store: TrioSto
     f = await own(store, 62)
     job = job_in_shard(62)
     rows = [ClaimRow(62, f.epoch, job, ms(t)) for t in slots(4)]
-    await store.call(claim_slots, "n1", rows[:3])  # committed, its answer lost
+    await store.call(claim_slots, "n1", rows[:3], token=7)  # committed, its answer lost
+    await store.call(claim_slots, "n1", rows[3:], token=8)  # another claim of the node: maybe sent already
     await store.call(write_results, [result(rows[0].key(), f.epoch, S.SUCCEEDED)])  # sent meanwhile
-    ours = await store.call(own_unsent_claims, "n1", rows)
+    ours = await store.call(own_unsent_claims, "n1", rows, token=7)
     assert sorted(k.slot_ms for k in ours) == [rows[1].slot_ms, rows[2].slot_ms]
-    assert await store.call(own_unsent_claims, "n2", rows) == []  # another node's claims are not ours
+    assert await store.call(own_unsent_claims, "n2", rows, token=7) == []  # not another node's claims
     newer = await own(store, 62)  # a takeover since: the old epoch's claims are not ours to send
-    assert await store.call(own_unsent_claims, "n1", rows) == []
+    assert await store.call(own_unsent_claims, "n1", rows, token=7) == []
     assert newer.epoch > f.epoch

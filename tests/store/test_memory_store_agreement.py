@@ -59,11 +59,13 @@ claim_status = st.sampled_from([S.CLAIMED, S.CLAIMED, S.CLAIMED, S.SKIPPED_MISFI
 result_kind = st.sampled_from(["retry_due", "retry_later", S.SUCCEEDED, S.FAILED, S.TIMED_OUT])
 stale = st.sampled_from([False, False, False, True])  # mostly the current epoch
 node = st.sampled_from(["node-a", "node-b"])
+token = st.sampled_from([1, 2])  # which claim statement of a node
 claims = st.tuples(
     st.just("claim"),
     node,
     stale,
     st.lists(st.tuples(slot_keys, claim_status), min_size=1, max_size=6, unique_by=lambda r: r[0]),
+    token,
 )
 operation = st.one_of(
     st.tuples(st.just("bump"), node),
@@ -75,7 +77,7 @@ operation = st.one_of(
         st.lists(st.tuples(slot_keys, result_kind, st.integers(1, 3), st.booleans()), min_size=1, max_size=6),
     ),
     st.tuples(st.just("release"), stale, st.lists(slot_keys, min_size=1, max_size=6, unique=True)),
-    st.tuples(st.just("own"), node, stale, st.lists(slot_keys, min_size=1, max_size=6, unique=True)),
+    st.tuples(st.just("own"), node, stale, st.lists(slot_keys, min_size=1, max_size=6, unique=True), token),
     st.tuples(st.just("takeover"), stale),
     st.tuples(st.just("delete"), st.integers(0, 2)),
 )
@@ -147,6 +149,7 @@ async def _rows(db: TrioStore) -> dict[ExecKey, tuple[Any, ...]]:
             r["released_at"] is not None,
             r["error"],
             r["http_status"],
+            r["claim_token"],
             sorted(tried.get(key, [])),
         )
         for r in recs
@@ -168,6 +171,7 @@ def _mem_rows(mem: MemoryStore) -> dict[ExecKey, tuple[Any, ...]]:
             r.released,
             r.error,
             r.http_status,
+            r.claim_token,
             sorted(tried.get(key, [])),
         )
         for key, r in mem.rows.items()
@@ -180,14 +184,14 @@ def _mem_rows(mem: MemoryStore) -> dict[ExecKey, tuple[Any, ...]]:
 # a claim that may have been sent, and AT_MOST_ONCE retries due (lost) or still to come (resumed).
 @example(
     ops=[
-        ("claim", "node-a", False, [((0, SLOTS[0], Origin.SCHEDULED), S.CLAIMED)]),
+        ("claim", "node-a", False, [((0, SLOTS[0], Origin.SCHEDULED), S.CLAIMED)], 1),
         ("bump", "node-b"),
         ("takeover", False),
     ]
 )
 @example(
     ops=[
-        ("claim", "node-a", False, [((1, SLOTS[0], Origin.SCHEDULED), S.CLAIMED)]),
+        ("claim", "node-a", False, [((1, SLOTS[0], Origin.SCHEDULED), S.CLAIMED)], 1),
         ("result", False, [((1, SLOTS[0], Origin.SCHEDULED), "retry_due", 1, True)]),
         ("bump", "node-b"),
         ("takeover", False),
@@ -195,7 +199,7 @@ def _mem_rows(mem: MemoryStore) -> dict[ExecKey, tuple[Any, ...]]:
 )
 @example(
     ops=[
-        ("claim", "node-a", False, [((1, SLOTS[1], Origin.MANUAL), S.CLAIMED)]),
+        ("claim", "node-a", False, [((1, SLOTS[1], Origin.MANUAL), S.CLAIMED)], 2),
         ("result", False, [((1, SLOTS[1], Origin.MANUAL), "retry_later", 1, True)]),
         ("bump", "node-a"),
         ("takeover", False),
@@ -240,7 +244,7 @@ async def test_the_memory_store_answers_and_stores_what_postgresql_does(db_dsn: 
                     )
                     for k, status in op[3]
                 ]
-                db_out, mem_out = await pair.both(claim_slots, op[1], rows, norm=_batch)
+                db_out, mem_out = await pair.both(claim_slots, op[1], rows, token=op[4], norm=_batch)
             elif kind == "result":
                 e = current - 1 if op[1] else current
                 results = []
@@ -273,7 +277,7 @@ async def test_the_memory_store_answers_and_stores_what_postgresql_does(db_dsn: 
             elif kind == "own":
                 e = current - 1 if op[2] else current
                 rows = [ClaimRow(SHARD, e, *key(k)[1:]) for k in op[3]]
-                db_out, mem_out = await pair.both(own_unsent_claims, op[1], rows, norm=sorted)
+                db_out, mem_out = await pair.both(own_unsent_claims, op[1], rows, token=op[4], norm=sorted)
             elif kind == "takeover":
                 db_out, mem_out = await pair.both(
                     take_over_shard, SHARD, current - 1 if op[1] else current, norm=_takeover
