@@ -13,11 +13,9 @@ import msgspec
 import trio
 
 from protocol.executions import ExecutionStatus as S
-from protocol.internal import JobWriteOp
-from protocol.jobs import Concurrency, JobSpec, JobState
+from protocol.jobs import JobSpec
 from protocol.jobs import Target as JobTarget
 from protocol.schedules import At, Cron, Every
-from scheduler_node.dispatch import DispatcherConfig
 
 from .harness import (
     Behaviour,
@@ -28,7 +26,6 @@ from .harness import (
     statuses,
     target_running,
     wait_for,
-    write,
 )
 
 
@@ -73,21 +70,6 @@ async def job_state(dsn: str, job: object) -> str:
     return (await query(dsn, "SELECT state FROM jobs WHERE id = $1", job))[0]["state"]
 
 
-async def test_at_fires_once_then_completed(db_dsn: str) -> None:
-    async with target_running() as target, node_running(db_dsn) as node:
-        when = soon(2)
-        job = await create(node, spec(target.url("/once"), At(when)))
-        await wait_for(lambda: _count(target, "/once", 1))
-
-        async def completed() -> bool:
-            return await job_state(db_dsn, job) == "completed"
-
-        await wait_for(completed)
-        await trio.sleep(1.5)
-    assert [datetime.fromisoformat(r.slot) for r in target.at("/once")] == [when]
-    assert await statuses(db_dsn, job) == [S.SUCCEEDED]
-
-
 async def test_every_keeps_its_period_from_its_anchor(db_dsn: str) -> None:
     async with target_running() as target, node_running(db_dsn) as node:
         anchor = soon(1.5)
@@ -100,24 +82,6 @@ async def test_every_keeps_its_period_from_its_anchor(db_dsn: str) -> None:
     if created < anchor:  # a slow create (busy machine) rightly starts at the next slot after it
         assert slots[0] == anchor
     assert (await statuses(db_dsn, job))[:3] == [S.SUCCEEDED] * 3
-
-
-async def test_paused_jobs_do_not_fire_and_resume_fires_again(db_dsn: str) -> None:
-    async with target_running() as target, node_running(db_dsn) as node:
-        job = await create(node, spec(target.url("/p")))
-        await wait_for(lambda: _count(target, "/p", 1))
-        paused = await write(node, job, JobWriteOp.PAUSE)
-        assert paused.state == JobState.PAUSED and paused.next_fire_at is None
-        paused_at = datetime.now(UTC)
-        seen = len(target.at("/p"))
-        await trio.sleep(2.5)
-        late = [r for r in target.at("/p")[seen:] if datetime.fromisoformat(r.slot) > paused_at]
-        assert late == []  # at most a request already on its way when the pause landed
-        resumed = await write(node, job, JobWriteOp.RESUME)
-        assert resumed.state == JobState.ACTIVE and resumed.next_fire_at is not None
-        await wait_for(lambda: _count(target, "/p", seen + 2), timeout=6)
-    rows = await executions(db_dsn, job)
-    assert {r["status"] for r in rows} <= {"succeeded", "skipped_paused"}
 
 
 async def test_retries_with_growing_gaps_then_failure_with_alert(db_dsn: str) -> None:
@@ -166,201 +130,6 @@ async def test_timeout_is_enforced(db_dsn: str) -> None:
         await wait_for(ended, timeout=10)
     (row,) = await executions(db_dsn, job)
     assert 250 <= row["duration_ms"] < 2000
-
-
-async def test_forbid_skips_overlapping_slots(db_dsn: str) -> None:
-    async with target_running() as target, node_running(db_dsn) as node:
-        target.behaviours["/forbid"] = Behaviour(delay_s=2.5)
-        job = await create(
-            node, spec(target.url("/forbid"), concurrency=Concurrency.FORBID, timeout_ms=10_000)
-        )
-
-        async def some_skipped() -> bool:
-            st = await statuses(db_dsn, job)
-            return st.count(S.SKIPPED_OVERLAP) >= 2 and S.SUCCEEDED in st
-
-        await wait_for(some_skipped, timeout=15)
-    assert target.max_in_flight == 1
-
-
-async def test_forbid_sees_a_finished_run_while_another_host_keeps_sends_queued(db_dsn: str) -> None:
-    # Outcomes are recorded once the dispatcher's queue is empty (at most a second later). A slow host kept at
-    # its cap keeps that queue busy; the FORBID job on another host must still see its last run as finished.
-    async with target_running() as target, node_running(db_dsn, dispatcher=DispatcherConfig(per_host_limit=1)) as node:
-        target.behaviours["/slow"] = Behaviour(delay_s=3)
-        for _ in range(3):
-            await create(node, spec(target.url("/slow"), timeout_ms=30_000))
-        fast = target.url("/fast").replace("127.0.0.1", "localhost")  # its own origin, its own cap
-        job = await create(node, spec(fast, concurrency=Concurrency.FORBID))
-
-        async def six_done() -> bool:
-            return (await statuses(db_dsn, job)).count(S.SUCCEEDED) >= 6
-
-        await wait_for(six_done, timeout=20)
-        assert node.engine is not None and node.engine.dispatcher.waiting > 0  # the slow host still queues
-    assert S.SKIPPED_OVERLAP not in await statuses(db_dsn, job)
-
-
-async def test_replace_cancels_the_run_in_flight(db_dsn: str) -> None:
-    async with target_running() as target, node_running(db_dsn) as node:
-        target.behaviours["/replace"] = Behaviour(delay_s=5)
-        job = await create(
-            node, spec(target.url("/replace"), concurrency=Concurrency.REPLACE, timeout_ms=10_000)
-        )
-
-        async def some_cancelled() -> bool:
-            return (await statuses(db_dsn, job)).count(S.CANCELLED) >= 2
-
-        await wait_for(some_cancelled, timeout=15)
-    rows = await executions(db_dsn, job)
-    cancelled = [r for r in rows if r["status"] == "cancelled"]
-    assert all(r["error"].startswith("cancelled") for r in cancelled)
-
-
-async def test_restart_after_being_down_applies_each_misfire_policy(db_dsn: str) -> None:
-    from protocol.jobs import Misfire, MisfirePolicy
-
-    grace = 1000
-    policies = {p: Misfire(p, grace_ms=grace) for p in MisfirePolicy}
-    async with target_running() as target:
-        async with node_running(db_dsn) as node:
-            jobs = {
-                p: await create(node, spec(target.url(f"/m/{p.value}"), misfire=m))
-                for p, m in policies.items()
-            }
-            await wait_for(lambda: _all_fired(target, policies), timeout=8)
-        last_sent = {
-            p: max(datetime.fromisoformat(r.slot) for r in target.at(f"/m/{p.value}")) for p in policies
-        }
-        await trio.sleep(5)
-        # Taken before the node starts: every slot older than `back - grace` is a misfire when the node loads,
-        # however long its start takes (measured after the start, a slow start let late-but-in-grace slots
-        # fire as usual inside the window checked below).
-        back = datetime.now(UTC)
-        async with node_running(db_dsn):
-            await trio.sleep(2.5)
-    for policy, job in jobs.items():
-        rows = await executions(db_dsn, job)
-        missed = [
-            r
-            for r in rows
-            if last_sent[policy] < r["scheduled_at"] < back - timedelta(milliseconds=grace + 200)
-        ]
-        assert len(missed) >= 2, (policy, rows)
-        sent = sorted(r.slot for r in target.at(f"/m/{policy.value}"))
-        assert len(sent) == len(set(sent)), policy  # no slot twice
-        kinds = [r["status"] for r in missed]
-        if policy is MisfirePolicy.FIRE_ALL:
-            assert set(kinds) == {"succeeded"}
-        elif policy is MisfirePolicy.SKIP:
-            assert set(kinds) == {"skipped_misfire"}
-        else:
-            assert kinds[0] == "succeeded" and set(kinds[1:]) == {"skipped_misfire"}
-        # every slot from the first to the last recorded one has exactly one row: none lost, none doubled
-        seconds = [r["scheduled_at"] for r in rows if r["origin"] == "scheduled"]
-        assert seconds == sorted(set(seconds))
-        assert len(seconds) == int((seconds[-1] - seconds[0]).total_seconds()) + 1, policy
-
-
-async def _all_fired(target: object, policies: dict[object, object]) -> bool:
-    return all(target.at(f"/m/{p.value}") for p in policies)  # type: ignore[attr-defined]
-
-
-async def test_at_most_once_never_resends_and_at_least_once_resends_after_a_crash(db_dsn: str) -> None:
-    from protocol.jobs import Semantics
-
-    async with target_running() as target:
-        target.behaviours["/amo"] = Behaviour(delay_s=3)
-        target.behaviours["/alo"] = Behaviour(delay_s=3, status=[200])
-        async with node_running(db_dsn, crash=True) as node:
-            when = soon(1.5)
-            amo = await create(node, spec(target.url("/amo"), At(when), semantics=Semantics.AT_MOST_ONCE))
-            alo = await create(node, spec(target.url("/alo"), At(when), semantics=Semantics.AT_LEAST_ONCE))
-            await wait_for(lambda: _count(target, "/alo", 1))
-            await wait_for(lambda: _count(target, "/amo", 1))
-        # killed with both requests in flight: their rows are still `claimed`
-        assert await statuses(db_dsn, amo) == [S.CLAIMED] and await statuses(db_dsn, alo) == [S.CLAIMED]
-        target.behaviours["/alo"] = Behaviour()
-        async with node_running(db_dsn):
-
-            async def settled() -> bool:
-                return await statuses(db_dsn, alo) == [S.SUCCEEDED] and await statuses(db_dsn, amo) == [
-                    S.LOST
-                ]
-
-            await wait_for(settled, timeout=10)
-            await trio.sleep(1)
-    assert len(target.at("/amo")) == 1  # never twice
-    assert [r.slot for r in target.at("/alo")] == [target.at("/alo")[0].slot] * 2  # sent again, same slot
-
-
-async def test_a_newer_epoch_stops_the_node_firing_that_shard(db_dsn: str) -> None:
-    from protocol.shards import shard_of
-
-    async with target_running() as target, node_running(db_dsn) as node:
-        job = await create(node, spec(target.url("/fenced")))
-        await wait_for(lambda: _count(target, "/fenced", 2))
-        shard = shard_of(job)
-        await query(
-            db_dsn, "UPDATE shard_epochs SET epoch = epoch + 1, owner = 'thief' WHERE shard = $1", shard
-        )
-        bumped = len(target.at("/fenced"))
-        await trio.sleep(3)
-        assert len(target.at("/fenced")) <= bumped + 1  # at most the slot already claimed before the bump
-        assert node.engine is not None and str(shard) not in node.engine.status()["shards"]
-        assert node.engine.metrics.fenced.get() >= 1
-    (current,) = await query(db_dsn, "SELECT epoch FROM shard_epochs WHERE shard = $1", shard)
-    assert all(r["epoch"] < current["epoch"] for r in await executions(db_dsn, job))  # nothing written after
-
-
-async def test_a_node_past_its_valid_until_sends_and_claims_nothing_then_catches_up(db_dsn: str) -> None:
-    from protocol.jobs import Misfire, MisfirePolicy, Semantics
-
-    async with target_running() as target, node_running(db_dsn) as node:
-        alo = await create(node, spec(target.url("/alo"), semantics=Semantics.AT_LEAST_ONCE))
-        amo = await create(node, spec(target.url("/amo"), semantics=Semantics.AT_MOST_ONCE,
-                                      misfire=Misfire(MisfirePolicy.SKIP, grace_ms=1000)))  # fmt: skip
-        await wait_for(lambda: _count(target, "/alo", 1))
-        await wait_for(lambda: _count(target, "/amo", 1))
-        assert node.engine is not None
-        engine = node.engine
-
-        async def claimed_ahead() -> bool:  # a slot claimed and waiting for its second: blocked, it is held
-            return engine.statistics().claimed_unsent > 0
-
-        await wait_for(claimed_ahead, interval=0.01)
-        ownership = engine.ownership
-        # the lease unconfirmed (etcd away)
-        ownership.valid_until = lambda: 0.0  # type: ignore[method-assign]
-        await trio.sleep(0.5)  # a request already on the wire may land
-        before = {p: len(target.at(p)) for p in ("/alo", "/amo")}
-        rows_before = len(await query(db_dsn, "SELECT 1 FROM executions"))
-        await trio.sleep(2.5)
-        assert {p: len(target.at(p)) for p in ("/alo", "/amo")} == before  # nothing sent
-        assert len(await query(db_dsn, "SELECT 1 FROM executions")) <= rows_before + 2  # nor claimed
-        assert engine.statistics().held >= 1  # what was claimed already is held
-        del ownership.valid_until  # the lease proves alive
-        back = datetime.now(UTC)
-
-        async def caught_up() -> bool:
-            rows = await query(db_dsn, "SELECT status, scheduled_at FROM executions")
-            return not [r for r in rows if r["status"] == "claimed"] and max(
-                r["scheduled_at"] for r in rows
-            ) > back + timedelta(seconds=1)
-
-        await wait_for(caught_up, timeout=10)
-    for job in (alo, amo):
-        rows = [r for r in await executions(db_dsn, job) if r["status"] != "claimed"]
-        seconds = sorted(r["scheduled_at"] for r in rows)
-        assert len(seconds) == int((seconds[-1] - seconds[0]).total_seconds()) + 1  # every slot, once
-    # AT_LEAST_ONCE (FIRE_ONCE, grace 60 s): the held slots went out late
-    assert {r["status"] for r in await executions(db_dsn, alo)} == {"succeeded"}
-    # AT_MOST_ONCE, SKIP after 1 s: never written a byte of, so skipped by its policy, not `lost`
-    amo_rows = await executions(db_dsn, amo)
-    assert "lost" not in {r["status"] for r in amo_rows}
-    assert [r for r in amo_rows if r["status"] == "skipped_misfire"]
-    sent = [r.slot for r in target.at("/amo")]
-    assert len(sent) == len(set(sent))
 
 
 async def test_signature_verifies_with_the_documented_recipe(db_dsn: str) -> None:

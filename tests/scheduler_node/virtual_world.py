@@ -98,6 +98,7 @@ class ScriptedDispatcher:
         self.sends: list[Sent] = []
         self.cancelled: list[FakeExchange] = []
         self.in_flight = 0
+        self.backlog = 0  # what ``waiting`` reports: sends queued for a connection (a slow host at its cap)
         self._nursery: trio.Nursery | None = None
 
     @asynccontextmanager
@@ -109,7 +110,7 @@ class ScriptedDispatcher:
 
     @property
     def waiting(self) -> int:
-        return 0
+        return self.backlog
 
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
