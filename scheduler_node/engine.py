@@ -8,6 +8,9 @@ Rules (DESIGN.md §4, §5):
   ``ON CONFLICT DO NOTHING``, ``job_cursor`` raised); only inserted rows get a FIRE entry. Next slots are
   computed after the claim and before the burst, so neither the database nor croniter sits between the second
   striking and the bytes leaving.
+- A shard's claim statements commit one at a time, in the order they were planned (``ShardState.claiming``),
+  each with a random token stored in its rows, so that a claim retried after a lost answer adopts its own rows
+  only.
 - A CLAIM handled later than its slot's misfire grace is a stall: the missed slots follow the job's misfire
   policy, exactly as at load time.
 - FIRE: nothing is sent when the shard is no longer granted (the row stays ``claimed`` for the next owner).

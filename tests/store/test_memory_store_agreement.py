@@ -178,7 +178,7 @@ def _mem_rows(mem: MemoryStore) -> dict[ExecKey, tuple[Any, ...]]:
     }
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 # The takeover rules, each met for sure (random sequences meet them only now and then):
 # a claim that may have been sent, and AT_MOST_ONCE retries due (lost) or still to come (resumed).
