@@ -9,8 +9,8 @@ Rules:
 - ``response``, ``timeout``, ``connect_error`` and ``connection_error`` are attempts, mapped one to one onto
   the retry policy's ``FailureKind`` (the same values, by the table below; a test holds them equal).
 - ``not_sent`` (``may_send()`` refused: the lease validity passed) is no attempt at all, and ``cancelled``
-  (REPLACE) ends the slot rather than judging an attempt: ``attempt_result`` raises ``ValueError`` for both;
-  the engine handles them before asking.
+  (REPLACE) ends the slot rather than judging an attempt: ``attempt_result`` raises ``ValueError`` for both,
+  ``judged`` gives them as ``run_rules.NotAnAttempt`` (what the engine hands to ``run_rules.outcome_step``).
 - ``retry_after_s`` becomes whole milliseconds (rounded); bounding it is the policy's job. The status, the
   body check and ``bytes_written`` (whether AT_MOST_ONCE may retry) pass through unchanged.
 
@@ -26,8 +26,9 @@ from __future__ import annotations
 
 from .dispatch.outcome import Outcome, OutcomeKind
 from .retry import AttemptResult, FailureKind
+from .run_rules import NotAnAttempt
 
-__all__ = ["ATTEMPT_KINDS", "attempt_result"]
+__all__ = ["ATTEMPT_KINDS", "attempt_result", "judged"]
 
 ATTEMPT_KINDS: dict[OutcomeKind, FailureKind] = {
     OutcomeKind.RESPONSE: FailureKind.RESPONSE,
@@ -35,6 +36,7 @@ ATTEMPT_KINDS: dict[OutcomeKind, FailureKind] = {
     OutcomeKind.CONNECT_ERROR: FailureKind.CONNECT_ERROR,
     OutcomeKind.CONNECTION_ERROR: FailureKind.CONNECTION_ERROR,
 }
+_NOT_ATTEMPTS = {OutcomeKind.NOT_SENT: NotAnAttempt.NOT_SENT, OutcomeKind.CANCELLED: NotAnAttempt.CANCELLED}
 
 
 def attempt_result(outcome: Outcome) -> AttemptResult:
@@ -50,3 +52,9 @@ def attempt_result(outcome: Outcome) -> AttemptResult:
         bytes_written=outcome.bytes_written,
         retry_after_ms=None if outcome.retry_after_s is None else round(outcome.retry_after_s * 1000),
     )
+
+
+def judged(outcome: Outcome) -> AttemptResult | NotAnAttempt:
+    """What ``run_rules.outcome_step`` takes: the attempt's result, or why the outcome is none."""
+    not_attempt = _NOT_ATTEMPTS.get(outcome.kind)
+    return attempt_result(outcome) if not_attempt is None else not_attempt

@@ -53,21 +53,22 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from protocol.errors import DatabaseUnavailable, Fenced, NotFound, NotOwnerError, SpecError
-from protocol.executions import FAILURES, Execution, ExecutionStatus, Origin
+from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, validate_job_spec
 from protocol.shards import shard_of
 from protocol.slots import compile_schedule
 
-from . import concurrency, retry, store
+from . import store
 from .alert_delivery import AlertDelivery
-from .attempts import attempt_result
+from .attempts import judged
 from .clock import Clock, datetime_to_ms, ms_to_datetime
-from .dispatch import Dispatcher, Exchange, OutcomeKind, RequestTemplate, SendRequest
+from .dispatch import Dispatcher, Exchange, RequestTemplate, SendRequest
 from .gc_guard import GcGuard
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
+from .run_rules import FireStep, OutcomeStep, completes, finish_step, fire_step, outcome_step
 from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
 from .slot_plan import plan_slots
 from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
@@ -82,7 +83,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 S = ExecutionStatus
-_PAUSED = frozenset({JobState.PAUSED, JobState.AUTO_PAUSED})
 
 
 @dataclass(slots=True)
@@ -868,18 +868,18 @@ class Engine:
                 r.exchange for r in job.runs.values() if r.exchange is not None and r.exchange.outcome
             ]:
                 self._handle_outcome(ex)
-        if job.state in _PAUSED and p.origin is Origin.SCHEDULED:
-            self._record(job, p, S.SKIPPED_PAUSED, "the job was paused after its slot was claimed")
-            return
-        action = concurrency.decide(job.spec.concurrency, len(job.runs), job.buffered is not None)
-        if action is concurrency.Action.SKIP:
-            self._record(job, p, S.SKIPPED_OVERLAP, "the previous run was still in flight")
-            return
-        if action is concurrency.Action.BUFFER:
-            job.buffered = p
-            return
-        if action is concurrency.Action.REPLACE:
-            for other_key, other in list(job.runs.items()):
+        step = fire_step(job.state, p.origin, job.spec.concurrency, len(job.runs), job.buffered is not None)
+        if step is not FireStep.SEND:
+            if step is FireStep.SKIP_PAUSED:
+                self._record(job, p, S.SKIPPED_PAUSED, "the job was paused after its slot was claimed")
+                return
+            if step is FireStep.SKIP_OVERLAP:
+                self._record(job, p, S.SKIPPED_OVERLAP, "the previous run was still in flight")
+                return
+            if step is FireStep.BUFFER:
+                job.buffered = p
+                return
+            for other_key, other in list(job.runs.items()):  # REPLACE
                 self._cancel_run(job, other_key, other)
         new = job.runs.get(key)
         if new is None:
@@ -993,12 +993,13 @@ class Engine:
         state.answered()
         if self._shards.get(shard) is not state:
             return  # the shard was dropped meanwhile: not ours to record
-        if outcome.kind is OutcomeKind.NOT_SENT:  # the lease ran out while it waited for a connection
+        attempt = p.attempt + 1
+        step, status, retry_in_ms = outcome_step(job.spec, attempt, judged(outcome), self._rng.random())
+        if step is OutcomeStep.HOLD:
             if p.attempt == 0:
-                self._end_run(job, p.slot_ms, p.origin)  # not started: fired afresh once sends resume
+                self._end_run(job, p.slot_ms, p.origin)
             self._hold(p)
             return
-        attempt = p.attempt + 1
         started_ms = round(outcome.started_at * 1000)
         duration_ms = round(outcome.duration_s * 1000)
         finished = started_ms + duration_ms
@@ -1006,7 +1007,7 @@ class Engine:
             "attempt_started_ms": started_ms, "attempt_finished_ms": finished,
             "duration_ms": duration_ms, "error": outcome.error,
         }  # fmt: skip
-        if outcome.kind is OutcomeKind.CANCELLED:
+        if step is OutcomeStep.CANCELLED:
             self._end_run(job, p.slot_ms, p.origin)
             self._finish(job, p, epoch, S.CANCELLED, attempt, finished,
                          {**row_base, "error": "cancelled: replaced by a newer slot"})  # fmt: skip
@@ -1018,25 +1019,18 @@ class Engine:
             row_base["sent_ms"] = started_ms
         self.metrics.http_latency.record(outcome.duration_s * 1000)
         row_base |= {"http_status": outcome.http_status, "response_excerpt": outcome.excerpt or None}
-        decision = retry.decide(
-            semantics=job.spec.semantics,
-            success=job.spec.success,
-            policy=job.spec.retry,
-            attempt=attempt,
-            result=attempt_result(outcome),
-            unit_random=self._rng.random(),
-        )
-        if decision.terminal is None:
-            assert decision.retry_in_ms is not None
-            next_at = finished + decision.retry_in_ms
+        if step is OutcomeStep.RETRY:
+            assert retry_in_ms is not None
+            next_at = finished + retry_in_ms
             self.metrics.retries.inc()
             if not run.cancelled:
                 run.retry_entry = self._insert(next_at, Pending(FIRE, job, p.slot_ms, p.origin, attempt))
             self._put_result(ResultRow(shard, epoch, job.id, p.slot_ms, p.origin, S.RETRY_WAIT, attempt,
                                        next_attempt_ms=next_at, **row_base))  # fmt: skip
             return
+        assert status is not None
         self._end_run(job, p.slot_ms, p.origin)
-        self._finish(job, p, epoch, decision.terminal, attempt, finished, row_base)
+        self._finish(job, p, epoch, status, attempt, finished, row_base)
 
     def _finish(self, job: LoadedJob, p: Pending, epoch: int, status: ExecutionStatus, attempt: int,
                 finished_ms: int, fields: dict[str, Any]) -> None:  # fmt: skip
@@ -1055,23 +1049,18 @@ class Engine:
             **fields,
         )
         self._put_result(row)
-        if status is S.SUCCEEDED:
-            job.failures = 0
-        elif status in FAILURES:
-            job.failures += 1
+        job.failures, alert_failed, auto_pause = finish_step(
+            status, job.failures, job.spec.pause_after_failures, job.state
+        )
+        if alert_failed:
             what = row.error or f"HTTP {row.http_status}"
             self._alert(job, row, "execution_failed",
                         f"job '{job.spec.name}' slot {ms_to_datetime(row.slot_ms).isoformat()} ended {status.value} "
                         f"after {attempt} attempt(s): {what}")  # fmt: skip
-            limit = job.spec.pause_after_failures
-            if limit is not None and job.failures >= limit and job.state is JobState.ACTIVE:
-                self._change_state(job, JobState.AUTO_PAUSED, f"{job.failures} consecutive failures")
-                self._alert(
-                    job,
-                    row,
-                    "job_auto_paused",
-                    f"job '{job.spec.name}' paused after {job.failures} consecutive failures",
-                )
+        if auto_pause:
+            self._change_state(job, JobState.AUTO_PAUSED, f"{job.failures} consecutive failures")
+            self._alert(job, row, "job_auto_paused",
+                        f"job '{job.spec.name}' paused after {job.failures} consecutive failures")  # fmt: skip
         if job.buffered is not None and not job.runs:
             buffered, job.buffered = job.buffered, None
             self._fire(Pending(FIRE, job, buffered.slot_ms, buffered.origin))
@@ -1083,8 +1072,7 @@ class Engine:
         return now if now is not None and now.runs is job.runs else job
 
     def _maybe_complete(self, job: LoadedJob) -> None:
-        if (job.exhausted and not job.runs and not job.unsent and job.buffered is None
-                and job.state is JobState.ACTIVE):  # fmt: skip
+        if completes(job.state, job.exhausted, len(job.runs), job.unsent, job.buffered is not None):
             self._change_state(job, JobState.COMPLETED, "no slot left")
 
     def _change_state(self, job: LoadedJob, state: JobState, reason: str) -> None:
@@ -1188,6 +1176,8 @@ class Engine:
             return now
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
         job, claims = self._load_job(row, now)
+        if op is JobWriteOp.RESUME:
+            job.failures = 0  # a new failure streak (run_rules)
         await self._claim_rows(claims, {job_id: job})
         if job.claim_entry is not None:
             return job.claim_entry.payload.slot_ms

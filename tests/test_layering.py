@@ -9,8 +9,8 @@ API; the node and the API above them, neither importing the other. The rules, on
   nothing that ``control_api``, ``scheduler_node.store`` or ``scheduler_node.coordination`` loads imports
   trio (checked on the import graph, and once at run time in a subprocess, which also sees third parties).
 - c: nothing in ``scheduler_node`` reaches ``control_api``.
-- d: the pure cores (wheel, planner, schedule math, retry, misfire, concurrency) reach no trio, asyncpg, grpc
-  or etcd client.
+- d: the pure cores (wheel, planner, schedule math, retry, misfire, run rules) reach no trio,
+  asyncpg, grpc or etcd client.
 - e: the engine does not reach its HTTP edge (``scheduler_node.http_api``).
 - f: the dispatcher does not reach the retry policy: it reports what happened, the engine decides.
 - g: bench modules take no underscore-prefixed name from one another.
@@ -51,7 +51,7 @@ PURE_CORES = (
     "protocol.slots.*",
     "scheduler_node.retry",
     "scheduler_node.misfire",
-    "scheduler_node.concurrency",
+    "scheduler_node.run_rules",
 )
 
 
@@ -297,7 +297,7 @@ BROKEN_TREE = {
     "scheduler_node/helpers.py": "from asyncpg import Pool\n",
     "scheduler_node/retry.py": "",
     "scheduler_node/misfire.py": "",
-    "scheduler_node/concurrency.py": "",
+    "scheduler_node/run_rules.py": "",
     "scheduler_node/trio_store.py": "import trio\n",
     "scheduler_node/store/__init__.py": "from .jobs import get_job\n",
     "scheduler_node/store/jobs.py": "from ..trio_store import TrioStore\n",  # b-trio: store loads trio

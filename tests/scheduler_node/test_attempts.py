@@ -62,4 +62,4 @@ def test_fields_pass_through() -> None:
 
 
 def test_public_api() -> None:
-    assert sorted(attempts.__all__) == ["ATTEMPT_KINDS", "attempt_result"]
+    assert sorted(attempts.__all__) == ["ATTEMPT_KINDS", "attempt_result", "judged"]

@@ -217,6 +217,14 @@ async def test_consecutive_failures_auto_pause_the_job_with_alerts(
         assert set(list(statuses.values())[3:]) <= {S.SKIPPED_PAUSED}  # claimed before the pause took effect
         kinds = Counter(a.kind for a in w.store.alerts.values())
         assert kinds == {"execution_failed": 3, "job_auto_paused": 1}
+        # Resuming starts a new streak: three more failures, not one, pause the job again.
+        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.RESUME, actor="t", tenant="acme"))
+        await w.until(T0_MS + 20_000)
+        await w.settle()
+        assert w.store.job(0, job).state is JobState.AUTO_PAUSED
+        assert len(w.dispatcher.sends_of(job)) == 6
+        kinds = Counter(a.kind for a in w.store.alerts.values())
+        assert kinds == {"execution_failed": 6, "job_auto_paused": 2}
 
 
 async def test_pause_stops_firing_and_resume_fires_again(autojump_clock: trio.testing.MockClock) -> None:

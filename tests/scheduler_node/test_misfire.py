@@ -5,9 +5,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.jobs import Concurrency, Misfire, MisfirePolicy
-from scheduler_node.concurrency import Action
-from scheduler_node.concurrency import decide as concurrency
+from protocol.jobs import Misfire, MisfirePolicy
 from scheduler_node.misfire import plan_missed
 
 
@@ -50,12 +48,3 @@ def test_against_model(
         assert plan.next_slot == (not_missed[0] if not_missed else None)
         if len(seen) - len(expected_fire) <= catchup:
             assert sorted(plan.fire + plan.skip) == seen
-
-
-def test_concurrency_table() -> None:
-    assert concurrency(Concurrency.ALLOW, 3, True) is Action.SEND
-    assert concurrency(Concurrency.FORBID, 0, False) is Action.SEND
-    assert concurrency(Concurrency.FORBID, 1, False) is Action.SKIP
-    assert concurrency(Concurrency.BUFFER_ONE, 1, False) is Action.BUFFER
-    assert concurrency(Concurrency.BUFFER_ONE, 1, True) is Action.SKIP
-    assert concurrency(Concurrency.REPLACE, 1, False) is Action.REPLACE
