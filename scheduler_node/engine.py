@@ -463,8 +463,7 @@ class Engine:
     async def _held_loop(self) -> None:
         while True:
             await self._held_ready.wait()
-            while not self._may_send():
-                await trio.sleep(0.05)
+            await self.ownership.wait_valid()
             self._held_ready = trio.Event()
             now = self.clock.now_ms()
             for state in list(self._shards.values()):
@@ -831,10 +830,8 @@ class Engine:
     async def _until_sendable(self, rows: list[ClaimRow]) -> list[ClaimRow]:
         """Wait until the lease is confirmed again (``valid_until`` ahead); returns the rows whose shard is
         still ours then (none: every one was lost meanwhile)."""
-        while rows and not self._may_send():
-            await trio.sleep(0.05)
-            rows = [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
-        return rows
+        await self.ownership.wait_valid()
+        return [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
 
     # ---- firing ------------------------------------------------------------------------------------------
 
@@ -969,9 +966,12 @@ class Engine:
             await self._outcomes_ready.wait()
             # The bound matters only when sends queue for long (a slow host at its cap): then outcomes are
             # recorded in batches once a second. A burst of 5,000 takes a few hundred ms: it is never cut.
-            latest = trio.current_time() + 1.0
-            while (self._firing or self.dispatcher.waiting) and trio.current_time() < latest:
-                await trio.sleep(0.005)
+            with trio.move_on_after(1.0):
+                while self._firing or self.dispatcher.waiting:
+                    if self._firing:
+                        await self._burst_over.wait()
+                    else:
+                        await self.dispatcher.wait_queue_empty()
             self._gc.release()
             batch, self._outcomes = self._outcomes, []
             self._outcomes_ready = trio.Event()

@@ -36,7 +36,7 @@ from protocol.planner import plan_for
 
 from .coordination import ClusterView, LeaseAck, LeaseNotFound, NodeInfo
 from .coordination.trio_adapter import TrioCoordinator
-from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
+from .ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested, Validity
 from .store_health import backoff_s
 
 __all__ = ["EtcdOwnership"]
@@ -74,7 +74,7 @@ class EtcdOwnership:
         self._grants: dict[int, Grant] = {}
         self._releasing: set[int] = set()
         self._lease: LeaseAck | None = None
-        self._valid_until = -math.inf
+        self._validity = Validity()
         self._refusing: str | None = None
         self._kick = trio.Event()
         self._rejoining = trio.Lock()
@@ -87,7 +87,10 @@ class EtcdOwnership:
         return self._grants
 
     def valid_until(self) -> float:
-        return self._valid_until
+        return self._validity.until
+
+    async def wait_valid(self) -> None:
+        await self._validity.wait()
 
     async def released(self, shard: int) -> None:
         self._grants.pop(shard, None)
@@ -133,7 +136,7 @@ class EtcdOwnership:
             try:
                 ack = await self.coord.grant_lease(self.ttl_s)
                 self._lease = ack
-                self._valid_until = ack.valid_until(self.margin_s)
+                self._validity.set(ack.valid_until(self.margin_s))
                 await self._register()
                 log.info("node %s joined with lease %x (ttl %ds)", self.node_id, ack.lease_id, ack.ttl)
                 return
@@ -164,7 +167,7 @@ class EtcdOwnership:
                 failures = 0
             if ack is not None:
                 self._lease = ack
-                self._valid_until = ack.valid_until(self.margin_s)
+                self._validity.set(ack.valid_until(self.margin_s))
                 continue
             await self._rejoin(self._lease)
 
@@ -181,7 +184,7 @@ class EtcdOwnership:
             if self._lease is not dead:
                 return  # the other caller (keepalive or reconcile) already did it
             log.warning("lease expired: dropping %d shards and joining again", len(self._grants))
-            self._valid_until = -math.inf
+            self._validity.set(-math.inf)
             for shard in list(self._grants):
                 self.lost(shard)
             await self._join()
@@ -228,7 +231,7 @@ class EtcdOwnership:
         for shard in sorted(release & set(self._grants) - self._releasing):
             self._releasing.add(shard)
             self._send.send_nowait(RevokeRequested(shard, deadline))
-        if trio.current_time() >= self._valid_until:
+        if trio.current_time() >= self._validity.until:
             return  # no taking while our own lease may be dead
         # Keys of ours that we do not hold (a fenced write dropped the shard while the key stayed): take them
         # again with a fresh epoch, or nobody would (the key says we own it).
@@ -244,7 +247,7 @@ class EtcdOwnership:
                 continue
             epoch = await self._bump(shard)
             await self.coord.set_shard_epoch(shard, self.node_id, epoch, lease.lease_id)
-            self._grants[shard] = Grant(epoch, self._valid_until)
+            self._grants[shard] = Grant(epoch, self._validity.until)
             self._send.send_nowait(Acquired(shard, epoch))
         if len(take - set(self._grants)) > 0:
             self._kick.set()  # more to take next round

@@ -4,6 +4,7 @@ Rules (DESIGN.md §4, §5b):
 - ``grants()`` maps each owned shard to ``Grant(epoch, valid_until)``. The epoch comes from PostgreSQL
   (``shard_epochs``), never from etcd, and fences every write. ``valid_until`` is in ``trio.current_time()``
   seconds: past it the node must not send for any shard (the lease may have expired and another node taken over).
+  ``wait_valid()`` returns once it lies ahead again (at once when it does): the node waits on it, never polls.
 - Changes arrive as events, in order, on ``events`` (a trio receive channel):
   ``Acquired(shard, epoch)`` — load the shard; ``RevokeRequested(shard, deadline)`` — release it gracefully
   and then ``await ownership.released(shard)``; ``Lost(shard)`` — drop it at once, no more writes for it.
@@ -32,6 +33,7 @@ __all__ = [
     "OwnershipEvent",
     "RevokeRequested",
     "StaticOwnership",
+    "Validity",
     "parse_shard_ranges",
 ]
 
@@ -62,12 +64,33 @@ class Lost:
 OwnershipEvent = Acquired | RevokeRequested | Lost
 
 
+class Validity:
+    """A lease's validity deadline in ``trio.current_time()`` seconds, and a wait for it to lie ahead."""
+
+    def __init__(self, until: float = -math.inf) -> None:
+        self.until = until
+        self._changed = trio.Event()
+
+    def set(self, until: float) -> None:
+        self.until = until
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait(self) -> None:
+        """Return once ``now < until`` (with a checkpoint when it already is)."""
+        while trio.current_time() >= self.until:
+            await self._changed.wait()
+        await trio.lowlevel.checkpoint()
+
+
 class Ownership(Protocol):
     events: trio.MemoryReceiveChannel[OwnershipEvent]
 
     def grants(self) -> Mapping[int, Grant]: ...
 
     def valid_until(self) -> float: ...
+
+    async def wait_valid(self) -> None: ...
 
     async def released(self, shard: int) -> None: ...
 
@@ -109,6 +132,9 @@ class StaticOwnership:
 
     def valid_until(self) -> float:
         return math.inf
+
+    async def wait_valid(self) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def released(self, shard: int) -> None:
         self._grants.pop(shard, None)

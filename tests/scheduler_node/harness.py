@@ -28,6 +28,7 @@ from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import JobSpec
 from scheduler_node.engine import EngineTuning
 from scheduler_node.node import Node, NodeConfig
+from scheduler_node.ownership import parse_shard_ranges
 
 SECRET = "test-cluster-secret"
 
@@ -154,8 +155,7 @@ async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) ->
         await n.start(lambda task_status: node.run(handle_signals=False, task_status=task_status))
         assert node.engine is not None
         with trio.fail_after(30):
-            while not node.engine.ready():
-                await trio.sleep(0.02)
+            await node.engine.wait_loaded(parse_shard_ranges(config.shards, node.engine.config.shard_count))
         yield node
         if crash:
             n.cancel_scope.cancel()

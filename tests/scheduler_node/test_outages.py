@@ -211,7 +211,7 @@ def _whole_second_ago(seconds: float) -> datetime:
 
 
 @pytest.mark.slow
-async def test_a_cluster_rides_out_postgresql_paused_restarted_and_killed(
+async def test_a_cluster_rides_out_postgresql_stalled_then_killed(
     own_pg: EmbeddedPostgres, etcd_server: EmbeddedEtcd, etcd_prefix: str
 ) -> None:
     async def degraded(node: str) -> bool:
@@ -222,40 +222,40 @@ async def test_a_cluster_rides_out_postgresql_paused_restarted_and_killed(
     async def paused(seconds: float) -> None:
         await trio.to_thread.run_sync(own_pg.pause)
         with trio.move_on_after(seconds):
-            if seconds > STALL_S + 5:  # long enough to be reported: a paused server raises nothing at first
-                await wait_for(lambda: degraded("n1"), timeout=seconds)
-                reported.append(seconds)
+            await wait_for(lambda: degraded("n1"), timeout=seconds)  # a stall raises nothing: it is timed
+            reported.append(seconds)
             await trio.sleep_forever()
         own_pg.resume()
 
-    async def restarted(kill: bool) -> None:
-        await trio.to_thread.run_sync(own_pg.kill if kill else own_pg.stop)
+    async def killed_and_restarted() -> None:
+        await trio.to_thread.run_sync(own_pg.kill)
         await wait_for(lambda: degraded("n1"), timeout=20)
         await trio.sleep(3)
         await trio.to_thread.run_sync(own_pg.start)
 
+    # What the engine does meanwhile (claims held back, results kept, the misfire policy after) is tested on
+    # virtual time (test_engine.py) and a restart with one node above; here the real processes: a server that
+    # stalls (answers nothing, raises nothing) past the lease TTL and the stall limit, then one killed outright.
     reported: list[float] = []
     async with target_running() as target:
         with cluster(own_pg.dsn, etcd_server.endpoint, etcd_prefix) as c:
             jobs, since = await _two_nodes_firing(c, target)
-            await paused(3 * TTL)
+            stall = STALL_S + 6  # past the stall limit with room to report it, and past 3 lease TTLs
+            assert stall > 3 * TTL
+            await paused(stall)
+            assert reported == [stall]
             await _caught_up(c, own_pg.dsn, target, jobs, since)
-            await paused(30)
-            assert reported == [30]
-            await _caught_up(c, own_pg.dsn, target, jobs, since)
-            await restarted(kill=False)  # a fast shutdown: every connection cut
-            await _caught_up(c, own_pg.dsn, target, jobs, since)
-            await restarted(kill=True)  # every process of the server killed: crash recovery at start
+            await killed_and_restarted()  # every process of the server killed: crash recovery at start
             await _caught_up(c, own_pg.dsn, target, jobs, since)
     rows = await query(own_pg.dsn, "SELECT 1 FROM executions WHERE status IN ('claimed', 'retry_wait')")
     assert rows == []  # the nodes left gracefully: nothing stays claimed
 
 
 @pytest.mark.slow
-async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_three(
+async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_two(
     db_dsn: str, tmp_path: Path
 ) -> None:
-    ttl = 5  # the default: a pause of TTL - 1.5 s must move nothing
+    ttl = 3  # keepalives every second as with the default 5: a pause of TTL - 1.5 s must move nothing
     etcd = EmbeddedEtcd(tmp_path / "etcd", durable=False).start()
 
     async def placement() -> tuple[dict[int, str], dict[int, int]]:
@@ -276,7 +276,7 @@ async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_thre
 
                 await trio.to_thread.run_sync(etcd.kill)
                 killed = datetime.now(UTC)
-                await trio.sleep(3 * ttl)
+                await trio.sleep(2 * ttl)  # past the TTL: only leases kept across the restart keep the shards
                 silent = (killed + timedelta(seconds=ttl), datetime.now(UTC))
                 await trio.to_thread.run_sync(etcd.start)  # etcd keeps its leases across a restart
                 await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))

@@ -185,8 +185,7 @@ async def run_script(
                 w.ownership.valid = float("inf")
             elif what == "release":
                 w.ownership.revoke(0)
-                while 0 in w.ownership.grants():
-                    await trio.sleep(0.1)
+                await w.ownership.wait_released(0)
                 await trio.sleep(seconds)
                 await w.grant(0)
             if what not in ("pause", "resume"):

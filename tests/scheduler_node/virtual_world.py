@@ -40,7 +40,7 @@ from protocol.shards import shard_of
 from scheduler_node.clock import Clock, ms_to_datetime
 from scheduler_node.dispatch import DispatcherStatistics, Outcome, OutcomeKind, SendRequest
 from scheduler_node.engine import Engine, EngineConfig, EngineTuning
-from scheduler_node.ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested
+from scheduler_node.ownership import Acquired, Grant, Lost, OwnershipEvent, RevokeRequested, Validity
 from scheduler_node.store import Fence
 from scheduler_node.store_health import StoreHealth
 
@@ -98,7 +98,8 @@ class ScriptedDispatcher:
         self.sends: list[Sent] = []
         self.cancelled: list[FakeExchange] = []
         self.in_flight = 0
-        self.backlog = 0  # what ``waiting`` reports: sends queued for a connection (a slow host at its cap)
+        self._backlog = 0
+        self._backlog_gone = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     @asynccontextmanager
@@ -110,7 +111,24 @@ class ScriptedDispatcher:
 
     @property
     def waiting(self) -> int:
-        return self.backlog
+        return self._backlog
+
+    @property
+    def backlog(self) -> int:
+        """What ``waiting`` reports: sends queued for a connection (a slow host at its cap)."""
+        return self._backlog
+
+    @backlog.setter
+    def backlog(self, n: int) -> None:
+        self._backlog = n
+        if n == 0:
+            self._backlog_gone.set()
+            self._backlog_gone = trio.Event()
+
+    async def wait_queue_empty(self) -> None:
+        while self._backlog:
+            await self._backlog_gone.wait()
+        await trio.lowlevel.checkpoint()
 
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
@@ -213,24 +231,48 @@ class TestOwnership:
     def __init__(self, store: MemoryStore, node: str) -> None:
         self.store = store
         self.node = node
-        self.valid = math.inf
+        self._validity = Validity(math.inf)
         self._grants: dict[int, Grant] = {}
         self.released_shards: list[int] = []
+        self._dropped = trio.Event()  # a grant ended (released, lost or expired)
         self._send, self.events = trio.open_memory_channel[OwnershipEvent](math.inf)
 
     def grants(self) -> dict[int, Grant]:
         return self._grants
 
+    @property
+    def valid(self) -> float:
+        """The lease's validity (trio seconds): set it to the present to block sends, to inf to free them."""
+        return self._validity.until
+
+    @valid.setter
+    def valid(self, until: float) -> None:
+        self._validity.set(until)
+
     def valid_until(self) -> float:
-        return self.valid
+        return self._validity.until
+
+    async def wait_valid(self) -> None:
+        await self._validity.wait()
 
     async def released(self, shard: int) -> None:
         self._grants.pop(shard, None)
         self.released_shards.append(shard)
+        self._grant_dropped()
+
+    def _grant_dropped(self) -> None:
+        self._dropped.set()
+        self._dropped = trio.Event()
+
+    async def wait_released(self, shard: int) -> None:
+        """Return once ``shard`` is no longer granted (after ``revoke``: once the engine released it)."""
+        while shard in self._grants:
+            await self._dropped.wait()
 
     def lost(self, shard: int) -> None:
         if self._grants.pop(shard, None) is not None:
             self._send.send_nowait(Lost(shard))
+            self._grant_dropped()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -247,8 +289,7 @@ class TestOwnership:
 
     def expire(self, shard: int) -> None:
         """The lease ran out (another node may take the shard): ``Lost`` without a fenced write."""
-        if self._grants.pop(shard, None) is not None:
-            self._send.send_nowait(Lost(shard))
+        self.lost(shard)
 
 
 def job_id_in(shard: int) -> uuid.UUID:
