@@ -233,7 +233,7 @@ class Dispatcher:
         return self._waiting
 
     async def wait_queue_empty(self) -> None:
-        """Return once no exchange is queued (``waiting`` is 0): the sends submitted so far are all started."""
+        """Return once no exchange is queued (``waiting`` is 0): every send submitted so far has started."""
         while self._waiting:
             if self._queue_empty is None:
                 self._queue_empty = trio.Event()

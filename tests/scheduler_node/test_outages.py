@@ -234,8 +234,8 @@ async def test_a_cluster_rides_out_postgresql_stalled_then_killed(
         await trio.to_thread.run_sync(own_pg.start)
 
     # What the engine does meanwhile (claims held back, results kept, the misfire policy after) is tested on
-    # virtual time (test_engine.py) and a restart with one node above; here the real processes: a server that
-    # stalls (answers nothing, raises nothing) past the lease TTL and the stall limit, then one killed outright.
+    # virtual time (test_engine.py), a restart with one node above; here what real processes do: a server
+    # stalls (answers nothing, raises nothing) past the lease TTL and the stall limit, then one is killed.
     reported: list[float] = []
     async with target_running() as target:
         with cluster(own_pg.dsn, etcd_server.endpoint, etcd_prefix) as c:
