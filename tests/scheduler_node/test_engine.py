@@ -247,6 +247,20 @@ async def test_pause_stops_firing_and_resume_fires_again(autojump_clock: trio.te
         assert all(st in TERMINAL for st in w.statuses(job).values())
 
 
+async def test_a_slot_claimed_at_write_time_fires_even_when_the_next_is_beyond_the_horizon(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await w.grant(0)
+        await w.until(T0_MS + 1_000)
+        # due within the 300 ms lookahead when written; its next slot is 2 h away, beyond the 60 s horizon
+        job = await w.add_job(spec("2h", start_at=at(1_200)))
+        await w.until(T0_MS + 5_000)
+        await w.settle()
+        assert [s.slot_ms for s in w.dispatcher.sends_of(job)] == [T0_MS + 1_200]
+        assert w.statuses(job) == {1_200: S.SUCCEEDED}
+
+
 async def test_an_at_job_fires_once_and_completes(autojump_clock: trio.testing.MockClock) -> None:
     async with world() as w:
         await w.grant(0)

@@ -249,18 +249,6 @@ async def test_graceful_stop_gives_back_claimed_unsent_slots(db_dsn: str) -> Non
     assert len(rows) == len(target.at("/give"))
 
 
-async def test_a_slot_claimed_at_write_time_fires_even_when_the_next_is_beyond_the_horizon(
-    db_dsn: str,
-) -> None:
-    async with target_running() as target, node_running(db_dsn) as node:
-        start = datetime.now(UTC) + timedelta(milliseconds=200)
-        start = start.replace(microsecond=start.microsecond // 1000 * 1000)
-        # due within the 300 ms lookahead when written; its next slot is 2 h away, beyond the 60 s horizon
-        job = await create(node, spec(target.url("/soon"), Every("2h"), start_at=start))
-        await wait_for(lambda: _count(target, "/soon", 1), timeout=5)
-    assert await statuses(db_dsn, job) == [S.SUCCEEDED]
-
-
 async def test_a_graceful_stop_mid_burst_leaves_nothing_claimed_and_records_every_send(db_dsn: str) -> None:
     from bench.harness import insert_jobs
 
