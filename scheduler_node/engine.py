@@ -364,15 +364,20 @@ class Engine:
                 self._drop_shard(shard)  # its claims so far stay for the next owner's takeover
             await self.ownership.released(shard)
             return
-        state.phase = Phase.RELEASING
+        state.phase = Phase.RELEASING  # no claim statement of the shard starts from here on
         epoch = state.epoch
         for job in list(state.jobs.values()):
             self._cancel_claim(job)
-        keys = self._take_unsent(state)
-        if keys:
-            result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
-            if result.fenced:
-                log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
+        # Give back once the claim statement in flight, if any, committed: one committing after the give-back
+        # would raise cursors past the slots given back, and the next owner would never plan them. Should a
+        # claim wait out an unconfirmed lease past the deadline, the rows stay ``claimed`` for the takeover.
+        with trio.move_on_at(deadline):
+            async with state.claiming:
+                keys = self._take_unsent(state)
+                if keys:
+                    result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
+                    if result.fenced:
+                        log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
         with trio.move_on_at(deadline):
             await state.idle.wait()
         await self.writer.flush()
@@ -401,7 +406,7 @@ class Engine:
             return
         unsent = self._take_unsent(state)
         if give_back and unsent and self._nursery is not None:
-            self._nursery.start_soon(self._give_back, shard, state.epoch, unsent)
+            self._nursery.start_soon(self._give_back, state, unsent)
         for job in list(state.jobs.values()):
             self._cancel_claim(job)
         for run in state.runs.values():
@@ -421,13 +426,14 @@ class Engine:
         keys += [ExecKey(state.shard, *key) for key, p in held.items() if p.attempt == 0]
         return keys
 
-    async def _give_back(self, shard: int, epoch: int, keys: list[ExecKey]) -> None:
+    async def _give_back(self, state: ShardState, keys: list[ExecKey]) -> None:
         try:
-            result = await self.db.call(store.delete_unsent_claims, shard, epoch, keys)
+            async with state.claiming:  # after the claim statement in flight (see _release)
+                result = await self.db.call(store.delete_unsent_claims, state.shard, state.epoch, keys)
         except DatabaseUnavailable:
             return  # best effort: the next owner's takeover settles them
         if not result.fenced:
-            log.info("shard %d: gave back %d unsent claims", shard, len(result.applied))
+            log.info("shard %d: gave back %d unsent claims", state.shard, len(result.applied))
 
     def _forget_shard(self, shard: int) -> None:
         state = self._shards.pop(shard, None)
@@ -758,18 +764,18 @@ class Engine:
         held_back = trio.current_time() > started  # waited: re-planned like any claim an outage held back
         failed = False
         while True:
+            rows = self._still_ours(rows)  # a shard released or lost since they were planned claims nothing
+            if not rows:
+                return
             if not self._may_send():
                 # Nothing is claimed that could not be sent: the claims wait for the lease to prove alive.
                 held_back = True
-                rows = await self._until_sendable(rows)
-                if not rows:
-                    return
+                await self.ownership.wait_valid()
                 continue
             if held_back:
                 # Claims that waited out an outage: slots now past their grace follow the misfire policy, and
                 # what a lost first attempt inserted is found (ON CONFLICT would hide it from the retry).
-                rows = self._replan_held_back([r for r in rows if self._granted_epoch(r.shard) == r.epoch],
-                                              jobs, self.clock.now_ms())  # fmt: skip
+                rows = self._replan_held_back(rows, jobs, self.clock.now_ms())
                 if not rows:
                     return
                 # one row per slot: what is sent must be what was inserted (a re-plan may repeat a slot)
@@ -827,11 +833,11 @@ class Engine:
             kept += self._plan_from(jobs[job_id], first - 1, now)
         return kept
 
-    async def _until_sendable(self, rows: list[ClaimRow]) -> list[ClaimRow]:
-        """Wait until the lease is confirmed again (``valid_until`` ahead); returns the rows whose shard is
-        still ours then (none: every one was lost meanwhile)."""
-        await self.ownership.wait_valid()
-        return [r for r in rows if self._granted_epoch(r.shard) == r.epoch]
+    def _still_ours(self, rows: list[ClaimRow]) -> list[ClaimRow]:
+        """The rows whose shard is still held at the row's epoch and not being released."""
+        stale = {(r.shard, r.epoch) for r in rows}
+        stale = {(shard, epoch) for shard, epoch in stale if self._granted_epoch(shard) != epoch}
+        return [r for r in rows if (r.shard, r.epoch) not in stale] if stale else rows
 
     # ---- firing ------------------------------------------------------------------------------------------
 

@@ -136,14 +136,16 @@ async def run_script(
     plans: list[JobPlan], script: list[tuple[int, str, int, int]], answers: list[int]
 ) -> None:
     def respond(r: SendRequest) -> Reply:
-        # the same attempt of the same slot always gets the same answer, whatever happened before
-        which = zlib.crc32(f"{r.template.job_id} {r.scheduled_at_ms} {r.attempt}".encode())
+        # The same attempt of the same slot always gets the same answer, whatever happened before, and in
+        # every run of the example (job ids are random: the job's place in the plans stands for it).
+        job = ids.index(uuid.UUID(r.template.job_id))
+        which = zlib.crc32(f"{job} {r.scheduled_at_ms - T0_MS} {r.attempt}".encode())
         return REPLIES[answers[which % len(answers)]]
 
     clock = VirtualClock()
     store = RecordingStore(clock.now_ms)
+    ids: list[uuid.UUID] = []
     async with world(respond, store=store) as w:
-        ids: list[uuid.UUID] = []
         for plan in plans:
             job_id = job_id_in(0)
             w.store_job(job_id, spec_of(plan), shard=0)
