@@ -842,7 +842,9 @@ class Engine:
     # ---- firing ------------------------------------------------------------------------------------------
 
     def _fire(self, p: Pending) -> None:
-        job = p.job
+        # A slot claimed before a reload of its job fires on the reloaded object, which holds its runs and
+        # buffered slot now (buffered on the old one, it was never fired).
+        job = self._current(p.job)
         key = (p.slot_ms, p.origin)
         state = self._shards.get(job.shard)
         if state is None:

@@ -261,6 +261,25 @@ async def test_a_slot_claimed_at_write_time_fires_even_when_the_next_is_beyond_t
         assert w.statuses(job) == {1_200: S.SUCCEEDED}
 
 
+async def test_a_slot_buffered_across_a_reload_of_its_job_is_fired(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A write reloads the job while its next slot is being claimed; that slot, claimed for the old object,
+    is buffered behind the slow run in flight and must fire when the run ends (found by the model test: it was
+    buffered on the old object, which nothing fired, and stayed ``claimed``)."""
+    async with world(lambda r: slow(2.5)) as w:
+        await w.grant(0)
+        job = await w.add_job(spec(concurrency=Concurrency.BUFFER_ONE))
+        await w.until(T0_MS + 700)  # the claim of 1 s falls due now
+        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.RESUME, actor="t", tenant="acme"))
+        await w.until(T0_MS + 12_500)
+        await w.settle()
+        statuses = w.statuses(job)
+        assert statuses[1_000] is S.SUCCEEDED
+        # runs of 2.5 s, one at a time: by 12.5 s the slots up to 7 s have ended
+        assert {s: st for s, st in statuses.items() if s <= 7_000 and st not in TERMINAL} == {}
+
+
 async def test_an_at_job_fires_once_and_completes(autojump_clock: trio.testing.MockClock) -> None:
     async with world() as w:
         await w.grant(0)
