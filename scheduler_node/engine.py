@@ -538,8 +538,8 @@ class Engine:
             # What runs and waits moves to the new object; the old one keeps none of it (both holding the
             # buffered slot fired it twice). Work in flight still points at the old one: see _current.
             job.runs, job.failures, job.buffered = old.runs, old.failures, old.buffered
-            job.last_claimed_ms = old.last_claimed_ms
-            old.buffered = None
+            job.last_claimed_ms, job.unsent = old.last_claimed_ms, old.unsent
+            old.buffered, old.unsent = None, 0
             self._cancel_claim(old)
         self.jobs[job.id] = job
         state = self._shards.get(job.shard)
@@ -808,6 +808,7 @@ class Engine:
             if state is None:
                 continue  # dropped meanwhile: the row is the next owner's
             slot = key.slot_ms
+            job = self._current(job)  # reloaded while the claim ran: the slot is the new object's
             entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
             state.unsent[(job.id, slot, key.origin)] = entry
             job.unsent += 1
@@ -1075,7 +1076,8 @@ class Engine:
         self._maybe_complete(job)
 
     def _current(self, job: LoadedJob) -> LoadedJob:
-        """The job as loaded now: a run that began before a reload finishes on the reloaded object."""
+        """The job as loaded now: a slot claimed or a run begun before a reload goes on on the reloaded object
+        (which took over the old one's runs, buffered slot and count of claimed slots)."""
         now = self.jobs.get(job.id)
         return now if now is not None and now.runs is job.runs else job
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import msgspec
 import pytest
 import trio
 
@@ -280,12 +281,27 @@ async def test_a_slot_buffered_across_a_reload_of_its_job_is_fired(
         assert {s: st for s, st in statuses.items() if s <= 7_000 and st not in TERMINAL} == {}
 
 
-async def test_an_at_job_fires_once_and_completes(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("edited", [False, True])
+async def test_an_at_job_fires_once_and_completes(
+    autojump_clock: trio.testing.MockClock, edited: bool
+) -> None:
+    once = JobSpec(name="once", schedule=At(at(3_000)), target=Target(url="http://127.0.0.1:9/"))
     async with world() as w:
         await w.grant(0)
-        job = await w.add_job(
-            JobSpec(name="once", schedule=At(at(3_000)), target=Target(url="http://127.0.0.1:9/"))
-        )
+        job = await w.add_job(once)
+        if edited:  # edited once its slot is claimed: the reloaded job still waits for that slot to end
+            await w.until(T0_MS + 2_800)
+            await w.engine.apply_write(
+                job,
+                JobWrite(
+                    op=JobWriteOp.UPSERT,
+                    actor="t",
+                    tenant="acme",
+                    spec=msgspec.structs.replace(once, description="x"),
+                ),
+            )
+            await w.until(T0_MS + 2_900)
+            assert w.store.job(0, job).state is JobState.ACTIVE
         await w.until(T0_MS + 10_000)
         await w.settle()
         assert [s.slot_ms - T0_MS for s in w.dispatcher.sends_of(job)] == [3_000]
@@ -435,8 +451,8 @@ async def test_a_write_to_a_fenced_shard_drops_it(autojump_clock: trio.testing.M
 async def test_forbid_sees_a_finished_run_while_another_host_keeps_sends_queued(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Outcomes are recorded once the dispatcher's queue is empty, or a second later: a slow host kept at its cap
-    keeps that queue busy, and a FORBID job elsewhere must still see its last run as finished."""
+    """Outcomes are recorded once the dispatcher's queue is empty, or a second later: a slow host kept at its
+    cap keeps that queue busy, and a FORBID job elsewhere must still see its last run as finished."""
     async with world(lambda r: slow(0.2)) as w:
         w.dispatcher.backlog = 5
         await w.grant(0)
