@@ -488,7 +488,7 @@ class Engine:
                 self._fire(p)
         for pending in missed.values():
             pending.sort(key=lambda p: p.slot_ms)
-            job = pending[0].job
+            job = self._current(pending[0].job)
             plan = plan_missed([p.slot_ms for p in pending], now, job.spec.misfire)
             fire = set(plan.fire)
             for p in pending:
