@@ -382,7 +382,9 @@ class Engine:
             await state.idle.wait()
         await self.writer.flush()
         if self._shards.get(shard) is state:
-            self._forget_shard(shard)
+            # What is left (a retry waiting for its time, a request past the deadline) is the next owner's, as
+            # its row says: cancelled here, or it would go on under whatever state holds the shard next.
+            self._drop_shard(shard)
         await self.ownership.released(shard)
 
     def lose_shard(self, shard: int, epoch: int) -> None:
@@ -862,7 +864,7 @@ class Engine:
             return
         if p.attempt > 0:  # a retry, or a run resumed at takeover
             run = job.runs.get(key)
-            if run is None or run.cancelled:
+            if run is None or run.cancelled or state.runs.get(skey) is not run:
                 return  # replaced or dropped while its entry was already due in this tick: nothing to send
             run.retry_entry = None
             self._attempt(job, p, run)

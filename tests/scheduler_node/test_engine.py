@@ -421,6 +421,28 @@ async def test_a_release_as_the_lease_returns_leaves_no_slot_unplanned(
             assert all(st in TERMINAL for st in statuses.values())
 
 
+async def test_a_retry_waiting_when_its_shard_is_released_is_the_next_owners(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found by the model test: a retry entry left in the wheel by a release fired under the state that held
+    the shard next, next to the new owner's own resumption of the row: the slot ran twice."""
+    async with world(lambda r: Reply(status=503, retry_after_s=2)) as w:
+        await w.grant(0)
+        job = await w.add_job(
+            JobSpec(name="once", schedule=At(at(1_000)), target=Target(url="http://127.0.0.1:9/"),
+                    retry=RetryPolicy(max_attempts=3, jitter=0))  # fmt: skip
+        )
+        await w.until(T0_MS + 1_500)  # attempt 1 answered 503: attempt 2 waits for 3 s
+        w.ownership.revoke(0)
+        await w.ownership.wait_released(0)
+        await w.grant(0)  # the next owner (this node again) resumes the row from the store
+        await w.until(T0_MS + 10_000)
+        await w.settle()
+        assert [s.attempt for s in w.dispatcher.sends_of(job)] == [1, 2, 3]
+        (row,) = w.rows(job).values()
+        assert (row.status, row.attempt) == (S.FAILED, 3)
+
+
 async def test_a_graceful_release_gives_back_unsent_claims_and_lets_runs_finish(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
