@@ -139,7 +139,6 @@ class Dispatcher:
         self._connecting: set[Exchange] = set()  # exchanges waiting for a connection opened for them
         self._in_flight = 0
         self._waiting = 0
-        self._queue_empty: trio.Event | None = None  # made by the first wait_queue_empty, set at 0 waiting
         self._stack: contextlib.AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._closed = False
@@ -232,14 +231,6 @@ class Dispatcher:
         """Exchanges queued for a connection or a slot: a burst is still being written while this is > 0."""
         return self._waiting
 
-    async def wait_queue_empty(self) -> None:
-        """Return once no exchange is queued (``waiting`` is 0): every send submitted so far has started."""
-        while self._waiting:
-            if self._queue_empty is None:
-                self._queue_empty = trio.Event()
-            await self._queue_empty.wait()
-        await trio.lowlevel.checkpoint()
-
     def statistics(self) -> DispatcherStatistics:
         origins = {origin: op.statistics() for origin, op in self._origins.items()}
         return DispatcherStatistics(
@@ -315,9 +306,6 @@ class Dispatcher:
         old = ex.advance(event)
         if old is _QUEUED:
             self._waiting -= 1
-            if not self._waiting and self._queue_empty is not None:
-                self._queue_empty.set()
-                self._queue_empty = None
             if ex.state is _DONE:
                 ex.op.drop_waiting()
             else:

@@ -5,7 +5,7 @@ import math
 import pytest
 import trio
 
-from scheduler_node.ownership import Acquired, Lost, StaticOwnership, parse_shard_ranges
+from scheduler_node.ownership import Acquired, Lost, StaticOwnership, Validity, parse_shard_ranges
 
 
 def test_parse_shard_ranges() -> None:
@@ -35,6 +35,31 @@ async def test_static_ownership_bumps_each_epoch_and_reports_loss() -> None:
         with pytest.raises(trio.WouldBlock):
             own.events.receive_nowait()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_wait_for_validity_returns_only_once_the_lease_lies_ahead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    validity = Validity()
+    woke: list[float] = []
+
+    async def waiter() -> None:
+        await validity.wait()
+        woke.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.sleep(5)
+        validity.set(trio.current_time() - 1)  # a keepalive answered too late: still past
+        await trio.sleep(5)
+        assert woke == []
+        validity.set(trio.current_time() + 3)
+    assert woke == [10.0]
+    await validity.wait()  # ahead: at once
+    await trio.sleep(3)
+    with trio.move_on_after(60) as waited:
+        await validity.wait()  # it passed meanwhile, and nothing renews it
+    assert waited.cancelled_caught
 
 
 def test_metrics_render_and_quantiles() -> None:

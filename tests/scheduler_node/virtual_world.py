@@ -98,8 +98,7 @@ class ScriptedDispatcher:
         self.sends: list[Sent] = []
         self.cancelled: list[FakeExchange] = []
         self.in_flight = 0
-        self._backlog = 0
-        self._backlog_gone = trio.Event()
+        self.backlog = 0  # what ``waiting`` reports: sends queued for a connection (a slow host at its cap)
         self._nursery: trio.Nursery | None = None
 
     @asynccontextmanager
@@ -111,24 +110,7 @@ class ScriptedDispatcher:
 
     @property
     def waiting(self) -> int:
-        return self._backlog
-
-    @property
-    def backlog(self) -> int:
-        """What ``waiting`` reports: sends queued for a connection (a slow host at its cap)."""
-        return self._backlog
-
-    @backlog.setter
-    def backlog(self, n: int) -> None:
-        self._backlog = n
-        if n == 0:
-            self._backlog_gone.set()
-            self._backlog_gone = trio.Event()
-
-    async def wait_queue_empty(self) -> None:
-        while self._backlog:
-            await self._backlog_gone.wait()
-        await trio.lowlevel.checkpoint()
+        return self.backlog
 
     def statistics(self) -> DispatcherStatistics:
         return DispatcherStatistics(
