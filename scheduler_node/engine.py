@@ -979,7 +979,7 @@ class Engine:
             # recorded in batches once a second. A burst of 5,000 takes a few hundred ms: it is never cut.
             # A poll, not a wait on the queue emptying: measured, waking the moment the queue empties (at
             # N=5000 on the whole second) put the node seconds behind in 7 of 17 bench runs, the poll in
-            # none of 14 (docs/bench.md, issue 11).
+            # none of 15 (docs/bench.md, issue 11).
             latest = trio.current_time() + 1.0
             while (self._firing or self.dispatcher.waiting) and trio.current_time() < latest:
                 await trio.sleep(0.005)
