@@ -8,9 +8,9 @@ Needs only Python >= 3.11 and access to the package registry. The venv lives in 
 when `requirements.lock` or `pyproject.toml` changes (a stamp file holds their hash), so both commands are
 safe to repeat. Anything after the command is passed through (`python3 bootstrap.py test -k wheel`).
 
-`test` runs the suite in two worker processes, a test file per worker at a time (pytest-xdist): most of the
-suite's wall time is node processes waiting out lease TTLs and real seconds, which overlap well; `-n 0` after
-the command runs it in one process.
+`test` runs the suite in two worker processes (pytest-xdist): the tests that run real nodes on the wall clock
+share one worker, one after another (tests/conftest.py), while the other runs the CPU-bound rest beside them;
+`-n 0` after the command runs it all in one process.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     env = dict(os.environ)
     if cmd == "test":
-        args = [str(PY), "-m", "pytest", "-n", "2", "--dist", "loadfile", *rest]
+        args = [str(PY), "-m", "pytest", "-n", "2", "--dist", "loadgroup", *rest]
     elif cmd == "dev":
         args = [str(BIN / "shardwheel"), "dev", *rest]
     else:

@@ -99,3 +99,16 @@ def empty_db_dsn(pg_server: EmbeddedPostgres) -> Iterator[str]:
 @pytest.fixture
 def etcd_prefix() -> str:
     return f"/sw-test-{uuid.uuid4().hex[:12]}"
+
+
+# Files whose tests run real nodes on the wall clock (in this process or as child processes, with PostgreSQL,
+# etcd and HTTP targets). Under `bootstrap.py test` (pytest-xdist, `--dist loadgroup`) they share one worker
+# and run one after another; only the CPU-bound rest runs beside them. Two of them at once on this 2-core
+# machine, with another process keeping a core busy, slowed a node's start past its 30 s bound every time.
+_REAL_PROCESS_FILES = {"test_node.py", "test_cluster.py", "test_outages.py", "test_http_api.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in _REAL_PROCESS_FILES:
+            item.add_marker(pytest.mark.xdist_group("real_processes"))

@@ -154,7 +154,7 @@ async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) ->
     async with trio.open_nursery() as n:
         await n.start(lambda task_status: node.run(handle_signals=False, task_status=task_status))
         assert node.engine is not None
-        with trio.fail_after(30):
+        with trio.fail_after(60):  # a bound, not a wait: 256 shards load in a few seconds on an idle machine
             await node.engine.wait_loaded(parse_shard_ranges(config.shards, node.engine.config.shard_count))
         yield node
         if crash:
