@@ -371,13 +371,20 @@ class Engine:
         # Give back once the claim statement in flight, if any, committed: one committing after the give-back
         # would raise cursors past the slots given back, and the next owner would never plan them. Should a
         # claim wait out an unconfirmed lease past the deadline, the rows stay ``claimed`` for the takeover.
+        # Only the wait for the lock is bounded: the give-back runs to its end, however slow PostgreSQL is.
+        locked = False
         with trio.move_on_at(deadline):
-            async with state.claiming:
+            await state.claiming.acquire()
+            locked = True
+        if locked:
+            try:
                 keys = self._take_unsent(state)
                 if keys:
                     result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
                     if result.fenced:
                         log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
+            finally:
+                state.claiming.release()
         with trio.move_on_at(deadline):
             await state.idle.wait()
         await self.writer.flush()
