@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 import msgspec
 
+from protocol.errors import InfrastructureError
 from protocol.ids import new_job_id
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import JobSpec, Misfire, Semantics, Target
@@ -91,12 +92,18 @@ class Cluster:
 
     def wait_for(self, predicate: object, timeout: float | None = None, what: str = "") -> ClusterView:
         deadline = time.monotonic() + (6 * self.ttl + 10 if timeout is None else timeout)
-        view = self.view()
+        view: ClusterView | None = None
         while time.monotonic() < deadline:
-            view = self.view()
-            if predicate(view):  # type: ignore[operator]
-                return view
+            try:
+                view = self.view()
+            except InfrastructureError:
+                pass  # etcd slow to answer a new connection on a busy machine: ask again, within the bound
+            else:
+                if predicate(view):  # type: ignore[operator]
+                    return view
             time.sleep(0.2)
+        if view is None:
+            raise AssertionError(f"timed out waiting for {what}: etcd never answered")
         owners = Counter(view.live_owners().values())
         raise AssertionError(
             f"timed out waiting for {what}: owners {dict(owners)}, nodes {sorted(view.nodes)}"
