@@ -751,6 +751,9 @@ class Engine:
         committing first would raise a job's cursor past slots an earlier one, held back by an outage, has not
         claimed yet; were the earlier one then dropped with the shard, the next owner would never see them.
         """
+        # Shards being released (or lost) claim nothing, and their locks are not taken: a drain releases every
+        # shard at once, and a claim queuing on each of their locks in turn held every release up behind it.
+        rows = self._still_ours(rows)
         if not rows:
             return
         states = [st for s in sorted({r.shard for r in rows}) if (st := self._shards.get(s)) is not None]
