@@ -1,13 +1,21 @@
 """The job model: what a user registers (``JobSpec``) and what is stored (``Job``).
 
 Rules:
-- Public input forbids unknown fields, so a typo (``"timout_ms"``) is an error, not a silently ignored key.
+- Public input forbids unknown fields, so a typo (``"timout_ms"``) is an error, not a silently ignored key:
+  ``decode_job_spec`` checks every key of the document against the fields it decoded into. The types
+  themselves ignore unknown fields, so a stored row or an internal message written by a newer version (a
+  field this one does not know) still decodes during a rolling upgrade.
 - Every field has a default except ``name``, ``schedule`` and ``target``; new fields must get defaults
   (msgspec's schema-evolution rules), so nodes and API replicas of different versions interoperate.
 - ``decode_job_spec`` is the one entry for untrusted bytes: structural errors from msgspec and semantic
   errors from ``validate_job_spec`` both come out as ``SpecError`` naming the field
   (``schedule.cron: minute field '61' out of range 0-59``). Rows read back from PostgreSQL skip the
   semantic pass (they were validated on the way in; re-parsing a million cron strings at start costs seconds).
+- Accepted means runnable: ``validate_job_spec`` passes a spec only if every step a node takes with it
+  succeeds — storing it (PostgreSQL's jsonb refuses a NUL character anywhere), compiling and iterating its
+  schedule (instants within ``MIN_INSTANT``..``MAX_INSTANT``), encoding its request (``protocol.targets``;
+  header values without control characters; a body nested at most ``Limits.body_depth`` deep). A hypothesis
+  test holds it to that (``tests/protocol/test_runnable.py``).
 
 Example::
 
@@ -27,7 +35,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import SpecError
-from .schedules import Schedule, validate_schedule
+from .schedules import Schedule, check_instant, validate_schedule
 from .targets import parse_target_url
 
 __all__ = [
@@ -60,6 +68,7 @@ class Limits(msgspec.Struct, frozen=True):
     headers: int = 32
     header_bytes: int = 8_192
     body_bytes: int = 65_536
+    body_depth: int = 32
     max_attempts: int = 20
     max_timeout_ms: int = 300_000
     max_backoff_ms: int = 86_400_000
@@ -91,6 +100,8 @@ class JobState(enum.StrEnum):
     PAUSED = "paused"
     AUTO_PAUSED = "auto_paused"  # paused after pause_after_failures consecutive failures
     COMPLETED = "completed"  # an `at` job after its slot, or a job past end_at
+    BROKEN = "broken"  # stored, but no node can run it (another version's spec, a hand edit): state_reason
+    DELETED = "deleted"  # what a delete answers; the id cannot be used again (409)
 
 
 class DstGap(enum.StrEnum):
@@ -112,26 +123,26 @@ class HttpMethod(enum.StrEnum):
     DELETE = "DELETE"
 
 
-class DstPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class DstPolicy(msgspec.Struct, frozen=True):
     """Applies to cron schedules whose hour field is fixed; wildcard or stepped hours follow absolute time."""
 
     gap: DstGap = DstGap.SHIFT
     repeat: DstRepeat = DstRepeat.FIRST
 
 
-class Target(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Target(msgspec.Struct, frozen=True):
     url: str
     method: HttpMethod = HttpMethod.POST
     headers: dict[str, str] = {}
     body: Any = None  # any JSON value, sent as application/json; None sends no body
 
 
-class Success(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Success(msgspec.Struct, frozen=True):
     status: list[Annotated[int, msgspec.Meta(ge=100, le=599)]] = []  # empty: any 2xx
     body_contains: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
 
-class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class RetryPolicy(msgspec.Struct, frozen=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 3  # attempts in all, the first included
     initial_backoff_ms: Annotated[int, msgspec.Meta(ge=0)] = 1_000
     multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0)] = 2.0
@@ -139,7 +150,7 @@ class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     jitter: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 0.2  # +/- fraction of each backoff
 
 
-class Misfire(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class Misfire(msgspec.Struct, frozen=True):
     """What happens to slots missed while no node could fire them (outage, takeover, restart).
 
     A slot late by at most ``grace_ms`` still fires normally; older ones follow ``policy``.
@@ -150,7 +161,7 @@ class Misfire(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_catchup: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 100  # FIRE_ALL bound
 
 
-class JobSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, omit_defaults=False):
+class JobSpec(msgspec.Struct, frozen=True, omit_defaults=False):
     """What a user registers. Validated by ``decode_job_spec`` / ``validate_job_spec``."""
 
     name: str
@@ -184,6 +195,7 @@ class Job(msgspec.Struct, frozen=True, omit_defaults=False):
     created_at: datetime
     updated_at: datetime
     next_fire_at: datetime | None = None
+    state_reason: str | None = None  # why the node set the state (auto_paused, broken); a user's write clears
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -220,8 +232,8 @@ def _check_headers(headers: dict[str, str]) -> None:
         low = name.lower()
         if low in _RESERVED_HEADERS or low.startswith("x-shardwheel-") or low == "idempotency-key":
             raise SpecError(f"target.headers.{name}", "header is set by the scheduler and cannot be overridden")
-        if any(c in value for c in "\r\n\0"):
-            raise SpecError(f"target.headers.{name}", "value contains a line break or NUL")
+        if any(c < " " and c != "\t" or c == "\x7f" for c in value):
+            raise SpecError(f"target.headers.{name}", "value contains a control character")
         size += len(name.encode()) + len(value.encode()) + 4
     if size > LIMITS.header_bytes:
         raise SpecError("target.headers", f"headers total {size} bytes, more than {LIMITS.header_bytes}")
@@ -237,6 +249,8 @@ def validate_job_spec(spec: JobSpec) -> None:
         raise SpecError("name", "contains control characters")
     if len(spec.description) > LIMITS.description_chars:
         raise SpecError("description", f"longer than {LIMITS.description_chars} characters")
+    if any(c < " " and c not in "\t\n\r" for c in spec.description):
+        raise SpecError("description", "contains control characters")
     if len(spec.tags) > LIMITS.tags:
         raise SpecError("tags", f"at most {LIMITS.tags} tags, got {len(spec.tags)}")
     for i, tag in enumerate(spec.tags):
@@ -247,17 +261,19 @@ def validate_job_spec(spec: JobSpec) -> None:
     validate_schedule(spec.schedule)
     try:
         zoneinfo.ZoneInfo(spec.timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tzdata folder, as 'America'
         raise SpecError("timezone", f"unknown IANA zone '{spec.timezone[:80]}'") from None
     for field in ("start_at", "end_at"):
         value = getattr(spec, field)
-        if value is not None and value.tzinfo is None:
-            raise SpecError(field, "instant needs a UTC offset or Z (RFC 3339)")
+        if value is not None:
+            check_instant(field, value)
     if spec.start_at is not None and spec.end_at is not None and spec.end_at <= spec.start_at:
         raise SpecError("end_at", "must be after start_at")
     _check_url("target.url", spec.target.url)
     _check_headers(spec.target.headers)
     if spec.target.body is not None:
+        if _depth(spec.target.body) > LIMITS.body_depth:
+            raise SpecError("target.body", f"nested more than {LIMITS.body_depth} levels deep")
         size = len(msgspec.json.encode(spec.target.body))
         if size > LIMITS.body_bytes:
             raise SpecError("target.body", f"encodes to {size} bytes, more than {LIMITS.body_bytes}")
@@ -274,9 +290,62 @@ def validate_job_spec(spec: JobSpec) -> None:
         raise SpecError("retry.initial_backoff_ms", "larger than retry.max_backoff_ms")
     if spec.alert_webhook is not None:
         _check_url("alert_webhook", spec.alert_webhook)
+    if (where := _nul_at(msgspec.to_builtins(spec), "")) is not None:
+        raise SpecError(where, "contains a NUL character, which cannot be stored")
 
 
-_spec_decoder = msgspec.json.Decoder(JobSpec)
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar is 0); iterative, so no depth can overflow the stack."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+        else:
+            deepest = max(deepest, d)
+            continue
+        deepest = max(deepest, d + 1)
+    return deepest
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string (or object key) holding a NUL character, if any."""
+    if isinstance(value, str):
+        return path if "\0" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if "\0" in str(k):
+                return sub
+            if (found := _nul_at(v, sub)) is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            if (found := _nul_at(v, f"{path}[{i}]")) is not None:
+                return found
+    return None
+
+
+def _unknown_field(raw: Any, known: Any, path: str, free: frozenset[str]) -> str | None:
+    """The first key of the document ``raw`` that decoding into ``known`` (its builtins) did not use."""
+    if path in free:
+        return None  # target.headers, target.body: the user's own keys
+    if isinstance(raw, dict) and isinstance(known, dict):
+        for k, v in raw.items():
+            sub = f"{path}.{k}" if path else k
+            if k not in known:
+                return sub
+            if (found := _unknown_field(v, known[k], sub, free)) is not None:
+                return found
+    elif isinstance(raw, list) and isinstance(known, list):
+        for i, (r, k) in enumerate(zip(raw, known, strict=False)):
+            if (found := _unknown_field(r, k, f"{path}[{i}]", free)) is not None:
+                return found
+    return None
+
+
 _PATH_SUFFIX = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -295,11 +364,19 @@ def spec_error_from_msgspec(err: msgspec.ValidationError | msgspec.DecodeError) 
     return SpecError(path, msg)
 
 
+_FREE_FORM = frozenset({"target.headers", "target.body"})
+
+
 def decode_job_spec(data: bytes | str) -> JobSpec:
     """Decode and validate untrusted JSON; every failure is a ``SpecError`` naming the field."""
     try:
-        spec = _spec_decoder.decode(data)
+        raw = msgspec.json.decode(data)
+        spec = msgspec.convert(raw, JobSpec)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise spec_error_from_msgspec(e) from None
+    except RecursionError:
+        raise SpecError("", "JSON nested too deeply") from None
+    if (unknown := _unknown_field(raw, msgspec.to_builtins(spec), "", _FREE_FORM)) is not None:
+        raise SpecError(unknown, "unknown field")
     validate_job_spec(spec)
     return spec

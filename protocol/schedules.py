@@ -10,6 +10,9 @@ Rules:
   Slots are ``anchor + k * period`` with the anchor at ``start_at`` or else the job's creation time,
   so the timezone never moves them.
 - ``at``: one RFC 3339 instant with an offset (``2026-12-01T09:00:00Z``). The job completes after it.
+- Instants (``at``, and a job's ``start_at`` and ``end_at``) lie between ``MIN_INSTANT`` (1970-01-01Z) and
+  ``MAX_INSTANT`` (9999-01-01Z): a node computes in unix milliseconds and in UTC, and an instant near the ends
+  of Python's datetime range (``9999-12-31T23:30:00-01:00`` is in year 10000 in UTC) cannot be converted.
 
 Example: ``{"kind": "cron", "cron": "0 30 2 * * *"}`` fires at 02:30:00 every day in the job's zone.
 """
@@ -17,28 +20,40 @@ Example: ``{"kind": "cron", "cron": "0 30 2 * * *"}`` fires at 02:30:00 every da
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import msgspec
 
 from .errors import SpecError
 
-__all__ = ["At", "Cron", "Every", "Schedule", "parse_every", "validate_schedule"]
+__all__ = [
+    "MAX_INSTANT",
+    "MIN_INSTANT",
+    "At",
+    "Cron",
+    "Every",
+    "Schedule",
+    "check_instant",
+    "parse_every",
+    "validate_schedule",
+]
 
 MAX_PERIOD = timedelta(days=366)
 MIN_PERIOD = timedelta(seconds=1)
+MIN_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_INSTANT = datetime(9999, 1, 1, tzinfo=UTC)
 
 
-class Cron(msgspec.Struct, tag="cron", tag_field="kind", forbid_unknown_fields=True, frozen=True):
+class Cron(msgspec.Struct, tag="cron", tag_field="kind", frozen=True):
     cron: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
-class Every(msgspec.Struct, tag="every", tag_field="kind", forbid_unknown_fields=True, frozen=True):
+class Every(msgspec.Struct, tag="every", tag_field="kind", frozen=True):
     every: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
-class At(msgspec.Struct, tag="at", tag_field="kind", forbid_unknown_fields=True, frozen=True):
+class At(msgspec.Struct, tag="at", tag_field="kind", frozen=True):
     at: datetime
 
 
@@ -50,7 +65,9 @@ _ISO = re.compile(
     r"P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?"
 )
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNIT_US = {"ms": 1_000, "s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000,
+            "w": 604_800_000_000}  # fmt: skip
+_ONE_US = timedelta(microseconds=1)
 
 
 def parse_every(text: str) -> timedelta:
@@ -58,27 +75,29 @@ def parse_every(text: str) -> timedelta:
     s = text.strip()
     if not s:
         raise ValueError("empty duration")
+    # Counted in exact integer microseconds and bounded before any timedelta is built: a count such as
+    # 99999999999999999999d overflows timedelta, and a float loses the whole-millisecond check.
     if s[0] in "Pp":
         m = _ISO.fullmatch(s.upper())
         if m is None or s.upper() in ("P", "PT") or s.upper().endswith("T"):
             raise ValueError(f"'{text}' is not an ISO-8601 duration (e.g. PT30S, P1DT12H)")
         if m["years"] or m["months"]:
             raise ValueError(f"'{text}' is a calendar duration (years or months); use cron for calendar schedules")
-        period = timedelta(
-            weeks=int(m["weeks"] or 0),
-            days=int(m["days"] or 0),
-            hours=int(m["hours"] or 0),
-            minutes=int(m["minutes"] or 0),
-            seconds=float(m["seconds"] or 0),
-        )
+        whole, _, frac = (m["seconds"] or "0").partition(".")
+        if len(frac.rstrip("0")) > 6:
+            raise ValueError("period must be a whole number of milliseconds")
+        us = int(whole) * 1_000_000 + int(frac.ljust(6, "0")[:6] or 0)
+        for unit, seconds in (("weeks", 604_800), ("days", 86_400), ("hours", 3_600), ("minutes", 60)):
+            us += int(m[unit] or 0) * seconds * 1_000_000
     else:
         if _SHORT_WHOLE.fullmatch(s) is None:
             raise ValueError(f"'{text}' is not a duration (e.g. 30s, 5m, 1h30m, 1d, or ISO-8601 PT30S)")
-        period = timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _SHORT.findall(s)))
+        us = sum(int(n) * _UNIT_US[u] for n, u in _SHORT.findall(s))
+    if us > MAX_PERIOD // _ONE_US:
+        raise ValueError(f"period '{text[:64]}' is longer than the maximum of 366 days")
+    period = timedelta(microseconds=us)
     if period < MIN_PERIOD:
         raise ValueError(f"period {period.total_seconds():g}s is shorter than the minimum of 1s")
-    if period > MAX_PERIOD:
-        raise ValueError(f"period '{text}' is longer than the maximum of 366 days")
     if period.microseconds % 1000:
         raise ValueError("period must be a whole number of milliseconds")
     return period
@@ -101,5 +120,15 @@ def validate_schedule(schedule: Schedule) -> None:
             except ValueError as e:
                 raise SpecError("schedule.every", str(e)) from None
         case At(at=instant):
-            if instant.tzinfo is None:
-                raise SpecError("schedule.at", "instant needs a UTC offset or Z (RFC 3339)")
+            check_instant("schedule.at", instant)
+
+
+def check_instant(field: str, value: datetime) -> None:
+    """An instant a node can compute with: an offset given, and within ``MIN_INSTANT``..``MAX_INSTANT``."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise SpecError(field, "instant needs a UTC offset or Z (RFC 3339)")
+    # Compared as local wall times before any conversion: astimezone itself overflows at the range's ends.
+    local, offset = value.replace(tzinfo=None), value.utcoffset()
+    assert offset is not None
+    if not MIN_INSTANT.replace(tzinfo=None) + offset <= local < MAX_INSTANT.replace(tzinfo=None) + offset:
+        raise SpecError(field, f"must lie between {MIN_INSTANT:%Y-%m-%d} and {MAX_INSTANT:%Y-%m-%d} (UTC)")

@@ -52,7 +52,15 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
-from protocol.errors import DatabaseUnavailable, Fenced, NotFound, NotOwnerError, SpecError
+from protocol.errors import (
+    Conflict,
+    DatabaseUnavailable,
+    Fenced,
+    NotFound,
+    NotOwnerError,
+    SpecError,
+    VersionMismatch,
+)
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, validate_job_spec
@@ -71,7 +79,7 @@ from .ownership import Acquired, Lost, Ownership, RevokeRequested
 from .run_rules import FireStep, OutcomeStep, completes, finish_step, fire_step, outcome_step
 from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
 from .slot_plan import plan_slots
-from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow
+from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow, UnreadableJob
 from .store_health import StoreHealth
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
@@ -89,8 +97,12 @@ S = ExecutionStatus
 class JobRow:
     """A stored job with its cursor (``job_cursor.last_slot``): what loading needs."""
 
-    job: Job
+    job: Job | UnreadableJob
     last_slot: datetime | None
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        return self.job.id if isinstance(self.job, UnreadableJob) else uuid.UUID(self.job.id)
 
 
 @dataclass(frozen=True)
@@ -289,7 +301,7 @@ class Engine:
             now = self.clock.now_ms()
             until = now + self.tuning.horizon_ms
             rows = await self._load_rows([shard], until)
-            missing = {uuid.UUID(e.job_id) for e in takeover.resume} - {uuid.UUID(r.job.id) for r in rows}
+            missing = {uuid.UUID(e.job_id) for e in takeover.resume} - {r.job_id for r in rows}
             if missing:
                 rows += await self._get_rows(shard, sorted(missing))
             if self._shards.get(shard) is not state:
@@ -297,9 +309,9 @@ class Engine:
             claims: list[ClaimRow] = []
             loaded: dict[uuid.UUID, LoadedJob] = {}
             for row in rows:
-                job, job_claims = self._load_job(row, now)
-                loaded[job.id] = job
-                claims += job_claims
+                if (made := self._load_job(row, now)) is not None:
+                    loaded[made[0].id] = made[0]
+                    claims += made[1]
             await self._claim_rows(claims, loaded)
             for e in takeover.resume:
                 self._resume(state, loaded, e, now)
@@ -517,19 +529,12 @@ class Engine:
         return [JobRow(job, last_slot) for job, last_slot in rows]
 
     async def _get_rows(self, shard: int, ids: Sequence[uuid.UUID]) -> list[JobRow]:
-        jobs = []
-        for job_id in ids:
-            try:
-                jobs.append(await self._db("load", store.get_job, shard, job_id))
-            except NotFound:
-                pass
-        return await self._with_cursors(shard, jobs)
-
-    async def _with_cursors(self, shard: int, jobs: list[Job]) -> list[JobRow]:
+        jobs = await self._db("load", store.jobs_by_id, shard, ids)
         if not jobs:
             return []
-        cursors = await self._db("load", store.job_cursors, shard, [uuid.UUID(j.id) for j in jobs])
-        return [JobRow(j, cursors.get(uuid.UUID(j.id))) for j in jobs]
+        rows = [JobRow(j, None) for j in jobs]
+        cursors = await self._db("load", store.job_cursors, shard, [r.job_id for r in rows])
+        return [JobRow(r.job, cursors.get(r.job_id)) for r in rows]
 
     def _make_job(self, job: Job) -> LoadedJob:
         return LoadedJob(
@@ -539,9 +544,57 @@ class Engine:
                                              signing_secret=self.config.signing_secret),
         )  # fmt: skip
 
-    def _load_job(self, row: JobRow, now: int) -> tuple[LoadedJob, list[ClaimRow]]:
-        """Put a job in memory and plan its slots up to now; returns it and the rows to claim for them."""
-        job = self._make_job(row.job)
+    def _loadable(self, stored: Job | UnreadableJob) -> LoadedJob | None:
+        """The job ready to run, or None once it is marked broken. Validation accepts only runnable specs;
+        this is the defence behind it (a spec another version wrote, a hand edit): one row no node can run
+        must not stop the rest of its shard from loading, on this node or on any other."""
+        if isinstance(stored, UnreadableJob):
+            self._mark_broken(stored.shard, stored.id, stored.tenant, stored.version, None, stored.reason)
+            return None
+        try:
+            return self._make_job(stored)
+        except Exception as e:  # whatever a bad spec raises, a bug's included: the shard loads all the same
+            reason = f"cannot be loaded: {type(e).__name__}: {e}"
+            self._mark_broken(stored.shard, uuid.UUID(stored.id), stored.tenant, stored.version,
+                              stored.spec.alert_webhook, reason)  # fmt: skip
+            return None
+
+    def _mark_broken(
+        self, shard: int, job_id: uuid.UUID, tenant: str, version: int, webhook: str | None, reason: str
+    ) -> None:
+        log.error("job %s of shard %d is broken and will not fire: %s", job_id, shard, reason)
+        self.metrics.broken.inc()
+        epoch = self._granted_epoch(shard)
+        if epoch is not None and self._nursery is not None:
+            self._nursery.start_soon(
+                self._store_broken, shard, epoch, job_id, tenant, version, webhook, reason
+            )
+
+    async def _store_broken(
+        self, shard: int, epoch: int, job_id: uuid.UUID, tenant: str, version: int, webhook: str | None,
+        reason: str,
+    ) -> None:  # fmt: skip
+        try:
+            await self._db("job state", store.set_job_state, Fence(shard, epoch), job_id, JobState.BROKEN,
+                           tenant=tenant, reason=reason[:2000], expected_version=version)  # fmt: skip
+        except Fenced:
+            self.lose_shard(shard, epoch)
+            return
+        except (NotFound, VersionMismatch):
+            return  # deleted, or written again, since it was read
+        self.metrics.alerts.inc(kind="job_broken")
+        self.alerts.put_nowait(AlertRow(
+            shard, epoch, job_id, tenant, ms_to_datetime(self.clock.now_ms()), Origin.SCHEDULED, "job_broken",
+            f"job {job_id} is broken and will not fire until its spec is written again: {reason}"[:2000],
+            webhook=webhook or self.config.alert_webhook, payload={"reason": reason[:2000]},
+        ))  # fmt: skip
+
+    def _load_job(self, row: JobRow, now: int) -> tuple[LoadedJob, list[ClaimRow]] | None:
+        """Put a job in memory and plan its slots up to now; returns it and the rows to claim for them, or
+        None for a job that cannot run (marked broken)."""
+        job = self._loadable(row.job)
+        if job is None:
+            return None
         old = self.jobs.get(job.id)
         if old is not None:
             # What runs and waits moves to the new object; the old one keeps none of it (both holding the
@@ -556,6 +609,7 @@ class Engine:
             state.jobs[job.id] = job
         if job.state is not JobState.ACTIVE:
             return job, []
+        assert isinstance(row.job, Job)  # _loadable made it
         nfa = row.job.next_fire_at
         start = -1 if nfa is None else datetime_to_ms(nfa) - 1
         if row.last_slot is not None:
@@ -637,10 +691,10 @@ class Engine:
             claims: list[ClaimRow] = []
             loaded: dict[uuid.UUID, LoadedJob] = {}
             for row in rows:
-                if uuid.UUID(row.job.id) not in self.jobs and self._granted_epoch(row.job.shard) is not None:
-                    job, job_claims = self._load_job(row, now)
-                    loaded[job.id] = job
-                    claims += job_claims
+                if row.job_id not in self.jobs and self._granted_epoch(row.job.shard) is not None:
+                    if (made := self._load_job(row, now)) is not None:
+                        loaded[made[0].id] = made[0]
+                        claims += made[1]
             await self._claim_rows(claims, loaded)
             for shard in shards:
                 if (st := self._shards.get(shard)) is not None and st.refilled_until is not None:
@@ -1190,21 +1244,29 @@ class Engine:
             return None
         (row,) = await self._get_rows(shard, [job_id])
         if op is JobWriteOp.TRIGGER:
-            job = old or self._make_job(row.job)  # a job out of memory stays out: the mapping carries it
+            # A job out of memory stays out: the mapping carries it.
+            broken = isinstance(row.job, Job) and row.job.state is JobState.BROKEN
+            job = old or (None if broken else self._loadable(row.job))
+            if job is None:
+                raise Conflict(f"job {job_id} is broken and cannot fire: write its spec again")
             epoch = self._granted_epoch(shard)
             if epoch is None:
                 raise NotOwnerError(shard, None)
             await self._claim_rows([ClaimRow(shard, epoch, job_id, now, origin=Origin.MANUAL)], {job_id: job})
             return now
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
-        job, claims = self._load_job(row, now)
+        made = self._load_job(row, now)
+        if made is None:
+            return None
+        job, claims = made
         if op is JobWriteOp.RESUME:
             job.failures = 0  # a new failure streak (run_rules)
         await self._claim_rows(claims, {job_id: job})
         if job.claim_entry is not None:
             return job.claim_entry.payload.slot_ms
-        if row.job.state is not JobState.ACTIVE:
+        if job.state is not JobState.ACTIVE:
             return None
+        assert isinstance(row.job, Job)
         after = max(now - 1, row.job.next_fire_at and datetime_to_ms(row.job.next_fire_at) - 1 or 0)
         return next(compile_schedule(row.job.spec, row.job.created_at).iter_ms(after), None)
 

@@ -136,6 +136,7 @@ class Metrics:
             p + "not_sent_total", "sends withheld because the lease validity had passed (held, sent later)"
         )
         self.alerts = Counter(p + "alerts_total", "alerts raised")
+        self.broken = Counter(p + "jobs_broken_total", "jobs found unable to run at load and marked broken")
         self.alert_deliveries = Counter(p + "alert_deliveries_total", "alert webhook deliveries by outcome")
         self.store_unavailable = Counter(
             p + "store_unavailable_total", "store calls that found PostgreSQL unavailable, by loop"

@@ -9,8 +9,10 @@ Rules:
   (412) is raised; every change bumps ``version`` by one (no-op pause/resume change nothing). A missing job,
   a deleted one and another tenant's one all read as ``NotFound``: tenants never learn of each other's jobs.
 - Ops, as a table (``_OPS``): upsert creates (version 1, active) or replaces the spec (state kept, except
-  that a completed job becomes active again); delete is soft (``deleted_at``, next_fire_at cleared);
-  pause/resume set the state; trigger changes nothing (the node claims a manual slot) but is checked and audited.
+  that a completed or broken job becomes active again); delete is soft (``deleted_at``, state ``deleted``,
+  next_fire_at cleared), and a deleted job's id is never used again: an upsert of it is a ``Conflict`` (409),
+  any other op ``NotFound``; pause/resume set the state; trigger changes nothing (the node claims a manual
+  slot) but is checked and audited. A user's write clears ``state_reason`` (why the node set a state).
 - ``next_fire_at`` is computed by the node (schedule math is not the store's business) and, for a job in no
   node's wheel, is a LOWER BOUND of its true next firing: only a write that bumps the version may lower it;
   ``raise_next_fire_at`` only raises it, and only for the version it was computed from.
@@ -18,7 +20,9 @@ Rules:
   ``after < next_fire_at <= until`` (the ``jobs_due`` index) and their misfire cursors, what a node loads
   when it takes a shard (no ``after``) and as its horizon moves on (one query for all its shards).
 - Specs are stored as JSON and read back as text decoded straight into ``JobSpec`` (no semantic re-validation:
-  they were validated on the way in).
+  they were validated on the way in). Fields this version does not know are ignored (a newer version wrote
+  them). The node's reads (``due_jobs``, ``jobs_by_id``) give an ``UnreadableJob`` for a row that does not
+  decode at all, so one such row cannot stop a shard from loading; the node marks it ``broken``.
 
 Example::
 
@@ -38,7 +42,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from protocol.errors import InternalError, NotFound, SpecError, VersionMismatch
+from protocol.errors import Conflict, InternalError, NotFound, SpecError, VersionMismatch
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState
 
@@ -48,11 +52,13 @@ from .epochs import FENCE_CTE, FENCED_SHARDS_SQL, BatchResult, Fence, fence_arra
 from .pool import Connection, Executor, transaction
 
 __all__ = [
+    "UnreadableJob",
     "JobPage",
     "JobWriteOutcome",
     "NextFire",
     "due_jobs",
     "get_job",
+    "jobs_by_id",
     "list_jobs",
     "raise_next_fire_at",
     "set_job_state",
@@ -60,7 +66,20 @@ __all__ = [
 ]
 
 _spec_decoder = msgspec.json.Decoder(JobSpec)
-JOB_COLUMNS = "shard, id, tenant, spec::text AS spec, state, version, next_fire_at, created_at, updated_at"
+JOB_COLUMNS = (
+    "shard, id, tenant, spec::text AS spec, state, state_reason, version, next_fire_at, created_at,"
+    " updated_at"
+)
+
+
+class UnreadableJob(msgspec.Struct, frozen=True):
+    """A stored job whose spec this version cannot decode (what the node marks ``broken``)."""
+
+    shard: int
+    id: uuid.UUID
+    tenant: str
+    version: int
+    reason: str
 
 
 class JobWriteOutcome(msgspec.Struct, frozen=True):
@@ -98,8 +117,16 @@ def _job(r: asyncpg.Record) -> Job:
     return Job(
         id=str(r["id"]), tenant=r["tenant"], spec=_spec_decoder.decode(r["spec"]), state=JobState(r["state"]),
         version=r["version"], shard=r["shard"], created_at=r["created_at"], updated_at=r["updated_at"],
-        next_fire_at=r["next_fire_at"],
+        next_fire_at=r["next_fire_at"], state_reason=r["state_reason"],
     )  # fmt: skip
+
+
+def _job_or_unreadable(r: asyncpg.Record) -> Job | UnreadableJob:
+    try:
+        return _job(r)
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as e:
+        reason = f"stored spec does not decode: {e}"
+        return UnreadableJob(r["shard"], r["id"], r["tenant"], r["version"], reason)
 
 
 def _outcome(job_id: uuid.UUID, r: asyncpg.Record, *, created: bool = False) -> JobWriteOutcome:
@@ -125,6 +152,16 @@ _MATCH = (
 )
 
 
+async def _refuse_upsert(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite) -> None:
+    deleted = await conn.fetchval(
+        "SELECT deleted_at IS NOT NULL FROM jobs WHERE shard = $1 AND id = $2 AND tenant = $3",
+        shard, job_id, w.tenant,
+    )  # fmt: skip
+    if deleted:
+        raise Conflict(f"job {job_id} was deleted; the id of a deleted job cannot be used again")
+    await _refuse(conn, shard, job_id, w.tenant, w.expected_version)
+
+
 async def _upsert(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
                   next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
     if w.spec is None:
@@ -148,20 +185,21 @@ async def _upsert(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
             return _outcome(job_id, row, created=True)
     row = await conn.fetchrow(
         "UPDATE jobs SET name = $5, tags = $6, spec = $7::text::jsonb, semantics = $8, next_fire_at = $9,"
-        " state = CASE state WHEN 'completed' THEN 'active' ELSE state END,"
+        " state = CASE WHEN state IN ('completed', 'broken') THEN 'active' ELSE state END,"
+        " state_reason = NULL,"
         f" version = version + 1, updated_at = now() WHERE {_MATCH} {_RETURNING}",
         shard, job_id, w.tenant, w.expected_version, *values,
     )  # fmt: skip
     if row is None:
-        await _refuse(conn, shard, job_id, w.tenant, w.expected_version)
+        await _refuse_upsert(conn, shard, job_id, w)
     return _outcome(job_id, row)
 
 
 async def _delete(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
                   next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
     row = await conn.fetchrow(
-        "UPDATE jobs SET deleted_at = now(), next_fire_at = NULL, version = version + 1, updated_at = now()"
-        f" WHERE {_MATCH} {_RETURNING}",
+        "UPDATE jobs SET deleted_at = now(), state = 'deleted', state_reason = NULL, next_fire_at = NULL,"
+        f" version = version + 1, updated_at = now() WHERE {_MATCH} {_RETURNING}",
         shard, job_id, w.tenant, w.expected_version,
     )  # fmt: skip
     if row is None:
@@ -170,16 +208,18 @@ async def _delete(conn: Connection, shard: int, job_id: uuid.UUID, w: JobWrite,
 
 
 async def _set_state(conn: Connection, shard: int, job_id: uuid.UUID, tenant: str, expected: int | None,
-                     state: JobState, next_fire_at: datetime | None) -> JobWriteOutcome:  # fmt: skip
+                     state: JobState, next_fire_at: datetime | None, reason: str | None = None,
+                     ) -> JobWriteOutcome:  # fmt: skip
     # A no-op (already in that state) changes nothing, so an idempotent pause does not invalidate ETags.
     # next_fire_at is replaced only when the job becomes active (the node computed it for that).
     row = await conn.fetchrow(
         "UPDATE jobs SET state = $5,"
         " next_fire_at = CASE WHEN $5 = 'active' AND state <> 'active' THEN $6 ELSE next_fire_at END,"
         " version = version + (state <> $5)::int,"
+        " state_reason = CASE WHEN state <> $5 THEN $7 ELSE state_reason END,"
         " updated_at = CASE WHEN state <> $5 THEN now() ELSE updated_at END"
         f" WHERE {_MATCH} {_RETURNING}",
-        shard, job_id, tenant, expected, state.value, next_fire_at,
+        shard, job_id, tenant, expected, state.value, next_fire_at, reason,
     )  # fmt: skip
     if row is None:
         await _refuse(conn, shard, job_id, tenant, expected)
@@ -272,12 +312,16 @@ async def set_job_state(
     actor: str = "system",
     reason: str = "",
     next_fire_at: datetime | None = None,
+    expected_version: int | None = None,
 ) -> JobWriteOutcome:
-    """A state change decided by the node itself (auto_paused after failures, completed after the last slot),
-    fenced and audited like a user's write."""
+    """A state change decided by the node itself (auto_paused after failures, completed after the last slot,
+    broken), fenced and audited like a user's write. ``expected_version``: only if no write came since
+    (``VersionMismatch`` otherwise): a job found broken and written again meanwhile is not broken."""
     async with transaction(db) as conn:
         await lock_fence(conn, fence)
-        outcome = await _set_state(conn, fence.shard, job_id, tenant, None, state, next_fire_at)
+        outcome = await _set_state(
+            conn, fence.shard, job_id, tenant, expected_version, state, next_fire_at, reason or None
+        )
         await insert_audit(conn, shard=fence.shard, tenant=tenant, actor=actor, action=f"job.state.{state.value}",
                            job_id=job_id, detail={"version": outcome.version, "reason": reason})  # fmt: skip
         return outcome
@@ -346,7 +390,7 @@ async def list_jobs(
 
 async def due_jobs(
     db: Executor, shards: Sequence[int], until: datetime, *, after: datetime | None = None
-) -> list[tuple[Job, datetime | None]]:
+) -> list[tuple[Job | UnreadableJob, datetime | None]]:
     """The active, undeleted jobs of ``shards`` whose ``after < next_fire_at <= until``, by shard and next_fire_at,
     each with its ``job_cursor.last_slot`` (the misfire baseline), in one statement.
 
@@ -359,7 +403,17 @@ async def due_jobs(
         " ORDER BY shard, next_fire_at, id",
         list(shards), until, after,
     )  # fmt: skip
-    return [(_job(r), r["last_slot"]) for r in rows]
+    return [(_job_or_unreadable(r), r["last_slot"]) for r in rows]
+
+
+async def jobs_by_id(db: Executor, shard: int, ids: Sequence[uuid.UUID]) -> list[Job | UnreadableJob]:
+    """The undeleted jobs of ``shard`` among ``ids``, any tenant, as the node reloads them after a write."""
+    rows = await db.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE shard = $1 AND id = ANY($2::uuid[]) AND deleted_at IS NULL"
+        " ORDER BY id",
+        shard, list(ids),
+    )  # fmt: skip
+    return [_job_or_unreadable(r) for r in rows]
 
 
 _RAISE_SQL = f"""

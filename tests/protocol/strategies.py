@@ -50,12 +50,13 @@ schedules = st.one_of(
     instants.map(lambda t: At(at=t)),
 )
 _text = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF, exclude_categories=("Cs",)), max_size=40)
+_stored_text = st.text(st.characters(exclude_characters="\0"), max_size=20)  # jsonb refuses NUL anywhere
 names = _text.filter(lambda s: s.strip() != "").map(lambda s: s[:200])
 tags = st.lists(st.from_regex(r"[a-z0-9][a-z0-9_.:=-]{0,20}", fullmatch=True), max_size=5, unique=True)
 header_names = st.from_regex(r"X-[A-Za-z0-9-]{1,20}", fullmatch=True)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | _stored_text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_stored_text, children, max_size=4),
     max_leaves=12,
 )
 targets = st.builds(
@@ -84,7 +85,7 @@ def job_specs(draw: st.DrawFn) -> JobSpec:
         start_at=start,
         end_at=end if end is None or start is None or end > start else start + timedelta(days=1),
         success=Success(status=draw(st.lists(st.integers(200, 599), max_size=3)),
-                        body_contains=draw(st.none() | st.text(max_size=10))),
+                        body_contains=draw(st.none() | _stored_text)),
         semantics=draw(st.sampled_from(Semantics)),
         retry=RetryPolicy(max_attempts=draw(st.integers(1, 20)), initial_backoff_ms=backoff,
                           multiplier=draw(st.floats(1.0, 10.0)),

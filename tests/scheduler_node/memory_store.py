@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from msgspec.structs import replace
 
-from protocol.errors import DatabaseUnavailable, Fenced, NotFound, VersionMismatch
+from protocol.errors import Conflict, DatabaseUnavailable, Fenced, NotFound, VersionMismatch
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import Job, JobState, Semantics
@@ -40,6 +40,7 @@ from scheduler_node.store import (
     NextFire,
     ResultRow,
     TakeoverResult,
+    UnreadableJob,
     bound_excerpt,
 )
 from scheduler_node.store.executions import CLAIMABLE, RESULT_STATUSES
@@ -74,6 +75,13 @@ class StoredJob:
     job: Job
     semantics: Semantics
     deleted: bool = False
+    unreadable: str | None = None  # as if the stored spec did not decode (``corrupt``): the reason
+
+    def read(self) -> Job | UnreadableJob:
+        if self.unreadable is None:
+            return self.job
+        j = self.job
+        return UnreadableJob(j.shard, uuid.UUID(j.id), j.tenant, j.version, self.unreadable)
 
 
 @dataclass
@@ -143,6 +151,10 @@ class MemoryStore:
     def job(self, shard: int, job_id: uuid.UUID) -> Job:
         return self.jobs[(shard, job_id)].job
 
+    def corrupt(self, shard: int, job_id: uuid.UUID, reason: str) -> None:
+        """Make the stored job read as a row whose spec does not decode (a newer version's, a hand edit)."""
+        self.jobs[(shard, job_id)].unreadable = reason
+
     # ---- epochs ----------------------------------------------------------------------------------------
 
     def _fenced(self, pairs: Sequence[tuple[int, int]]) -> frozenset[int]:
@@ -203,13 +215,17 @@ class MemoryStore:
                 )
                 self.jobs[key] = StoredJob(job, write.spec.semantics)
                 return self._outcome(self.jobs[key], created=True)
+            if (old := self.jobs.get(key)) is not None and old.deleted and old.job.tenant == write.tenant:
+                raise Conflict(f"job {job_id} was deleted; the id of a deleted job cannot be used again")
             stored = self._live(fence.shard, job_id, write.tenant, write.expected_version)
             j = stored.job
-            state = JobState.ACTIVE if j.state is JobState.COMPLETED else j.state
+            state = JobState.ACTIVE if j.state in (JobState.COMPLETED, JobState.BROKEN) else j.state
+            stored.unreadable = None
             stored.job = replace(
                 j,
                 spec=write.spec,
                 state=state,
+                state_reason=None,
                 version=j.version + 1,
                 updated_at=now,
                 next_fire_at=next_fire_at,
@@ -220,21 +236,23 @@ class MemoryStore:
         j = stored.job
         if write.op is JobWriteOp.DELETE:
             stored.deleted = True
-            stored.job = replace(j, version=j.version + 1, updated_at=now, next_fire_at=None)
+            stored.job = replace(j, state=JobState.DELETED, state_reason=None, version=j.version + 1,
+                                 updated_at=now, next_fire_at=None)  # fmt: skip
         elif write.op is JobWriteOp.PAUSE:
             self._set_state(stored, JobState.PAUSED, None)
         elif write.op is JobWriteOp.RESUME:
             self._set_state(stored, JobState.ACTIVE, next_fire_at)
         return self._outcome(stored)
 
-    def _set_state(self, stored: StoredJob, state: JobState, next_fire_at: datetime | None) -> None:
+    def _set_state(
+        self, stored: StoredJob, state: JobState, next_fire_at: datetime | None, reason: str | None = None
+    ) -> None:
         j = stored.job
         if j.state is state:
             return
         nfa = next_fire_at if state is JobState.ACTIVE else j.next_fire_at
-        stored.job = replace(
-            j, state=state, version=j.version + 1, updated_at=ms_to_datetime(self.now_ms()), next_fire_at=nfa
-        )
+        stored.job = replace(j, state=state, state_reason=reason, version=j.version + 1,
+                             updated_at=ms_to_datetime(self.now_ms()), next_fire_at=nfa)  # fmt: skip
 
     def set_job_state(
         self,
@@ -246,11 +264,12 @@ class MemoryStore:
         actor: str = "system",
         reason: str = "",
         next_fire_at: datetime | None = None,
+        expected_version: int | None = None,
     ) -> JobWriteOutcome:
         if self._fenced([fence]):
             raise Fenced([fence.shard])
-        stored = self._live(fence.shard, job_id, tenant, None)
-        self._set_state(stored, state, next_fire_at)
+        stored = self._live(fence.shard, job_id, tenant, expected_version)
+        self._set_state(stored, state, next_fire_at, reason or None)
         return self._outcome(stored)
 
     def get_job(
@@ -267,9 +286,9 @@ class MemoryStore:
 
     def due_jobs(
         self, shards: Sequence[int], until: datetime, *, after: datetime | None = None
-    ) -> list[tuple[Job, datetime | None]]:
+    ) -> list[tuple[Job | UnreadableJob, datetime | None]]:
         out = [
-            s.job
+            s
             for (shard, _), s in self.jobs.items()
             if shard in shards
             and not s.deleted
@@ -278,8 +297,12 @@ class MemoryStore:
             and s.job.next_fire_at <= until
             and (after is None or s.job.next_fire_at > after)
         ]
-        out.sort(key=lambda j: (j.shard, j.next_fire_at, uuid.UUID(j.id)))
-        return [(j, self._cursor(j.shard, uuid.UUID(j.id))) for j in out]
+        out.sort(key=lambda s: (s.job.shard, s.job.next_fire_at, uuid.UUID(s.job.id)))
+        return [(s.read(), self._cursor(s.job.shard, uuid.UUID(s.job.id))) for s in out]
+
+    def jobs_by_id(self, shard: int, ids: Sequence[uuid.UUID]) -> list[Job | UnreadableJob]:
+        found = [self.jobs.get((shard, i)) for i in sorted(set(ids))]
+        return [s.read() for s in found if s is not None and not s.deleted]
 
     def _cursor(self, shard: int, job_id: uuid.UUID) -> datetime | None:
         ms = self.cursors.get((shard, job_id))

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import trio
 
+from protocol.errors import Conflict
 from protocol.executions import TERMINAL, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import (
@@ -25,7 +26,7 @@ from protocol.jobs import (
     Semantics,
     Target,
 )
-from protocol.schedules import At, Every
+from protocol.schedules import At, Cron, Every
 from scheduler_node.dispatch import SendRequest
 from scheduler_node.store import ClaimRow
 
@@ -226,6 +227,40 @@ async def test_consecutive_failures_auto_pause_the_job_with_alerts(
         assert len(w.dispatcher.sends_of(job)) == 6
         kinds = Counter(a.kind for a in w.store.alerts.values())
         assert kinds == {"execution_failed": 6, "job_auto_paused": 2}
+
+
+async def test_a_job_no_node_can_run_is_marked_broken_and_the_rest_of_its_shard_fires(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Defence behind validation: one row that does not decode and one spec that fails to compile (stored
+    past validation, as another version or a hand edit could) neither stop the shard from loading nor fire."""
+    async with world() as w:
+        good, unreadable, uncompilable = job_id_in(0), job_id_in(0), job_id_in(0)
+        w.store_job(good, spec(), shard=0)
+        w.store_job(unreadable, spec(), shard=0)
+        w.store.corrupt(0, unreadable, "stored spec does not decode: Invalid value 'rrule' - at `$.schedule`")
+        bad_cron = msgspec.structs.replace(spec(), schedule=Cron("0 61 * * * *"))
+        w.store_job(uncompilable, bad_cron, shard=0)  # validation would refuse it
+        await w.grant(0)
+        await w.until(T0_MS + 2_500)
+        await w.settle()
+        assert len(w.dispatcher.sends_of(good)) == 3
+        for job, why in ((unreadable, "rrule"), (uncompilable, "minute field '61' out of range")):
+            stored = w.store.job(0, job)
+            assert stored.state is JobState.BROKEN and why in (stored.state_reason or "")
+            assert w.dispatcher.sends_of(job) == [] and w.rows(job) == {}
+        assert Counter(a.kind for a in w.store.alerts.values()) == {"job_broken": 2}
+        assert w.engine.metrics.broken.get() == 2
+        # A trigger of a broken job is refused; writing its spec again makes it run.
+        trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme")
+        with pytest.raises(Conflict, match="is broken"):
+            await w.engine.apply_write(uncompilable, trigger)
+        await w.engine.apply_write(uncompilable, JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme",
+                                                          spec=spec()))  # fmt: skip
+        await w.until(T0_MS + 4_500)
+        await w.settle()
+        assert w.store.job(0, uncompilable).state is JobState.ACTIVE
+        assert len(w.dispatcher.sends_of(uncompilable)) == 2
 
 
 async def test_pause_stops_firing_and_resume_fires_again(autojump_clock: trio.testing.MockClock) -> None:

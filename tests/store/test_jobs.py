@@ -12,13 +12,15 @@ from hypothesis import strategies as st
 
 from protocol.errors import Conflict, NotFound, SpecError, VersionMismatch
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
-from protocol.jobs import JobState, Semantics
+from protocol.jobs import Job, JobState, Semantics
 from scheduler_node.store import (
     ClaimRow,
     NextFire,
+    UnreadableJob,
     claim_slots,
     due_jobs,
     get_job,
+    jobs_by_id,
     list_audit,
     list_jobs,
     raise_next_fire_at,
@@ -110,7 +112,7 @@ async def test_pause_resume_trigger_and_soft_delete(store: TrioStore) -> None:
         await store.call(write_job, fence, job_id, op(JobWriteOp.TRIGGER, expected_version=2))
 
     deleted = await store.call(write_job, fence, job_id, op(JobWriteOp.DELETE, expected_version=3))
-    assert deleted.version == 4 and deleted.next_fire_at is None
+    assert (deleted.state, deleted.version, deleted.next_fire_at) == (JobState.DELETED, 4, None)
     with pytest.raises(NotFound):
         await store.call(get_job, 4, job_id)
     kept = await store.call(get_job, 4, job_id, include_deleted=True)  # soft: the row is still there
@@ -118,8 +120,10 @@ async def test_pause_resume_trigger_and_soft_delete(store: TrioStore) -> None:
     for kind in (JobWriteOp.DELETE, JobWriteOp.PAUSE, JobWriteOp.TRIGGER):
         with pytest.raises(NotFound):
             await store.call(write_job, fence, job_id, op(kind))
-    with pytest.raises(NotFound):
+    # A deleted job's id is never used again: re-creating it is refused, nothing changes.
+    with pytest.raises(Conflict, match="was deleted; the id of a deleted job cannot be used again"):
         await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec()))
+    assert (await store.call(get_job, 4, job_id, include_deleted=True)).version == 4
     assert await store.call(due_jobs, [4], T0 + timedelta(days=1)) == []
     assert (await store.call(list_jobs, tenant="acme")).items == []
 
@@ -145,6 +149,38 @@ async def test_node_decided_states(store: TrioStore) -> None:
         write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("again")), next_fire_at=T0
     )
     assert out.state == JobState.ACTIVE
+    # A broken job keeps why; writing its spec again makes it active and clears the reason.
+    await store.call(set_job_state, fence, job_id, JobState.BROKEN, tenant="acme",
+                     reason="spec does not decode")  # fmt: skip
+    broken = await store.call(get_job, 5, job_id)
+    assert (broken.state, broken.state_reason) == (JobState.BROKEN, "spec does not decode")
+    assert await store.call(due_jobs, [5], T0 + timedelta(days=1)) == []
+    await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("fixed")), next_fire_at=T0)
+    fixed = await store.call(get_job, 5, job_id)
+    assert (fixed.state, fixed.state_reason) == (JobState.ACTIVE, None)
+
+
+async def test_rows_of_another_version_load_or_read_as_unreadable(store: TrioStore) -> None:
+    """A field this version does not know (a newer version wrote it) is ignored; a row that does not decode at
+    all (an unknown schedule kind, a hand edit) comes back as an ``UnreadableJob`` beside the others."""
+    fence = await own(store, 8)
+    newer, _ = await create_job(store, fence)
+    bad, _ = await create_job(store, fence)
+    good, _ = await create_job(store, fence)
+    newer_fields = """spec || '{"jitter": "30s"}'
+                      || jsonb_build_object('target', spec->'target' || '{"http2": 1}')"""
+    await store.run(store.pool.execute, f"UPDATE jobs SET spec = {newer_fields} WHERE id = $1", newer)
+    rrule = """jsonb_set(spec, '{schedule}', '{"kind": "rrule"}')"""
+    await store.run(store.pool.execute, f"UPDATE jobs SET spec = {rrule} WHERE id = $1", bad)
+    loaded = {r.id if isinstance(r, UnreadableJob) else uuid.UUID(r.id): r
+              for r, _ in await store.call(due_jobs, [8], T0 + timedelta(days=1))}  # fmt: skip
+    assert isinstance(loaded[newer], Job) and isinstance(loaded[good], Job)
+    assert loaded[newer].spec == (await store.call(get_job, 8, good)).spec
+    unreadable = loaded[bad]
+    assert isinstance(unreadable, UnreadableJob) and (unreadable.shard, unreadable.tenant) == (8, "acme")
+    assert "stored spec does not decode" in unreadable.reason and "rrule" in unreadable.reason
+    by_id = await store.call(jobs_by_id, 8, [bad, good, job_in_shard(8)])
+    assert [type(j) for j in by_id] == ([UnreadableJob, Job] if bad < good else [Job, UnreadableJob])
 
 
 async def test_idempotency_key_replays_or_conflicts(store: TrioStore) -> None:
