@@ -71,7 +71,8 @@ def run_failover(jobs: int, ttl: int, before_s: int = 10, after_s: int = 15) -> 
                 for n in ("n1", "n2", "n3"):
                     nodes[n] = subprocess.Popen(
                         [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, "--etcd", etcd.endpoint,
-                         "--lease-ttl", str(ttl), "--node-id", n, "--port", str(free_port()), "--log-level", "error"],
+                         "--lease-ttl", str(ttl), "--node-id", n, "--port", str(free_port()), "--log-level", "error",
+                         "--dev"],
                         cwd=ROOT, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
                 _wait(lambda: sorted(_owners(etcd.endpoint).values()) == [85, 85, 86], 60)
                 time.sleep(max(0.0, start.timestamp() - time.time()) + before_s)

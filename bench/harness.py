@@ -5,7 +5,7 @@ Example::
 
     dsn = asyncio.run(prepare_db(admin_dsn, "sw_bench"))
     asyncio.run(insert_jobs(dsn, [spec] * 1000))
-    node = subprocess.Popen([sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, ...], cwd=ROOT)
+    node = subprocess.Popen([sys.executable, "-m", "shardwheel.cli", "node", "--dev", "--dsn", dsn, ...], cwd=ROOT)
     ready_at = wait_ready("http://127.0.0.1:8081", 120)
     print(rss_mb(node.pid), cpu_s(node.pid))
 """

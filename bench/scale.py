@@ -29,6 +29,7 @@ import msgspec
 
 from protocol.jobs import JobSpec, RetryPolicy, Target
 from protocol.schedules import Cron, Every
+from scheduler_node.node import DEV_CLUSTER_SECRET
 from shardwheel.embedded import EmbeddedPostgres, free_port
 
 from .harness import ROOT, insert_jobs, prepare_db, rss_mb, wait_ready
@@ -60,7 +61,7 @@ def run_scale(jobs: int, in_horizon: int, run_s: int = 20) -> dict[str, Any]:
             started = time.time()
             node = subprocess.Popen(
                 [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, "--port", str(port),
-                 "--node-id", "scale", "--log-level", "warning"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+                 "--node-id", "scale", "--log-level", "warning", "--dev"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
             try:
                 ready_at = wait_ready(f"http://127.0.0.1:{port}", 300)
                 rss_ready = rss_mb(node.pid)
@@ -70,7 +71,7 @@ def run_scale(jobs: int, in_horizon: int, run_s: int = 20) -> dict[str, Any]:
 
                 status = httpx.get(
                     f"http://127.0.0.1:{port}/internal/v1/status",
-                    headers={"authorization": "Bearer dev-cluster-secret"},
+                    headers={"authorization": f"Bearer {DEV_CLUSTER_SECRET}"},
                     timeout=10,
                 ).json()
             finally:

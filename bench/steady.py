@@ -84,7 +84,7 @@ def run_steady(
                 env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
                 node = subprocess.Popen(
                     [sys.executable, "-m", "shardwheel.cli", "node", "--dsn", dsn, "--port", str(node_port),
-                     "--node-id", "bench-node", "--log-level", "warning"],
+                     "--node-id", "bench-node", "--log-level", "warning", "--dev"],
                     cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
                 started = time.time()

@@ -2,15 +2,23 @@
 
 Layout: 48-bit unix milliseconds | version 7 | 12 random bits | variant | 62 random bits. Python 3.11's
 ``uuid`` module has no ``uuid7``; this is the whole of it.
+
+``parse_job_id`` is the one reading of an id a caller gives: any RFC 9562 UUID in its canonical text form (ids
+made elsewhere are accepted; shards hash the 16 bytes), but not the nil UUID, which clients send by mistake.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 
-__all__ = ["new_job_id", "uuid7_time_ms"]
+from .errors import SpecError
+
+__all__ = ["new_job_id", "parse_job_id", "uuid7_time_ms"]
+
+_CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def new_job_id(now_ms: int | None = None) -> uuid.UUID:
@@ -24,3 +32,13 @@ def new_job_id(now_ms: int | None = None) -> uuid.UUID:
 
 def uuid7_time_ms(job_id: uuid.UUID) -> int:
     return job_id.int >> 80
+
+
+def parse_job_id(text: str, field: str = "id") -> uuid.UUID:
+    """A job id from a caller; ``SpecError`` naming ``field`` unless it is a canonical, non-nil UUID."""
+    if not _CANONICAL.fullmatch(text):
+        raise SpecError(field, f"'{text[:80]}' is not a UUID (8-4-4-4-12 hex digits)")
+    job_id = uuid.UUID(text)
+    if job_id.int == 0:
+        raise SpecError(field, "the nil UUID is not a job id")
+    return job_id

@@ -4,13 +4,20 @@
 or ``VersionConflict`` (412). Authenticated with the cluster secret.
 
 Evolution rules (rolling upgrades mix versions): fields are never removed or retyped, new fields get defaults,
-unknown fields are ignored here (unlike public input) so an older node accepts a newer API's message.
+unknown fields are ignored here (unlike public input) so an older node accepts a newer API's message. Error
+answers are RFC 9457 problem details (``protocol.problems``) whose extension members make the 409 body decode
+as ``NotOwner`` and the 412 body as ``VersionConflict``.
+
+Bounds: ids and keys are what PostgreSQL stores as text and what a log line can show: ``tenant`` is a short
+slug, ``actor``, ``idempotency_key`` and ``request_hash`` are printable and bounded, ``expected_version`` fits
+the stored ``bigint``. A message outside them is refused with 422 naming the field, nothing stored.
 """
 
 from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
 
@@ -27,14 +34,20 @@ class JobWriteOp(enum.StrEnum):
     TRIGGER = "trigger"
 
 
+Tenant = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+# Printable, no control characters: what a log line and an audit row can show as is.
+Printable = Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Version = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
 class JobWrite(msgspec.Struct, frozen=True):
     op: JobWriteOp
-    actor: str
-    tenant: str
-    expected_version: int | None = None
+    actor: Printable
+    tenant: Tenant
+    expected_version: Version | None = None
     spec: JobSpec | None = None
-    idempotency_key: str | None = None
-    request_hash: str | None = None  # of the public request, so a reused Idempotency-Key with other content is refused
+    idempotency_key: Printable | None = None
+    request_hash: Printable | None = None  # of the public request: a reused Idempotency-Key with other content
 
 
 class JobWritten(msgspec.Struct, frozen=True):

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .egress import STRICT, EgressPolicy
 from .errors import SpecError
 from .schedules import Schedule, check_instant, validate_schedule
 from .targets import parse_target_url
@@ -205,14 +206,16 @@ _RESERVED_HEADERS = frozenset(
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/=-]*")
 
 
-def _check_url(field: str, url: str) -> None:
+def _check_url(field: str, url: str, egress: EgressPolicy) -> None:
     if len(url) > LIMITS.url_chars:
         raise SpecError(field, f"longer than {LIMITS.url_chars} characters")
     try:
         # The node's own parse (scheme, host, IDNA, port): what passes here is a URL the node can send to.
-        parse_target_url(url)
+        target = parse_target_url(url)
     except ValueError as e:
         raise SpecError(field, str(e)) from None
+    if (refused := egress.refused_host(target.origin.host)) is not None:
+        raise SpecError(field, f"target not allowed: {refused} (the cluster's egress policy)")
     # Stricter than the node, which ignores user info and percent-encodes or drops whitespace: refuse both, so
     # the stored URL reads as what is sent.
     parts = urlsplit(url)
@@ -239,8 +242,13 @@ def _check_headers(headers: dict[str, str]) -> None:
         raise SpecError("target.headers", f"headers total {size} bytes, more than {LIMITS.header_bytes}")
 
 
-def validate_job_spec(spec: JobSpec) -> None:
-    """Semantic validation of a structurally valid spec; raises ``SpecError`` naming the first bad field."""
+def validate_job_spec(spec: JobSpec, egress: EgressPolicy = STRICT) -> None:
+    """Semantic validation of a structurally valid spec; raises ``SpecError`` naming the first bad field.
+
+    ``egress``: the cluster's policy for target addresses (``protocol.egress``; by default nothing but public
+    addresses)."""
+    if (bad := _unstorable(msgspec.to_builtins(spec), "")) is not None:
+        raise SpecError(*bad)
     if not spec.name.strip():
         raise SpecError("name", "must not be empty")
     if len(spec.name) > LIMITS.name_chars:
@@ -269,7 +277,7 @@ def validate_job_spec(spec: JobSpec) -> None:
             check_instant(field, value)
     if spec.start_at is not None and spec.end_at is not None and spec.end_at <= spec.start_at:
         raise SpecError("end_at", "must be after start_at")
-    _check_url("target.url", spec.target.url)
+    _check_url("target.url", spec.target.url, egress)
     _check_headers(spec.target.headers)
     if spec.target.body is not None:
         if _depth(spec.target.body) > LIMITS.body_depth:
@@ -289,9 +297,7 @@ def validate_job_spec(spec: JobSpec) -> None:
     if r.initial_backoff_ms > r.max_backoff_ms:
         raise SpecError("retry.initial_backoff_ms", "larger than retry.max_backoff_ms")
     if spec.alert_webhook is not None:
-        _check_url("alert_webhook", spec.alert_webhook)
-    if (where := _nul_at(msgspec.to_builtins(spec), "")) is not None:
-        raise SpecError(where, "contains a NUL character, which cannot be stored")
+        _check_url("alert_webhook", spec.alert_webhook, egress)
 
 
 def _depth(value: Any) -> int:
@@ -310,20 +316,31 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _nul_at(value: Any, path: str) -> str | None:
-    """The path of the first string (or object key) holding a NUL character, if any."""
+def _text_problem(text: str) -> str | None:
+    if "\0" in text:
+        return "contains a NUL character, which cannot be stored"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _unstorable(value: Any, path: str) -> tuple[str, str] | None:
+    """(path, problem) of the first string or object key PostgreSQL cannot store (NUL, a lone surrogate)."""
     if isinstance(value, str):
-        return path if "\0" in value else None
+        problem = _text_problem(value)
+        return None if problem is None else (path, problem)
     if isinstance(value, dict):
         for k, v in value.items():
             sub = f"{path}.{k}" if path else str(k)
-            if "\0" in str(k):
-                return sub
-            if (found := _nul_at(v, sub)) is not None:
+            if (problem := _text_problem(str(k))) is not None:
+                return sub.encode(errors="replace").decode(), problem
+            if (found := _unstorable(v, sub)) is not None:
                 return found
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            if (found := _nul_at(v, f"{path}[{i}]")) is not None:
+            if (found := _unstorable(v, f"{path}[{i}]")) is not None:
                 return found
     return None
 
@@ -367,7 +384,7 @@ def spec_error_from_msgspec(err: msgspec.ValidationError | msgspec.DecodeError) 
 _FREE_FORM = frozenset({"target.headers", "target.body"})
 
 
-def decode_job_spec(data: bytes | str) -> JobSpec:
+def decode_job_spec(data: bytes | str, egress: EgressPolicy = STRICT) -> JobSpec:
     """Decode and validate untrusted JSON; every failure is a ``SpecError`` naming the field."""
     try:
         raw = msgspec.json.decode(data)
@@ -378,5 +395,5 @@ def decode_job_spec(data: bytes | str) -> JobSpec:
         raise SpecError("", "JSON nested too deeply") from None
     if (unknown := _unknown_field(raw, msgspec.to_builtins(spec), "", _FREE_FORM)) is not None:
         raise SpecError(unknown, "unknown field")
-    validate_job_spec(spec)
+    validate_job_spec(spec, egress)
     return spec

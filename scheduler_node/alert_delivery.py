@@ -7,6 +7,10 @@ Rules:
   (httpx, JSON body: the alert), 2xx counts as delivered. Failures back off exponentially (2 s doubling to
   10 min) for ``max_attempts`` tries, then the alert stays stored and listed, undelivered.
 - Deliveries run concurrently (bounded) and time out, so one dead webhook never holds back the others.
+- The egress policy (``protocol.egress``) applies as to targets: the webhook's name is resolved and every
+  address checked before the POST; a refused one ends the alert's delivery at once (``egress denied``, no
+  retry). httpx resolves the name again to connect, so unlike a firing a re-resolution between the two is not
+  excluded: webhooks are operators' and users' own endpoints, checked at validation too.
 
 Example body::
 
@@ -25,10 +29,13 @@ import httpx
 import msgspec
 import trio
 
+from protocol.egress import EgressPolicy
 from protocol.errors import DatabaseUnavailable
+from protocol.targets import parse_target_url
 
 from . import store
 from .clock import Clock, ms_to_datetime
+from .dispatch import ConnectError, checked_addresses
 from .metrics import Metrics
 from .store import Alert
 from .store_health import StoreHealth
@@ -42,7 +49,8 @@ log = logging.getLogger(__name__)
 class AlertDelivery:
     def __init__(self, db: TrioStore, shards: Callable[[], Iterable[int]], *, metrics: Metrics, clock: Clock,
                  health: StoreHealth | None = None, interval_s: float = 1.0, timeout_s: float = 10.0,
-                 max_attempts: int = 8, concurrency: int = 16) -> None:  # fmt: skip
+                 max_attempts: int = 8, concurrency: int = 16,
+                 egress: Callable[[], EgressPolicy | None] = lambda: None) -> None:  # fmt: skip
         self.db = db
         self.health = health or StoreHealth(metrics)
         self.shards = shards
@@ -52,6 +60,7 @@ class AlertDelivery:
         self.timeout_s = timeout_s
         self.max_attempts = max_attempts
         self._limiter = trio.CapacityLimiter(concurrency)
+        self._egress = egress
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False) as client:
@@ -82,11 +91,16 @@ class AlertDelivery:
                 "scheduled_at": alert.scheduled_at, "origin": alert.origin, "message": alert.message,
                 "payload": alert.payload, "created_at": alert.created_at,
             })  # fmt: skip
+            denied = await self._denied(alert.webhook)
+            error: str | None
             try:
-                r = await client.post(
-                    alert.webhook, content=body, headers={"content-type": "application/json"}
-                )
-                error = None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
+                if denied is not None:
+                    error = denied
+                else:
+                    r = await client.post(
+                        alert.webhook, content=body, headers={"content-type": "application/json"}
+                    )
+                    error = None if 200 <= r.status_code < 300 else f"HTTP {r.status_code}"
             except httpx.HTTPError as e:
                 error = f"{type(e).__name__}: {e}"
         if error is None:
@@ -98,7 +112,7 @@ class AlertDelivery:
         self.metrics.alert_deliveries.inc(outcome="failed")
         tries = alert.delivery_attempts + 1
         retry_at = None
-        if tries < self.max_attempts:
+        if tries < self.max_attempts and denied is None:
             retry_at = ms_to_datetime(self.clock.now_ms()) + timedelta(seconds=min(600, 2 * 2 ** (tries - 1)))
         log.warning(
             "alert %s to %s failed (%s); %s",
@@ -116,3 +130,16 @@ class AlertDelivery:
             error,
             retry_at,
         )
+
+    async def _denied(self, webhook: str) -> str | None:
+        """Why the webhook must not be posted to, ever (``egress denied: ...``), or None."""
+        policy = self._egress()
+        if policy is None:
+            return None
+        try:
+            await checked_addresses(parse_target_url(webhook).origin, policy)
+        except ConnectError as e:
+            return str(e) if e.denied else None  # not resolvable now: the POST will say so
+        except ValueError as e:
+            return f"webhook URL cannot be sent to: {e}"
+        return None

@@ -6,7 +6,7 @@ two, kept out of the dispatcher so that the hot path never depends on the policy
 checks it).
 
 Rules:
-- ``response``, ``timeout``, ``connect_error`` and ``connection_error`` are attempts, mapped one to one onto
+- ``response``, ``timeout``, ``connect_error``, ``egress_denied`` and ``connection_error`` are attempts, mapped one to one onto
   the retry policy's ``FailureKind`` (the same values, by the table below; a test holds them equal).
 - ``not_sent`` (``may_send()`` refused: the lease validity passed) is no attempt at all, and ``cancelled``
   (REPLACE) ends the slot rather than judging an attempt: ``attempt_result`` raises ``ValueError`` for both,
@@ -34,6 +34,7 @@ ATTEMPT_KINDS: dict[OutcomeKind, FailureKind] = {
     OutcomeKind.RESPONSE: FailureKind.RESPONSE,
     OutcomeKind.TIMEOUT: FailureKind.TIMEOUT,
     OutcomeKind.CONNECT_ERROR: FailureKind.CONNECT_ERROR,
+    OutcomeKind.EGRESS_DENIED: FailureKind.EGRESS_DENIED,
     OutcomeKind.CONNECTION_ERROR: FailureKind.CONNECTION_ERROR,
 }
 _NOT_ATTEMPTS = {OutcomeKind.NOT_SENT: NotAnAttempt.NOT_SENT, OutcomeKind.CANCELLED: NotAnAttempt.CANCELLED}

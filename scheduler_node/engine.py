@@ -52,6 +52,7 @@ from typing import Any, Protocol, TypeVar
 
 import trio
 
+from protocol.egress import STRICT, EgressPolicy
 from protocol.errors import (
     Conflict,
     DatabaseUnavailable,
@@ -133,8 +134,9 @@ class EngineConfig:
     node_id: str
     shard_count: int
     tuning: EngineTuning = field(default_factory=EngineTuning)
-    signing_secret: bytes | None = None
+    signing_secrets: tuple[bytes, ...] = ()  # the current first, then the previous one while rotating
     alert_webhook: str | None = None  # the cluster's, for jobs without their own
+    egress: EgressPolicy = STRICT  # target addresses a job may name (protocol.egress); the node updates it
 
 
 class Engine:
@@ -150,6 +152,7 @@ class Engine:
         health: StoreHealth | None = None,
     ) -> None:
         self.config = config
+        self.egress = config.egress  # replaced by the node when the cluster's allowed networks change
         self.tuning = config.tuning
         self.db = db
         self.ownership = ownership
@@ -231,6 +234,7 @@ class Engine:
                 metrics=self.metrics,
                 clock=self.clock,
                 health=self.health,
+                egress=lambda: self.egress,
             )
             await nursery.start(delivery.run)
             await nursery.start(self.ownership.run)
@@ -239,7 +243,8 @@ class Engine:
     def ready(self) -> bool:
         grants = self.ownership.grants()
         loaded = self._loaded_shards()
-        return bool(grants) and all(s in loaded for s in grants) and self.health.problem() is None
+        return (bool(grants) and all(s in loaded for s in grants) and self.health.problem() is None
+                and self.ownership.problem() is None)  # fmt: skip
 
     async def wait_loaded(self, shards: Iterable[int]) -> None:
         """Return once every one of ``shards`` is loaded (acquired and firing)."""
@@ -257,7 +262,7 @@ class Engine:
 
     def not_ready_because(self) -> str:
         """Why ``ready()`` is False: PostgreSQL unavailable (degraded), or shards still loading."""
-        return self.health.problem() or "loading"
+        return self.health.problem() or self.ownership.problem() or "loading"
 
     async def _db(self, where: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """A store call that rides a PostgreSQL outage out (``store_health.py``): retried until it is back."""
@@ -541,7 +546,7 @@ class Engine:
             id=uuid.UUID(job.id), shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
             version=job.version, rule=compile_schedule(job.spec, job.created_at),
             template=RequestTemplate.for_job(job, node_id=self.config.node_id,
-                                             signing_secret=self.config.signing_secret),
+                                             signing_secret=self.config.signing_secrets),
         )  # fmt: skip
 
     def _loadable(self, stored: Job | UnreadableJob) -> LoadedJob | None:
@@ -1211,7 +1216,10 @@ class Engine:
         if write.op is JobWriteOp.UPSERT:
             if write.spec is None:
                 raise SpecError("spec", "required for upsert")
-            validate_job_spec(write.spec)
+            try:
+                validate_job_spec(write.spec, self.egress)
+            except SpecError as e:
+                raise e.within("spec") from None
         now = self.clock.now_ms()
         try:
             outcome = await self.db.call(

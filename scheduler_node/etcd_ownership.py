@@ -59,6 +59,7 @@ class EtcdOwnership:
         take_per_round: int = 64,
         reconcile_interval_s: float = 1.0,
         clock_ok: Callable[[], str | None] = lambda: None,
+        join_timeout_s: float | None = None,
     ) -> None:
         self.coord = coord
         self.node_id = node_id
@@ -66,6 +67,7 @@ class EtcdOwnership:
         self.shard_count = shard_count
         self._bump = bump_epoch
         self.ttl_s = ttl_s
+        self.join_timeout_s = join_timeout_s  # the first join only: a lease lost later is retried for good
         self.margin_s = margin_s
         self.release_timeout_s = release_timeout_s
         self.take_per_round = take_per_round
@@ -101,6 +103,9 @@ class EtcdOwnership:
             log.warning("releasing shard %d in etcd failed: %s", shard, e)
         self._kick.set()
 
+    def problem(self) -> str | None:
+        return None  # shards come and go with the cluster's plan; losing one is no fault of this node
+
     def lost(self, shard: int) -> None:
         if self._grants.pop(shard, None) is not None:
             self._releasing.discard(shard)
@@ -111,7 +116,7 @@ class EtcdOwnership:
         return self._refusing
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self._join()
+        await self._join(self.join_timeout_s)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keepalive_loop)
             nursery.start_soon(self._watch_loop)
@@ -129,9 +134,11 @@ class EtcdOwnership:
 
     # ---- lease -------------------------------------------------------------------------------------------
 
-    async def _join(self) -> None:
-        """A new lease and registration (retried until etcd answers)."""
+    async def _join(self, timeout_s: float | None = None) -> None:
+        """A new lease and registration, retried until etcd answers or, given ``timeout_s``, until that has
+        passed (``InfrastructureError``: a node started against a wrong or dead address says so and exits)."""
         pause = 0.2
+        give_up_at = None if timeout_s is None else trio.current_time() + timeout_s
         while True:
             try:
                 ack = await self.coord.grant_lease(self.ttl_s)
@@ -141,6 +148,8 @@ class EtcdOwnership:
                 log.info("node %s joined with lease %x (ttl %ds)", self.node_id, ack.lease_id, ack.ttl)
                 return
             except InfrastructureError as e:
+                if give_up_at is not None and trio.current_time() + pause > give_up_at:
+                    raise InfrastructureError(f"etcd did not answer for {timeout_s:g} s: {e}") from None
                 log.warning("joining the cluster failed (%s); retrying", e)
                 await trio.sleep(pause)
                 pause = min(2 * pause, 2.0)

@@ -6,8 +6,11 @@ Routes:
 - ``GET /metrics``: Prometheus text format.
 - ``GET /internal/v1/status``: this node's view (shards with epochs, counters) as JSON.
 - ``POST /internal/v1/jobs/{id}``: a ``protocol.internal.JobWrite`` (JSON), authenticated by
-  ``Authorization: Bearer <cluster secret>``. Answers ``JobWritten`` 200, ``NotOwner`` 409,
-  ``VersionConflict`` 412, or ``{"error": "<field>: <problem>"}`` with the error's status hint.
+  ``Authorization: Bearer <cluster secret>``. Answers ``JobWritten`` 200, or a problem: ``not-owner`` 409
+  (decodes as ``NotOwner``), ``version-mismatch`` 412 (decodes as ``VersionConflict``), ``invalid-field``
+  422 naming the field, ``conflict`` 409, ``not-found`` 404, ``unavailable`` 503.
+- Every error answer is RFC 9457 problem details (``protocol.problems``), never a stack trace: an unexpected
+  exception is logged here with its traceback and answered as ``internal`` 500.
 
 Internal traffic is low-volume (job writes, scrapes), so this is a plain ASGI callable served by Hypercorn's
 trio worker in the node's nursery rather than a framework; the firing path never passes through here.
@@ -16,6 +19,7 @@ trio worker in the node's nursery rather than a framework; the firing path never
 from __future__ import annotations
 
 import hmac
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,13 +27,18 @@ from typing import Any, Protocol
 
 import msgspec
 
-from protocol.errors import NotOwnerError, ShardwheelError, VersionMismatch
-from protocol.internal import JobWrite, JobWritten, NotOwner, VersionConflict
+from protocol import problems
+from protocol.errors import ShardwheelError, SpecError
+from protocol.ids import parse_job_id
+from protocol.internal import JobWrite, JobWritten
+from protocol.jobs import spec_error_from_msgspec
 
 __all__ = ["NodeApi", "NodeHttpApp"]
 
+log = logging.getLogger(__name__)
+
 MAX_BODY = 256 * 1024
-_JOB_PATH = re.compile(r"/internal/v1/jobs/([0-9a-fA-F-]{32,36})")
+_JOB_PATH = re.compile(r"/internal/v1/jobs/([^/]+)")
 _write_decoder = msgspec.json.Decoder(JobWrite)
 
 Scope = Mapping[str, Any]
@@ -64,6 +73,14 @@ class NodeHttpApp:
             return
         if scope["type"] != "http":
             return
+        try:
+            await self._route(scope, receive, send)
+        except Exception:
+            # After the response started there is nothing to answer; before, a 500 with no trace in it.
+            log.exception("node HTTP port: %s %s failed", scope.get("method"), scope.get("path"))
+            await _problem(send, problems.problem(500, "internal", "internal error; the node's log has it"))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
         if method == "GET" and path == "/healthz":
             await _respond(send, 200, b"ok\n", b"text/plain")
@@ -76,49 +93,42 @@ class NodeHttpApp:
             await _respond(send, 200, self.node.metrics_text().encode(), b"text/plain; version=0.0.4")
         elif method == "GET" and path == "/internal/v1/status":
             if not self._authorized(scope):
-                await _error(send, 401, "missing or wrong cluster secret")
+                await _problem(send, problems.problem(401, "unauthorized", "missing or wrong cluster secret"))
                 return
             await _respond(send, 200, msgspec.json.encode(self.node.status()))
         elif (m := _JOB_PATH.fullmatch(path)) is not None:
             if method != "POST":
-                await _error(send, 405, f"{method} not allowed here")
+                await _problem(send, problems.problem(405, "method-not-allowed", f"{method} not allowed here"))
             elif not self._authorized(scope):
-                await _error(send, 401, "missing or wrong cluster secret")
+                await _problem(send, problems.problem(401, "unauthorized", "missing or wrong cluster secret"))
             else:
                 await self._write(m[1], receive, send)
         else:
-            await _error(send, 404, f"no route {method} {path}")
+            await _problem(send, problems.problem(404, "not-found", f"no route {method} {path[:200]}"))
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = bytes(value).partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token, self._secret)
+                return scheme.lower() == b"bearer" and bool(token) and hmac.compare_digest(token, self._secret)
         return False
 
     async def _write(self, raw_id: str, receive: Receive, send: Send) -> None:
-        try:
-            job_id = uuid.UUID(raw_id)
-        except ValueError:
-            await _error(send, 400, f"'{raw_id}' is not a job id")
-            return
         body = await _read_body(receive)
         if body is None:
-            await _error(send, 413, f"body larger than {MAX_BODY} bytes")
+            await _problem(send, problems.problem(413, "too-large", f"body larger than {MAX_BODY} bytes"))
             return
         try:
-            write = _write_decoder.decode(body)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
-            await _error(send, 422, str(e))
-            return
-        try:
+            job_id = parse_job_id(raw_id)
+            try:
+                write = _write_decoder.decode(body)
+            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+                raise spec_error_from_msgspec(e) from None
+            except RecursionError:
+                raise SpecError("", "JSON nested too deeply") from None
             written = await self.node.apply_write(job_id, write)
-        except NotOwnerError as e:
-            await _respond(send, 409, msgspec.json.encode(NotOwner(e.shard, e.owner_hint)))
-        except VersionMismatch as e:
-            await _respond(send, 412, msgspec.json.encode(VersionConflict(e.expected, e.actual)))
         except ShardwheelError as e:
-            await _error(send, e.status_hint, str(e))
+            await _problem(send, problems.from_error(e))
         else:
             await _respond(send, 200, msgspec.json.encode(written))
 
@@ -148,5 +158,5 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes = b
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Send, status: int, message: str) -> None:
-    await _respond(send, status, msgspec.json.encode({"error": message}))
+async def _problem(send: Send, problem: problems.Problem) -> None:
+    await _respond(send, problem.status, msgspec.json.encode(problem), problems.CONTENT_TYPE.encode())

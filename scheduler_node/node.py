@@ -8,6 +8,9 @@ Rules:
 - SIGINT or SIGTERM is the graceful release of DESIGN.md §4 for every owned shard: stop claiming, delete the
   claimed rows not yet sent, let requests in flight finish (bounded), flush the writers, then exit 0.
   A second signal exits at once.
+- No open door: outside dev mode the node refuses to start without a cluster secret of at least 32 bytes (the
+  bearer token of its internal API). Dev mode (``--dev``, ``SHARDWHEEL_DEV=1``: the local cluster, tests,
+  benches) says so in the log and falls back to a built-in secret when none is given.
 
 Example::
 
@@ -17,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import secrets
 import signal
@@ -29,11 +33,12 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from protocol.egress import EgressPolicy
 from protocol.errors import InfrastructureError
 
 from .clock import Clock
 from .clock_check import ClockCheck
-from .coordination import KeyLayout
+from .coordination import EtcdTls, KeyLayout
 from .coordination.trio_adapter import TrioCoordinator
 from .dispatch import Dispatcher, DispatcherConfig
 from .engine import Engine, EngineConfig, EngineTuning
@@ -41,13 +46,16 @@ from .etcd_ownership import EtcdOwnership
 from .http_api import NodeHttpApp
 from .metrics import Metrics
 from .ownership import StaticOwnership, parse_shard_ranges
-from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_cluster
+from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_cluster, read_epochs
 from .store_health import StoreHealth
 from .trio_store import TrioStore
 
-__all__ = ["Node", "NodeConfig", "run_node"]
+__all__ = ["DEV_CLUSTER_SECRET", "MIN_SECRET_BYTES", "Node", "NodeConfig", "run_node"]
 
 log = logging.getLogger(__name__)
+
+MIN_SECRET_BYTES = 32
+DEV_CLUSTER_SECRET = "shardwheel-dev-mode-cluster-secret-not-for-production"
 
 
 @dataclass
@@ -57,8 +65,9 @@ class NodeConfig:
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
     host: str = "127.0.0.1"
     port: int = 8081
-    cluster_secret: str = "dev-cluster-secret"
+    cluster_secret: str = ""  # required outside dev mode: at least MIN_SECRET_BYTES
     signing_secret: str | None = None
+    previous_signing_secret: str | None = None  # also signed with while targets move to the new one
     engine: EngineTuning = field(default_factory=EngineTuning)
     dispatcher: DispatcherConfig = field(default_factory=DispatcherConfig)
     clock_offset_ms: int = 0
@@ -67,12 +76,38 @@ class NodeConfig:
     retention_days: int = 30  # executions older than this are dropped, a day partition at a time
     etcd: str | None = None  # etcd endpoint(s): cluster mode (leases, rebalancing); None: static --shards
     etcd_prefix: str = "/shardwheel"
+    etcd_tls: EtcdTls | None = None  # https to etcd: its CA, and a client certificate for --client-cert-auth
     lease_ttl_s: int = 5
     advertise_host: str | None = None  # how other processes reach this node's HTTP port (default: host)
     clock_limit_ms: float = 50.0
     # A PostgreSQL outage longer than this ends the node (exit 1, one line), for its supervisor to restart it;
     # shorter ones are ridden out (store_health.py).
     store_outage_limit_s: float = 300.0
+    static_check_interval_s: float = 5.0  # static shards: how often their stored epochs are compared
+    egress_refresh_s: float = 5.0  # how often the cluster's allowed target networks are read again
+    etcd_join_timeout_s: float = 60.0  # at start: how long an etcd that does not answer is retried
+    dev: bool = False  # a built-in cluster secret if none is given; loopback targets allowed
+
+    def checked(self) -> NodeConfig:
+        """This config, or ``ValueError`` naming the option that cannot work (checked before anything
+        starts)."""
+        secret = self.cluster_secret
+        if not self.dev and len(secret.encode()) < MIN_SECRET_BYTES:
+            problem = "is empty" if not secret else f"is {len(secret.encode())} bytes"
+            raise ValueError(f"--cluster-secret {problem}; it must be at least {MIN_SECRET_BYTES} bytes "
+                             "outside dev mode (--dev)")  # fmt: skip
+        for name, value, low in (("--port", self.port, 0), ("--lease-ttl", self.lease_ttl_s, 1)):
+            if not low <= value <= (65_535 if name == "--port" else 3_600):
+                raise ValueError(f"{name} {value} is out of range")
+        if self.engine.horizon_ms <= self.engine.lookahead_ms or self.engine.lookahead_ms < 0:
+            raise ValueError("--horizon-ms must be larger than --lookahead-ms, which must not be negative")
+        if self.engine.release_timeout_s < 0 or self.store_outage_limit_s <= 0 or self.clock_limit_ms <= 0:
+            raise ValueError("--release-timeout, --store-outage-limit and --clock-limit-ms must be positive")
+        if self.previous_signing_secret and not self.signing_secret:
+            raise ValueError("--previous-signing-secret needs --signing-secret (the new one)")
+        if self.dev and not secret:
+            return dataclasses.replace(self, cluster_secret=DEV_CLUSTER_SECRET)
+        return self
 
 
 async def _partition_maintenance(db: TrioStore, health: StoreHealth, retention_days: int, *,
@@ -111,11 +146,26 @@ async def _publish_status(engine: Engine, ownership: EtcdOwnership, clock_check:
             log.warning("publishing status failed: %s", e)
 
 
+async def _follow_egress(db: TrioStore, health: StoreHealth, engine: Engine, dispatcher: Dispatcher,
+                         policy: EgressPolicy, dev: bool, interval_s: float = 5.0) -> None:  # fmt: skip
+    """The cluster's allowed target networks, read again every few seconds: a change applies to new writes and
+    new connections on every node (a connection already open stays until it is closed)."""
+    while True:
+        await trio.sleep(interval_s)
+        cluster = await health.retry("egress", db.call, read_cluster)
+        if cluster is None:
+            continue
+        latest = EgressPolicy.of(cluster.allowed_target_nets, dev=dev)
+        if latest != policy:
+            log.info("egress: allowed target networks now %s", [str(n) for n in latest.allowed])
+            policy = engine.egress = dispatcher.egress = latest
+
+
 class Node:
     """A running node; ``engine`` is set once ``run`` has started."""
 
     def __init__(self, config: NodeConfig) -> None:
-        self.config = config
+        self.config = config.checked()
         self.engine: Engine | None = None
         self.addresses: list[str] = []
         self._stop = trio.Event()
@@ -128,6 +178,10 @@ class Node:
     async def run(self, *, handle_signals: bool = True,
                   task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
         config = self.config
+        if config.dev:
+            log.warning("dev mode: %s; not for production",
+                        "the built-in cluster secret" if config.cluster_secret == DEV_CLUSTER_SECRET
+                        else "the given cluster secret")  # fmt: skip
         async with contextlib.AsyncExitStack() as stack:
             db = await stack.enter_async_context(TrioStore.open(config.dsn, max_size=config.pool_size))
             cluster = await db.call(read_cluster)
@@ -145,24 +199,35 @@ class Node:
 
             ownership: StaticOwnership | EtcdOwnership
             if config.etcd:
-                coord = await stack.enter_async_context(
-                    TrioCoordinator.open(config.etcd, KeyLayout(cluster.name, config.etcd_prefix))
-                )
+                layout = KeyLayout(cluster.name, config.etcd_prefix)
+                opened = TrioCoordinator.open(config.etcd, layout, tls=config.etcd_tls)
+                coord = await stack.enter_async_context(opened)
                 ownership = EtcdOwnership(
                     coord, node_id=config.node_id, address="", shard_count=cluster.shard_count, bump_epoch=bump,
                     ttl_s=config.lease_ttl_s, release_timeout_s=config.engine.release_timeout_s,
-                    clock_ok=clock_check.problem,
+                    clock_ok=clock_check.problem, join_timeout_s=config.etcd_join_timeout_s,
                 )  # fmt: skip
             else:
                 if clock_check.problem():
                     raise InfrastructureError(f"refusing to own shards: {clock_check.problem()}")
-                ownership = StaticOwnership(parse_shard_ranges(config.shards, cluster.shard_count), bump)
+                async def epochs_of(shards: list[int]) -> dict[int, int]:
+                    return {s: e.epoch for s, e in (await db.call(read_epochs, shards)).items()}
+
+                try:
+                    shards = parse_shard_ranges(config.shards, cluster.shard_count)
+                except ValueError as e:
+                    raise InfrastructureError(f"--shards: {e}") from None
+                ownership = StaticOwnership(shards, bump, epochs_of, config.static_check_interval_s)
+            egress = EgressPolicy.of(cluster.allowed_target_nets, dev=config.dev)
             dispatcher = await stack.enter_async_context(Dispatcher(config.dispatcher))
+            dispatcher.egress = egress
             engine = self.engine = Engine(
                 EngineConfig(
                     node_id=config.node_id, shard_count=cluster.shard_count, tuning=config.engine,
-                    signing_secret=config.signing_secret.encode() if config.signing_secret else None,
-                    alert_webhook=config.alert_webhook,
+                    signing_secrets=tuple(
+                        s.encode() for s in (config.signing_secret, config.previous_signing_secret) if s
+                    ),
+                    alert_webhook=config.alert_webhook, egress=egress,
                 ),
                 db=db, ownership=ownership, dispatcher=dispatcher, metrics=metrics, clock=clock, health=health,
             )  # fmt: skip
@@ -175,9 +240,18 @@ class Node:
                 if handle_signals:
                     nursery.start_soon(self._watch_signals, nursery)
                 nursery.start_soon(self._watch_store, health, nursery)
+                nursery.start_soon(_follow_egress, db, health, engine, dispatcher, egress, config.dev,
+                                   config.egress_refresh_s)  # fmt: skip
                 await nursery.start(_partition_maintenance, db, health, config.retention_days)
                 await nursery.start(clock_check.run)
-                self.addresses = await nursery.start(serve, NodeHttpApp(engine, config.cluster_secret), hc)
+                try:
+                    app = NodeHttpApp(engine, config.cluster_secret)
+                    self.addresses = await nursery.start(serve, app, hc)
+                except* OSError as group:  # hypercorn's own nursery may wrap it
+                    first = group.exceptions[0]
+                    where = f"{config.host}:{config.port}"
+                    reason = first.strerror if isinstance(first, OSError) and first.strerror else str(first)
+                    raise InfrastructureError(f"cannot listen on {where}: {reason}") from None
                 port = self.addresses[0].rsplit(":", 1)[1]
                 if isinstance(ownership, EtcdOwnership):
                     ownership.address = f"http://{config.advertise_host or config.host}:{port}"

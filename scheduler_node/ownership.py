@@ -18,12 +18,15 @@ implements the same interface.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
+
+from protocol.errors import InfrastructureError
 
 __all__ = [
     "Acquired",
@@ -34,8 +37,11 @@ __all__ = [
     "RevokeRequested",
     "StaticOwnership",
     "Validity",
+    "format_shards",
     "parse_shard_ranges",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +102,27 @@ class Ownership(Protocol):
 
     def lost(self, shard: int) -> None: ...
 
+    def problem(self) -> str | None:
+        """Why this node does not hold what it should (a static shard another node took), for readiness."""
+        ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+
+def format_shards(shards: Iterable[int]) -> str:
+    """``{0, 1, 2, 5}`` -> ``"0-2,5"`` (what ``parse_shard_ranges`` reads)."""
+    parts: list[str] = []
+    run: list[int] = []
+    for s in sorted(shards):
+        if run and s == run[-1] + 1:
+            run.append(s)
+            continue
+        if run:
+            parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [s]
+    if run:
+        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(parts)
 
 
 def parse_shard_ranges(text: str, shard_count: int) -> list[int]:
@@ -119,12 +145,27 @@ def parse_shard_ranges(text: str, shard_count: int) -> list[int]:
 
 
 class StaticOwnership:
-    """A fixed set of shards; ``bump_epoch(shard) -> epoch`` allocates the epoch in PostgreSQL."""
+    """A fixed set of shards; ``bump_epoch(shard) -> epoch`` allocates the epoch in PostgreSQL.
 
-    def __init__(self, shards: Iterable[int], bump_epoch: Callable[[int], Awaitable[int]]) -> None:
+    Another process may take one of them anyway (a second node started on the same range, or an operator's
+    bump): every ``check_interval_s`` the stored epochs (``epochs_of``) are compared with the granted ones, and
+    a shard whose epoch moved on is lost at once, not at its next fenced write (an idle shard writes nothing).
+    A static node that lost a shard it was told to own is not ready; ``problem`` says which.
+    """
+
+    def __init__(
+        self,
+        shards: Iterable[int],
+        bump_epoch: Callable[[int], Awaitable[int]],
+        epochs_of: Callable[[list[int]], Awaitable[Mapping[int, int]]] | None = None,
+        check_interval_s: float = 5.0,
+    ) -> None:
         self._wanted = list(shards)
         self._bump = bump_epoch
+        self._epochs_of = epochs_of
+        self._check_interval_s = check_interval_s
         self._grants: dict[int, Grant] = {}
+        self._taken: set[int] = set()
         self._send, self.events = trio.open_memory_channel[OwnershipEvent](math.inf)
 
     def grants(self) -> Mapping[int, Grant]:
@@ -141,7 +182,14 @@ class StaticOwnership:
 
     def lost(self, shard: int) -> None:
         if self._grants.pop(shard, None) is not None:
+            self._taken.add(shard)
+            log.error("shard %d: another node holds a newer epoch; dropped (static ownership)", shard)
             self._send.send_nowait(Lost(shard))
+
+    def problem(self) -> str | None:
+        if not self._taken:
+            return None
+        return f"shard(s) {format_shards(self._taken)} of --shards taken by another node"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # All epochs first, then all grants at once: readiness ("every granted shard loaded") must never see a
@@ -151,4 +199,15 @@ class StaticOwnership:
             self._grants[shard] = Grant(epoch, math.inf)
             self._send.send_nowait(Acquired(shard, epoch))
         task_status.started()
-        await trio.sleep_forever()
+        if self._epochs_of is None:
+            await trio.sleep_forever()
+        while True:
+            await trio.sleep(self._check_interval_s)
+            held = dict(self._grants)
+            try:
+                stored = await self._epochs_of(sorted(held))
+            except InfrastructureError:
+                continue  # PostgreSQL away: the writes are fenced all the same; look again later
+            for shard, grant in held.items():
+                if stored.get(shard, grant.epoch) > grant.epoch and self._grants.get(shard) == grant:
+                    self.lost(shard)

@@ -8,6 +8,8 @@ Rules (DESIGN.md §5):
   same answer.
 - AT_MOST_ONCE retries only failures where no byte of the request was written (connection refused, connect
   timeout): the target cannot have acted on it. Once a byte is out, the outcome stands.
+- An address the egress policy refuses (``egress_denied``) is never retried, whatever the semantics: the
+  slot ends ``failed`` at once (and raises its ``execution_failed`` alert).
 - Attempts are counted from 1; ``retry.max_attempts`` includes the first. When they run out the slot ends
   ``timed_out`` if the last attempt timed out, else ``failed``.
 - Backoff before attempt n+1 = min(initial · multiplier^(n-1), max) scaled by a jitter factor drawn uniformly
@@ -37,6 +39,7 @@ class FailureKind(enum.StrEnum):
     RESPONSE = "response"  # a complete response arrived (its status decides)
     TIMEOUT = "timeout"
     CONNECT_ERROR = "connect_error"  # nothing was written
+    EGRESS_DENIED = "egress_denied"  # the egress policy refused the address: final, whatever the policy
     CONNECTION_ERROR = "connection_error"  # the connection failed after the request was (partly) written
 
 
@@ -69,6 +72,8 @@ def is_success(success: Success, result: AttemptResult) -> bool:
 
 
 def _retryable(semantics: Semantics, result: AttemptResult) -> bool:
+    if result.kind is FailureKind.EGRESS_DENIED:
+        return False
     if semantics is Semantics.AT_MOST_ONCE:
         return not result.bytes_written and result.kind is not FailureKind.RESPONSE
     if result.kind is FailureKind.RESPONSE:

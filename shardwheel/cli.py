@@ -1,7 +1,9 @@
 """The `shardwheel` command: one entry point, a subcommand per tool.
 
 Errors are one readable line on stderr (``shardwheel: error: ...``) with exit code 2 for bad usage and 1 for a
-failure at run time; nothing already stored is touched by a command that fails validation.
+failure at run time; nothing already stored is touched by a command that fails validation. Options are
+checked before anything starts (ranges, DSN form, the node's secret); an error at run time comes out of
+trio's exception groups as its first real cause, in one line. ``--debug`` adds the traceback.
 Configuration comes from flags, else from the environment (``SHARDWHEEL_PG_DSN``, ``SHARDWHEEL_ETCD``,
 ``SHARDWHEEL_CLUSTER``, ``SHARDWHEEL_SHARDS``).
 """
@@ -14,9 +16,11 @@ import os
 import signal
 import sys
 import threading
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from protocol.errors import ShardwheelError
 from protocol.shards import DEFAULT_SHARD_COUNT, HASH_NAME
@@ -26,7 +30,7 @@ __all__ = ["main"]
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"shardwheel: error: {message}\n")  # the same prefix after a subcommand
 
 
 def _env_int(name: str, default: int) -> int:
@@ -39,26 +43,65 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"shardwheel: error: {name}={raw!r} is not an integer") from None
 
 
-def _shard_count(value: str) -> int:
-    n = int(value)
-    if not 1 <= n <= 65_536:
-        raise argparse.ArgumentTypeError(f"shard count must be 1-65536, got {n}")
-    return n
+def _ranged(kind: type[int] | type[float], low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` within [low, high], else a one-line usage error."""
+
+    def parse(value: str) -> float:
+        try:
+            n = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{n} is out of range {low:g}-{high:g}")
+        return n
+
+    return parse
 
 
-async def _migrate(dsn: str, cluster: str, shards: int) -> tuple[list[str], object]:
+_shard_count = _ranged(int, 1, 65_536)
+
+
+def _dsn(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("must be a postgresql://user@host:port/database URL")
+    return value
+
+
+def _shard_ranges(value: str) -> str:
+    from scheduler_node.ownership import parse_shard_ranges
+
+    try:
+        parse_shard_ranges(value, 65_536)  # the cluster's own count is checked again at start
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+async def _migrate(
+    dsn: str, cluster: str, shards: int, allow_target_nets: list[str] | None = None
+) -> tuple[list[str], object]:
     import asyncpg
+    import msgspec
 
-    from scheduler_node.store import ensure_partitions
+    from protocol.egress import EgressPolicy
+    from scheduler_node.store import ensure_partitions, set_allowed_target_nets
     from scheduler_node.store.migrate import ensure_cluster, migrate
+    from scheduler_node.store.pool import redact_dsn
 
     try:
         conn = await asyncpg.connect(dsn, timeout=10)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as e:
-        raise ShardwheelError(f"cannot connect to PostgreSQL at {dsn}: {e}") from None
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
+        raise ShardwheelError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {e}") from None
     try:
         applied = await migrate(conn)
         info = await ensure_cluster(conn, name=cluster, shard_count=shards, hash_name=HASH_NAME)
+        if allow_target_nets is not None:
+            try:
+                EgressPolicy.of(allow_target_nets)
+            except ValueError as e:
+                raise ShardwheelError(f"--allow-target-net: {e}") from None
+            nets = await set_allowed_target_nets(conn, allow_target_nets)
+            info = msgspec.structs.replace(info, allowed_target_nets=nets)
         await ensure_partitions(conn, datetime.now(UTC).date() - timedelta(days=1), 8)
     finally:
         await conn.close()
@@ -68,9 +111,11 @@ async def _migrate(dsn: str, cluster: str, shards: int) -> tuple[list[str], obje
 def cmd_migrate(args: argparse.Namespace) -> int:
     if not args.dsn:
         raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
-    applied, info = asyncio.run(_migrate(args.dsn, args.cluster, args.shards))
+    applied, info = asyncio.run(_migrate(args.dsn, args.cluster, args.shards, args.allow_target_net))
     print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
     print(f"cluster: {info}")
+    nets = getattr(info, "allowed_target_nets", ())
+    print(f"allowed target networks: {', '.join(nets) if nets else 'none (public addresses only)'}")
     return 0
 
 
@@ -101,7 +146,18 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
-def _given(**flags: object) -> dict[str, object]:
+def _etcd_tls(args: argparse.Namespace) -> Any:
+    """``--etcd-ca`` (and a client certificate) as the coordinator's TLS settings, or None: plain gRPC."""
+    from scheduler_node.coordination import EtcdTls
+
+    if args.etcd_ca is None:
+        if args.etcd_cert or args.etcd_key:
+            raise ShardwheelError("--etcd-cert and --etcd-key need --etcd-ca")
+        return None
+    return EtcdTls(args.etcd_ca, args.etcd_cert, args.etcd_key)
+
+
+def _given(**flags: Any) -> dict[str, Any]:
     """The flags given on the command line; the others keep the defaults their config class defines."""
     return {k: v for k, v in flags.items() if v is not None}
 
@@ -118,20 +174,23 @@ def cmd_node(args: argparse.Namespace) -> int:
         raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = NodeConfig(
-        dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
-        cluster_secret=args.cluster_secret, signing_secret=args.signing_secret,
-        engine=EngineTuning(**_given(horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms,
-                                     release_timeout_s=args.release_timeout)),
-        clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook, etcd=args.etcd,
-        etcd_prefix=args.etcd_prefix, lease_ttl_s=args.lease_ttl, advertise_host=args.advertise_host,
-        clock_limit_ms=args.clock_limit_ms, **_given(store_outage_limit_s=args.store_outage_limit),
-        **({"node_id": args.node_id} if args.node_id else {}),
-    )  # fmt: skip
     try:
-        trio.run(run_node, config)
-    except ValueError as e:  # a bad --shards range
-        raise ShardwheelError(f"--shards: {e}") from None
+        config = NodeConfig(
+            dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
+            cluster_secret=args.cluster_secret or "", signing_secret=args.signing_secret,
+            previous_signing_secret=args.previous_signing_secret,
+            engine=EngineTuning(**_given(horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms,
+                                         release_timeout_s=args.release_timeout)),
+            clock_offset_ms=args.clock_offset_ms, alert_webhook=args.alert_webhook, etcd=args.etcd,
+            etcd_prefix=args.etcd_prefix, etcd_tls=_etcd_tls(args), lease_ttl_s=args.lease_ttl,
+            advertise_host=args.advertise_host,
+            clock_limit_ms=args.clock_limit_ms, etcd_join_timeout_s=args.etcd_join_timeout, dev=args.dev,
+            **_given(store_outage_limit_s=args.store_outage_limit),
+            **({"node_id": args.node_id} if args.node_id else {}),
+        ).checked()
+    except ValueError as e:
+        raise ShardwheelError(str(e)) from None
+    trio.run(run_node, config)
     return 0
 
 
@@ -142,8 +201,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
     if not args.etcd:
         raise ShardwheelError("no etcd: pass --etcd or set SHARDWHEEL_ETCD")
+    tls = _etcd_tls(args)
     if args.op == "status":
-        status = cluster_status(args.dsn, args.etcd, args.etcd_prefix)
+        status = cluster_status(args.dsn, args.etcd, args.etcd_prefix, tls)
         if args.json:
             import msgspec
 
@@ -151,7 +211,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         else:
             render_status(status)
         return 0
-    print(apply_operation(args.dsn, args.etcd, args.etcd_prefix, args.op, *args.args))
+    print(apply_operation(args.dsn, args.etcd, args.etcd_prefix, args.op, *args.args, tls=tls))
     return 0
 
 
@@ -161,54 +221,81 @@ _CLUSTER_ARGS = {"status": 0, "rebalance": 0, "pause": 0, "resume": 0, "drain": 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="shardwheel", description="A distributed, sharded job scheduler.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    debug = _Parser(add_help=False)  # --debug after the subcommand too (SUPPRESS keeps the top level's value)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    common = _Parser(add_help=False)
+    common = _Parser(add_help=False, parents=[debug])
+    etcd_tls = _Parser(add_help=False)
+    etcd_tls.add_argument("--etcd-ca", default=os.environ.get("SHARDWHEEL_ETCD_CA"),
+                          help="TLS to etcd (https endpoints): the CA file (env SHARDWHEEL_ETCD_CA)")
+    etcd_tls.add_argument("--etcd-cert", default=os.environ.get("SHARDWHEEL_ETCD_CERT"),
+                          help="client certificate for etcd's --client-cert-auth (env SHARDWHEEL_ETCD_CERT)")
+    etcd_tls.add_argument("--etcd-key", default=os.environ.get("SHARDWHEEL_ETCD_KEY"),
+                          help="its key (env SHARDWHEEL_ETCD_KEY)")
     common.add_argument("--cluster", default=os.environ.get("SHARDWHEEL_CLUSTER", "default"),
                         help="cluster name (env SHARDWHEEL_CLUSTER)")
     common.add_argument("--shards", type=_shard_count, default=_env_int("SHARDWHEEL_SHARDS", DEFAULT_SHARD_COUNT),
                         help="shard count S, fixed when the cluster is created (env SHARDWHEEL_SHARDS)")
 
     m = sub.add_parser("migrate", parents=[common], help="apply database migrations and create the cluster row")
-    m.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    m.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
+                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    m.add_argument("--allow-target-net", nargs="*", action="extend", metavar="CIDR",
+                   help="networks targets may reach although private or loopback (replaces the stored list; "
+                        "given alone: none)")
     m.set_defaults(func=cmd_migrate)
 
-    n = sub.add_parser("node", help="run a scheduler node")
-    n.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
-    n.add_argument("--shards", dest="shards_owned", default="0-255",
+    n = sub.add_parser("node", parents=[debug, etcd_tls], help="run a scheduler node")
+    n.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
+                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    n.add_argument("--shards", dest="shards_owned", type=_shard_ranges, default="0-255",
                    help="shards this node owns, e.g. 0-127,200 (static ownership)")
     n.add_argument("--node-id", default=os.environ.get("SHARDWHEEL_NODE_ID"), help="defaults to host-random")
     n.add_argument("--host", default="127.0.0.1", help="address of the node's HTTP port")
-    n.add_argument("--port", type=int, default=_env_int("SHARDWHEEL_NODE_PORT", 8081), help="0 picks a free port")
-    n.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET", "dev-cluster-secret"),
-                   help="shared secret of the internal API (env SHARDWHEEL_CLUSTER_SECRET)")
+    n.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_NODE_PORT", 8081),
+                   help="0 picks a free port")
+    n.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
+                   help="shared secret of the internal API, at least 32 bytes (env SHARDWHEEL_CLUSTER_SECRET)")
+    n.add_argument("--dev", action="store_true", default=os.environ.get("SHARDWHEEL_DEV", "") in ("1", "true"),
+                   help="dev mode: a built-in cluster secret if none is given (env SHARDWHEEL_DEV=1)")
     n.add_argument("--signing-secret", default=os.environ.get("SHARDWHEEL_SIGNING_SECRET"),
                    help="sign requests with X-Shardwheel-Signature (env SHARDWHEEL_SIGNING_SECRET)")
+    n.add_argument("--previous-signing-secret", default=os.environ.get("SHARDWHEEL_PREVIOUS_SIGNING_SECRET"),
+                   help="while rotating: also sign with this one (env SHARDWHEEL_PREVIOUS_SIGNING_SECRET)")
     n.add_argument("--alert-webhook", default=os.environ.get("SHARDWHEEL_ALERT_WEBHOOK"),
                    help="the cluster's alert webhook, for jobs without their own")
-    n.add_argument("--horizon-ms", type=int, help="how far ahead jobs are held in the wheel")
-    n.add_argument("--lookahead-ms", type=int, help="how long before its slot a firing is claimed")
-    n.add_argument("--release-timeout", type=float, help="seconds in-flight requests get to finish at shutdown")
+    n.add_argument("--horizon-ms", type=_ranged(int, 1, 86_400_000),
+                   help="how far ahead jobs are held in the wheel")
+    n.add_argument("--lookahead-ms", type=_ranged(int, 0, 60_000),
+                   help="how long before its slot a firing is claimed")
+    n.add_argument("--release-timeout", type=_ranged(float, 0, 3600),
+                   help="seconds in-flight requests get to finish at shutdown")
     n.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
                    help="etcd endpoint(s), comma-separated: cluster mode, --shards is then ignored (env SHARDWHEEL_ETCD)")
     n.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),
                    help="key prefix in etcd (env SHARDWHEEL_ETCD_PREFIX)")
-    n.add_argument("--lease-ttl", type=int, default=5, help="seconds; a dead node's shards move after about this")
+    n.add_argument("--lease-ttl", type=_ranged(int, 2, 3600), default=5,
+                   help="seconds; a dead node's shards move after about this")
+    n.add_argument("--etcd-join-timeout", type=_ranged(float, 0, 86_400), default=60.0,
+                   help="seconds an etcd that does not answer is retried at start before the node exits")
     n.add_argument("--advertise-host", default=os.environ.get("SHARDWHEEL_ADVERTISE_HOST"),
                    help="host other processes use to reach this node (default: --host)")
-    n.add_argument("--clock-limit-ms", type=float, default=50.0,
+    n.add_argument("--clock-limit-ms", type=_ranged(float, 0.001, 60_000), default=50.0,
                    help="largest clock offset from PostgreSQL at which the node still owns shards")
-    n.add_argument("--store-outage-limit", type=float,
+    n.add_argument("--store-outage-limit", type=_ranged(float, 0.001, 86_400),
                    help="seconds of PostgreSQL outage after which the node exits 1 for its supervisor (300)")
     n.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)  # tests: a skewed clock
     n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     n.set_defaults(func=cmd_node)
 
-    c = sub.add_parser("cluster", help="cluster status and admin operations (drain, move, pause, rebalance)")
+    c = sub.add_parser("cluster", parents=[debug, etcd_tls], help="cluster status and admin operations (drain, move, pause, rebalance)")
     c.add_argument("op", choices=sorted(_CLUSTER_ARGS), help="status | rebalance | pause | resume | drain NODE | "
                    "undrain NODE | move SHARD NODE | unpin SHARD")
     c.add_argument("args", nargs="*", help="the operation's arguments")
-    c.add_argument("--dsn", default=os.environ.get("SHARDWHEEL_PG_DSN"), help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    c.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
+                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
     c.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"), help="etcd endpoint(s) (env SHARDWHEEL_ETCD)")
     c.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"))
     c.add_argument("--json", action="store_true", help="machine-readable output")
@@ -229,9 +316,29 @@ def main(argv: list[str] | None = None) -> int:
                        f"got {len(args.args)}\n")
     try:
         return int(args.func(args))
-    except ShardwheelError as e:
-        print(f"shardwheel: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # every failure, ours or a library's: one line, the traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"shardwheel: error: {one_line(e)}", file=sys.stderr)
         return 1
+
+
+def one_line(error: BaseException) -> str:
+    """What went wrong, in one line: the first real cause inside trio's exception groups, our errors as they
+    read, an OS error with its file or address, anything else prefixed by its type."""
+    while isinstance(error, BaseExceptionGroup):
+        real = [e for e in error.exceptions if not isinstance(e, (KeyboardInterrupt, GeneratorExit))]
+        error = (real or list(error.exceptions))[0]
+    if isinstance(error, ShardwheelError):
+        text = str(error)
+    elif isinstance(error, OSError) and error.strerror:
+        where = error.filename or ""
+        text = f"{error.strerror}{f': {where}' if where else ''}"
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 
 from protocol.errors import ShardwheelError
-from scheduler_node.coordination import EtcdCoordinator, KeyLayout
+from scheduler_node.coordination import EtcdCoordinator, EtcdTls, KeyLayout
 
 __all__ = ["apply_operation", "cluster_status", "render_status"]
 
@@ -39,9 +39,9 @@ async def _read_pg(dsn: str) -> tuple[str, int, dict[int, tuple[int, str | None]
         await conn.close()
 
 
-def cluster_status(dsn: str, etcd: str, prefix: str) -> dict[str, Any]:
+def cluster_status(dsn: str, etcd: str, prefix: str, tls: EtcdTls | None = None) -> dict[str, Any]:
     name, shard_count, epochs = asyncio.run(_read_pg(dsn))
-    with EtcdCoordinator(etcd, KeyLayout(name, prefix)) as coord:
+    with EtcdCoordinator(etcd, KeyLayout(name, prefix), tls=tls) as coord:
         view = coord.snapshot()
     owners = view.live_owners()
     per_node = Counter(owners.values())
@@ -89,9 +89,10 @@ def render_status(status: dict[str, Any]) -> None:
         console.print(f"pins: {status['pins']}")
 
 
-def apply_operation(dsn: str, etcd: str, prefix: str, op: str, *args: str, actor: str = "cli") -> str:
+def apply_operation(dsn: str, etcd: str, prefix: str, op: str, *args: str, actor: str = "cli",
+                    tls: EtcdTls | None = None) -> str:  # fmt: skip
     name, shard_count, _ = asyncio.run(_read_pg(dsn))
-    with EtcdCoordinator(etcd, KeyLayout(name, prefix)) as coord:
+    with EtcdCoordinator(etcd, KeyLayout(name, prefix), tls=tls) as coord:
         if op in ("drain", "undrain"):
             (node,) = args
             if op == "drain" and node not in coord.snapshot().nodes:

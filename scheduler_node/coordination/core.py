@@ -96,6 +96,7 @@ from .view import KV, ClusterView, build_view
 __all__ = [
     "Changed",
     "EtcdCoordinator",
+    "EtcdTls",
     "GrantedLease",
     "LeaseAck",
     "LeaseNotFound",
@@ -173,16 +174,43 @@ class WatchResumed:
 WatchNotice = Changed | WatchLost | WatchResumed
 
 
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int]]:
-    """``"http://h1:2379,h2:2379"`` or a list of such -> ``[(host, port), ...]``; plain-text gRPC only."""
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS to etcd: the CA that signed the server's certificate and, for ``--client-cert-auth``, this client's
+    certificate and key (PEM files). Read once, when the coordinator is made."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as e:
+                raise InfrastructureError(f"etcd TLS: cannot read {path}: {e.strerror or e}") from None
+
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("etcd TLS: a client certificate needs its key, and a key its certificate")
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+def parse_endpoints(endpoints: str | Sequence[str], *, tls: bool = False) -> list[tuple[str, int]]:
+    """``"http://h1:2379,h2:2379"`` or a list of such -> ``[(host, port), ...]``; ``https://`` ones (or bare
+    ``host:port``) when ``tls``."""
     items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    scheme = "https" if tls else "http"
     out: list[tuple[str, int]] = []
     for item in (i.strip() for i in items):
         if not item:
             continue
-        url = urllib.parse.urlsplit(item if "://" in item else f"http://{item}")
-        if url.scheme != "http":
-            raise ValueError(f"etcd endpoint {item!r}: only http:// is supported (TLS is not configured)")
+        url = urllib.parse.urlsplit(item if "://" in item else f"{scheme}://{item}")
+        if url.scheme != scheme:
+            raise ValueError(f"etcd endpoint {item!r}: {scheme}:// expected"
+                             + ("" if tls else " (https needs --etcd-ca)"))  # fmt: skip
         if not url.hostname:
             raise ValueError(f"etcd endpoint {item!r} has no host")
         out.append((url.hostname, url.port or 2379))
@@ -213,15 +241,23 @@ class EtcdCoordinator:
     """One cluster's coordination state in etcd. Thread-safe; close it (or use ``with``) to free the channel."""
 
     def __init__(
-        self, endpoints: str | Sequence[str], layout: KeyLayout, *, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        endpoints: str | Sequence[str],
+        layout: KeyLayout,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        tls: EtcdTls | None = None,
     ) -> None:
-        hosts = parse_endpoints(endpoints)
+        hosts = parse_endpoints(endpoints, tls=tls is not None)
+        creds = None if tls is None else tls.credentials()
         self.layout = layout
         self.timeout = timeout
         self.endpoints_text = ",".join(f"{h}:{p}" for h, p in hosts)
         # time_retry: see the module docstring (pyetcd would otherwise refuse to use the endpoint for 300 s).
         time_retry = -math.inf if len(hosts) == 1 else 1.0
-        eps = [Endpoint(h, p, secure=False, time_retry=time_retry, opts=_CHANNEL_OPTIONS) for h, p in hosts]
+        secure = creds is not None
+        eps = [Endpoint(h, p, secure=secure, creds=creds, time_retry=time_retry, opts=_CHANNEL_OPTIONS)
+               for h, p in hosts]  # fmt: skip
         self._client = MultiEndpointEtcd3Client(endpoints=eps, timeout=timeout, failover=len(eps) > 1)
         self._watch_lock = threading.Lock()  # pyetcd creates its watcher lazily, without a lock
         self._watches: set[_Watch] = set()

@@ -41,7 +41,15 @@ from typing import Any, TypeVar
 import trio
 
 from .changes import START, ChangeNotice, coalesce
-from .core import DEFAULT_TIMEOUT_S, EtcdCoordinator, LeaseAck, WatchLost, WatchNotice, WatchResumed
+from .core import (
+    DEFAULT_TIMEOUT_S,
+    EtcdCoordinator,
+    EtcdTls,
+    LeaseAck,
+    WatchLost,
+    WatchNotice,
+    WatchResumed,
+)
 from .keys import KeyKind, KeyLayout
 from .records import NodeInfo
 from .view import ClusterView
@@ -127,8 +135,10 @@ class TrioCoordinator:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_threads: int = 4,
+        tls: EtcdTls | None = None,
     ) -> AsyncIterator[TrioCoordinator]:
-        core = EtcdCoordinator(endpoints, layout, timeout=timeout)  # no I/O: gRPC connects on first use
+        # No I/O here: gRPC connects on first use.
+        core = EtcdCoordinator(endpoints, layout, timeout=timeout, tls=tls)
         try:
             yield cls(core, max_threads=max_threads)
         finally:

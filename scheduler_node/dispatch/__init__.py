@@ -30,6 +30,7 @@ from .connection import (
     ConnState,
     ExchangeError,
     InvalidTransition,
+    checked_addresses,
     default_ssl_context,
 )
 from .dispatcher import (
@@ -70,6 +71,7 @@ __all__ = [
     "OutcomeKind",
     "RequestTemplate",
     "SendRequest",
+    "checked_addresses",
     "default_ssl_context",
     "format_scheduled_at",
     "parse_retry_after",

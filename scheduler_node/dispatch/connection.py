@@ -10,6 +10,8 @@ Rules:
 - The connection is the parser's protocol object: httptools calls ``on_header``/``on_body``/... with what it
   parsed; they only copy the few things the node needs (status, ``Retry-After``, the first 1 KiB of body, a
   body-substring check), so a response costs no per-header objects beyond httptools' own.
+- With an egress policy (``protocol.egress``) the name is resolved first, every address checked, and the
+  socket connected to a checked address; a refused one is a ``ConnectError`` with ``denied`` set.
 - Plain TCP is connected with ``trio.open_tcp_stream`` (happy eyeballs, TCP_NODELAY) and the socket is taken
   out of the stream. TLS runs on the same bare socket through ``ssl.SSLObject`` and memory BIOs (what
   ``trio.SSLStream`` does inside): verifying context, SNI = host, handshake done in ``open`` so that a TLS or
@@ -56,6 +58,7 @@ Example::
 from __future__ import annotations
 
 import enum
+import ipaddress
 import select
 import socket
 import ssl
@@ -63,6 +66,8 @@ from typing import Generic, TypeVar
 
 import httptools
 import trio
+
+from protocol.egress import EgressPolicy
 
 from .request import HttpOrigin
 
@@ -73,6 +78,7 @@ __all__ = [
     "ConnState",
     "ConnectError",
     "Connection",
+    "checked_addresses",
     "ExchangeError",
     "InvalidTransition",
     "default_ssl_context",
@@ -132,11 +138,32 @@ class InvalidTransition(RuntimeError):
 
 
 class ConnectError(Exception):
-    """The connection could not be opened; no byte of any request was written on it."""
+    """The connection could not be opened; no byte of any request was written on it. ``denied``: the egress
+    policy refused the target's address (no retry can change that)."""
 
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    def __init__(self, message: str, *, timed_out: bool = False, denied: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.denied = denied
+
+
+async def checked_addresses(origin: HttpOrigin, egress: EgressPolicy) -> list[str]:
+    """The origin's addresses once the policy passed every one of them; ``ConnectError(denied=True)`` if it
+    refused any (a name with one internal address among public ones is refused whatever the order)."""
+    try:
+        ip = ipaddress.ip_address(origin.host)
+    except ValueError:
+        try:
+            infos = await trio.socket.getaddrinfo(origin.host, origin.port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise ConnectError(f"connect to {origin} failed: {_describe(e)}") from None
+        ips = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos))
+    else:
+        ips = [ip]
+    for ip in ips:
+        if (refused := egress.refused_address(ip)) is not None:
+            raise ConnectError(f"egress denied: {origin.host} is a {refused}", denied=True)
+    return [str(ip) for ip in ips]
 
 
 class ExchangeError(Exception):
@@ -150,6 +177,17 @@ class ExchangeError(Exception):
         super().__init__(message)
         self.response_started = response_started
         self.request_written = request_written
+
+
+async def _connect_any(addresses: list[str], port: int) -> trio.SocketStream:
+    """The first of ``addresses`` (literal IPs: no resolution) that accepts, in order; the last error else."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            return await trio.open_tcp_stream(address, port)
+        except OSError as e:
+            error = e
+    raise error or OSError("no address to connect to")
 
 
 def _describe(e: BaseException) -> str:
@@ -226,10 +264,18 @@ class Connection(Generic[X]):
         self._reset(None, 0)
 
     @classmethod
-    async def open(cls, origin: HttpOrigin, *, ssl_context: ssl.SSLContext | None) -> Connection[X]:
-        """Connect (and for https handshake, verifying the certificate with SNI = host); ``ConnectError`` else."""
+    async def open(
+        cls, origin: HttpOrigin, *, ssl_context: ssl.SSLContext | None, egress: EgressPolicy | None = None
+    ) -> Connection[X]:
+        """Connect (and for https handshake, verifying the certificate with SNI = host); ``ConnectError`` else.
+
+        With ``egress``, the name is resolved here, every address checked, and the connection made to a checked
+        address (never a second resolution that could answer something else)."""
         try:
-            tcp = await trio.open_tcp_stream(origin.host, origin.port)
+            if egress is None:
+                tcp = await trio.open_tcp_stream(origin.host, origin.port)
+            else:
+                tcp = await _connect_any(await checked_addresses(origin, egress), origin.port)
         except OSError as e:
             raise ConnectError(f"connect to {origin} failed: {_describe(e)}") from None
         # Take the socket out of trio's SocketStream (TCP_NODELAY is already set on it). No checkpoint between

@@ -62,6 +62,7 @@ from typing import Any, Self
 
 import trio
 
+from protocol.egress import EgressPolicy
 from protocol.jobs import Semantics
 
 from .connection import ConnectError, Connection, ConnState, ExchangeError
@@ -133,6 +134,9 @@ class Dispatcher:
         self._node_limit = config.node_limit
         self._max_body = config.max_body_bytes
         self._ssl_context = ssl_context
+        # Target addresses the node may connect to (protocol.egress); the node replaces it when the cluster's
+        # setting changes. None: no check (the dispatcher's own tests and benches).
+        self.egress: EgressPolicy | None = None
         self._reactor = Reactor(self._on_ready, self._on_expired, self._on_tick)
         self._origins: dict[HttpOrigin, OriginPool[Exchange]] = {}
         self._starved: deque[OriginPool[Exchange]] = deque()
@@ -467,7 +471,9 @@ class Dispatcher:
         """
         try:
             with trio.move_on_after(self.config.connect_timeout_s):
-                conn: Connection[Exchange] = await Connection.open(op.origin, ssl_context=self._ssl_context)
+                conn: Connection[Exchange] = await Connection.open(
+                    op.origin, ssl_context=self._ssl_context, egress=self.egress
+                )
                 if self._closed:
                     conn.close()
                     op.release()
@@ -504,6 +510,8 @@ class Dispatcher:
                     self._end(ex, ex.failed())
                 else:
                     kind = OutcomeKind.TIMEOUT if conn.timed_out else OutcomeKind.CONNECT_ERROR
+                    if conn.denied:
+                        kind = OutcomeKind.EGRESS_DENIED
                     self._end(ex, ex.ended(kind, str(conn)))
             self._pump(op)
         else:

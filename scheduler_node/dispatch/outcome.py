@@ -11,13 +11,14 @@ Rules:
   response      a complete response arrived (3xx too: no redirects)      True
   timeout       ``timeout_s`` ran out (queueing, connecting or reading)  either
   connect_error refused, DNS, TLS handshake or verification failure      False
+  egress_denied the egress policy refused the target's address            False
   connection_   the connection failed after the request was (partly)     True
   error         written: reset, closed mid-response, invalid response
   not_sent      ``may_send()`` said no (lease validity passed)           False
   cancelled     the caller's ``cancel_scope`` was cancelled (REPLACE)    either
   ============= ======================================================== ===============
 
-- The first four are attempts; ``not_sent`` is no attempt at all and ``cancelled`` ends the slot. What an
+- The first five are attempts; ``not_sent`` is no attempt at all and ``cancelled`` ends the slot. What an
   outcome means for the slot is the engine's business: ``scheduler_node.attempts`` maps it onto the retry
   policy, so the dispatcher reports and never imports the policy.
 - ``excerpt`` is the first 1 KiB of the body decoded as UTF-8 with replacement; ``body_matched`` is None
@@ -47,6 +48,7 @@ class OutcomeKind(enum.StrEnum):
     RESPONSE = "response"
     TIMEOUT = "timeout"
     CONNECT_ERROR = "connect_error"
+    EGRESS_DENIED = "egress_denied"  # the target's address is one the egress policy refuses: never retried
     CONNECTION_ERROR = "connection_error"  # after (part of) the request was written
     NOT_SENT = "not_sent"
     CANCELLED = "cancelled"

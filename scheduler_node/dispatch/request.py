@@ -22,7 +22,12 @@ Rules:
 Signature recipe (for targets; copied to the user docs)::
 
     X-Shardwheel-Timestamp: <send time, unix seconds>
-    X-Shardwheel-Signature: hex(HMAC-SHA256(secret, f"{timestamp}.{job_id}.{scheduled_at}.{body}"))
+    X-Shardwheel-Signature: v1=<hex(HMAC-SHA256(secret, f"{timestamp}.{job_id}.{scheduled_at}.{body}"))>
+
+    - One ``v1=<hex>`` per secret the node holds, comma-separated, the current secret's first: while a secret
+      is rotated, nodes sign with the new and the previous one (``--signing-secret``,
+      ``--previous-signing-secret``), so a target accepts a request signed with either and can switch at its
+      own pace without refusing a firing.
 
     - ``timestamp`` and ``scheduled_at`` are exactly the strings in the ``X-Shardwheel-Timestamp`` and
       ``X-Shardwheel-Scheduled-At`` headers, ``job_id`` the ``X-Shardwheel-Job`` header, ``body`` the exact
@@ -36,8 +41,9 @@ Signature recipe (for targets; copied to the user docs)::
             if abs(now_s - int(ts)) > 300:
                 return False
             msg = f"{ts}.{h['x-shardwheel-job']}.{h['x-shardwheel-scheduled-at']}.".encode() + body
-            want = hmac.new(secret, msg, hashlib.sha256).hexdigest()
-            return hmac.compare_digest(want, h["x-shardwheel-signature"].lower())
+            want = "v1=" + hmac.new(secret, msg, hashlib.sha256).hexdigest()
+            given = [s.strip().lower() for s in h["x-shardwheel-signature"].split(",")]
+            return any(hmac.compare_digest(want, s) for s in given)
 
 Example::
 
@@ -49,7 +55,7 @@ Example::
     # b'Content-Type: application/json\\r\\nContent-Length: 7\\r\\nX-Shardwheel-Job: 0190a1b2-...\\r\\n'
     # b'X-Shardwheel-Node: node-a\\r\\nX-Shardwheel-Scheduled-At: 2026-11-23T10:00:00.000Z\\r\\n'
     # b'X-Shardwheel-Attempt: 1\\r\\nIdempotency-Key: 0190a1b2-...:1795428000000:scheduled\\r\\n'
-    # b'X-Shardwheel-Timestamp: 1795428000\\r\\nX-Shardwheel-Signature: 5d41...\\r\\n\\r\\n{"n":1}'
+    # b'X-Shardwheel-Timestamp: 1795428000\\r\\nX-Shardwheel-Signature: v1=5d41...\\r\\n\\r\\n{"n":1}'
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ import importlib.metadata
 import re
 import time
 from binascii import hexlify
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -104,7 +110,8 @@ _OWNED = frozenset(
 _ATTEMPT_HDR = b"\r\nX-Shardwheel-Attempt: "
 _IDEM_HDR = b"\r\nIdempotency-Key: "
 _TS_HDR = b"\r\nX-Shardwheel-Timestamp: "
-_SIG_HDR = b"\r\nX-Shardwheel-Signature: "
+_SIG_HDR = b"\r\nX-Shardwheel-Signature: v1="
+_SIG_SEP = b",v1="
 _COLON = b":"
 # Attempts are small (retry.max_attempts <= 20); encode them once.
 _ATTEMPTS = tuple(b"%d" % i for i in range(64))
@@ -137,6 +144,18 @@ def _secret_bytes(secret: bytes | str) -> bytes:
     return secret.encode() if isinstance(secret, str) else bytes(secret)
 
 
+Secrets = bytes | str | Sequence[bytes | str] | None
+
+
+def _secrets(given: Secrets) -> tuple[bytes, ...]:
+    """One secret, several (the current first, then the previous), or none."""
+    if given is None:
+        return ()
+    if isinstance(given, (bytes, str)):
+        return (_secret_bytes(given),)
+    return tuple(_secret_bytes(s) for s in given)
+
+
 def sign(secret: bytes | str, timestamp: bytes, job_id: bytes, scheduled_at: bytes, body: bytes) -> bytes:
     """Hex HMAC-SHA256 of ``timestamp.job_id.scheduled_at.body`` (all exactly as sent), as ASCII bytes."""
     msg = b"".join((timestamp, b".", job_id, b".", scheduled_at, b".", body))
@@ -144,7 +163,7 @@ def sign(secret: bytes | str, timestamp: bytes, job_id: bytes, scheduled_at: byt
 
 
 def verify_signature(
-    secret: bytes | str,
+    secret: bytes | str | Sequence[bytes | str],
     headers: Mapping[str, str],
     body: bytes,
     now_s: float,
@@ -152,21 +171,24 @@ def verify_signature(
 ) -> bool:
     """The target's side of the recipe in this module's docstring: origin and freshness in one check.
 
-    ``headers`` may use any case. False when a header is missing or malformed, the timestamp is further than
-    ``tolerance_s`` from ``now_s`` (a replay), or the signature does not match (compared in constant time).
+    ``secret``: the target's secret, or several while it rotates (any one matching any ``v1=`` signature
+    passes). ``headers`` may use any case. False when a header is missing or malformed, the timestamp is
+    further than ``tolerance_s`` from ``now_s`` (a replay), or no signature matches (compared in constant time).
     """
     h = {k.lower(): v for k, v in headers.items()}
     try:
         ts = h["x-shardwheel-timestamp"].strip()
         job_id = h["x-shardwheel-job"].strip()
         scheduled_at = h["x-shardwheel-scheduled-at"].strip()
-        signature = h["x-shardwheel-signature"].strip().lower()
+        given = [s.strip().lower().encode("ascii", "replace") for s in h["x-shardwheel-signature"].split(",")]
         if abs(now_s - int(ts)) > tolerance_s:
             return False
-        want = sign(secret, ts.encode(), job_id.encode(), scheduled_at.encode(), body)
+        wants = [b"v1=" + sign(s, ts.encode(), job_id.encode(), scheduled_at.encode(), body)
+                 for s in _secrets(secret)]  # fmt: skip
     except (KeyError, ValueError, UnicodeEncodeError):
         return False
-    return hmac.compare_digest(want, signature.encode("ascii", "replace"))
+    # Every pair compared, so the time taken says nothing about which one matched.
+    return bool(sum(hmac.compare_digest(w, g) for w in wants for g in given))
 
 
 def _header_line(name: str, value: str) -> bytes:
@@ -198,7 +220,7 @@ class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
     head: bytes  # request line .. "X-Shardwheel-Scheduled-At: "
     idem: bytes  # "\r\nIdempotency-Key: <job id>:"
     end: bytes  # "\r\n\r\n" + body
-    secret: bytes | None
+    secrets: tuple[bytes, ...]  # the current signing secret first, then the previous one while rotating
     dot_job_dot: bytes  # ".<job id>." (signature message parts)
     dot_body: bytes  # ".<body>"
 
@@ -209,11 +231,12 @@ class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
         target: Target,
         *,
         node_id: str,
-        signing_secret: bytes | str | None = None,
+        signing_secret: Secrets = None,
         semantics: Semantics = Semantics.AT_LEAST_ONCE,
         user_agent: str = USER_AGENT,
     ) -> RequestTemplate:
-        """Encode everything but the slot headers; ``ValueError`` for anything that could break framing."""
+        """Encode everything but the slot headers; ``ValueError`` for anything that could break framing.
+        ``signing_secret``: one secret, or the current and the previous one while rotating."""
         for field, value in (("job_id", job_id), ("node_id", node_id)):
             if not value or any(c in value for c in "\r\n\0 :") or not value.isascii():
                 raise ValueError(
@@ -258,7 +281,7 @@ class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
             head=b"".join(lines),
             idem=_IDEM_HDR + job_b + _COLON,
             end=b"\r\n\r\n" + (body or b""),
-            secret=None if signing_secret is None else _secret_bytes(signing_secret),
+            secrets=_secrets(signing_secret),
             dot_job_dot=b"." + job_b + b".",
             dot_body=b"." + (body or b""),
         )
@@ -269,7 +292,7 @@ class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
         job: Job,
         *,
         node_id: str,
-        signing_secret: bytes | str | None = None,
+        signing_secret: Secrets = None,
         user_agent: str = USER_AGENT,
     ) -> RequestTemplate:
         return cls.build(
@@ -283,19 +306,21 @@ class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
 
     @property
     def signed(self) -> bool:
-        return self.secret is not None
+        return bool(self.secrets)
 
     def render(self, scheduled_at_ms: int, attempt: int, origin: str, send_time_s: int) -> bytes:
         """The request bytes for one attempt of one slot; ``origin`` is the execution origin (``scheduled``...)."""
         sched, ms = _slot_parts(scheduled_at_ms)
         att = _ATTEMPTS[attempt] if 0 <= attempt < 64 else b"%d" % attempt
         org = _ORIGINS.get(origin) or _origin_bytes(origin)
-        secret = self.secret
-        if secret is None:
+        secrets = self.secrets
+        if not secrets:
             return b"".join((self.head, sched, _ATTEMPT_HDR, att, self.idem, ms, _COLON, org, self.end))
         ts = b"%d" % send_time_s
         msg = b"".join((ts, self.dot_job_dot, sched, self.dot_body))
-        sig = hexlify(hmac.digest(secret, msg, "sha256"))
+        sig = hexlify(hmac.digest(secrets[0], msg, "sha256"))
+        for previous in secrets[1:]:
+            sig += _SIG_SEP + hexlify(hmac.digest(previous, msg, "sha256"))
         return b"".join(
             (
                 self.head,

@@ -3,6 +3,8 @@
 Rules:
 - A database holds exactly one cluster (the ``cluster`` table has a single row). Its shard count S and hash
   name are fixed when it is created; moving to another S is a re-shard, never a restart with a new flag.
+- ``allowed_target_nets``: the egress policy's allowed networks (``protocol.egress``), read by every node at
+  start and every few seconds after; ``set_allowed_target_nets`` replaces them.
 - ``ensure_cluster`` creates the row and the S ``shard_epochs`` rows (epoch 0) on the first call, and on every
   later call checks the caller's configuration against what is stored, raising ``ClusterMismatch`` (an
   ``InfrastructureError``: the node cannot start) on any difference. Concurrent first calls are serialised by
@@ -15,7 +17,9 @@ and blake2b-64/uuid-bytes``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -23,7 +27,7 @@ from protocol.errors import InfrastructureError
 
 from .pool import Executor, transaction
 
-__all__ = ["ClusterInfo", "ClusterMismatch", "ensure_cluster", "read_cluster"]
+__all__ = ["ClusterInfo", "ClusterMismatch", "ensure_cluster", "read_cluster", "set_allowed_target_nets"]
 
 # pg_advisory_xact_lock key: "shardwheel cluster" (an arbitrary constant shared by every version).
 CLUSTER_LOCK_KEY = 0x5357_636C_7573_7472
@@ -39,14 +43,35 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     hash_name: str
     created_at: datetime
     created: bool = False  # True when this call created the cluster
+    allowed_target_nets: tuple[str, ...] = ()  # CIDRs the egress policy allows (protocol.egress)
 
     def __str__(self) -> str:
         return f"'{self.name}': {self.shard_count} shards, {self.hash_name}, created {self.created_at:%Y-%m-%d %H:%M:%S}Z"
 
 
+_COLUMNS = "name, shard_count, hash_name, created_at, allowed_target_nets::text[] AS allowed_target_nets"
+
+
+def _info(row: Any, created: bool = False) -> ClusterInfo:
+    fields = {**dict(row), "allowed_target_nets": tuple(row["allowed_target_nets"])}
+    return ClusterInfo(**fields, created=created)
+
+
 async def read_cluster(db: Executor) -> ClusterInfo | None:
-    row = await db.fetchrow("SELECT name, shard_count, hash_name, created_at FROM cluster")
-    return None if row is None else ClusterInfo(**dict(row))
+    row = await db.fetchrow(f"SELECT {_COLUMNS} FROM cluster")
+    return None if row is None else _info(row)
+
+
+async def set_allowed_target_nets(db: Executor, nets: Sequence[str]) -> tuple[str, ...]:
+    """Replace the allowed target networks (CIDR strings; PostgreSQL's ``cidr`` refuses a malformed one)."""
+    row = await db.fetchrow(
+        "UPDATE cluster SET allowed_target_nets = $1::text[]::cidr[]"
+        " RETURNING allowed_target_nets::text[] AS n",
+        list(nets),
+    )
+    if row is None:
+        raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
+    return tuple(row["n"])
 
 
 async def ensure_cluster(db: Executor, *, name: str, shard_count: int, hash_name: str) -> ClusterInfo:
@@ -57,8 +82,7 @@ async def ensure_cluster(db: Executor, *, name: str, shard_count: int, hash_name
         stored = await read_cluster(conn)
         if stored is None:
             row = await conn.fetchrow(
-                "INSERT INTO cluster (name, shard_count, hash_name) VALUES ($1, $2, $3)"
-                " RETURNING name, shard_count, hash_name, created_at",
+                f"INSERT INTO cluster (name, shard_count, hash_name) VALUES ($1, $2, $3) RETURNING {_COLUMNS}",
                 name,
                 shard_count,
                 hash_name,
@@ -66,7 +90,7 @@ async def ensure_cluster(db: Executor, *, name: str, shard_count: int, hash_name
             await conn.execute(
                 "INSERT INTO shard_epochs (shard) SELECT generate_series(0, $1::int - 1)", shard_count
             )
-            return ClusterInfo(**dict(row), created=True)
+            return _info(row, created=True)
     if stored.name != name:
         raise ClusterMismatch(
             f"this database holds cluster '{stored.name}'; this node is configured for cluster '{name}'"

@@ -74,7 +74,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
         raise InfrastructureError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {e}") from None
     assert pool is not None  # create_pool only returns None when awaited without a loop, never here
     return pool

@@ -73,6 +73,7 @@ class Cluster:
             str(port),
             "--cluster-secret",
             SECRET,
+            "--dev",
             "--release-timeout",
             "5",
             "--log-level",

@@ -30,7 +30,7 @@ from scheduler_node.engine import EngineTuning
 from scheduler_node.node import Node, NodeConfig
 from scheduler_node.ownership import parse_shard_ranges
 
-SECRET = "test-cluster-secret"
+SECRET = "test-cluster-secret-of-32-bytes-or-more"
 
 
 @dataclass
@@ -148,6 +148,7 @@ async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) ->
         cluster_secret=SECRET,
         node_id=overrides.pop("node_id", "node-a"),
         engine=EngineTuning(release_timeout_s=5),
+        dev=True,
         **overrides,
     )
     node = Node(config)

@@ -132,10 +132,11 @@ async def test_timeout_is_enforced(db_dsn: str) -> None:
     assert 250 <= row["duration_ms"] < 2000
 
 
-async def test_signature_verifies_with_the_documented_recipe(db_dsn: str) -> None:
+async def test_signature_verifies_with_the_documented_recipe_through_a_rotation(db_dsn: str) -> None:
     from scheduler_node.dispatch import verify_signature
 
-    async with target_running() as target, node_running(db_dsn, signing_secret="s3cret") as node:
+    rotating = {"signing_secret": "n3w-s3cret", "previous_signing_secret": "s3cret"}
+    async with target_running() as target, node_running(db_dsn, **rotating) as node:
         await create(
             node,
             JobSpec(
@@ -147,9 +148,38 @@ async def test_signature_verifies_with_the_documented_recipe(db_dsn: str) -> Non
         await wait_for(lambda: _count(target, "/signed", 1))
     (r,) = target.at("/signed")
     now = datetime.now(UTC).timestamp()
-    assert verify_signature("s3cret", r.headers, r.body, now)
+    assert verify_signature("s3cret", r.headers, r.body, now)  # a target not switched yet
+    assert verify_signature("n3w-s3cret", r.headers, r.body, now)  # one that has
     assert not verify_signature("wrong", r.headers, r.body, now)
     assert not verify_signature("s3cret", r.headers, r.body + b" ", now)
+
+
+async def test_a_target_resolving_to_a_refused_address_fails_once_with_an_alert(db_dsn: str) -> None:
+    """Validation passes a name (no DNS there); at firing time the node resolves it, finds an address the
+    egress policy refuses, and the slot ends failed (``egress denied``) after one attempt, with its alert."""
+    from .dispatch.test_egress import resolving
+
+    with resolving({"internal.example": ["10.0.0.8"]}):
+        async with node_running(db_dsn) as node:
+            job = await create(node, spec("http://internal.example/hook", At(soon(0.5)),
+                                          alert_webhook="http://internal.example/alerts"))  # fmt: skip
+
+            async def ended() -> bool:
+                return [r["status"] for r in await executions(db_dsn, job)] == [S.FAILED.value]
+
+            await wait_for(ended, timeout=10)
+            (row,) = await executions(db_dsn, job)
+            assert row["attempt"] == 1
+            assert row["error"] == "egress denied: internal.example is a private address 10.0.0.8"
+            sql = "SELECT kind, last_error, next_delivery_at FROM alerts WHERE job_id = $1"
+
+            async def given_up() -> bool:
+                return any(a["last_error"] is not None for a in await query(db_dsn, sql, job))
+
+            await wait_for(given_up, timeout=10)  # the webhook resolves to the same address: refused, no retry
+            (a,) = await query(db_dsn, sql, job)
+            assert a["kind"] == "execution_failed"
+            assert a["last_error"].startswith("egress denied") and a["next_delivery_at"] is None
 
 
 async def test_sigterm_releases_claims_flushes_and_loses_no_result(db_dsn: str) -> None:
@@ -176,6 +206,7 @@ async def test_sigterm_releases_claims_flushes_and_loses_no_result(db_dsn: str) 
         "node-term",
         "--cluster-secret",
         SECRET,
+        "--dev",
         "--release-timeout",
         "5",
     ]

@@ -44,7 +44,9 @@ def reference(
     )
     if ok:
         return ExecutionStatus.SUCCEEDED, None
-    if semantics == "AT_MOST_ONCE":
+    if r.kind == "egress_denied":
+        retryable = False  # the policy refused the address: no later attempt can differ
+    elif semantics == "AT_MOST_ONCE":
         retryable = r.kind != "response" and not r.bytes_written
     else:
         retryable = r.kind != "response" or r.http_status == 429 or (r.http_status or 0) >= 500

@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from protocol.egress import EgressPolicy
 from protocol.executions import ExecutionStatus, Origin
 from protocol.ids import new_job_id
 from protocol.internal import JobWrite, JobWriteOp
@@ -251,6 +252,9 @@ class TestOwnership:
         while shard in self._grants:
             await self._dropped.wait()
 
+    def problem(self) -> str | None:
+        return None
+
     def lost(self, shard: int) -> None:
         if self._grants.pop(shard, None) is not None:
             self._send.send_nowait(Lost(shard))
@@ -359,8 +363,9 @@ async def world(
     dispatcher = ScriptedDispatcher(clock, respond)
     ownership = TestOwnership(store, node)
     config = EngineConfig(
-        node_id=node, shard_count=SHARDS, tuning=tuning or EngineTuning(refill_interval_ms=2_000)
-    )
+        node_id=node, shard_count=SHARDS, tuning=tuning or EngineTuning(refill_interval_ms=2_000),
+        egress=EgressPolicy.of([], dev=True),  # the tests' targets are on 127.0.0.1
+    )  # fmt: skip
     async with dispatcher.running(), trio.open_nursery() as n:
         engine = Engine(
             config,

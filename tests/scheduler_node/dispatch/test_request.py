@@ -189,7 +189,7 @@ def test_signature_verifies_and_fails_when_tampered() -> None:
     _, headers, body = parse(t.render(SLOT_MS, 1, "scheduled", now))
     h = dict(headers)
     assert h["X-Shardwheel-Timestamp"] == str(now)
-    assert len(h["X-Shardwheel-Signature"]) == 64
+    assert h["X-Shardwheel-Signature"].startswith("v1=") and len(h["X-Shardwheel-Signature"]) == 67
     assert verify_signature(secret, h, body, now_s=now + 10)
     assert verify_signature(secret.decode(), {k.upper(): v for k, v in h.items()}, body, now_s=now)
     # Tampering with anything signed, the wrong secret, or a replay outside the tolerance: rejected.
@@ -207,6 +207,25 @@ def test_signature_verifies_and_fails_when_tampered() -> None:
     assert not verify_signature(secret, {**h, "X-Shardwheel-Timestamp": "soon"}, body, now_s=now)
 
 
+def test_a_rotated_secret_signs_with_both_and_a_target_holding_either_accepts() -> None:
+    """While a secret rotates, nodes sign with the new and the previous one; a target that still has the old
+    secret, one that has switched, and one that holds both all accept; a stranger's secret does not."""
+    new, old = b"the-new-secret", b"the-old-secret"
+    target = Target(url="http://h/", body={"a": 1})
+    t = RequestTemplate.build(JOB, target, node_id="n", signing_secret=[new, old])
+    now = 1_795_428_001
+    _, headers, body = parse(t.render(SLOT_MS, 1, "scheduled", now))
+    h = dict(headers)
+    first, second = h["X-Shardwheel-Signature"].split(",")
+    only_new = RequestTemplate.build(JOB, target, node_id="n", signing_secret=new)
+    assert first == dict(parse(only_new.render(SLOT_MS, 1, "scheduled", now))[1])["X-Shardwheel-Signature"]
+    assert second.startswith("v1=") and second != first
+    for target_holds in (new, old, [old, new], [b"unrelated", new]):
+        assert verify_signature(target_holds, h, body, now_s=now)
+    assert not verify_signature(b"stranger", h, body, now_s=now)
+    assert not verify_signature([new, old], h, body + b"tampered", now_s=now)
+
+
 def test_signature_without_body_signs_empty_body() -> None:
     import hashlib
     import hmac
@@ -217,7 +236,7 @@ def test_signature_without_body_signs_empty_body() -> None:
     _, headers, body = parse(t.render(SLOT_MS, 1, "scheduled", 1000))
     h = dict(headers)
     msg = f"1000.{JOB}.{h['X-Shardwheel-Scheduled-At']}.".encode()
-    assert h["X-Shardwheel-Signature"] == hmac.new(b"k", msg, hashlib.sha256).hexdigest()
+    assert h["X-Shardwheel-Signature"] == "v1=" + hmac.new(b"k", msg, hashlib.sha256).hexdigest()
     assert body == b"" and verify_signature(b"k", h, b"", now_s=1000)
 
 
