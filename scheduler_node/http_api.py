@@ -2,7 +2,8 @@
 
 Routes:
 - ``GET /healthz`` 200 while the process serves; ``GET /readyz`` 200 once every owned shard is loaded and
-  PostgreSQL answers, else 503 with the reason (``loading``, or ``PostgreSQL unavailable for 12.0 s ...``).
+  PostgreSQL answers, else 503 with the reason as the problem's ``detail`` (``loading``, or ``PostgreSQL
+  unavailable for 12.0 s ...``).
 - ``GET /metrics``: Prometheus text format.
 - ``GET /internal/v1/status``: this node's view (shards with epochs, counters) as JSON.
 - ``POST /internal/v1/jobs/{id}``: a ``protocol.internal.JobWrite`` (JSON), authenticated by
@@ -88,7 +89,7 @@ class NodeHttpApp:
             if self.node.ready():
                 await _respond(send, 200, b"ready\n", b"text/plain")
             else:
-                await _respond(send, 503, self.node.not_ready_because().encode() + b"\n", b"text/plain")
+                await _problem(send, problems.problem(503, "unavailable", self.node.not_ready_because()))
         elif method == "GET" and path == "/metrics":
             await _respond(send, 200, self.node.metrics_text().encode(), b"text/plain; version=0.0.4")
         elif method == "GET" and path == "/internal/v1/status":

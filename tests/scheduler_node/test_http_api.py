@@ -145,7 +145,8 @@ async def test_a_static_shard_another_node_took_is_dropped_and_the_node_says_so(
                 return (await c.get("/readyz")).status_code == 503
 
             await wait_for(dropped, timeout=10)
-            assert "shard(s) 3 of --shards taken by another node" in (await c.get("/readyz")).text
+            not_ready = (await c.get("/readyz")).json()
+            assert not_ready["detail"] == "shard(s) 3 of --shards taken by another node", not_ready
             status = (await c.get("/internal/v1/status", headers={"authorization": f"Bearer {SECRET}"})).json()
             assert sorted(status["shards"]) == [str(s) for s in (0, 1, 2, 4, 5, 6, 7, 8, 9)]
 

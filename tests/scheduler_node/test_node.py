@@ -182,6 +182,23 @@ async def test_a_target_resolving_to_a_refused_address_fails_once_with_an_alert(
             assert a["last_error"].startswith("egress denied") and a["next_delivery_at"] is None
 
 
+async def test_a_row_a_newer_version_wrote_loads_and_fires(db_dsn: str) -> None:
+    """Rolling upgrades: fields this version does not know, in the spec and in its target, are ignored at
+    load; the job fires."""
+    async with target_running() as target:
+        async with node_running(db_dsn) as node:
+            job = await create(node, spec(target.url("/newer"), At(soon(4))))
+        newer = """spec || '{"jitter": "30s"}' || jsonb_build_object('target', spec->'target' || '{"http2": 1}')"""
+        await query(db_dsn, f"UPDATE jobs SET spec = {newer} WHERE id = $1", job)
+        async with node_running(db_dsn):
+
+            async def fired() -> bool:
+                return await statuses(db_dsn, job) == [S.SUCCEEDED]
+
+            await wait_for(fired, timeout=15)
+    assert len(target.at("/newer")) == 1
+
+
 async def test_sigterm_releases_claims_flushes_and_loses_no_result(db_dsn: str) -> None:
     import os
     import signal

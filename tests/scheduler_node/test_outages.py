@@ -75,7 +75,7 @@ async def test_a_postgresql_restart_is_ridden_out(own_pg: EmbeddedPostgres) -> N
         async def degraded() -> bool:
             async with httpx.AsyncClient() as c:
                 r = await c.get(f"{node_url(node)}/readyz")
-            return r.status_code == 503 and r.text.startswith("PostgreSQL unavailable")
+            return r.status_code == 503 and r.json()["detail"].startswith("PostgreSQL unavailable")
 
         await wait_for(degraded, timeout=20)
 
@@ -217,7 +217,7 @@ async def test_a_cluster_rides_out_postgresql_stalled_then_killed(
     async def degraded(node: str) -> bool:
         async with httpx.AsyncClient() as client:
             r = await client.get(f"{c.nodes[node].url}/readyz")
-        return r.status_code == 503 and r.text.startswith("PostgreSQL")
+        return r.status_code == 503 and r.json()["detail"].startswith("PostgreSQL")
 
     async def paused(seconds: float) -> None:
         await trio.to_thread.run_sync(own_pg.pause)
