@@ -55,6 +55,7 @@ class JobWritten(msgspec.Struct, frozen=True):
     state: JobState
     next_fire_at: datetime | None = None
     created: bool = False
+    job_id: str | None = None  # the job written: an Idempotency-Key replay names the first request's job
 
 
 class NotOwner(msgspec.Struct, frozen=True):

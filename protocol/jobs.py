@@ -134,12 +134,13 @@ class DstPolicy(msgspec.Struct, frozen=True):
 class Target(msgspec.Struct, frozen=True):
     url: str
     method: HttpMethod = HttpMethod.POST
-    headers: dict[str, str] = {}
+    # default_factory rather than {} / []: the same for msgspec, and OpenAPI generators can hash the default
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
     body: Any = None  # any JSON value, sent as application/json; None sends no body
 
 
 class Success(msgspec.Struct, frozen=True):
-    status: list[Annotated[int, msgspec.Meta(ge=100, le=599)]] = []  # empty: any 2xx
+    status: list[Annotated[int, msgspec.Meta(ge=100, le=599)]] = msgspec.field(default_factory=list)  # []: 2xx
     body_contains: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
 
@@ -169,12 +170,12 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=False):
     schedule: Schedule
     target: Target
     description: str = ""
-    tags: list[str] = []
+    tags: list[str] = msgspec.field(default_factory=list)
     timezone: str = "UTC"
     dst: DstPolicy = DstPolicy()
     start_at: datetime | None = None
     end_at: datetime | None = None
-    success: Success = Success()
+    success: Success = msgspec.field(default_factory=Success)
     semantics: Semantics = Semantics.AT_LEAST_ONCE
     retry: RetryPolicy = RetryPolicy()
     timeout_ms: Annotated[int, msgspec.Meta(ge=1)] = 10_000

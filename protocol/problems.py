@@ -40,6 +40,8 @@ TITLES = {
     "malformed": "The request could not be read",
     "invalid-field": "A field of the request is invalid",
     "unauthorized": "Missing or wrong credentials",
+    "forbidden": "The credentials do not allow this",
+    "rate-limited": "Too many requests; retry later",
     "not-found": "No such resource",
     "method-not-allowed": "Method not allowed here",
     "conflict": "The request conflicts with what is stored",
@@ -61,7 +63,7 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     title: str
     status: int
     detail: str
-    errors: list[FieldProblem] = []
+    errors: list[FieldProblem] = msgspec.field(default_factory=list)
     shard: int | None = None
     owner_hint: str | None = None
     expected: int | None = None

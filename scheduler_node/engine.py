@@ -404,6 +404,12 @@ class Engine:
                 state.claiming.release()
         with trio.move_on_at(deadline):
             await state.idle.wait()
+        # Past the deadline, slots still queued for a connection (a node behind, a slow target) were never
+        # written: given back like the unsent ones, not left claimed (busy-core runs left ~1,000 claimed).
+        unwritten = self._withdraw_unwritten(state)
+        if unwritten:
+            result = await self._db("release", store.delete_unsent_claims, shard, epoch, unwritten)
+            log.info("shard %d: gave back %d claims whose request was never written", shard, len(result.applied))
         await self.writer.flush()
         if self._shards.get(shard) is state:
             # What is left (a retry waiting for its time, a request past the deadline) is the next owner's, as
@@ -450,6 +456,20 @@ class Engine:
         held, state.held = state.held, {}
         keys = [ExecKey(state.shard, *key) for key, entry in unsent.items() if self.wheel.cancel(entry)]
         keys += [ExecKey(state.shard, *key) for key, p in held.items() if p.attempt == 0]
+        return keys
+
+    def _withdraw_unwritten(self, state: ShardState) -> list[ExecKey]:
+        """Cancel the shard's first attempts whose request no byte of was written (queued for a connection or
+        connecting); returns their keys. A later attempt's slot was sent before: it stays for the takeover."""
+        keys = []
+        for key, run in state.runs.items():
+            ex = run.exchange
+            if ex is not None and not ex.written and ex.request.attempt == 1:
+                run.cancelled, run.exchange = True, None
+                ex.context = None  # its cancelled outcome is recorded by nobody: the row is given back
+                self.dispatcher.cancel(ex)
+                state.answered()
+                keys.append(ExecKey(state.shard, *key))
         return keys
 
     async def _give_back(self, state: ShardState, keys: list[ExecKey]) -> None:
@@ -1235,6 +1255,7 @@ class Engine:
             version=outcome.version,
             state=outcome.state,
             created=outcome.created,
+            job_id=str(outcome.job_id),
             next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
         )
 

@@ -194,6 +194,64 @@ def cmd_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from control_api.app import ApiSettings, create_app
+    from scheduler_node.node import DEV_CLUSTER_SECRET, MIN_SECRET_BYTES
+
+    if not args.dsn:
+        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
+    if not args.etcd:
+        raise ShardwheelError("no etcd: pass --etcd or set SHARDWHEEL_ETCD (the API routes writes by its owner map)")
+    secret = args.cluster_secret or (DEV_CLUSTER_SECRET if args.dev else "")
+    if not args.dev and len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ShardwheelError(f"--cluster-secret must be at least {MIN_SECRET_BYTES} bytes outside dev mode (--dev)")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ApiSettings(dsn=args.dsn, etcd=args.etcd, cluster_secret=secret, etcd_prefix=args.etcd_prefix,
+                           etcd_tls=_etcd_tls(args), dev=args.dev)  # fmt: skip
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                access_log=False, lifespan="on")  # fmt: skip
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys create``, offline against PostgreSQL: the bootstrap of a tenant's first key (shown once)."""
+    import asyncpg
+
+    from scheduler_node.store import Role, create_api_key
+    from scheduler_node.store.pool import redact_dsn
+
+    if not args.dsn:
+        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
+
+    async def create() -> str:
+        try:
+            conn = await asyncpg.connect(args.dsn, timeout=10)
+        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
+            raise ShardwheelError(f"cannot connect to PostgreSQL at {redact_dsn(args.dsn)}: {e}") from None
+        try:
+            secret, key = await create_api_key(conn, tenant=args.tenant, role=Role(args.role), name=args.name,
+                                               actor="cli")  # fmt: skip
+        finally:
+            await conn.close()
+        return f"{secret}\n# key {key.prefix}... for tenant {key.tenant}, role {key.role.value}: shown once, store it"
+
+    print(asyncio.run(create()))
+    return 0
+
+
+def _tenant(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+        raise argparse.ArgumentTypeError("a tenant is 1-64 letters, digits, '_', '.' or '-', starting alphanumeric")
+    return value
+
+
 def cmd_cluster(args: argparse.Namespace) -> int:
     from shardwheel.cluster import apply_operation, cluster_status, render_status
 
@@ -289,6 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)  # tests: a skewed clock
     n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     n.set_defaults(func=cmd_node)
+
+    a = sub.add_parser("api", parents=[debug, etcd_tls], help="run the control API (the public HTTP API, /v1)")
+    a.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
+                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    a.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"), help="etcd endpoint(s) (env SHARDWHEEL_ETCD)")
+    a.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"))
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_API_PORT", 8080))
+    a.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
+                   help="the nodes' cluster secret, to reach their internal API (env SHARDWHEEL_CLUSTER_SECRET)")
+    a.add_argument("--dev", action="store_true", default=os.environ.get("SHARDWHEEL_DEV", "") in ("1", "true"),
+                   help="dev mode: the nodes' built-in dev secret, loopback targets allowed")
+    a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a.set_defaults(func=cmd_api)
+
+    k = sub.add_parser("keys", parents=[debug], help="API keys: create one (offline, against PostgreSQL)")
+    k.add_argument("op", choices=["create"])
+    k.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
+                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    k.add_argument("--tenant", type=_tenant, required=True)
+    k.add_argument("--role", choices=["admin", "writer", "reader"], default="writer")
+    k.add_argument("--name", default="", help="to tell keys apart in lists")
+    k.set_defaults(func=cmd_keys)
 
     c = sub.add_parser("cluster", parents=[debug, etcd_tls], help="cluster status and admin operations (drain, move, pause, rebalance)")
     c.add_argument("op", choices=sorted(_CLUSTER_ARGS), help="status | rebalance | pause | resume | drain NODE | "

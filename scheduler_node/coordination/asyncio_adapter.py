@@ -29,7 +29,15 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from .changes import START, ChangeNotice, coalesce
-from .core import DEFAULT_TIMEOUT_S, EtcdCoordinator, LeaseAck, WatchLost, WatchNotice, WatchResumed
+from .core import (
+    DEFAULT_TIMEOUT_S,
+    EtcdCoordinator,
+    EtcdTls,
+    LeaseAck,
+    WatchLost,
+    WatchNotice,
+    WatchResumed,
+)
 from .keys import KeyKind, KeyLayout
 from .records import NodeInfo
 from .view import ClusterView
@@ -98,8 +106,9 @@ class AsyncioCoordinator:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         max_threads: int = 4,
+        tls: EtcdTls | None = None,
     ) -> AsyncIterator[AsyncioCoordinator]:
-        coord = cls(EtcdCoordinator(endpoints, layout, timeout=timeout), max_threads=max_threads)
+        coord = cls(EtcdCoordinator(endpoints, layout, timeout=timeout, tls=tls), max_threads=max_threads)
         try:
             yield coord
         finally:

@@ -95,7 +95,7 @@ class JobWriteOutcome(msgspec.Struct, frozen=True):
 
     def written(self) -> JobWritten:
         return JobWritten(version=self.version, state=self.state, next_fire_at=self.next_fire_at,
-                          created=self.created)  # fmt: skip
+                          created=self.created, job_id=str(self.job_id))  # fmt: skip
 
 
 class JobPage(msgspec.Struct, frozen=True):

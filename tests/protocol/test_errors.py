@@ -44,8 +44,16 @@ def test_not_owner_error() -> None:
 def test_every_error_answers_as_rfc_9457_problem_details() -> None:
     import msgspec
 
-    from protocol.errors import Conflict, DatabaseUnavailable, Fenced, NotFound, NotOwnerError, SpecError
-    from protocol.errors import InternalError, VersionMismatch
+    from protocol.errors import (
+        Conflict,
+        DatabaseUnavailable,
+        Fenced,
+        InternalError,
+        NotFound,
+        NotOwnerError,
+        SpecError,
+        VersionMismatch,
+    )
     from protocol.internal import NotOwner, VersionConflict
     from protocol.problems import from_error
 

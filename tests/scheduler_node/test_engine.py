@@ -28,6 +28,7 @@ from protocol.jobs import (
 )
 from protocol.schedules import At, Cron, Every
 from scheduler_node.dispatch import SendRequest
+from scheduler_node.engine import EngineTuning
 from scheduler_node.store import ClaimRow
 
 from .virtual_world import SHARDS, T0_MS, Reply, at, job_id_in, world
@@ -491,6 +492,31 @@ async def test_a_graceful_release_gives_back_unsent_claims_and_lets_runs_finish(
         statuses = w.statuses(job)
         assert statuses == {0: S.SUCCEEDED, 1000: S.SUCCEEDED, 2000: S.SUCCEEDED}  # 3 s given back: no row
         assert w.store.cursors[(0, job)] == T0_MS + 2_999  # the next owner claims 3 s afresh
+
+
+async def test_a_release_past_its_deadline_gives_back_slots_still_queued_for_a_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Busy-core runs left ~1,000 rows claimed after a graceful stop: a node behind had handed slots to the
+    dispatcher that were still waiting for a connection when the release deadline passed. No byte of them was
+    written, so they are given back like unsent claims; a request already written stays for the takeover."""
+    written_slowly = {T0_MS + 1_000}
+
+    def reply(r: SendRequest) -> Reply:
+        if r.scheduled_at_ms in written_slowly:
+            return Reply(delay_s=120)  # written, then no answer
+        return Reply(queued_s=120)  # never gets a connection
+
+    async with world(reply, tuning=EngineTuning(refill_interval_ms=2_000, release_timeout_s=5)) as w:
+        await w.grant(0)
+        job = await w.add_job(spec())
+        await w.until(T0_MS + 2_800)  # slots 0, 1 and 2 s are with the dispatcher, 3 s claimed and waiting
+        w.ownership.revoke(0)
+        await w.ownership.wait_released(0)
+        rows = w.store.rows_of(job)
+        assert [(slot - T0_MS, row.status) for (slot, _), row in rows.items()] == [(1_000, S.CLAIMED)]
+        assert w.store.cursors[(0, job)] == T0_MS - 1  # the next owner plans 0 s, 2 s and 3 s afresh
+        assert len(w.dispatcher.cancelled) == 3  # 0 s, 2 s (queued) and 1 s (written: dropped, row kept)
 
 
 async def test_a_write_to_a_fenced_shard_drops_it(autojump_clock: trio.testing.MockClock) -> None:

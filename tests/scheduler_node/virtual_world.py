@@ -73,6 +73,7 @@ class Reply:
     retry_after_s: float | None = None
     kind: OutcomeKind = OutcomeKind.RESPONSE
     bytes_written: bool = True
+    queued_s: float = 0.0  # waits this long for a connection (a host at its cap) before a byte is written
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class FakeExchange:
         self.context = context
         self.outcome: Outcome | None = None
         self.cancel_scope = trio.CancelScope()
+        self.written = False  # as the dispatcher's: set before the first byte of the request is tried
 
 
 class ScriptedDispatcher:
@@ -139,7 +141,7 @@ class ScriptedDispatcher:
     def cancel(self, ex: Any) -> None:
         if ex.outcome is None:
             self.cancelled.append(ex)
-            self._end(ex, OutcomeKind.CANCELLED, bytes_written=True, error="cancelled")
+            self._end(ex, OutcomeKind.CANCELLED, bytes_written=ex.written, error="cancelled")
             ex.cancel_scope.cancel()
 
     async def _exchange(self, ex: FakeExchange) -> None:
@@ -151,6 +153,8 @@ class ScriptedDispatcher:
                 self._end(ex, OutcomeKind.NOT_SENT, bytes_written=False, started_ms=started)
                 return
             reply = self.respond(r)
+            await trio.sleep(reply.queued_s)
+            ex.written = reply.kind is not OutcomeKind.CONNECT_ERROR
             if reply.kind is not OutcomeKind.CONNECT_ERROR:
                 self.sends.append(
                     Sent(

@@ -46,7 +46,8 @@ async def test_create_get_replace_with_versions(store: TrioStore) -> None:
         True,
         T0,
     )
-    assert out.written() == JobWritten(version=1, state=JobState.ACTIVE, next_fire_at=T0, created=True)
+    assert out.written() == JobWritten(version=1, state=JobState.ACTIVE, next_fire_at=T0, created=True,
+                                       job_id=str(job_id))
     job = await store.call(get_job, 3, job_id)
     assert (job.id, job.tenant, job.spec, job.version, job.shard) == (
         str(job_id),

@@ -1,0 +1,108 @@
+"""The control API application: Litestar on asyncio, stateless, several replicas behind a load balancer.
+
+Lifespan (everything the app owns, closed in reverse on shutdown): an asyncpg pool (reads and API keys), the
+cluster row (shard count, the egress policy's allowed networks), an etcd coordinator whose watch keeps the
+shard-owner map current (``owners.OwnerMap``), and one httpx client for the nodes' internal API
+(``routing.WriteRouter``). ``/readyz`` is 200 once the owner map is known and PostgreSQL answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response, get
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+
+from protocol import problems
+from protocol.egress import EgressPolicy
+from protocol.errors import InfrastructureError
+from scheduler_node.coordination import AsyncioCoordinator, EtcdTls, KeyLayout
+from scheduler_node.store import read_cluster
+from scheduler_node.store.pool import create_pool
+
+from . import paths
+from .auth import KeyAuthentication
+from .errors import EXCEPTION_HANDLERS, problem_response
+from .jobs import JobController
+from .owners import OwnerMap
+from .routing import WriteRouter
+
+__all__ = ["ApiSettings", "create_app"]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    dsn: str
+    etcd: str
+    cluster_secret: str
+    etcd_prefix: str = "/shardwheel"
+    etcd_tls: EtcdTls | None = None
+    dev: bool = False  # loopback targets allowed, as on dev-mode nodes
+    route_retry_s: float = 10.0  # how long a write waits for its shard's owner before 503
+
+
+@get(paths.HEALTHZ, include_in_schema=False)
+async def healthz() -> str:
+    return "ok\n"
+
+
+@get(paths.READYZ, include_in_schema=False)
+async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
+    state = request.app.state
+    if not state.owners.known:
+        return problem_response(problems.problem(503, "unavailable", "the shard owners are not known yet"))
+    try:
+        await state.pool.fetchval("SELECT 1", timeout=2)
+    except Exception as e:  # noqa: BLE001 - any failure means not ready
+        return problem_response(problems.problem(503, "unavailable", f"PostgreSQL: {type(e).__name__}: {e}"))
+    return Response("ready\n", media_type="text/plain")
+
+
+@get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return request.app.openapi_schema.to_schema()
+
+
+def create_app(settings: ApiSettings) -> Litestar:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await create_pool(settings.dsn, min_size=1, max_size=8)
+        try:
+            cluster = await read_cluster(pool)
+            if cluster is None:
+                raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
+            owners = OwnerMap()
+            layout = KeyLayout(cluster.name, settings.etcd_prefix)
+            async with AsyncioCoordinator.open(settings.etcd, layout, tls=settings.etcd_tls) as coord, \
+                    httpx.AsyncClient(timeout=10) as http:  # fmt: skip
+                started = asyncio.Event()
+                follower = asyncio.create_task(owners.follow(coord, started))
+                app.state.update(
+                    pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={},
+                    egress=EgressPolicy.of(cluster.allowed_target_nets, dev=settings.dev),
+                    router=WriteRouter(owners, http, shard_count=cluster.shard_count,
+                                       cluster_secret=settings.cluster_secret, retry_for_s=settings.route_retry_s),
+                )  # fmt: skip
+                try:
+                    yield
+                finally:
+                    follower.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await follower
+        finally:
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[JobController, healthz, readyz, openapi_json],
+        lifespan=[lifespan],
+        middleware=[DefineMiddleware(KeyAuthentication)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(title="Shardwheel control API", version="1", path="/docs"),
+        request_max_body_size=256 * 1024,
+    )

@@ -1,0 +1,71 @@
+"""Authentication and roles: ``Authorization: Bearer <api key>``, one tenant and one role per key.
+
+Rules:
+- A key is looked up by its hash (``store.lookup_api_key``); answers, found or not, are cached for
+  ``CACHE_S`` (5 s), so a revocation takes effect within 5 s and a flood of bad keys costs one read per key
+  per 5 s.
+- Roles nest: ``admin`` can do what ``writer`` can, which can do what ``reader`` can. Route guards name the
+  least role (``requires_writer``); a key below it gets 403, no or an unknown key 401.
+- A key sees its own tenant only: every read filters by the key's tenant, so another tenant's job is 404.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from scheduler_node.store import ApiKey, Role, lookup_api_key
+
+__all__ = ["CACHE_S", "KeyAuthentication", "requires_reader", "requires_writer"]
+
+CACHE_S = 5.0
+_RANK = {Role.READER: 0, Role.WRITER: 1, Role.ADMIN: 2}
+_UNAUTHENTICATED = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+
+
+class KeyAuthentication(AbstractAuthenticationMiddleware):
+    """Sets ``connection.user`` to the request's ``ApiKey``; 401 without a valid one."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        if connection.url.path in _UNAUTHENTICATED or connection.url.path.startswith("/docs"):
+            return AuthenticationResult(user=None, auth=None)
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthorizedException("missing API key: send Authorization: Bearer <key>")
+        key = await _cached_lookup(connection.app.state.pool, connection.app.state.key_cache, token.strip())
+        if key is None:
+            raise NotAuthorizedException("unknown or revoked API key")
+        return AuthenticationResult(user=key, auth=token)
+
+
+async def _cached_lookup(pool: asyncpg.Pool, cache: dict[str, tuple[float, ApiKey | None]],
+                         token: str) -> ApiKey | None:  # fmt: skip
+    now = time.monotonic()
+    hit = cache.get(token)
+    if hit is not None and now - hit[0] < CACHE_S:
+        return hit[1]
+    key = await lookup_api_key(pool, token)
+    if len(cache) > 10_000:
+        cache.clear()  # bounded: a flood of random keys cannot grow it without end
+    cache[token] = (now, key)
+    return key
+
+
+def _requires(role: Role) -> Any:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        key = connection.user
+        if not isinstance(key, ApiKey) or _RANK[Role(key.role)] < _RANK[role]:
+            raise PermissionDeniedException(f"this needs a {role.value} key")
+
+    return guard
+
+
+requires_reader = _requires(Role.READER)
+requires_writer = _requires(Role.WRITER)

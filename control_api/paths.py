@@ -1,0 +1,14 @@
+"""The control API's routes, named once: handlers, tests, the CLI and the docs use these constants."""
+
+from __future__ import annotations
+
+__all__ = ["HEALTHZ", "JOB", "JOBS", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ", "V1"]
+
+V1 = "/v1"
+JOBS = f"{V1}/jobs"
+JOB = f"{JOBS}/{{job_id:str}}"
+JOB_PAUSE = f"{JOB}/pause"
+JOB_RESUME = f"{JOB}/resume"
+JOB_TRIGGER = f"{JOB}/trigger"
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
