@@ -27,11 +27,13 @@ from scheduler_node.store import read_cluster
 from scheduler_node.store.pool import create_pool
 
 from . import paths
+from .alerts import AlertController
 from .auth import KeyAuthentication
 from .errors import EXCEPTION_HANDLERS, problem_response
 from .jobs import JobController
 from .owners import OwnerMap
 from .routing import WriteRouter
+from .schedules import ScheduleController
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -99,7 +101,7 @@ def create_app(settings: ApiSettings) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[JobController, healthz, readyz, openapi_json],
+        route_handlers=[JobController, ScheduleController, AlertController, healthz, readyz, openapi_json],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(KeyAuthentication)],
         exception_handlers=EXCEPTION_HANDLERS,

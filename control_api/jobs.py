@@ -6,32 +6,43 @@ Rules:
 - A spec is decoded strictly (``protocol.jobs.decode_job_spec``: unknown fields refused, every error naming
   its field) with the cluster's egress policy, before anything is sent anywhere.
 - Reads come from PostgreSQL, filtered by the key's tenant: another tenant's job is 404. ``ETag`` is the
-  version; ``If-Match`` on a delete, pause or resume makes it conditional (412 if stale).
+  version; ``If-Match`` on a delete, pause or resume makes it conditional (412 if stale), and a replace
+  (``PUT``, the whole spec) or a merge patch (``PATCH``, RFC 7396 over the stored spec) requires it (428
+  without): a change is always made to the version the caller saw.
+- ``Idempotency-Key`` on a create or a trigger: the same key with the same request answers what the first
+  answered (a create names the first job; a trigger fires once); with another request, 409. The key is
+  the tenant's (``store.idempotency``), kept 24 h.
 - Lists are in id order (UUIDv7: creation order) with an opaque cursor: ``next_cursor`` is the last id of a
   full page; ``limit`` 1-1000 (default 100).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, patch, post, put
 from litestar import delete as delete_route
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from protocol.errors import SpecError
+from protocol.errors import CallerError, SpecError, VersionMismatch
+from protocol.executions import Execution, ExecutionStatus
 from protocol.ids import new_job_id, parse_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, decode_job_spec
 from protocol.shards import shard_of
-from scheduler_node.store import ApiKey, get_job, list_jobs
+from protocol.slots.instants import preview_instants
+from scheduler_node.store import ApiKey, get_job, list_executions, list_jobs
 
 from . import paths
 from .auth import requires_reader, requires_writer
+from .schedules import Preview, check_n
 
 __all__ = ["JobController", "JobList"]
 
@@ -41,6 +52,32 @@ class JobList(msgspec.Struct, frozen=True):
     next_cursor: str | None = None
 
 
+class ExecutionList(msgspec.Struct, frozen=True):
+    items: list[Execution]
+    next_before: datetime | None = None  # pass as ``before`` for the next (older) page
+
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+async def _idempotency(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """``idempotency_key`` and ``request_hash`` for the write, if the client sent an Idempotency-Key."""
+    given = request.headers.get("idempotency-key")
+    if given is None:
+        return {}
+    if not _IDEMPOTENCY_KEY.fullmatch(given):
+        raise SpecError("Idempotency-Key", "must be 1-255 printable ASCII characters without spaces")
+    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + await request.body())
+    return {"idempotency_key": given, "request_hash": digest.hexdigest()}
+
+
+def _required_version(request: Request[Any, Any, Any]) -> int:
+    version = _version(request.headers.get("if-match"))
+    if version is None:
+        raise PreconditionRequired('If-Match: "<version>" is required: read the job, then change that version')
+    return version
+
+
 def _version(if_match: str | None) -> int | None:
     if if_match is None:
         return None
@@ -48,6 +85,23 @@ def _version(if_match: str | None) -> int | None:
     if not text.isdigit() or not 1 <= int(text) < 2**63:
         raise SpecError("If-Match", f"'{if_match[:40]}' is not a version (an ETag of this API)")
     return int(text)
+
+
+class PreconditionRequired(CallerError):
+    status_hint = 428
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396: objects merge key by key, ``null`` removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 def _job_response(job: Job, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
@@ -66,6 +120,8 @@ class JobController(Controller):
     async def _write(self, request: Request[ApiKey, Any, State], job_id: uuid.UUID, op: JobWriteOp,
                      **fields: Any) -> JobWritten:  # fmt: skip
         key = request.user
+        if op in (JobWriteOp.UPSERT, JobWriteOp.TRIGGER) and "expected_version" not in fields:
+            fields |= await _idempotency(request)
         write = JobWrite(op=op, actor=f"key:{key.prefix}", tenant=key.tenant, **fields)
         written: JobWritten = await request.app.state.router.write(job_id, write)
         return written
@@ -95,6 +151,67 @@ class JobController(Controller):
                                after=None if cursor is None else parse_job_id(cursor, "cursor"),
                                limit=limit)  # fmt: skip
         return JobList(page.items, None if page.next_after is None else str(page.next_after))
+
+    async def _replace(self, request: Request[ApiKey, Any, State], job_id: uuid.UUID, spec_json: bytes,
+                       expected: int) -> Response[bytes]:  # fmt: skip
+        spec = decode_job_spec(spec_json, request.app.state.egress)
+        await self._write(request, job_id, JobWriteOp.UPSERT, spec=spec, expected_version=expected)
+        return _job_response(await self._read(request.app.state, request.user, job_id))
+
+    @put("/{job_id:str}", guards=[requires_writer], operation_id="replaceJob",
+         summary="Replace a job's spec (If-Match required)")  # fmt: skip
+    async def replace(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
+        expected = _required_version(request)
+        return await self._replace(request, parse_job_id(job_id), await request.body(), expected)
+
+    @patch("/{job_id:str}", guards=[requires_writer], operation_id="patchJob",
+           summary="Change part of a job's spec: a JSON merge patch, RFC 7396 (If-Match required)")  # fmt: skip
+    async def modify(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
+        expected = _required_version(request)
+        jid = parse_job_id(job_id)
+        try:
+            changes = msgspec.json.decode(await request.body())
+        except msgspec.DecodeError as e:
+            raise SpecError("", f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise SpecError("", "JSON nested too deeply") from None
+        if not isinstance(changes, dict):
+            raise SpecError("", "a merge patch is a JSON object")
+        current = await self._read(request.app.state, request.user, jid)
+        if current.version != expected:
+            raise VersionMismatch(expected, current.version)
+        base = msgspec.to_builtins(current.spec)
+        schedule = changes.get("schedule")
+        if isinstance(schedule, dict) and schedule.get("kind") not in (None, base["schedule"]["kind"]):
+            base["schedule"] = {}  # another kind of schedule replaces the old one, not merges into it
+        merged = merge_patch(base, changes)
+        return await self._replace(request, jid, msgspec.json.encode(merged), expected)
+
+    @get("/{job_id:str}/preview", guards=[requires_reader], operation_id="previewJob",
+         summary="The job's next instants, in UTC and in its zone, with DST notes")  # fmt: skip
+    async def preview(self, request: Request[ApiKey, Any, State], job_id: str, n: int = 10) -> Preview:
+        job = await self._read(request.app.state, request.user, parse_job_id(job_id))
+        return Preview(preview_instants(job.spec, datetime.now(UTC), check_n(n), job.created_at))
+
+    @get("/{job_id:str}/executions", guards=[requires_reader], operation_id="listJobExecutions",
+         summary="A job's executions, newest slot first, with their attempts")  # fmt: skip
+    async def executions(self, request: Request[ApiKey, Any, State], job_id: str,
+                         status: list[str] | None = None, before: datetime | None = None,
+                         limit: int = 20) -> ExecutionList:  # fmt: skip
+        jid = parse_job_id(job_id)
+        if not 1 <= limit <= 200:
+            raise SpecError("limit", "must be 1-200")
+        known = {s.value for s in ExecutionStatus}
+        if bad := [s for s in status or [] if s not in known]:
+            raise SpecError("status", f"'{bad[0][:40]}' is not an execution status")
+        if before is not None and before.tzinfo is None:
+            raise SpecError("before", "needs a UTC offset or Z")
+        state = request.app.state
+        shard = shard_of(jid, state.shard_count)
+        await get_job(state.pool, shard, jid, tenant=request.user.tenant, include_deleted=True)  # 404 if not theirs
+        items = await list_executions(state.pool, shard, jid, limit=limit, before=before, with_attempts=True,
+                                      statuses=[ExecutionStatus(s) for s in status or []] or None)  # fmt: skip
+        return ExecutionList(items, items[-1].scheduled_at if len(items) == limit else None)
 
     @delete_route("/{job_id:str}", guards=[requires_writer], operation_id="deleteJob", summary="Delete a job",
                   status_code=200)  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["HEALTHZ", "JOB", "JOBS", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ", "V1"]
+__all__ = ["ALERTS", "HEALTHZ", "JOB", "JOBS", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ", "SCHEDULES", "V1"]
 
 V1 = "/v1"
 JOBS = f"{V1}/jobs"
@@ -10,5 +10,7 @@ JOB = f"{JOBS}/{{job_id:str}}"
 JOB_PAUSE = f"{JOB}/pause"
 JOB_RESUME = f"{JOB}/resume"
 JOB_TRIGGER = f"{JOB}/trigger"
+SCHEDULES = f"{V1}/schedules"
+ALERTS = f"{V1}/alerts"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"

@@ -52,13 +52,20 @@ class SpecError(CallerError):
     status_hint = 422
 
     def __init__(self, field: str, problem: str) -> None:
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{field}: {problem}" if field else problem)
+        # One line whatever the input echoed in it (a tag with a line break): control characters escaped.
+        self.field = _one_line(field)
+        self.problem = problem = _one_line(problem)
+        super().__init__(f"{self.field}: {problem}" if field else problem)
 
     def within(self, prefix: str) -> SpecError:
         """The same error seen from an enclosing object (``cron`` inside ``schedule``)."""
         return SpecError(f"{prefix}.{self.field}" if self.field else prefix, self.problem)
+
+
+def _one_line(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class NotFound(CallerError):

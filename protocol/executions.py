@@ -96,4 +96,4 @@ class Execution(msgspec.Struct, frozen=True):
     dispatch_lag_ms: int | None = None  # send start - scheduled time; drift is what the target sees
     error: str | None = None
     response_excerpt: str | None = None  # the first 1 KiB of the response body
-    attempts: list[ExecutionAttempt] = []
+    attempts: list[ExecutionAttempt] = msgspec.field(default_factory=list)

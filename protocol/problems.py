@@ -47,6 +47,7 @@ TITLES = {
     "conflict": "The request conflicts with what is stored",
     "not-owner": "This node does not own the job's shard",
     "version-mismatch": "The stored version is not the expected one",
+    "precondition-required": "This request needs If-Match with the version it changes",
     "too-large": "The request body is too large",
     "unavailable": "A dependency is unavailable; retry later",
     "internal": "Internal error",
@@ -95,6 +96,8 @@ def from_error(err: ShardwheelError) -> Problem:
             return problem(409, "conflict", str(err))
         case InfrastructureError():
             return problem(503, "unavailable", str(err))
+    if err.status_hint == 428:
+        return problem(428, "precondition-required", str(err))
     if 400 <= err.status_hint < 500:
         return problem(err.status_hint, "malformed" if err.status_hint == 400 else "conflict", str(err))
     return problem(500, "internal", "internal error; the node's log has the details")

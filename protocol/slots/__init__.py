@@ -8,6 +8,7 @@ previews with the same code, so both always agree on a job's slots.
   ``anchor + k * period``; ``at`` fires once.
 - ``cron_slots``: ``CronSlots``, the kept iterator of a cron schedule (croniter walking naive wall-clock
   time).
+- ``instants``: ``preview_instants``, the preview as the API shows it (UTC, local, DST notes).
 - ``dst``: how a wall-clock time becomes instants. The DST rule (DESIGN.md §3): a cron schedule whose hour
   field lists single hours (``0 30 2 * * *``) follows the job's policy (gap skip | shift, repeat first |
   second | both); any other cron schedule (``* * * * * *``, ``0 */15 * * * *``) follows absolute time, which

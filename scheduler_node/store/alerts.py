@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import asyncpg
 import msgspec
 
+from protocol.errors import NotFound
 from protocol.executions import Origin
 from protocol.ids import new_job_id
 
@@ -34,6 +35,7 @@ __all__ = [
     "Alert",
     "AlertKey",
     "AlertRow",
+    "ack_alert",
     "insert_alerts",
     "list_alerts",
     "mark_delivered",
@@ -84,11 +86,13 @@ class Alert(msgspec.Struct, frozen=True):
     delivery_attempts: int
     next_delivery_at: datetime | None
     last_error: str | None
+    acked_at: datetime | None = None
+    acked_by: str | None = None
 
 
 _COLUMNS = (
     "shard, id, job_id, tenant, scheduled_at, origin, kind, message, payload::text AS payload, webhook, created_at,"
-    " delivered_at, delivery_attempts, next_delivery_at, last_error"
+    " delivered_at, delivery_attempts, next_delivery_at, last_error, acked_at, acked_by"
 )
 
 
@@ -144,6 +148,7 @@ async def list_alerts(
     *,
     tenant: str | None = None,
     undelivered: bool = False,
+    unacked: bool = False,
     before: uuid.UUID | None = None,
     limit: int = 100,
 ) -> list[Alert]:
@@ -155,6 +160,8 @@ async def list_alerts(
         where.append(f"tenant = ${len(args)}")
     if undelivered:
         where.append("delivered_at IS NULL AND webhook IS NOT NULL")
+    if unacked:
+        where.append("acked_at IS NULL")
     if before is not None:
         args.append(before)
         where.append(f"id < ${len(args)}")
@@ -198,3 +205,15 @@ async def record_delivery_failure(
         shard, alert_id, error, next_delivery_at,
     )  # fmt: skip
     return bool(status.endswith(" 1"))
+
+
+async def ack_alert(db: Executor, tenant: str, alert_id: uuid.UUID, actor: str) -> Alert:
+    """Acknowledge a tenant's alert (idempotent: the first acknowledgement stays); ``NotFound`` otherwise."""
+    row = await db.fetchrow(
+        f"UPDATE alerts SET acked_at = coalesce(acked_at, now()), acked_by = coalesce(acked_by, $3)"
+        f" WHERE tenant = $1 AND id = $2 RETURNING {_COLUMNS}",
+        tenant, alert_id, actor,
+    )  # fmt: skip
+    if row is None:
+        raise NotFound(f"alert {alert_id} not found")
+    return _alert(row)

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -21,7 +22,7 @@ from scheduler_node.store import Role
 from shardwheel.embedded import EmbeddedEtcd, free_port
 
 from ..scheduler_node.cluster_harness import balanced, cluster
-from ..scheduler_node.harness import SECRET, query, target_running, wait_for
+from ..scheduler_node.harness import SECRET, Behaviour, query, target_running, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -100,6 +101,18 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             listed = (await r.get("/v1/jobs", params={"limit": 10})).json()
             assert [j["id"] for j in listed["items"]] == [job["id"]] and listed["next_cursor"] is None
 
+            # Preview: a job's next instants, and a schedule's before it is a job.
+            preview = (await r.get(f"/v1/jobs/{job['id']}/preview", params={"n": 3})).json()["instants"]
+            assert len(preview) == 3 and all(p["utc"].endswith("Z") or "+00:00" in p["utc"] for p in preview)
+            spring = await r.post("/v1/schedules/preview", json={
+                "schedule": {"kind": "cron", "cron": "0 30 1 29 3 *"}, "timezone": "Europe/London", "n": 2})
+            assert spring.status_code == 200, spring.text
+            assert [(p["local"][:16], p["dst"]) for p in spring.json()["instants"]][0][1] in ("gap", None)
+            assert (await r.post("/v1/schedules/preview", json={"schedule": {"kind": "cron", "cron": "x"}})
+                    ).json()["errors"][0]["field"] == "schedule.cron"  # fmt: skip
+            assert (await r.post("/v1/schedules/preview", json={"schedule": {"kind": "every", "every": "5s"},
+                                                               "n": 500})).json()["errors"][0]["field"] == "n"
+
             # Tenants never see each other's jobs; a reader cannot write; no key is 401.
             assert (await g.get(f"/v1/jobs/{job['id']}")).status_code == 404
             assert (await g.get("/v1/jobs")).json()["items"] == []
@@ -116,8 +129,36 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             assert paused.status_code == 200 and paused.json()["state"] == "paused"
             resumed = await w.post(f"/v1/jobs/{job['id']}/resume")
             assert resumed.json()["state"] == "active"
-            trigger = await w.post(f"/v1/jobs/{job['id']}/trigger")
+            # Replace and merge patch need If-Match (428 without, 412 stale); a patch changes only what it names.
+            jid = job["id"]
+            version = int((await r.get(f"/v1/jobs/{jid}")).headers["etag"].strip('"'))
+            assert (await w.patch(f"/v1/jobs/{jid}", json={"description": "x"})).status_code == 428
+            stale_patch = await w.patch(f"/v1/jobs/{jid}", json={"description": "x"}, headers={"if-match": '"1"'})
+            assert stale_patch.status_code == 412
+            patched = await w.patch(f"/v1/jobs/{jid}", headers={"if-match": f'"{version}"'},
+                                    json={"description": "patched", "tags": ["nightly"], "retry": {"max_attempts": 5}})
+            assert patched.status_code == 200, patched.text
+            spec = patched.json()["spec"]
+            assert (spec["description"], spec["tags"], spec["retry"]["max_attempts"]) == ("patched", ["nightly"], 5)
+            assert spec["retry"]["initial_backoff_ms"] == 1000 and spec["name"] == "api-job"  # the rest as it was
+            assert patched.headers["etag"] == f'"{version + 1}"'
+            kind_change = await w.patch(f"/v1/jobs/{jid}", headers={"if-match": f'"{version + 1}"'},
+                                        json={"schedule": {"kind": "every", "every": "1s"}})
+            assert kind_change.status_code == 200 and kind_change.json()["spec"]["schedule"] == {
+                "kind": "every", "every": "1s"}  # fmt: skip
+            bad_patch = await w.patch(f"/v1/jobs/{jid}", headers={"if-match": f'"{version + 2}"'},
+                                      json={"timeout_ms": -1})
+            assert bad_patch.status_code == 422 and bad_patch.json()["errors"][0]["field"] == "timeout_ms"
+            replaced = await w.put(f"/v1/jobs/{jid}", headers={"if-match": f'"{version + 2}"'},
+                                   json=_job(target.url("/api")))
+            assert replaced.status_code == 200 and replaced.json()["spec"]["description"] == ""
+            assert (await w.put(f"/v1/jobs/{jid}", json=_job(target.url("/api")))).status_code == 428
+            once = {"idempotency-key": "trigger-1"}
+            trigger = await w.post(f"/v1/jobs/{job['id']}/trigger", headers=once)
             assert trigger.status_code == 202
+            again = await w.post(f"/v1/jobs/{job['id']}/trigger", headers=once)  # a retry: fires no second slot
+            same = ("job_id", "version", "state")
+            assert again.status_code == 202 and [again.json()[k] for k in same] == [trigger.json()[k] for k in same]
 
             async def manual() -> bool:
                 rows = await query(db_dsn, "SELECT 1 FROM executions WHERE job_id = $1 AND origin = 'manual'",
@@ -125,9 +166,56 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
                 return len(rows) == 1
 
             await wait_for(manual, timeout=10)
+
+            async def three_runs() -> bool:
+                return len(await query(db_dsn, "SELECT 1 FROM executions WHERE job_id = $1", uuid.UUID(jid))) >= 3
+
+            await wait_for(three_runs, timeout=10)
+            page = (await r.get(f"/v1/jobs/{jid}/executions", params={"limit": 2})).json()
+            assert len(page["items"]) == 2 and page["next_before"] is not None
+            slots = [datetime.fromisoformat(e["scheduled_at"]) for e in page["items"]]
+            assert slots[0] > slots[1]  # newest first
+            older = (await r.get(f"/v1/jobs/{jid}/executions",
+                                 params={"limit": 2, "before": page["next_before"]})).json()  # fmt: skip
+            cut = datetime.fromisoformat(page["next_before"])
+            assert older["items"] and all(datetime.fromisoformat(e["scheduled_at"]) < cut for e in older["items"])
+            done = (await r.get(f"/v1/jobs/{jid}/executions", params={"status": "succeeded"})).json()["items"]
+            assert done and all(e["status"] == "succeeded" and e["attempts"] for e in done)
+            assert (await g.get(f"/v1/jobs/{jid}/executions")).status_code == 404
+            assert (await r.get(f"/v1/jobs/{jid}/executions", params={"status": "nope"})).status_code == 422
             deleted = await w.delete(f"/v1/jobs/{job['id']}")
             assert deleted.status_code == 200 and deleted.json()["state"] == "deleted"
             assert (await r.get(f"/v1/jobs/{job['id']}")).status_code == 404
+
+            # A failing job raises an alert; the tenant lists it and acknowledges it.
+            target.behaviours["/fails"] = Behaviour(status=500)
+            at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+            failing = await w.post("/v1/jobs", json=_job(target.url("/fails"), schedule={"kind": "at", "at": at},
+                                                         retry={"max_attempts": 1}))  # fmt: skip
+            assert failing.status_code == 201
+
+            async def alerted() -> bool:
+                return bool((await r.get("/v1/alerts", params={"unacked": "true"})).json()["items"])
+
+            await wait_for(alerted, timeout=15)
+            (alert,) = (await r.get("/v1/alerts")).json()["items"]
+            assert alert["kind"] == "execution_failed" and alert["job_id"] == failing.json()["id"]
+            assert (await g.get("/v1/alerts")).json()["items"] == []  # another tenant's
+            assert (await r.post(f"/v1/alerts/{alert['id']}/ack")).status_code == 403  # a reader
+            acked = await w.post(f"/v1/alerts/{alert['id']}/ack")
+            assert acked.status_code == 200 and acked.json()["acked_at"] is not None
+            assert (await r.get("/v1/alerts", params={"unacked": "true"})).json()["items"] == []
+            assert (await g.post(f"/v1/alerts/{alert['id']}/ack")).status_code == 404
+
+            # Idempotency-Key on a create: a retry answers the first job; another body with the key is 409.
+            paused_job = _job("https://example.com/idem")
+            first = await w.post("/v1/jobs", json=paused_job, headers={"idempotency-key": "create-1"})
+            retry = await w.post("/v1/jobs", json=paused_job, headers={"idempotency-key": "create-1"})
+            assert first.status_code == retry.status_code == 201 and first.json()["id"] == retry.json()["id"]
+            other = await w.post("/v1/jobs", json=_job("https://example.com/other"),
+                                 headers={"idempotency-key": "create-1"})  # fmt: skip
+            assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
+            await w.delete(f"/v1/jobs/{first.json()['id']}")
 
             # Bad input: 4xx naming the field, nothing stored.
             for body, status, field in [
@@ -155,7 +243,7 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
                 op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op
             }
     rows = await query(db_dsn, "SELECT count(*) AS n FROM jobs")
-    assert rows[0]["n"] == 1  # only the job created above, deleted softly
+    assert rows[0]["n"] == 3  # the three jobs created above (one twice, idempotently)
 
 
 async def _at_least(target: Any, path: str, n: int) -> bool:
