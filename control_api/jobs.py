@@ -42,6 +42,7 @@ from scheduler_node.store import ApiKey, get_job, list_executions, list_jobs
 
 from . import paths
 from .auth import requires_reader, requires_writer
+from .bodies import json_object
 from .schedules import Preview, check_n
 
 __all__ = ["JobController", "JobList"]
@@ -169,14 +170,7 @@ class JobController(Controller):
     async def modify(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
         expected = _required_version(request)
         jid = parse_job_id(job_id)
-        try:
-            changes = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError as e:
-            raise SpecError("", f"malformed JSON: {e}") from None
-        except RecursionError:
-            raise SpecError("", "JSON nested too deeply") from None
-        if not isinstance(changes, dict):
-            raise SpecError("", "a merge patch is a JSON object")
+        changes = await json_object(request, "a merge patch: a JSON object")
         current = await self._read(request.app.state, request.user, jid)
         if current.version != expected:
             raise VersionMismatch(expected, current.version)

@@ -19,6 +19,7 @@ from protocol.slots.instants import PreviewInstant, preview_instants
 
 from . import paths
 from .auth import requires_reader
+from .bodies import json_object
 
 __all__ = ["Preview", "ScheduleController", "check_n"]
 
@@ -43,14 +44,7 @@ class ScheduleController(Controller):
     @post("/preview", guards=[requires_reader], operation_id="previewSchedule", status_code=200,
           summary="The next instants of a schedule (UTC and local, DST notes), without creating a job")  # fmt: skip
     async def preview(self, request: Request[Any, Any, Any]) -> Preview:
-        try:
-            doc = msgspec.json.decode(await request.body())
-        except msgspec.DecodeError as e:
-            raise SpecError("", f"malformed JSON: {e}") from None
-        except RecursionError:
-            raise SpecError("", "JSON nested too deeply") from None
-        if not isinstance(doc, dict):
-            raise SpecError("", "expected a JSON object with a schedule")
+        doc = await json_object(request, "a JSON object with a schedule")
         if unknown := sorted(set(doc) - _FIELDS):
             raise SpecError(unknown[0], "unknown field")
         n = doc.pop("n", 10)
