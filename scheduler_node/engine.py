@@ -273,7 +273,9 @@ class Engine:
         self._draining = True
         deadline = trio.current_time() + self.tuning.release_timeout_s
         async with trio.open_nursery() as n:
-            for shard in self._loaded_shards():
+            # Loading ones too (each release waits for its load, up to the deadline): a shard still loading
+            # at SIGTERM went on to claim after the drain, and its rows stayed claimed once the node was gone.
+            for shard in list(self._shards):
                 n.start_soon(self._release, shard, deadline)
         await self.writer.flush()
         await self.alerts.flush()
@@ -293,6 +295,11 @@ class Engine:
                     self._drop_shard(shard, give_back=True)
 
     async def _acquire(self, shard: int, epoch: int, limiter: trio.CapacityLimiter) -> None:
+        if self._draining:
+            # Granted while the node drains (another node released it meanwhile): loading it would claim
+            # slots nobody releases any more. Handed back at once, nothing claimed.
+            await self.ownership.released(shard)
+            return
         if shard in self._shards:
             self._drop_shard(shard)  # granted again without a Lost first: nothing of the old epoch goes on
         state = self._shards[shard] = ShardState(shard, epoch)
@@ -396,6 +403,8 @@ class Engine:
         if locked:
             try:
                 keys = self._take_unsent(state)
+                keys += [ExecKey(shard, *k) for k in state.withdrawn]
+                state.withdrawn.clear()
                 if keys:
                     result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
                     if result.fenced:
@@ -406,7 +415,11 @@ class Engine:
             await state.idle.wait()
         # Past the deadline, slots still queued for a connection (a node behind, a slow target) were never
         # written: given back like the unsent ones, not left claimed (busy-core runs left ~1,000 claimed).
-        unwritten = self._withdraw_unwritten(state)
+        # Only when no claim statement can still commit after the give-back (the lock was had: see above).
+        unwritten = []
+        if locked:
+            unwritten = self._withdraw_unwritten(state) + [ExecKey(shard, *k) for k in state.withdrawn]
+            state.withdrawn.clear()
         if unwritten:
             result = await self._db("release", store.delete_unsent_claims, shard, epoch, unwritten)
             log.info("shard %d: gave back %d claims whose request was never written", shard, len(result.applied))
@@ -947,7 +960,9 @@ class Engine:
             job.unsent -= 1
         if self._granted_epoch(job.shard) is None:
             self.metrics.not_sent.inc()
-            return  # the row stays as it is; the next owner continues it
+            if state.phase is Phase.RELEASING and p.attempt == 0:
+                state.withdrawn.append(skey)  # due after the release began: given back with the unsent ones
+            return  # else the row stays as it is; the next owner continues it
         if not self._may_send():
             self._hold(p)
             return

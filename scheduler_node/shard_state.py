@@ -105,6 +105,8 @@ class ShardState:
     jobs: dict[uuid.UUID, LoadedJob] = field(default_factory=dict)
     unsent: dict[SlotKey, Entry[Pending]] = field(default_factory=dict)  # claimed, waiting for their second
     held: dict[SlotKey, Pending] = field(default_factory=dict)  # due while sends were blocked
+    # claimed slots that fell due while the shard was being released: not sent, so given back with the rest
+    withdrawn: list[SlotKey] = field(default_factory=list)
     runs: dict[SlotKey, Run] = field(default_factory=dict)  # first send to terminal state (also in job.runs)
     refilled_until: int | None = None  # jobs due before this (ms) are loaded
     in_flight: int = 0  # requests of this shard with the dispatcher

@@ -519,6 +519,33 @@ async def test_a_release_past_its_deadline_gives_back_slots_still_queued_for_a_c
         assert len(w.dispatcher.cancelled) == 3  # 0 s, 2 s (queued) and 1 s (written: dropped, row kept)
 
 
+async def test_a_drain_releases_shards_still_loading_and_hands_back_those_granted_meanwhile(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Found by the cluster outage test (both nodes stopped at once, each picking up what the other gave back):
+    a shard still loading when the drain began, and one granted during the drain, went on to claim slots
+    after it, and those rows stayed claimed once the node was gone."""
+    async with world(lambda r: slow(3)) as w:
+        await w.grant(0)
+        jobs = [job_id_in(shard) for shard in (0, 1, 2)]
+        for shard, job in zip((0, 1, 2), jobs, strict=True):
+            w.store_job(job, spec(), shard=shard)
+        await w.until(T0_MS + 1_500)  # shard 0 has a run in flight: its release waits for it
+        w.store.hold()  # shard 1's load waits on the store
+        w.ownership.grant(1)
+        await w.until(T0_MS + 1_600)
+        async with trio.open_nursery() as n:
+            n.start_soon(w.engine.drain)
+            await w.until(T0_MS + 1_700)
+            w.store.release()
+            w.ownership.grant(2)  # granted while draining
+        assert sorted(w.ownership.released_shards) == [0, 1, 2]
+        for i, job in enumerate(jobs):
+            left = {slot - T0_MS: r.status for (slot, _), r in w.store.rows_of(job).items()}
+            assert S.CLAIMED not in left.values(), (i, left, w.ownership.released_shards)
+        assert w.store.rows_of(jobs[2]) == {}  # never loaded: nothing claimed
+
+
 async def test_a_write_to_a_fenced_shard_drops_it(autojump_clock: trio.testing.MockClock) -> None:
     async with world() as w:
         await w.grant(0)
