@@ -271,6 +271,7 @@ class Engine:
     async def drain(self) -> None:
         """The graceful shutdown: release every shard (no loss, no duplicate), then flush the writer."""
         self._draining = True
+        self.ownership.stop_taking()
         deadline = trio.current_time() + self.tuning.release_timeout_s
         async with trio.open_nursery() as n:
             # Loading ones too (each release waits for its load, up to the deadline): a shard still loading

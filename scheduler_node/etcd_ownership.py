@@ -78,6 +78,7 @@ class EtcdOwnership:
         self._lease: LeaseAck | None = None
         self._validity = Validity()
         self._refusing: str | None = None
+        self._leaving = False  # the node drains: it takes no more shards (``stop_taking``)
         self._kick = trio.Event()
         self._rejoining = trio.Lock()
         self._send, self.events = trio.open_memory_channel[OwnershipEvent](math.inf)
@@ -105,6 +106,9 @@ class EtcdOwnership:
 
     def problem(self) -> str | None:
         return None  # shards come and go with the cluster's plan; losing one is no fault of this node
+
+    def stop_taking(self) -> None:
+        self._leaving = True
 
     def lost(self, shard: int) -> None:
         if self._grants.pop(shard, None) is not None:
@@ -240,8 +244,8 @@ class EtcdOwnership:
         for shard in sorted(release & set(self._grants) - self._releasing):
             self._releasing.add(shard)
             self._send.send_nowait(RevokeRequested(shard, deadline))
-        if trio.current_time() >= self._validity.until:
-            return  # no taking while our own lease may be dead
+        if trio.current_time() >= self._validity.until or self._leaving:
+            return  # no taking while our own lease may be dead, nor while the node drains to leave
         # Keys of ours that we do not hold (a fenced write dropped the shard while the key stayed): take them
         # again with a fresh epoch, or nobody would (the key says we own it).
         ours_unheld = (

@@ -106,6 +106,10 @@ class Ownership(Protocol):
         """Why this node does not hold what it should (a static shard another node took), for readiness."""
         ...
 
+    def stop_taking(self) -> None:
+        """The node drains: acquire no more shards (those granted already are released by the drain)."""
+        ...
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
 
 
@@ -185,6 +189,9 @@ class StaticOwnership:
             self._taken.add(shard)
             log.error("shard %d: another node holds a newer epoch; dropped (static ownership)", shard)
             self._send.send_nowait(Lost(shard))
+
+    def stop_taking(self) -> None:
+        pass  # static shards are all acquired at start
 
     def problem(self) -> str | None:
         if not self._taken:
