@@ -27,9 +27,9 @@ from typing import Any
 
 import msgspec
 
+from protocol.internal import DEV_CLUSTER_SECRET
 from protocol.jobs import JobSpec, RetryPolicy, Target
 from protocol.schedules import Cron, Every
-from scheduler_node.node import DEV_CLUSTER_SECRET
 from shardwheel.embedded import EmbeddedPostgres, free_port
 
 from .harness import ROOT, insert_jobs, prepare_db, rss_mb, wait_ready

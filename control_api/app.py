@@ -83,8 +83,7 @@ def create_app(settings: ApiSettings) -> Litestar:
             layout = KeyLayout(cluster.name, settings.etcd_prefix)
             async with AsyncioCoordinator.open(settings.etcd, layout, tls=settings.etcd_tls) as coord, \
                     httpx.AsyncClient(timeout=10) as http:  # fmt: skip
-                started = asyncio.Event()
-                follower = asyncio.create_task(owners.follow(coord, started))
+                follower = asyncio.create_task(owners.follow(coord))
                 app.state.update(
                     pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={},
                     egress=EgressPolicy.of(cluster.allowed_target_nets, dev=settings.dev),

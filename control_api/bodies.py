@@ -4,22 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Request
 
 from protocol.errors import SpecError
+from protocol.jobs import decode_untrusted
 
 __all__ = ["json_object"]
 
 
 async def json_object(request: Request[Any, Any, Any], what: str) -> dict[str, Any]:
     """The body as a JSON object; ``what`` says what it should be, for the error."""
-    try:
-        doc = msgspec.json.decode(await request.body())
-    except msgspec.DecodeError as e:
-        raise SpecError("", f"malformed JSON: {e}") from None
-    except RecursionError:
-        raise SpecError("", "JSON nested too deeply") from None
+    doc = decode_untrusted(await request.body())
     if not isinstance(doc, dict):
         raise SpecError("", f"expected {what}")
     return doc

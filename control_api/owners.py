@@ -53,14 +53,13 @@ class OwnerMap:
         self.view, self._addresses = view, addresses
         self._changed.set()
 
-    async def follow(self, coord: AsyncioCoordinator, started: asyncio.Event) -> None:
-        """Keep the map current until cancelled; ``started`` is set after the first view."""
+    async def follow(self, coord: AsyncioCoordinator) -> None:
+        """Keep the map current until cancelled (``known`` once the first view is in)."""
         while True:
             try:
                 async with coord.changes() as changes:
                     async for _ in changes:
                         self.apply(await coord.snapshot())
-                        started.set()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # etcd away: keep the last view, try again

@@ -23,7 +23,33 @@ import msgspec
 
 from .jobs import JobSpec, JobState
 
-__all__ = ["JobWrite", "JobWriteOp", "JobWritten", "NotOwner", "VersionConflict"]
+__all__ = [
+    "DEV_CLUSTER_SECRET",
+    "MIN_SECRET_BYTES",
+    "JobWrite",
+    "JobWriteOp",
+    "JobWritten",
+    "NotOwner",
+    "VersionConflict",
+    "cluster_secret",
+]
+
+MIN_SECRET_BYTES = 32
+DEV_CLUSTER_SECRET = "shardwheel-dev-mode-cluster-secret-not-for-production"
+
+
+def cluster_secret(given: str | None, *, dev: bool) -> str:
+    """The bearer token of the nodes' internal API, as nodes and API replicas take it: at least
+    ``MIN_SECRET_BYTES`` outside dev mode (``ValueError`` naming the option), the built-in one in dev mode
+    when none is given."""
+    secret = given or ""
+    if dev:
+        return secret or DEV_CLUSTER_SECRET
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        problem = "is empty" if not secret else f"is {len(secret.encode())} bytes"
+        raise ValueError(f"--cluster-secret {problem}; it must be at least {MIN_SECRET_BYTES} bytes "
+                         "outside dev mode (--dev)")  # fmt: skip
+    return secret
 
 
 class JobWriteOp(enum.StrEnum):

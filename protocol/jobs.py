@@ -56,6 +56,7 @@ __all__ = [
     "Success",
     "Target",
     "decode_job_spec",
+    "decode_untrusted",
     "validate_job_spec",
 ]
 
@@ -385,15 +386,24 @@ def spec_error_from_msgspec(err: msgspec.ValidationError | msgspec.DecodeError) 
 _FREE_FORM = frozenset({"target.headers", "target.body"})
 
 
-def decode_job_spec(data: bytes | str, egress: EgressPolicy = STRICT) -> JobSpec:
-    """Decode and validate untrusted JSON; every failure is a ``SpecError`` naming the field."""
+def decode_untrusted(data: bytes | str, type_: Any = Any) -> Any:
+    """Untrusted JSON (a request body) decoded into ``type_``; every failure a ``SpecError`` naming the
+    field."""
     try:
-        raw = msgspec.json.decode(data)
-        spec = msgspec.convert(raw, JobSpec)
+        return msgspec.json.decode(data, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise spec_error_from_msgspec(e) from None
     except RecursionError:
         raise SpecError("", "JSON nested too deeply") from None
+
+
+def decode_job_spec(data: bytes | str, egress: EgressPolicy = STRICT) -> JobSpec:
+    """Decode and validate untrusted JSON; every failure is a ``SpecError`` naming the field."""
+    raw = decode_untrusted(data)
+    try:
+        spec = msgspec.convert(raw, JobSpec)
+    except msgspec.ValidationError as e:
+        raise spec_error_from_msgspec(e) from None
     if (unknown := _unknown_field(raw, msgspec.to_builtins(spec), "", _FREE_FORM)) is not None:
         raise SpecError(unknown, "unknown field")
     validate_job_spec(spec, egress)

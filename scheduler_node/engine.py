@@ -80,7 +80,7 @@ from .ownership import Acquired, Lost, Ownership, RevokeRequested
 from .run_rules import FireStep, OutcomeStep, completes, finish_step, fire_step, outcome_step
 from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
 from .slot_plan import plan_slots
-from .store import AlertRow, ClaimRow, ExecKey, Fence, NextFire, ResultRow, UnreadableJob
+from .store import AlertRow, ClaimRow, ExecKey, Fence, JobWriteOutcome, NextFire, ResultRow, UnreadableJob
 from .store_health import StoreHealth
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
@@ -613,14 +613,9 @@ class Engine:
         self, shard: int, epoch: int, job_id: uuid.UUID, tenant: str, version: int, webhook: str | None,
         reason: str,
     ) -> None:  # fmt: skip
-        try:
-            await self._db("job state", store.set_job_state, Fence(shard, epoch), job_id, JobState.BROKEN,
-                           tenant=tenant, reason=reason[:2000], expected_version=version)  # fmt: skip
-        except Fenced:
-            self.lose_shard(shard, epoch)
-            return
-        except (NotFound, VersionMismatch):
-            return  # deleted, or written again, since it was read
+        stored = await self._set_state(shard, epoch, job_id, tenant, JobState.BROKEN, reason[:2000], version)
+        if stored is None:
+            return  # deleted, written again since it was read, or the shard moved on
         self.metrics.alerts.inc(kind="job_broken")
         self.alerts.put_nowait(AlertRow(
             shard, epoch, job_id, tenant, ms_to_datetime(self.clock.now_ms()), Origin.SCHEDULED, "job_broken",
@@ -1202,21 +1197,25 @@ class Engine:
         self._nursery.start_soon(self._store_state, job, epoch, state, reason)
 
     async def _store_state(self, job: LoadedJob, epoch: int, state: JobState, reason: str) -> None:
-        try:
-            outcome = await self._db(
-                "job state",
-                store.set_job_state,
-                Fence(job.shard, epoch),
-                job.id,
-                state,
-                tenant=job.tenant,
-                reason=reason,
-            )
+        outcome = await self._set_state(job.shard, epoch, job.id, job.tenant, state, reason)
+        if outcome is not None:
             job.version = outcome.version
+
+    async def _set_state(
+        self, shard: int, epoch: int, job_id: uuid.UUID, tenant: str, state: JobState, reason: str,
+        expected_version: int | None = None,
+    ) -> JobWriteOutcome | None:  # fmt: skip
+        """A state the node decided, stored fenced; None if the job was deleted or (with ``expected_version``)
+        written since, or if the shard moved on (then dropped here)."""
+        try:
+            return await self._db("job state", store.set_job_state, Fence(shard, epoch), job_id, state,
+                                  tenant=tenant, reason=reason,
+                                  expected_version=expected_version)  # fmt: skip
         except Fenced:
-            self.lose_shard(job.shard, epoch)
-        except NotFound:
-            pass  # deleted meanwhile
+            self.lose_shard(shard, epoch)
+        except (NotFound, VersionMismatch):
+            pass
+        return None
 
     def _alert(self, job: LoadedJob, row: ResultRow, kind: str, message: str) -> None:
         self.metrics.alerts.inc(kind=kind)

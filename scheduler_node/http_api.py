@@ -29,10 +29,10 @@ from typing import Any, Protocol
 import msgspec
 
 from protocol import problems
-from protocol.errors import ShardwheelError, SpecError
+from protocol.errors import ShardwheelError
 from protocol.ids import parse_job_id
 from protocol.internal import JobWrite, JobWritten
-from protocol.jobs import spec_error_from_msgspec
+from protocol.jobs import decode_untrusted
 
 __all__ = ["NodeApi", "NodeHttpApp"]
 
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024
 _JOB_PATH = re.compile(r"/internal/v1/jobs/([^/]+)")
-_write_decoder = msgspec.json.Decoder(JobWrite)
 
 Scope = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -121,12 +120,7 @@ class NodeHttpApp:
             return
         try:
             job_id = parse_job_id(raw_id)
-            try:
-                write = _write_decoder.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
-                raise spec_error_from_msgspec(e) from None
-            except RecursionError:
-                raise SpecError("", "JSON nested too deeply") from None
+            write: JobWrite = decode_untrusted(body, JobWrite)
             written = await self.node.apply_write(job_id, write)
         except ShardwheelError as e:
             await _problem(send, problems.from_error(e))

@@ -35,6 +35,7 @@ from hypercorn.trio import serve
 
 from protocol.egress import EgressPolicy
 from protocol.errors import InfrastructureError
+from protocol.internal import DEV_CLUSTER_SECRET, cluster_secret
 
 from .clock import Clock
 from .clock_check import ClockCheck
@@ -50,12 +51,10 @@ from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_c
 from .store_health import StoreHealth
 from .trio_store import TrioStore
 
-__all__ = ["DEV_CLUSTER_SECRET", "MIN_SECRET_BYTES", "Node", "NodeConfig", "run_node"]
+__all__ = ["Node", "NodeConfig", "run_node"]
 
 log = logging.getLogger(__name__)
 
-MIN_SECRET_BYTES = 32
-DEV_CLUSTER_SECRET = "shardwheel-dev-mode-cluster-secret-not-for-production"
 
 
 @dataclass
@@ -65,7 +64,7 @@ class NodeConfig:
     node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
     host: str = "127.0.0.1"
     port: int = 8081
-    cluster_secret: str = ""  # required outside dev mode: at least MIN_SECRET_BYTES
+    cluster_secret: str = ""  # required outside dev mode (protocol.internal.cluster_secret)
     signing_secret: str | None = None
     previous_signing_secret: str | None = None  # also signed with while targets move to the new one
     engine: EngineTuning = field(default_factory=EngineTuning)
@@ -91,11 +90,7 @@ class NodeConfig:
     def checked(self) -> NodeConfig:
         """This config, or ``ValueError`` naming the option that cannot work (checked before anything
         starts)."""
-        secret = self.cluster_secret
-        if not self.dev and len(secret.encode()) < MIN_SECRET_BYTES:
-            problem = "is empty" if not secret else f"is {len(secret.encode())} bytes"
-            raise ValueError(f"--cluster-secret {problem}; it must be at least {MIN_SECRET_BYTES} bytes "
-                             "outside dev mode (--dev)")  # fmt: skip
+        secret = cluster_secret(self.cluster_secret, dev=self.dev)
         for name, value, low in (("--port", self.port, 0), ("--lease-ttl", self.lease_ttl_s, 1)):
             if not low <= value <= (65_535 if name == "--port" else 3_600):
                 raise ValueError(f"{name} {value} is out of range")
@@ -105,9 +100,7 @@ class NodeConfig:
             raise ValueError("--release-timeout, --store-outage-limit and --clock-limit-ms must be positive")
         if self.previous_signing_secret and not self.signing_secret:
             raise ValueError("--previous-signing-secret needs --signing-secret (the new one)")
-        if self.dev and not secret:
-            return dataclasses.replace(self, cluster_secret=DEV_CLUSTER_SECRET)
-        return self
+        return self if secret == self.cluster_secret else dataclasses.replace(self, cluster_secret=secret)
 
 
 async def _partition_maintenance(db: TrioStore, health: StoreHealth, retention_days: int, *,

@@ -80,18 +80,14 @@ def _shard_ranges(value: str) -> str:
 async def _migrate(
     dsn: str, cluster: str, shards: int, allow_target_nets: list[str] | None = None
 ) -> tuple[list[str], object]:
-    import asyncpg
     import msgspec
 
     from protocol.egress import EgressPolicy
     from scheduler_node.store import ensure_partitions, set_allowed_target_nets
     from scheduler_node.store.migrate import ensure_cluster, migrate
-    from scheduler_node.store.pool import redact_dsn
+    from scheduler_node.store.pool import connect
 
-    try:
-        conn = await asyncpg.connect(dsn, timeout=10)
-    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
-        raise ShardwheelError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {e}") from None
+    conn = await connect(dsn)
     try:
         applied = await migrate(conn)
         info = await ensure_cluster(conn, name=cluster, shard_count=shards, hash_name=HASH_NAME)
@@ -200,15 +196,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from control_api.app import ApiSettings, create_app
-    from scheduler_node.node import DEV_CLUSTER_SECRET, MIN_SECRET_BYTES
+    from protocol.internal import cluster_secret
 
     if not args.dsn:
         raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
     if not args.etcd:
         raise ShardwheelError("no etcd: pass --etcd or set SHARDWHEEL_ETCD (the API routes writes by its owner map)")
-    secret = args.cluster_secret or (DEV_CLUSTER_SECRET if args.dev else "")
-    if not args.dev and len(secret.encode()) < MIN_SECRET_BYTES:
-        raise ShardwheelError(f"--cluster-secret must be at least {MIN_SECRET_BYTES} bytes outside dev mode (--dev)")
+    try:
+        secret = cluster_secret(args.cluster_secret, dev=args.dev)
+    except ValueError as e:
+        raise ShardwheelError(str(e)) from None
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ApiSettings(dsn=args.dsn, etcd=args.etcd, cluster_secret=secret, etcd_prefix=args.etcd_prefix,
@@ -220,19 +217,14 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """``keys create``, offline against PostgreSQL: the bootstrap of a tenant's first key (shown once)."""
-    import asyncpg
-
     from scheduler_node.store import Role, create_api_key
-    from scheduler_node.store.pool import redact_dsn
+    from scheduler_node.store.pool import connect
 
     if not args.dsn:
         raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
 
     async def create() -> str:
-        try:
-            conn = await asyncpg.connect(args.dsn, timeout=10)
-        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
-            raise ShardwheelError(f"cannot connect to PostgreSQL at {redact_dsn(args.dsn)}: {e}") from None
+        conn = await connect(args.dsn)
         try:
             secret, key = await create_api_key(conn, tenant=args.tenant, role=Role(args.role), name=args.name,
                                                actor="cli")  # fmt: skip
@@ -285,7 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     common = _Parser(add_help=False, parents=[debug])
-    etcd_tls = _Parser(add_help=False)
+    pg = _Parser(add_help=False)
+    pg.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
+                    help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    dev_mode = _Parser(add_help=False)
+    dev_mode.add_argument("--dev", action="store_true",
+                          default=os.environ.get("SHARDWHEEL_DEV", "") in ("1", "true"),
+                          help="dev mode: the built-in cluster secret if none is given, loopback targets "
+                               "allowed (env SHARDWHEEL_DEV=1; never in production)")
+    etcd_tls = _Parser(add_help=False)  # --etcd, its prefix and its TLS
+    etcd_tls.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
+                          help="etcd endpoint(s), comma-separated (env SHARDWHEEL_ETCD); a node with it "
+                               "runs in cluster mode and ignores --shards")
+    etcd_tls.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),
+                          help="key prefix in etcd (env SHARDWHEEL_ETCD_PREFIX)")
     etcd_tls.add_argument("--etcd-ca", default=os.environ.get("SHARDWHEEL_ETCD_CA"),
                           help="TLS to etcd (https endpoints): the CA file (env SHARDWHEEL_ETCD_CA)")
     etcd_tls.add_argument("--etcd-cert", default=os.environ.get("SHARDWHEEL_ETCD_CERT"),
@@ -297,17 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--shards", type=_shard_count, default=_env_int("SHARDWHEEL_SHARDS", DEFAULT_SHARD_COUNT),
                         help="shard count S, fixed when the cluster is created (env SHARDWHEEL_SHARDS)")
 
-    m = sub.add_parser("migrate", parents=[common], help="apply database migrations and create the cluster row")
-    m.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
-                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    m = sub.add_parser("migrate", parents=[common, pg],
+                       help="apply database migrations and create the cluster row")
     m.add_argument("--allow-target-net", nargs="*", action="extend", metavar="CIDR",
                    help="networks targets may reach although private or loopback (replaces the stored list; "
                         "given alone: none)")
     m.set_defaults(func=cmd_migrate)
 
-    n = sub.add_parser("node", parents=[debug, etcd_tls], help="run a scheduler node")
-    n.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
-                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
+    n = sub.add_parser("node", parents=[debug, pg, etcd_tls, dev_mode], help="run a scheduler node")
     n.add_argument("--shards", dest="shards_owned", type=_shard_ranges, default="0-255",
                    help="shards this node owns, e.g. 0-127,200 (static ownership)")
     n.add_argument("--node-id", default=os.environ.get("SHARDWHEEL_NODE_ID"), help="defaults to host-random")
@@ -316,8 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="0 picks a free port")
     n.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="shared secret of the internal API, at least 32 bytes (env SHARDWHEEL_CLUSTER_SECRET)")
-    n.add_argument("--dev", action="store_true", default=os.environ.get("SHARDWHEEL_DEV", "") in ("1", "true"),
-                   help="dev mode: a built-in cluster secret if none is given (env SHARDWHEEL_DEV=1)")
     n.add_argument("--signing-secret", default=os.environ.get("SHARDWHEEL_SIGNING_SECRET"),
                    help="sign requests with X-Shardwheel-Signature (env SHARDWHEEL_SIGNING_SECRET)")
     n.add_argument("--previous-signing-secret", default=os.environ.get("SHARDWHEEL_PREVIOUS_SIGNING_SECRET"),
@@ -330,10 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long before its slot a firing is claimed")
     n.add_argument("--release-timeout", type=_ranged(float, 0, 3600),
                    help="seconds in-flight requests get to finish at shutdown")
-    n.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
-                   help="etcd endpoint(s), comma-separated: cluster mode, --shards is then ignored (env SHARDWHEEL_ETCD)")
-    n.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),
-                   help="key prefix in etcd (env SHARDWHEEL_ETCD_PREFIX)")
     n.add_argument("--lease-ttl", type=_ranged(int, 2, 3600), default=5,
                    help="seconds; a dead node's shards move after about this")
     n.add_argument("--etcd-join-timeout", type=_ranged(float, 0, 86_400), default=60.0,
@@ -348,37 +344,27 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     n.set_defaults(func=cmd_node)
 
-    a = sub.add_parser("api", parents=[debug, etcd_tls], help="run the control API (the public HTTP API, /v1)")
-    a.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
-                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
-    a.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"), help="etcd endpoint(s) (env SHARDWHEEL_ETCD)")
-    a.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"))
+    a = sub.add_parser("api", parents=[debug, pg, etcd_tls, dev_mode],
+                       help="run the control API (the public HTTP API, /v1)")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_API_PORT", 8080))
     a.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="the nodes' cluster secret, to reach their internal API (env SHARDWHEEL_CLUSTER_SECRET)")
-    a.add_argument("--dev", action="store_true", default=os.environ.get("SHARDWHEEL_DEV", "") in ("1", "true"),
-                   help="dev mode: the nodes' built-in dev secret, loopback targets allowed")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a.set_defaults(func=cmd_api)
 
-    k = sub.add_parser("keys", parents=[debug], help="API keys: create one (offline, against PostgreSQL)")
+    k = sub.add_parser("keys", parents=[debug, pg], help="API keys: create one (offline, against PostgreSQL)")
     k.add_argument("op", choices=["create"])
-    k.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
-                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
     k.add_argument("--tenant", type=_tenant, required=True)
     k.add_argument("--role", choices=["admin", "writer", "reader"], default="writer")
     k.add_argument("--name", default="", help="to tell keys apart in lists")
     k.set_defaults(func=cmd_keys)
 
-    c = sub.add_parser("cluster", parents=[debug, etcd_tls], help="cluster status and admin operations (drain, move, pause, rebalance)")
+    c = sub.add_parser("cluster", parents=[debug, pg, etcd_tls],
+                       help="cluster status and admin operations (drain, move, pause, rebalance)")
     c.add_argument("op", choices=sorted(_CLUSTER_ARGS), help="status | rebalance | pause | resume | drain NODE | "
                    "undrain NODE | move SHARD NODE | unpin SHARD")
     c.add_argument("args", nargs="*", help="the operation's arguments")
-    c.add_argument("--dsn", type=_dsn, default=os.environ.get("SHARDWHEEL_PG_DSN"),
-                   help="PostgreSQL DSN (env SHARDWHEEL_PG_DSN)")
-    c.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"), help="etcd endpoint(s) (env SHARDWHEEL_ETCD)")
-    c.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"))
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_cluster)
 

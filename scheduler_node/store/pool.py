@@ -28,7 +28,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from protocol.errors import InfrastructureError
 
-__all__ = ["Connection", "Executor", "connection", "create_pool", "redact_dsn", "transaction"]
+__all__ = ["Connection", "Executor", "connect", "connection", "create_pool", "redact_dsn", "transaction"]
 
 Connection: TypeAlias = asyncpg.Connection | PoolConnectionProxy
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection | PoolConnectionProxy
@@ -74,10 +74,21 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwar
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kwargs
         )
-    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError) as e:
+    except _CONNECT_ERRORS as e:
         raise InfrastructureError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {e}") from None
     assert pool is not None  # create_pool only returns None when awaited without a loop, never here
     return pool
+
+
+async def connect(dsn: str, *, timeout: float = 10) -> asyncpg.Connection:
+    """One plain connection (the command line's migrations and keys); ``InfrastructureError`` if none."""
+    try:
+        return await asyncpg.connect(dsn, timeout=timeout)
+    except _CONNECT_ERRORS as e:
+        raise InfrastructureError(f"cannot connect to PostgreSQL at {redact_dsn(dsn)}: {e}") from None
+
+
+_CONNECT_ERRORS = (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
 
 
 @asynccontextmanager

@@ -40,7 +40,8 @@ class StubResolver(trio.abc.HostnameResolver):
         return out
 
     async def getnameinfo(self, sockaddr: Any, flags: int) -> tuple[str, str]:
-        raise NotImplementedError
+        # The abstract method must exist; nothing here resolves addresses back to names.
+        raise socket.gaierror(socket.EAI_NONAME, "the stub resolver answers forward lookups only")
 
 
 @contextmanager
