@@ -29,6 +29,7 @@ from scheduler_node.store.pool import create_pool
 from . import paths
 from .alerts import AlertController
 from .auth import KeyAuthentication
+from .bulk import BulkController
 from .errors import EXCEPTION_HANDLERS, problem_response
 from .jobs import JobController
 from .owners import OwnerMap
@@ -84,15 +85,16 @@ def create_app(settings: ApiSettings) -> Litestar:
             async with AsyncioCoordinator.open(settings.etcd, layout, tls=settings.etcd_tls) as coord, \
                     httpx.AsyncClient(timeout=10) as http:  # fmt: skip
                 follower = asyncio.create_task(owners.follow(coord))
+                router = WriteRouter(owners, http, shard_count=cluster.shard_count,
+                                     cluster_secret=settings.cluster_secret, retry_for_s=settings.route_retry_s)
                 app.state.update(
-                    pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={},
+                    pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={}, router=router,
                     egress=EgressPolicy.of(cluster.allowed_target_nets, dev=settings.dev),
-                    router=WriteRouter(owners, http, shard_count=cluster.shard_count,
-                                       cluster_secret=settings.cluster_secret, retry_for_s=settings.route_retry_s),
                 )  # fmt: skip
                 try:
                     yield
                 finally:
+                    await router.aclose()
                     follower.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await follower
@@ -100,10 +102,11 @@ def create_app(settings: ApiSettings) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[JobController, ScheduleController, AlertController, healthz, readyz, openapi_json],
+        route_handlers=[JobController, BulkController, ScheduleController, AlertController, healthz, readyz, openapi_json],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(KeyAuthentication)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="Shardwheel control API", version="1", path="/docs"),
         request_max_body_size=256 * 1024,
+        logging_config=None,  # the process configures logging (`shardwheel api --log-level`), not the framework
     )

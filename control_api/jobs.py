@@ -9,7 +9,7 @@ Rules:
   version; ``If-Match`` on a delete, pause or resume makes it conditional (412 if stale), and a replace
   (``PUT``, the whole spec) or a merge patch (``PATCH``, RFC 7396 over the stored spec) requires it (428
   without): a change is always made to the version the caller saw.
-- ``Idempotency-Key`` on a create or a trigger: the same key with the same request answers what the first
+- ``Idempotency-Key`` on a create, a trigger or a backfill: the same key with the same request answers what the first
   answered (a create names the first job; a trigger fires once); with another request, 409. The key is
   the tenant's (``store.idempotency``), kept 24 h.
 - Lists are in id order (UUIDv7: creation order) with an opaque cursor: ``next_cursor`` is the last id of a
@@ -18,8 +18,6 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -35,14 +33,16 @@ from protocol.errors import CallerError, SpecError, VersionMismatch
 from protocol.executions import Execution, ExecutionStatus
 from protocol.ids import new_job_id, parse_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
-from protocol.jobs import Job, JobState, decode_job_spec
+from protocol.jobs import Job, JobState, decode_job_spec, decode_untrusted
 from protocol.shards import shard_of
+from protocol.slots.backfill import MAX_BACKFILL_SLOTS, BackfillRange, backfill_slots
 from protocol.slots.instants import preview_instants
 from scheduler_node.store import ApiKey, get_job, list_executions, list_jobs
 
 from . import paths
 from .auth import requires_reader, requires_writer
 from .bodies import json_object
+from .idempotency import idempotency_of
 from .schedules import Preview, check_n
 
 __all__ = ["JobController", "JobList"]
@@ -58,20 +58,7 @@ class ExecutionList(msgspec.Struct, frozen=True):
     next_before: datetime | None = None  # pass as ``before`` for the next (older) page
 
 
-_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
-
-
-async def _idempotency(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """``idempotency_key`` and ``request_hash`` for the write, if the client sent an Idempotency-Key."""
-    given = request.headers.get("idempotency-key")
-    if given is None:
-        return {}
-    if not _IDEMPOTENCY_KEY.fullmatch(given):
-        raise SpecError("Idempotency-Key", "must be 1-255 printable ASCII characters without spaces")
-    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode() + await request.body())
-    return {"idempotency_key": given, "request_hash": digest.hexdigest()}
-
-
+_FIRES_OR_CREATES = frozenset({JobWriteOp.UPSERT, JobWriteOp.TRIGGER, JobWriteOp.BACKFILL})
 def _required_version(request: Request[Any, Any, Any]) -> int:
     version = _version(request.headers.get("if-match"))
     if version is None:
@@ -121,8 +108,9 @@ class JobController(Controller):
     async def _write(self, request: Request[ApiKey, Any, State], job_id: uuid.UUID, op: JobWriteOp,
                      **fields: Any) -> JobWritten:  # fmt: skip
         key = request.user
-        if op in (JobWriteOp.UPSERT, JobWriteOp.TRIGGER) and "expected_version" not in fields:
-            fields |= await _idempotency(request)
+        idempotency = await idempotency_of(request) if op in _FIRES_OR_CREATES else None
+        if idempotency is not None and "expected_version" not in fields:
+            fields |= {"idempotency_key": idempotency.key, "request_hash": idempotency.request_hash}
         write = JobWrite(op=op, actor=f"key:{key.prefix}", tenant=key.tenant, **fields)
         written: JobWritten = await request.app.state.router.write(job_id, write)
         return written
@@ -229,3 +217,13 @@ class JobController(Controller):
           summary="Fire one extra slot now (origin manual)", status_code=202)  # fmt: skip
     async def trigger(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.TRIGGER)
+
+    @post("/{job_id:str}/backfill", guards=[requires_writer], operation_id="backfillJob", status_code=202,
+          summary=f"Fire every slot of a past range [from, to) now (origin backfill, at most "
+                  f"{MAX_BACKFILL_SLOTS} slots)")  # fmt: skip
+    async def backfill(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
+        jid = parse_job_id(job_id)
+        span = decode_untrusted(await request.body(), BackfillRange)
+        job = await self._read(request.app.state, request.user, jid)
+        backfill_slots(job.spec, job.created_at, span, datetime.now(UTC))  # refused here, before it is routed
+        return await self._write(request, jid, JobWriteOp.BACKFILL, backfill=span)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["ALERTS", "HEALTHZ", "JOB", "JOBS", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ", "SCHEDULES", "V1"]
+__all__ = ["ALERTS", "HEALTHZ", "JOB", "JOBS", "JOBS_BATCH", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ",
+           "SCHEDULES", "V1"]  # fmt: skip
 
 V1 = "/v1"
 JOBS = f"{V1}/jobs"
+JOBS_BATCH = f"{JOBS}:batch"
 JOB = f"{JOBS}/{{job_id:str}}"
 JOB_PAUSE = f"{JOB}/pause"
 JOB_RESUME = f"{JOB}/resume"

@@ -1,20 +1,28 @@
 """Write routing: a job write goes to its shard's owner, whose internal API persists it fenced.
 
 Rules:
-- The shard is ``shard_of(job_id, S)``; the owner's address comes from ``OwnerMap``. The write is the node's
-  ``POST /internal/v1/jobs/{id}`` with the cluster secret; its answer is returned as is (``JobWritten``), or
-  its problem is raised as the matching ``ShardwheelError`` (the node already named the field).
-- While the owner is unknown, moving (409 ``not-owner``) or unreachable, the write is retried on the next view
-  of the owners, for at most ``retry_for_s``; then ``Unavailable`` (503 with ``Retry-After``). A write is
-  never applied twice by this: a node answers 409 without writing, and a connection that failed before an
-  answer is retried only for ops that are idempotent on the node (every op but ``trigger``, which carries an
-  Idempotency-Key for that reason when the client gave one).
+- The shard is ``shard_of(job_id, S)``; the owner's address comes from ``OwnerMap``. Writes travel as the
+  node's ``POST /internal/v1/jobs:batch`` with the cluster secret; each item's answer is returned as is
+  (``JobWritten``), or its problem as the matching ``ShardwheelError`` (the node already named the field).
+- Coalescing: a write bound for an owner with no request in flight goes at once; while one is in flight,
+  the owner's next writes wait at most ``window_s`` (2 ms) or until ``max_batch`` (256) are queued, and go as
+  one request, which the node applies in one statement for creates. Low load pays no wait, high load pays
+  one round trip per batch instead of per write.
+- Applied once: every write but a plain create (an upsert of a new id) carries an Idempotency-Key: the
+  client's, or a request id made here (``request <uuid>``, a form no client key can take: they have no
+  spaces). A request sent again after its answer was lost is then answered from the node's record, never
+  applied twice (a trigger never fires twice, a replace is not refused as stale by its own first try); a
+  plain create sent again finds its id stored and is answered as it is.
+- While the owner is unknown, moving (``not-owner``), unavailable or unreachable, a write is tried again on
+  the next view of the owners, for at most ``retry_for_s``; then ``Unavailable`` (503 with ``Retry-After``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -24,17 +32,22 @@ from protocol.errors import (
     CallerError,
     Conflict,
     InfrastructureError,
+    KeyReused,
     NotFound,
+    ShardwheelError,
     SpecError,
     VersionMismatch,
 )
-from protocol.internal import JobWrite, JobWriteOp, JobWritten
+from protocol.internal import JobWrite, JobWriteBatch, JobWriteItem, JobWriteOp, JobWriteResults, JobWritten
 from protocol.problems import Problem
 from protocol.shards import shard_of
 
 from .owners import OwnerMap
 
 __all__ = ["Unavailable", "WriteRouter"]
+
+Answer = JobWritten | ShardwheelError
+_RETRY = object()  # an item's answer: try it again on the next view of the owners
 
 
 class Unavailable(InfrastructureError):
@@ -45,72 +58,176 @@ class Unavailable(InfrastructureError):
         self.retry_after_s = retry_after_s
 
 
-def _raise_problem(problem: Problem) -> None:
+def error_of(problem: Problem) -> ShardwheelError:
+    """A node's problem answer as the error the API answers with (the same problem, seen by the client)."""
     if problem.kind == "invalid-field":
         field = problem.errors[0].field if problem.errors else ""
         message = problem.errors[0].message if problem.errors else problem.detail
-        raise SpecError(field.removeprefix("spec.") if field.startswith("spec.") else field, message)
+        # the public request's own field: the node names it within the internal message
+        return SpecError(re.sub(r"^(spec|backfill)\.", "", field), message)
     if problem.kind == "version-mismatch" and problem.expected is not None and problem.actual is not None:
-        raise VersionMismatch(problem.expected, problem.actual)
+        return VersionMismatch(problem.expected, problem.actual)
     if problem.kind == "not-found":
-        raise NotFound(problem.detail)
+        return NotFound(problem.detail)
     if problem.kind == "conflict":
-        raise Conflict(problem.detail)
+        return Conflict(problem.detail)
+    if problem.kind == "idempotency-key-reused":
+        return KeyReused(problem.detail)
     if 400 <= problem.status < 500:
         error = CallerError(problem.detail)
         error.status_hint = problem.status
-        raise error
-    raise Unavailable(f"the owning node answered {problem.status}: {problem.detail}")
+        return error
+    return Unavailable(f"the owning node answered {problem.status}: {problem.detail}")
+
+
+def _with_request_id(write: JobWrite) -> JobWrite:
+    plain_create = write.op is JobWriteOp.UPSERT and write.expected_version is None
+    if plain_create or write.idempotency_key is not None:
+        return write
+    return msgspec.structs.replace(write, idempotency_key=f"request {uuid.uuid4()}")
+
+
+class _OwnerQueue:
+    """The writes waiting for one owner's next internal batch."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[JobWriteItem, asyncio.Future[Any]]] = []
+        self.in_flight = 0
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class WriteRouter:
     def __init__(self, owners: OwnerMap, http: httpx.AsyncClient, *, shard_count: int, cluster_secret: str,
-                 retry_for_s: float = 10.0) -> None:  # fmt: skip
+                 retry_for_s: float = 10.0, window_s: float = 0.002, max_batch: int = 256) -> None:  # fmt: skip
         self.owners = owners
         self.http = http
         self.shard_count = shard_count
         self._auth = {"authorization": f"Bearer {cluster_secret}"}
         self.retry_for_s = retry_for_s
+        self.window_s = window_s
+        self.max_batch = max_batch
         self.retries = 0  # writes sent again after a not-owner answer or an unreachable owner (a metric)
+        self.batches = 0  # internal requests sent (a metric: writes per request = writes / batches)
+        self._queues: dict[str, _OwnerQueue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
-        shard = shard_of(job_id, self.shard_count)
-        body = msgspec.json.encode(write)
+        (answer,) = await self.write_many([(job_id, write)])
+        if isinstance(answer, ShardwheelError):
+            raise answer
+        return answer
+
+    async def write_many(self, items: Sequence[tuple[uuid.UUID, JobWrite]]) -> list[Answer]:
+        """Every write routed to its owner; one answer per item, in order (an error does not stop the rest)."""
+        todo = {i: JobWriteItem(job_id, _with_request_id(w)) for i, (job_id, w) in enumerate(items)}
+        answers: dict[int, Answer] = {}
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.retry_for_s
-        why = "no node owns it yet"
+        why: dict[int, str] = {}
         while True:
-            address = self.owners.address_of(shard)
-            if address is not None:
-                answer = await self._send(address, job_id, body, write.op)
-                if isinstance(answer, JobWritten):
-                    return answer
-                why = answer
+            sent: list[tuple[int, asyncio.Future[Any]]] = []
+            for i, item in todo.items():
+                address = self.owners.address_of(shard_of(item.job_id, self.shard_count))
+                if address is None:
+                    why[i] = "no node owns it yet"
+                else:
+                    sent.append((i, self._submit(address, item)))
+            if sent:
+                await asyncio.wait([f for _, f in sent])
+            for i, future in sent:
+                answer = future.result()
+                if isinstance(answer, str):
+                    why[i] = answer
+                else:
+                    answers[i] = answer
+                    del todo[i]
+            if not todo:
+                return [answers[i] for i in range(len(items))]
             left = give_up_at - loop.time()
             if left <= 0:
-                raise Unavailable(f"shard {shard} of job {job_id} has no reachable owner ({why}); retry later")
-            self.retries += 1
+                for i, item in todo.items():
+                    shard = shard_of(item.job_id, self.shard_count)
+                    answers[i] = Unavailable(f"shard {shard} of job {item.job_id} has no reachable owner "
+                                             f"({why[i]}); retry later")  # fmt: skip
+                return [answers[i] for i in range(len(items))]
+            self.retries += len(todo)
             await self.owners.wait_changed(min(left, 0.5))
 
-    async def _send(self, address: str, job_id: uuid.UUID, body: bytes, op: JobWriteOp) -> JobWritten | str:
-        """The node's answer, or why to try again (a string)."""
+    def _submit(self, address: str, item: JobWriteItem) -> asyncio.Future[Any]:
+        """Queue one write for ``address``; its future ends with the answer, or a string: why to retry."""
+        queue = self._queues.setdefault(address, _OwnerQueue())
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        queue.items.append((item, future))
+        if queue.in_flight == 0 or len(queue.items) >= self.max_batch:
+            self._flush(address)
+        elif queue.timer is None:
+            queue.timer = asyncio.get_running_loop().call_later(self.window_s, self._flush, address)
+        return future
+
+    def _flush(self, address: str) -> None:
+        queue = self._queues[address]
+        if queue.timer is not None:
+            queue.timer.cancel()
+            queue.timer = None
+        while queue.items:
+            batch, queue.items = queue.items[: self.max_batch], queue.items[self.max_batch :]
+            queue.in_flight += 1
+            task = asyncio.create_task(self._send(address, queue, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, address: str, queue: _OwnerQueue,
+                    batch: list[tuple[JobWriteItem, asyncio.Future[Any]]]) -> None:  # fmt: skip
+        self.batches += 1
         try:
-            r = await self.http.post(f"{address}/internal/v1/jobs/{job_id}", content=body, headers=self._auth)
+            answers = await self._post(address, [item for item, _ in batch])
+        except BaseException:  # cancelled with the app: nobody may wait forever
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(Unavailable("the API is shutting down"))
+            raise
+        finally:
+            queue.in_flight -= 1
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+        if queue.items and queue.in_flight == 0:
+            self._flush(address)  # what queued behind this batch goes now, not at its timer
+
+    async def _post(self, address: str, items: list[JobWriteItem]) -> list[JobWritten | ShardwheelError | str]:
+        try:
+            r = await self.http.post(f"{address}/internal/v1/jobs:batch", headers=self._auth,
+                                     content=msgspec.json.encode(JobWriteBatch(items)))  # fmt: skip
         except httpx.TransportError as e:
-            if op is JobWriteOp.TRIGGER and not isinstance(e, httpx.ConnectError):
-                # The request may have reached the node: a second trigger could fire twice.
-                raise Unavailable(f"the owner of job {job_id} did not answer the trigger ({e}); check the "
-                                  "job's executions before triggering again") from None  # fmt: skip
-            return f"{address} unreachable: {type(e).__name__}"
-        if r.status_code == 200:
-            return msgspec.json.decode(r.content, type=JobWritten)
-        problem = _decode_problem(r.content, r.status_code)
-        if problem.kind == "not-owner":
-            return f"{address} does not own it"
-        if problem.kind == "unavailable":
-            return f"{address}: {problem.detail}"
-        _raise_problem(problem)
-        raise AssertionError("unreachable")  # pragma: no cover - _raise_problem always raises
+            return [f"{address} unreachable: {type(e).__name__}"] * len(items)
+        if r.status_code != 200:
+            problem = _decode_problem(r.content, r.status_code)
+            if problem.kind == "unavailable" or problem.status >= 500:
+                return [f"{address}: {problem.detail}"] * len(items)
+            return [error_of(problem)] * len(items)
+        try:
+            results = msgspec.json.decode(r.content, type=JobWriteResults).items
+        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            return [Unavailable(f"{address} answered what is not a batch result: {e}")] * len(items)
+        if len(results) != len(items):  # a broken node; the writes may have been applied: not retried
+            return [Unavailable(f"{address} answered {len(results)} results for {len(items)} writes")] * len(items)
+        out: list[JobWritten | ShardwheelError | str] = []
+        for result in results:
+            if result.written is not None:
+                out.append(result.written)
+            elif result.problem is None:
+                out.append(Unavailable(f"{address} answered an empty result"))
+            elif result.problem.kind in ("not-owner", "unavailable"):
+                out.append(f"{address}: {result.problem.detail}")
+            else:
+                out.append(error_of(result.problem))
+        return out
+
+    async def aclose(self) -> None:
+        """Cancel the batches still in flight (the app is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _decode_problem(content: bytes, status: int) -> Problem:

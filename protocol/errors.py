@@ -5,7 +5,8 @@
     │   ├── SpecError               a field of a request is invalid: ``field`` names it (``schedule.cron``), 422
     │   ├── NotFound                404
     │   ├── VersionMismatch         If-Match / expected_version does not match the stored version, 412
-    │   └── Conflict                the request conflicts with stored state (idempotency key reuse...), 409
+    │   ├── Conflict                the request conflicts with stored state (a deleted job's id...), 409
+    │   └── KeyReused               an Idempotency-Key already used with another request, 422
     ├── NotOwnerError               this node does not own the job's shard (``shard``, ``owner_hint``), 409;
     │                               answered as ``protocol.internal.NotOwner``: the control API re-routes
     ├── TargetError                 a job's HTTP target misbehaved (connection refused, bad response...); recorded
@@ -29,6 +30,7 @@ __all__ = [
     "Fenced",
     "InfrastructureError",
     "InternalError",
+    "KeyReused",
     "NotFound",
     "NotOwnerError",
     "ShardwheelError",
@@ -83,6 +85,12 @@ class VersionMismatch(CallerError):
 
 class Conflict(CallerError):
     status_hint = 409
+
+
+class KeyReused(CallerError):
+    """The IETF Idempotency-Key draft's answer to a key sent again with another request."""
+
+    status_hint = 422
 
 
 class NotOwnerError(ShardwheelError):

@@ -9,6 +9,7 @@ made elsewhere are accepted; shards hash the 16 bytes), but not the nil UUID, wh
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -21,9 +22,12 @@ __all__ = ["new_job_id", "parse_job_id", "uuid7_time_ms"]
 _CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def new_job_id(now_ms: int | None = None) -> uuid.UUID:
+def new_job_id(now_ms: int | None = None, seed: bytes | None = None) -> uuid.UUID:
+    """A UUIDv7 for ``now_ms`` (default: now); with ``seed``, its random bits are the seed's hash, so the same
+    seed and time give the same id (the jobs of a batch sent again with its Idempotency-Key)."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")
+    bits = os.urandom(10) if seed is None else hashlib.sha256(seed).digest()[:10]
+    rand = int.from_bytes(bits, "big")
     rand_a = rand >> 68  # 12 bits
     rand_b = rand & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b

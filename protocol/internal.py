@@ -1,7 +1,10 @@
 """Messages between the control API and the scheduler nodes (DESIGN.md §5b).
 
 ``POST /internal/v1/jobs/{id}`` carries a ``JobWrite`` and answers ``JobWritten`` (200), ``NotOwner`` (409)
-or ``VersionConflict`` (412). Authenticated with the cluster secret.
+or ``VersionConflict`` (412). ``POST /internal/v1/jobs:batch`` carries a ``JobWriteBatch`` (up to
+``MAX_WRITE_BATCH`` writes, each for its own job) and answers ``JobWriteResults`` (200), one result per item in
+order: ``written``, or the ``problem`` the single write would have answered. Authenticated with the cluster
+secret.
 
 Evolution rules (rolling upgrades mix versions): fields are never removed or retyped, new fields get defaults,
 unknown fields are ignored here (unlike public input) so an older node accepts a newer API's message. Error
@@ -16,18 +19,26 @@ the stored ``bigint``. A message outside them is refused with 422 naming the fie
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import datetime
 from typing import Annotated
 
 import msgspec
 
 from .jobs import JobSpec, JobState
+from .problems import Problem
+from .slots.backfill import BackfillRange
 
 __all__ = [
     "DEV_CLUSTER_SECRET",
     "MIN_SECRET_BYTES",
+    "MAX_WRITE_BATCH",
     "JobWrite",
+    "JobWriteBatch",
+    "JobWriteItem",
     "JobWriteOp",
+    "JobWriteResult",
+    "JobWriteResults",
     "JobWritten",
     "NotOwner",
     "VersionConflict",
@@ -35,6 +46,7 @@ __all__ = [
 ]
 
 MIN_SECRET_BYTES = 32
+MAX_WRITE_BATCH = 1000
 DEV_CLUSTER_SECRET = "shardwheel-dev-mode-cluster-secret-not-for-production"
 
 
@@ -58,6 +70,7 @@ class JobWriteOp(enum.StrEnum):
     PAUSE = "pause"
     RESUME = "resume"
     TRIGGER = "trigger"
+    BACKFILL = "backfill"
 
 
 Tenant = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -74,6 +87,7 @@ class JobWrite(msgspec.Struct, frozen=True):
     spec: JobSpec | None = None
     idempotency_key: Printable | None = None
     request_hash: Printable | None = None  # of the public request: a reused Idempotency-Key with other content
+    backfill: BackfillRange | None = None  # the range of a backfill
 
 
 class JobWritten(msgspec.Struct, frozen=True):
@@ -82,6 +96,25 @@ class JobWritten(msgspec.Struct, frozen=True):
     next_fire_at: datetime | None = None
     created: bool = False
     job_id: str | None = None  # the job written: an Idempotency-Key replay names the first request's job
+    slots: int | None = None  # trigger and backfill: the slots claimed to fire (0: all fired or claimed before)
+
+
+class JobWriteItem(msgspec.Struct, frozen=True):
+    job_id: uuid.UUID
+    write: JobWrite
+
+
+class JobWriteBatch(msgspec.Struct, frozen=True):
+    items: Annotated[list[JobWriteItem], msgspec.Meta(max_length=MAX_WRITE_BATCH)]
+
+
+class JobWriteResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    written: JobWritten | None = None
+    problem: Problem | None = None
+
+
+class JobWriteResults(msgspec.Struct, frozen=True):
+    items: list[JobWriteResult]
 
 
 class NotOwner(msgspec.Struct, frozen=True):

@@ -375,11 +375,12 @@ def spec_error_from_msgspec(err: msgspec.ValidationError | msgspec.DecodeError) 
     path = (m["path"] or "").lstrip(".")
     msg = m["msg"]
     if isinstance(err, msgspec.ValidationError):
-        # msgspec names unknown fields in the message ("Object contains unknown field `foo`"); put it in the path.
-        unknown = re.fullmatch(r"Object contains unknown field `([^`]*)`", msg)
-        if unknown:
-            path = f"{path}.{unknown[1]}" if path else unknown[1]
-            msg = "unknown field"
+        # msgspec names unknown and missing fields in the message ("Object contains unknown field `foo`"): put
+        # the field in the path
+        named = re.fullmatch(r"Object (contains unknown|missing required) field `([^`]*)`", msg)
+        if named:
+            path = f"{path}.{named[2]}" if path else named[2]
+            msg = "unknown field" if named[1] == "contains unknown" else "required"
     return SpecError(path, msg)
 
 

@@ -24,6 +24,7 @@ import msgspec
 from .errors import (
     Conflict,
     InfrastructureError,
+    KeyReused,
     NotFound,
     NotOwnerError,
     ShardwheelError,
@@ -45,6 +46,7 @@ TITLES = {
     "not-found": "No such resource",
     "method-not-allowed": "Method not allowed here",
     "conflict": "The request conflicts with what is stored",
+    "idempotency-key-reused": "The Idempotency-Key was used with another request",
     "not-owner": "This node does not own the job's shard",
     "version-mismatch": "The stored version is not the expected one",
     "precondition-required": "This request needs If-Match with the version it changes",
@@ -94,6 +96,8 @@ def from_error(err: ShardwheelError) -> Problem:
             return problem(404, "not-found", str(err))
         case Conflict():
             return problem(409, "conflict", str(err))
+        case KeyReused():
+            return problem(422, "idempotency-key-reused", str(err))
         case InfrastructureError():
             return problem(503, "unavailable", str(err))
     if err.status_hint == 428:

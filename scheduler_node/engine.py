@@ -54,11 +54,14 @@ import trio
 
 from protocol.egress import STRICT, EgressPolicy
 from protocol.errors import (
+    CallerError,
     Conflict,
     DatabaseUnavailable,
     Fenced,
+    InfrastructureError,
     NotFound,
     NotOwnerError,
+    ShardwheelError,
     SpecError,
     VersionMismatch,
 )
@@ -67,6 +70,7 @@ from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, validate_job_spec
 from protocol.shards import shard_of
 from protocol.slots import compile_schedule
+from protocol.slots.backfill import backfill_slots
 
 from . import store
 from .alert_delivery import AlertDelivery
@@ -80,7 +84,17 @@ from .ownership import Acquired, Lost, Ownership, RevokeRequested
 from .run_rules import FireStep, OutcomeStep, completes, finish_step, fire_step, outcome_step
 from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
 from .slot_plan import plan_slots
-from .store import AlertRow, ClaimRow, ExecKey, Fence, JobWriteOutcome, NextFire, ResultRow, UnreadableJob
+from .store import (
+    AlertRow,
+    ClaimRow,
+    ExecKey,
+    Fence,
+    JobWriteOutcome,
+    NewJob,
+    NextFire,
+    ResultRow,
+    UnreadableJob,
+)
 from .store_health import StoreHealth
 from .trio_store import TrioStore
 from .wheel import Entry, TimingWheel
@@ -1125,7 +1139,8 @@ class Engine:
             return
         lag = (round(outcome.sent_at * 1000) if outcome.sent_at else started_ms) - p.slot_ms
         if attempt == 1:
-            self.metrics.dispatch_lag.record(lag)
+            if p.origin is not Origin.BACKFILL:  # a past slot sent now: its lag says nothing of the node
+                self.metrics.dispatch_lag.record(lag)
             row_base["dispatch_lag_ms"] = lag
             row_base["sent_ms"] = started_ms
         self.metrics.http_latency.record(outcome.duration_s * 1000)
@@ -1238,16 +1253,106 @@ class Engine:
 
     # ---- job writes (the internal API) -------------------------------------------------------------------
 
-    async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
-        """A job write routed here by the control API: fenced in PostgreSQL, then in the wheel, then answered."""
-        shard = shard_of(job_id, self.config.shard_count)
+    async def _write_epoch(self, shard: int) -> int:
+        """The epoch a write to ``shard`` is fenced with, once a shard just acquired has loaded (at most 5 s);
+        ``NotOwnerError`` if the shard is not this node's."""
         state = self._shards.get(shard)
         if state is not None and shard in self.ownership.grants():
             with trio.move_on_after(5):
-                await state.loaded.wait()  # acquired, still loading
+                await state.loaded.wait()
         epoch = self._granted_epoch(shard)
         if epoch is None:
             raise NotOwnerError(shard, None)
+        return epoch
+
+    async def apply_writes(self, items: Sequence[tuple[uuid.UUID, JobWrite]]) -> list[JobWritten | ShardwheelError]:
+        """Many writes (the internal batch), each answered on its own: one failing leaves the others applied.
+
+        Plain creates (an upsert of a new id, no version, no Idempotency-Key) go in one statement
+        (``store.create_jobs``) and one claim; every other write is ``apply_write``'s, a few at a time, those
+        of one job in the order given.
+        """
+        out: list[JobWritten | ShardwheelError | None] = [None] * len(items)
+        creates: list[int] = []
+        others: dict[uuid.UUID, list[int]] = {}
+        seen: set[uuid.UUID] = set()
+        for i, (job_id, w) in enumerate(items):
+            plain = w.op is JobWriteOp.UPSERT and w.expected_version is None and w.idempotency_key is None
+            if plain and job_id not in seen:
+                creates.append(i)
+                seen.add(job_id)
+            else:
+                others.setdefault(job_id, []).append(i)
+        limit = trio.CapacityLimiter(8)
+
+        async def in_order(indices: list[int]) -> None:
+            async with limit:
+                for i in indices:
+                    try:
+                        out[i] = await self.apply_write(*items[i])
+                    except (CallerError, NotOwnerError, InfrastructureError) as e:
+                        out[i] = e
+
+        async with trio.open_nursery() as nursery:
+            for indices in others.values():
+                nursery.start_soon(in_order, indices)
+            if creates:
+                try:
+                    await self._create_many(items, creates, out)
+                except InfrastructureError as e:
+                    for i in creates:
+                        out[i] = out[i] or e
+        assert all(r is not None for r in out)
+        return out  # type: ignore[return-value]
+
+    async def _create_many(self, items: Sequence[tuple[uuid.UUID, JobWrite]], indices: list[int],
+                           out: list[JobWritten | ShardwheelError | None]) -> None:  # fmt: skip
+        rows: dict[uuid.UUID, tuple[int, NewJob]] = {}
+        for i in indices:
+            job_id, w = items[i]
+            shard = shard_of(job_id, self.config.shard_count)
+            try:
+                if w.spec is None:
+                    raise SpecError("spec", "required for upsert")
+                try:
+                    validate_job_spec(w.spec, self.egress)
+                except SpecError as e:
+                    raise e.within("spec") from None
+                epoch = await self._write_epoch(shard)
+            except (CallerError, NotOwnerError) as e:
+                out[i] = e
+                continue
+            rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, w.spec))
+        if not rows:
+            return
+        now = self.clock.now_ms()
+        result = await self.db.call(store.create_jobs, [r for _, r in rows.values()],
+                                    next_fire_at=ms_to_datetime(now))  # fmt: skip
+        for shard in result.fenced:
+            self.lose_shard(shard, next(r.epoch for _, r in rows.values() if r.shard == shard))
+        loaded: dict[uuid.UUID, tuple[LoadedJob, Job]] = {}
+        claims: list[ClaimRow] = []
+        for stored in result.created:
+            if (made := self._load_job(JobRow(stored, None), now)) is not None:
+                loaded[made[0].id] = (made[0], stored)
+                claims += made[1]
+        await self._claim_rows(claims, {job_id: job for job_id, (job, _) in loaded.items()})
+        for job_id, (i, row) in rows.items():
+            if row.shard in result.fenced:
+                out[i] = NotOwnerError(row.shard, None)
+            elif (refused := result.refused.get(job_id)) is not None:
+                out[i] = refused
+            elif (existing := result.existing.get(job_id)) is not None:
+                out[i] = existing.written()
+            else:
+                next_fire = self._next_fire_ms(*loaded[job_id], now) if job_id in loaded else None
+                out[i] = JobWritten(version=1, state=JobState.ACTIVE, created=True, job_id=str(job_id),
+                                    next_fire_at=None if next_fire is None else ms_to_datetime(next_fire))
+
+    async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
+        """A job write routed here by the control API: fenced in PostgreSQL, then in the wheel, then answered."""
+        shard = shard_of(job_id, self.config.shard_count)
+        epoch = await self._write_epoch(shard)
         if write.op is JobWriteOp.UPSERT:
             if write.spec is None:
                 raise SpecError("spec", "required for upsert")
@@ -1256,26 +1361,50 @@ class Engine:
             except SpecError as e:
                 raise e.within("spec") from None
         now = self.clock.now_ms()
+        slots = [now] if write.op is JobWriteOp.TRIGGER else None
+        if write.op is JobWriteOp.BACKFILL:
+            slots = await self._backfill_slots(shard, job_id, write, now)
         try:
             outcome = await self.db.call(
-                store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(now)
-            )
+                store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(now),
+                slots=None if slots is None else len(slots),
+            )  # fmt: skip
         except Fenced:
             self.lose_shard(shard, epoch)
             raise NotOwnerError(shard, None) from None
         next_fire: int | None = None
         if not outcome.replayed:
-            next_fire = await self._apply_written(shard, job_id, write.op, now)
+            next_fire = await self._apply_written(shard, job_id, write.op, now, slots or [])
         return JobWritten(
             version=outcome.version,
             state=outcome.state,
             created=outcome.created,
             job_id=str(outcome.job_id),
             next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
+            slots=outcome.slots,
         )
 
-    async def _apply_written(self, shard: int, job_id: uuid.UUID, op: JobWriteOp, now: int) -> int | None:
-        """Bring memory in line with a job just written; returns the job's next slot (ms), if any."""
+    async def _backfill_slots(self, shard: int, job_id: uuid.UUID, write: JobWrite, now: int) -> list[int]:
+        """The slots of a backfill's range, checked before anything is written (``SpecError`` naming ``from``
+        or ``to``; ``NotFound`` for a job the write's tenant cannot see)."""
+        if write.backfill is None:
+            raise SpecError("backfill", "required for backfill: {\"from\": ..., \"to\": ...}")
+        rows = await self._get_rows(shard, [job_id])
+        if not rows or rows[0].job.tenant != write.tenant:
+            raise NotFound(f"job {job_id} not found")
+        stored = rows[0].job
+        if not isinstance(stored, Job) or stored.state is JobState.BROKEN:
+            raise Conflict(f"job {job_id} is broken and cannot fire: write its spec again")
+        try:
+            return backfill_slots(stored.spec, stored.created_at, write.backfill, ms_to_datetime(now))
+        except SpecError as e:
+            raise e.within("backfill") from None
+
+    async def _apply_written(
+        self, shard: int, job_id: uuid.UUID, op: JobWriteOp, now: int, slots: list[int]
+    ) -> int | None:
+        """Bring memory in line with a job just written (``slots``: a trigger's or a backfill's, to claim);
+        returns the job's next slot (ms), if any."""
         old = self.jobs.get(job_id)
         if op is JobWriteOp.DELETE or op is JobWriteOp.PAUSE:
             if old is not None:
@@ -1287,7 +1416,7 @@ class Engine:
                         self.jobs.pop(job_id, None)
             return None
         (row,) = await self._get_rows(shard, [job_id])
-        if op is JobWriteOp.TRIGGER:
+        if op is JobWriteOp.TRIGGER or op is JobWriteOp.BACKFILL:
             # A job out of memory stays out: the mapping carries it.
             broken = isinstance(row.job, Job) and row.job.state is JobState.BROKEN
             job = old or (None if broken else self._loadable(row.job))
@@ -1296,8 +1425,10 @@ class Engine:
             epoch = self._granted_epoch(shard)
             if epoch is None:
                 raise NotOwnerError(shard, None)
-            await self._claim_rows([ClaimRow(shard, epoch, job_id, now, origin=Origin.MANUAL)], {job_id: job})
-            return now
+            origin = Origin.MANUAL if op is JobWriteOp.TRIGGER else Origin.BACKFILL
+            await self._claim_rows([ClaimRow(shard, epoch, job_id, slot, origin=origin) for slot in slots],
+                                   {job_id: job})  # fmt: skip
+            return now if op is JobWriteOp.TRIGGER else None
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
         made = self._load_job(row, now)
         if made is None:
@@ -1306,13 +1437,18 @@ class Engine:
         if op is JobWriteOp.RESUME:
             job.failures = 0  # a new failure streak (run_rules)
         await self._claim_rows(claims, {job_id: job})
+        assert isinstance(row.job, Job)  # _load_job made it
+        return self._next_fire_ms(job, row.job, now)
+
+    @staticmethod
+    def _next_fire_ms(job: LoadedJob, stored: Job, now: int) -> int | None:
+        """A job just (re)loaded: the slot its next claim is for, else its schedule's next after now."""
         if job.claim_entry is not None:
             return job.claim_entry.payload.slot_ms
         if job.state is not JobState.ACTIVE:
             return None
-        assert isinstance(row.job, Job)
-        after = max(now - 1, row.job.next_fire_at and datetime_to_ms(row.job.next_fire_at) - 1 or 0)
-        return next(compile_schedule(row.job.spec, row.job.created_at).iter_ms(after), None)
+        after = max(now - 1, stored.next_fire_at and datetime_to_ms(stored.next_fire_at) - 1 or 0)
+        return next(compile_schedule(stored.spec, stored.created_at).iter_ms(after), None)
 
     # ---- introspection -----------------------------------------------------------------------------------
 

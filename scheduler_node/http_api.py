@@ -10,6 +10,9 @@ Routes:
   ``Authorization: Bearer <cluster secret>``. Answers ``JobWritten`` 200, or a problem: ``not-owner`` 409
   (decodes as ``NotOwner``), ``version-mismatch`` 412 (decodes as ``VersionConflict``), ``invalid-field``
   422 naming the field, ``conflict`` 409, ``not-found`` 404, ``unavailable`` 503.
+- ``POST /internal/v1/jobs:batch``: a ``protocol.internal.JobWriteBatch``, same authentication; 200 with one
+  result per item (``JobWriteResults``), each ``written`` or the problem its single write would answer. A
+  body that is not a batch is one 4xx problem for the whole request.
 - Every error answer is RFC 9457 problem details (``protocol.problems``), never a stack trace: an unexpected
   exception is logged here with its traceback and answered as ``internal`` 500.
 
@@ -23,7 +26,7 @@ import hmac
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -31,7 +34,7 @@ import msgspec
 from protocol import problems
 from protocol.errors import ShardwheelError
 from protocol.ids import parse_job_id
-from protocol.internal import JobWrite, JobWritten
+from protocol.internal import JobWrite, JobWriteBatch, JobWriteResult, JobWriteResults, JobWritten
 from protocol.jobs import decode_untrusted
 
 __all__ = ["NodeApi", "NodeHttpApp"]
@@ -39,6 +42,8 @@ __all__ = ["NodeApi", "NodeHttpApp"]
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024
+MAX_BATCH_BODY = 32 * 1024 * 1024  # up to MAX_WRITE_BATCH specs
+_BATCH_PATH = "/internal/v1/jobs:batch"
 _JOB_PATH = re.compile(r"/internal/v1/jobs/([^/]+)")
 
 Scope = Mapping[str, Any]
@@ -58,6 +63,10 @@ class NodeApi(Protocol):
     def status(self) -> Any: ...
 
     async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten: ...
+
+    async def apply_writes(
+        self, items: Sequence[tuple[uuid.UUID, JobWrite]]
+    ) -> Sequence[JobWritten | ShardwheelError]: ...
 
 
 class NodeHttpApp:
@@ -96,11 +105,13 @@ class NodeHttpApp:
                 await _problem(send, problems.problem(401, "unauthorized", "missing or wrong cluster secret"))
                 return
             await _respond(send, 200, msgspec.json.encode(self.node.status()))
-        elif (m := _JOB_PATH.fullmatch(path)) is not None:
+        elif (m := _JOB_PATH.fullmatch(path)) is not None or path == _BATCH_PATH:
             if method != "POST":
                 await _problem(send, problems.problem(405, "method-not-allowed", f"{method} not allowed here"))
             elif not self._authorized(scope):
                 await _problem(send, problems.problem(401, "unauthorized", "missing or wrong cluster secret"))
+            elif m is None:
+                await self._write_batch(receive, send)
             else:
                 await self._write(m[1], receive, send)
         else:
@@ -128,14 +139,32 @@ class NodeHttpApp:
             await _respond(send, 200, msgspec.json.encode(written))
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+    async def _write_batch(self, receive: Receive, send: Send) -> None:
+        body = await _read_body(receive, MAX_BATCH_BODY)
+        if body is None:
+            await _problem(send, problems.problem(413, "too-large", f"body larger than {MAX_BATCH_BODY} bytes"))
+            return
+        try:
+            batch: JobWriteBatch = decode_untrusted(body, JobWriteBatch)
+            for i, item in enumerate(batch.items):
+                parse_job_id(str(item.job_id), f"items[{i}].job_id")  # the nil UUID
+        except ShardwheelError as e:
+            await _problem(send, problems.from_error(e))
+            return
+        done = await self.node.apply_writes([(item.job_id, item.write) for item in batch.items])
+        results = [JobWriteResult(problem=problems.from_error(r)) if isinstance(r, ShardwheelError)
+                   else JobWriteResult(written=r) for r in done]  # fmt: skip
+        await _respond(send, 200, msgspec.json.encode(JobWriteResults(results)))
+
+
+async def _read_body(receive: Receive, limit: int = MAX_BODY) -> bytes | None:
     chunks: list[bytes] = []
     size = 0
     while True:
         msg = await receive()
         chunk = msg.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > limit:
             return None
         chunks.append(chunk)
         if not msg.get("more_body", False):

@@ -8,7 +8,9 @@ Rules:
   existing one. Two concurrent requests with one key serialise on the primary key (the second insert waits
   for the first transaction), so exactly one of them writes a job.
 - Same key, same request hash: a replay (the stored response is returned, nothing is written). Same key,
-  another hash: ``Conflict``. An expired record is replaced as if absent.
+  another hash: ``KeyReused`` (422, as the IETF Idempotency-Key draft says). An expired record is replaced as
+  if absent. A request whose key is in flight waits for the first to commit and replays its answer: it
+  never runs twice and never sees a half-written state (the draft's 409 "in flight" is not needed).
 - ``purge_expired`` deletes expired records in bounded batches (run periodically by any one process).
 
 Example: POST /v1/jobs twice with ``Idempotency-Key: k1`` and the same body -> one job, two identical answers.
@@ -19,11 +21,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from protocol.errors import Conflict
+from protocol.errors import Conflict, KeyReused
 
 from .pool import Connection, Executor
 
-__all__ = ["DEFAULT_TTL", "Reservation", "purge_expired", "record_response", "reserve"]
+__all__ = ["DEFAULT_TTL", "Reservation", "purge_expired", "record_response", "reserve", "reserve_batch"]
 
 DEFAULT_TTL = timedelta(hours=24)
 
@@ -70,8 +72,36 @@ async def reserve(
     ):  # purged between the two statements: only an expired record can be, so a retry succeeds
         raise Conflict(f"Idempotency-Key '{key}' expired while this request ran; retry it")
     if stored["request_hash"] != request_hash:
-        raise Conflict(f"Idempotency-Key '{key}' was already used with a different request")
+        raise KeyReused(f"Idempotency-Key '{key}' was already used with a different request")
     return Reservation(False, stored["job_id"], stored["response"])
+
+
+async def reserve_batch(
+    db: Executor, *, tenant: str, key: str, request_hash: str, ttl: timedelta = DEFAULT_TTL
+) -> datetime:
+    """A batch create's key (``POST /v1/jobs:batch``): when it was first used, from which the batch's job ids
+    are derived, so a retry names the same jobs and the node answers them as stored. ``KeyReused`` if the key
+    came with another request. Not in a job write's transaction: the batch spans shards and nodes."""
+    row = await db.fetchrow(
+        """INSERT INTO idempotency AS i (tenant, key, job_id, shard, request_hash, expires_at)
+           VALUES ($1, $2, '00000000-0000-0000-0000-000000000000', -1, $3, now() + $4::interval)
+           ON CONFLICT (tenant, key) DO UPDATE
+               SET request_hash = excluded.request_hash, created_at = now(), expires_at = excluded.expires_at,
+                   response = NULL
+               WHERE i.expires_at <= now()
+           RETURNING created_at, request_hash""",
+        tenant, key, request_hash, ttl,
+    )  # fmt: skip
+    if row is None:
+        row = await db.fetchrow(
+            "SELECT created_at, request_hash FROM idempotency WHERE tenant = $1 AND key = $2", tenant, key
+        )
+    if row is None:
+        raise Conflict(f"Idempotency-Key '{key}' expired while this request ran; retry it")
+    if row["request_hash"] != request_hash:
+        raise KeyReused(f"Idempotency-Key '{key}' was already used with a different request")
+    created: datetime = row["created_at"]
+    return created
 
 
 async def record_response(conn: Connection, *, tenant: str, key: str, response_json: str) -> None:

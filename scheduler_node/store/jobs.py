@@ -11,8 +11,12 @@ Rules:
 - Ops, as a table (``_OPS``): upsert creates (version 1, active) or replaces the spec (state kept, except
   that a completed or broken job becomes active again); delete is soft (``deleted_at``, state ``deleted``,
   next_fire_at cleared), and a deleted job's id is never used again: an upsert of it is a ``Conflict`` (409),
-  any other op ``NotFound``; pause/resume set the state; trigger changes nothing (the node claims a manual
-  slot) but is checked and audited. A user's write clears ``state_reason`` (why the node set a state).
+  any other op ``NotFound``; pause/resume set the state; trigger and backfill change nothing (the node claims
+  a manual slot, or the range's slots) but are checked and audited. A user's write clears ``state_reason`` (why the
+  node set a state).
+- ``create_jobs``: many new jobs (ids the API made, no Idempotency-Key) in one fenced statement with their
+  audit rows: the path of ``jobs:batch`` and of creates coalesced by the API's router. An id already stored
+  (a retried internal request whose first answer was lost) is answered as it is, not written again.
 - ``next_fire_at`` is computed by the node (schedule math is not the store's business) and, for a job in no
   node's wheel, is a LOWER BOUND of its true next firing: only a write that bumps the version may lower it;
   ``raise_next_fire_at`` only raises it, and only for the version it was computed from.
@@ -42,7 +46,15 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from protocol.errors import Conflict, InternalError, NotFound, SpecError, VersionMismatch
+from protocol.errors import (
+    CallerError,
+    Conflict,
+    InternalError,
+    NotFound,
+    SpecError,
+    VersionMismatch,
+)
+from protocol.ids import new_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState
 
@@ -54,10 +66,14 @@ from .pool import Connection, Executor, transaction
 __all__ = [
     "UnreadableJob",
     "JobPage",
+    "CreatedJobs",
     "JobWriteOutcome",
+    "NewJob",
     "NextFire",
+    "create_jobs",
     "due_jobs",
     "get_job",
+    "job_ids",
     "jobs_by_id",
     "list_jobs",
     "raise_next_fire_at",
@@ -92,10 +108,11 @@ class JobWriteOutcome(msgspec.Struct, frozen=True):
     next_fire_at: datetime | None = None
     created: bool = False
     replayed: bool = False
+    slots: int | None = None  # trigger and backfill: the slots the write fires
 
     def written(self) -> JobWritten:
         return JobWritten(version=self.version, state=self.state, next_fire_at=self.next_fire_at,
-                          created=self.created, job_id=str(self.job_id))  # fmt: skip
+                          created=self.created, job_id=str(self.job_id), slots=self.slots)  # fmt: skip
 
 
 class JobPage(msgspec.Struct, frozen=True):
@@ -113,9 +130,9 @@ class NextFire(msgspec.Struct, frozen=True, gc=False):
     next_fire_at: datetime | None  # None: the job never fires again
 
 
-def _job(r: asyncpg.Record) -> Job:
+def _job(r: asyncpg.Record, spec: JobSpec | None = None) -> Job:
     return Job(
-        id=str(r["id"]), tenant=r["tenant"], spec=_spec_decoder.decode(r["spec"]), state=JobState(r["state"]),
+        id=str(r["id"]), tenant=r["tenant"], spec=spec or _spec_decoder.decode(r["spec"]), state=JobState(r["state"]),
         version=r["version"], shard=r["shard"], created_at=r["created_at"], updated_at=r["updated_at"],
         next_fire_at=r["next_fire_at"], state_reason=r["state_reason"],
     )  # fmt: skip
@@ -254,6 +271,7 @@ _OPS: dict[JobWriteOp, _Op] = {
     JobWriteOp.PAUSE: _pause,
     JobWriteOp.RESUME: _resume,
     JobWriteOp.TRIGGER: _trigger,
+    JobWriteOp.BACKFILL: _trigger,  # checked and audited; the node claims the range's slots
 }
 _outcome_decoder = msgspec.json.Decoder(JobWriteOutcome)
 
@@ -265,11 +283,13 @@ async def write_job(
     write: JobWrite,
     *,
     next_fire_at: datetime | None = None,
+    slots: int | None = None,
     idempotency_ttl: timedelta = idempotency.DEFAULT_TTL,
 ) -> JobWriteOutcome:
     """Apply one ``JobWrite`` for the owner of ``fence.shard`` in one fenced transaction (see the module rules).
 
-    ``next_fire_at``: the job's next firing as the node computed it, for upsert and resume.
+    ``next_fire_at``: the job's next firing as the node computed it, for upsert and resume; ``slots``: for a
+    trigger or a backfill, how many slots the node will claim (stored with the outcome, so a replay says it).
     Raises ``Fenced``, ``NotFound``, ``VersionMismatch``, ``Conflict`` (Idempotency-Key reuse), ``SpecError``.
     """
     shard = fence.shard
@@ -287,6 +307,11 @@ async def write_job(
                 return msgspec.structs.replace(_outcome_decoder.decode(r.response), replayed=True)
         outcome = await _OPS[write.op](conn, shard, job_id, write, next_fire_at)
         detail: dict[str, Any] = {"version": outcome.version}
+        if slots is not None:
+            outcome = msgspec.structs.replace(outcome, slots=slots)
+            detail["slots"] = slots
+        if write.backfill is not None:
+            detail |= {"from": write.backfill.start.isoformat(), "to": write.backfill.end.isoformat()}
         if write.expected_version is not None:
             detail["expected_version"] = write.expected_version
         if outcome.created:
@@ -300,6 +325,86 @@ async def write_job(
                 conn, tenant=write.tenant, key=key, response_json=msgspec.json.encode(outcome).decode()
             )
         return outcome
+
+
+class NewJob(msgspec.Struct, frozen=True):
+    shard: int
+    epoch: int  # the writer's: a shard taken over since writes nothing
+    job_id: uuid.UUID
+    tenant: str
+    actor: str
+    spec: JobSpec
+
+
+class CreatedJobs(msgspec.Struct, frozen=True):
+    created: list[Job]  # inserted by this call
+    existing: dict[uuid.UUID, JobWriteOutcome]  # stored before (a retried create): answered as they are
+    refused: dict[uuid.UUID, CallerError]  # the id is another tenant's or a deleted job's
+    fenced: frozenset[int]  # shards no longer the writer's: their rows were not written
+
+
+_CREATE_SQL = f"""
+WITH {FENCE_CTE},
+input AS (
+    SELECT * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[])
+        AS t(shard, id, tenant, actor, spec, audit_id)
+),
+ins AS (
+    INSERT INTO jobs AS j (shard, id, tenant, name, tags, spec, semantics, next_fire_at, state)
+    SELECT i.shard, i.id, i.tenant, i.spec::jsonb ->> 'name',
+           ARRAY(SELECT jsonb_array_elements_text(i.spec::jsonb -> 'tags')), i.spec::jsonb,
+           i.spec::jsonb ->> 'semantics', $9, 'active'
+    FROM input i JOIN fence f ON f.shard = i.shard
+    ORDER BY i.shard, i.id
+    ON CONFLICT (shard, id) DO NOTHING
+    RETURNING {JOB_COLUMNS.replace("spec::text AS spec", "NULL::text AS spec")}
+),
+audit AS (
+    INSERT INTO audit_log (shard, id, tenant, actor, action, job_id, detail)
+    SELECT ins.shard, i.audit_id, ins.tenant, i.actor, 'job.upsert', ins.id, '{{"version": 1, "created": true}}'
+    FROM ins JOIN input i ON i.shard = ins.shard AND i.id = ins.id
+)
+SELECT ins.*, NULL::int AS fenced_shard FROM ins
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, s FROM ({FENCED_SHARDS_SQL}) fenced
+"""
+
+
+async def create_jobs(db: Executor, rows: Sequence[NewJob], *, next_fire_at: datetime) -> CreatedJobs:
+    """Insert new jobs in one fenced statement (see the module rules); ``next_fire_at``: a lower bound of
+    their first firing (the node's now)."""
+    if not rows:
+        return CreatedJobs([], {}, {}, frozenset())
+    shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
+    records = await db.fetch(
+        _CREATE_SQL, shards, epochs, [r.shard for r in rows], [r.job_id for r in rows], [r.tenant for r in rows],
+        [r.actor for r in rows], [msgspec.json.encode(r.spec).decode() for r in rows],
+        [new_job_id() for _ in rows], next_fire_at,
+    )  # fmt: skip
+    fenced = frozenset(r["fenced_shard"] for r in records if r["fenced_shard"] is not None)
+    specs = {r.job_id: r.spec for r in rows}
+    created = [_job(r, specs[r["id"]]) for r in records if r["fenced_shard"] is None]
+    inserted = {uuid.UUID(j.id) for j in created}
+    others = [r for r in rows if r.job_id not in inserted and r.shard not in fenced]
+    existing: dict[uuid.UUID, JobWriteOutcome] = {}
+    refused: dict[uuid.UUID, CallerError] = {}
+    if others:
+        found = await db.fetch(
+            "SELECT id, tenant, version, state, next_fire_at, deleted_at IS NOT NULL AS deleted FROM jobs"
+            " WHERE (shard, id) IN (SELECT * FROM unnest($1::int[], $2::uuid[]))",
+            [r.shard for r in others], [r.job_id for r in others],
+        )  # fmt: skip
+        by_id = {f["id"]: f for f in found}
+        for r in others:
+            f = by_id.get(r.job_id)
+            if f is None or f["tenant"] != r.tenant:
+                refused[r.job_id] = Conflict(f"job id {r.job_id} is taken")
+            elif f["deleted"]:
+                refused[r.job_id] = Conflict(f"job {r.job_id} was deleted; the id of a deleted job cannot be "
+                                             "used again")  # fmt: skip
+            else:
+                existing[r.job_id] = _outcome(r.job_id, f)
+    return CreatedJobs(created, existing, refused, fenced)
 
 
 async def set_job_state(
@@ -343,6 +448,16 @@ async def get_job(
 
 def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+async def job_ids(db: Executor, *, tenant: str, tag: str, limit: int) -> list[uuid.UUID]:
+    """The ids of a tenant's undeleted jobs with ``tag``, oldest first, at most ``limit``."""
+    rows = await db.fetch(
+        "SELECT id FROM jobs WHERE tenant = $1 AND tags @> ARRAY[$2::text] AND deleted_at IS NULL"
+        " ORDER BY id LIMIT $3",
+        tenant, tag, limit,
+    )  # fmt: skip
+    return [r["id"] for r in rows]
 
 
 async def list_jobs(

@@ -214,7 +214,7 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             assert first.status_code == retry.status_code == 201 and first.json()["id"] == retry.json()["id"]
             other = await w.post("/v1/jobs", json=_job("https://example.com/other"),
                                  headers={"idempotency-key": "create-1"})  # fmt: skip
-            assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
+            assert other.status_code == 422 and other.json()["type"].endswith(":idempotency-key-reused")
             await w.delete(f"/v1/jobs/{first.json()['id']}")
 
             # Bad input: 4xx naming the field, nothing stored.
@@ -248,3 +248,69 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
 
 async def _at_least(target: Any, path: str, n: int) -> bool:
     return len(target.at(path)) >= n
+
+
+async def test_many_jobs_at_once_and_backfill(db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
+    writer = await trio.to_thread.run_sync(_key, db_dsn, "acme", Role.WRITER)
+    async with target_running() as target, running_cluster(db_dsn, etcd_server, etcd_prefix) as url:
+        async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {writer}"}, timeout=60) as w:
+            # jobs:batch: one result per job in order; a bad one fails alone, naming its field.
+            paused_later = [_job("https://example.com/b", name=f"b{i}", tags=["batch", f"n{i % 2}"])
+                            for i in range(300)]  # fmt: skip
+            paused_later[7] = _job("https://example.com/b", timeout_ms=0)
+            batch = await w.post("/v1/jobs:batch", json={"jobs": paused_later})
+            assert batch.status_code == 200, batch.text
+            out = batch.json()
+            assert (out["succeeded"], out["failed"]) == (299, 1) and [i["index"] for i in out["items"]] == list(
+                range(300))
+            bad = out["items"][7]
+            assert bad["status"] == 422 and bad["problem"]["errors"][0]["field"] == "timeout_ms"
+            ids = [i["id"] for i in out["items"] if i["status"] == 201]
+            assert len(set(ids)) == 299 and all(i.get("created") for i in out["items"] if i["status"] == 201)
+            # An Idempotency-Key makes a batch retry-safe: the same body names the same jobs, created once.
+            two = {"jobs": [_job("https://example.com/k", name="k1"), _job("https://example.com/k", name="k2")]}
+            first = (await w.post("/v1/jobs:batch", json=two, headers={"idempotency-key": "import-1"})).json()
+            again = (await w.post("/v1/jobs:batch", json=two, headers={"idempotency-key": "import-1"})).json()
+            assert [i["id"] for i in first["items"]] == [i["id"] for i in again["items"]]
+            assert [i["created"] for i in again["items"]] == [False, False]
+            reused = await w.post("/v1/jobs:batch", json={"jobs": two["jobs"][:1]},
+                                  headers={"idempotency-key": "import-1"})  # fmt: skip
+            assert reused.status_code == 422
+            for body, field in [({"jobs": []}, "jobs"), ({"jobs": [{}] * 1001}, "jobs"), ({"job": []}, "job")]:
+                refused = await w.post("/v1/jobs:batch", json=body)
+                assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
+
+            # Bulk by tag and by ids; every item answered.
+            paused = (await w.post("/v1/jobs:bulk-pause", json={"tag": "n0"})).json()
+            assert paused["succeeded"] == 150 and {i["state"] for i in paused["items"]} == {"paused"}
+            listed = (await w.get("/v1/jobs", params={"tag": "batch", "state": "paused", "limit": 1000})).json()
+            assert len(listed["items"]) == 150
+            resumed = (await w.post("/v1/jobs:bulk-resume", json={"ids": ids[:3] + [str(uuid.uuid4())]})).json()
+            assert [i["status"] for i in resumed["items"]] == [200, 200, 200, 404]
+            assert (await w.post("/v1/jobs:bulk-pause", json={"ids": ids[:1], "tag": "x"})).status_code == 422
+            assert (await w.post("/v1/jobs:bulk-pause", json={"ids": ids[:1] * 2})).status_code == 422
+            deleted = (await w.post("/v1/jobs:bulk-delete", json={"tag": "batch"})).json()
+            assert deleted["succeeded"] == 299
+            assert (await w.get("/v1/jobs", params={"tag": "batch"})).json()["items"] == []
+
+            # Backfill: every slot of a past range fires now, origin backfill; the same range again fires none.
+            hourly = await w.post("/v1/jobs", json=_job(target.url("/backfill"), schedule={"kind": "cron",
+                                                                                         "cron": "0 0 * * * *"}))
+            jid = hourly.json()["id"]
+            now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            span = {"from": (now - timedelta(hours=5)).isoformat(), "to": (now - timedelta(hours=2)).isoformat()}
+            filled = await w.post(f"/v1/jobs/{jid}/backfill", json=span)
+            assert filled.status_code == 202 and filled.json()["slots"] == 3, filled.text
+            await wait_for(lambda: _at_least(target, "/backfill", 3), timeout=10)
+            sent = sorted(datetime.fromisoformat(r.headers["x-shardwheel-scheduled-at"]) for r in target.at("/backfill"))
+            assert sent == [now - timedelta(hours=h) for h in (5, 4, 3)]
+            runs = (await w.get(f"/v1/jobs/{jid}/executions")).json()["items"]
+            assert {e["origin"] for e in runs} == {"backfill"} and len(runs) == 3
+            assert (await w.post(f"/v1/jobs/{jid}/backfill", json=span)).status_code == 202
+            for body, field in [({"from": span["from"]}, "to"), ({**span, "to": "2999-01-01T00:00:00Z"}, "to"),
+                                ({**span, "x": 1}, "x"),
+                                ({"from": "2020-01-01T00:00:00Z", "to": now.isoformat()}, "to")]:  # fmt: skip
+                refused = await w.post(f"/v1/jobs/{jid}/backfill", json=body)
+                assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
+    rows = await query(db_dsn, "SELECT count(*) AS n FROM executions WHERE origin = 'backfill'")
+    assert rows[0]["n"] == 3

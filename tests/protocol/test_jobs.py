@@ -109,7 +109,7 @@ INVALID = [
     (with_("target.body", json.loads("[" * 40 + "]" * 40)), "target.body", "nested more than 32"),
     (with_("target.body", "x").replace(b'"x"', b"[" * 100_000 + b"]" * 100_000), "", "nested too deeply"),
     (with_("target", {"url": "https://example.com/", "retries": 3}), "target.retries", "unknown field"),
-    (with_("schedule", ...), "", "missing required field `schedule`"),
+    (with_("schedule", ...), "schedule", "required"),
     (b"{not json", "", "malformed"),
 ]
 

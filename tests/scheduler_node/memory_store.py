@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from msgspec.structs import replace
 
-from protocol.errors import Conflict, DatabaseUnavailable, Fenced, NotFound, VersionMismatch
+from protocol.errors import CallerError, Conflict, DatabaseUnavailable, Fenced, NotFound, VersionMismatch
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import Job, JobState, Semantics
@@ -34,9 +34,11 @@ from scheduler_node.store import (
     AlertRow,
     BatchResult,
     ClaimRow,
+    CreatedJobs,
     ExecKey,
     Fence,
     JobWriteOutcome,
+    NewJob,
     NextFire,
     ResultRow,
     TakeoverResult,
@@ -191,7 +193,8 @@ class MemoryStore:
         )
 
     def write_job(
-        self, fence: Fence, job_id: uuid.UUID, write: JobWrite, *, next_fire_at: datetime | None = None
+        self, fence: Fence, job_id: uuid.UUID, write: JobWrite, *, next_fire_at: datetime | None = None,
+        slots: int | None = None,
     ) -> JobWriteOutcome:
         if self._fenced([fence]):
             raise Fenced([fence.shard])
@@ -242,7 +245,26 @@ class MemoryStore:
             self._set_state(stored, JobState.PAUSED, None)
         elif write.op is JobWriteOp.RESUME:
             self._set_state(stored, JobState.ACTIVE, next_fire_at)
-        return self._outcome(stored)
+        return replace(self._outcome(stored), slots=slots)
+
+    def create_jobs(self, rows: Sequence[NewJob], *, next_fire_at: datetime) -> CreatedJobs:
+        fenced = self._fenced([(r.shard, r.epoch) for r in rows])
+        created: list[Job] = []
+        existing: dict[uuid.UUID, JobWriteOutcome] = {}
+        refused: dict[uuid.UUID, CallerError] = {}
+        for r in rows:
+            if r.shard in fenced:
+                continue
+            old = self.jobs.get((r.shard, r.job_id))
+            if old is None:
+                w = JobWrite(op=JobWriteOp.UPSERT, actor=r.actor, tenant=r.tenant, spec=r.spec)
+                self.write_job(Fence(r.shard, r.epoch), r.job_id, w, next_fire_at=next_fire_at)
+                created.append(self.jobs[(r.shard, r.job_id)].job)
+            elif old.deleted or old.job.tenant != r.tenant:
+                refused[r.job_id] = Conflict(f"job id {r.job_id} is taken")
+            else:
+                existing[r.job_id] = self._outcome(old)
+        return CreatedJobs(created, existing, refused, fenced)
 
     def _set_state(
         self, stored: StoredJob, state: JobState, next_fire_at: datetime | None, reason: str | None = None

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import trio
 
-from protocol.errors import Conflict
+from protocol.errors import Conflict, NotFound, SpecError
 from protocol.executions import TERMINAL, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import (
@@ -27,6 +27,8 @@ from protocol.jobs import (
     Target,
 )
 from protocol.schedules import At, Cron, Every
+from protocol.slots.backfill import BackfillRange
+from scheduler_node.clock import ms_to_datetime
 from scheduler_node.dispatch import SendRequest
 from scheduler_node.engine import EngineTuning
 from scheduler_node.store import ClaimRow
@@ -357,6 +359,53 @@ async def test_a_trigger_fires_a_manual_slot_now(autojump_clock: trio.testing.Mo
             (0, Origin.SCHEDULED): S.SUCCEEDED,
             (1_234, Origin.MANUAL): S.SUCCEEDED,
         }
+
+
+async def test_a_batch_of_writes_is_answered_item_by_item_and_its_creates_fire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await w.grant(0)
+        existing = await w.add_job(spec("1h"))
+        await w.until(T0_MS + 500)
+        new = [job_id_in(0) for _ in range(3)]
+        create = JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec("1s"))
+        invalid = JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec("0s"))
+        out = await w.engine.apply_writes([
+            (new[0], create), (new[1], invalid), (job_id_in(1), create), (existing, JobWrite(
+                op=JobWriteOp.PAUSE, actor="t", tenant="acme")), (new[2], create), (new[0], create)])  # fmt: skip
+        kinds = [type(o).__name__ for o in out]
+        assert kinds == ["JobWritten", "SpecError", "NotOwnerError", "JobWritten", "JobWritten", "JobWritten"]
+        assert getattr(out[1], "field", None) == "spec.schedule.every"
+        assert [getattr(o, "created", None) for o in out] == [True, None, None, False, True, False]
+        assert w.store.job(0, existing).state is JobState.PAUSED
+        await w.until(T0_MS + 3_200)
+        await w.settle()
+        for job in (new[0], new[2]):  # created at 500: every second from then, once each
+            assert [s.slot_ms - T0_MS for s in w.dispatcher.sends_of(job)] == [500, 1_500, 2_500]
+
+
+async def test_a_backfill_fires_each_past_slot_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec("10s", misfire=Misfire(policy=MisfirePolicy.SKIP, grace_ms=1_000)))
+        await w.until(T0_MS + 65_000)
+        span = BackfillRange(ms_to_datetime(T0_MS + 20_000), ms_to_datetime(T0_MS + 50_000))
+        fill = JobWrite(op=JobWriteOp.BACKFILL, actor="t", tenant="acme", backfill=span)
+        assert (await w.engine.apply_write(job, fill)).slots == 3
+        await w.engine.apply_write(job, fill)  # the same range again: claimed already, not sent twice
+        await w.until(T0_MS + 70_000)
+        await w.settle()
+        backfilled = {k[0] - T0_MS: r.status for k, r in w.rows(job).items() if k[1] is Origin.BACKFILL}
+        assert backfilled == {20_000: S.SUCCEEDED, 30_000: S.SUCCEEDED, 40_000: S.SUCCEEDED}
+        sends = Counter((s.slot_ms, s.origin) for s in w.dispatcher.sends_of(job))
+        assert max(sends.values()) == 1
+        with pytest.raises(SpecError) as refused:
+            await w.engine.apply_write(job, msgspec.structs.replace(fill, backfill=BackfillRange(
+                span.start, ms_to_datetime(T0_MS + 80_000))))  # fmt: skip
+        assert refused.value.field == "backfill.to"
+        with pytest.raises(NotFound):
+            await w.engine.apply_write(job, msgspec.structs.replace(fill, tenant="globex"))
 
 
 async def test_a_postgresql_outage_holds_claims_back_then_the_misfire_policy_decides(

@@ -10,14 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import Conflict, NotFound, SpecError, VersionMismatch
+from protocol.errors import Conflict, KeyReused, NotFound, SpecError, VersionMismatch
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, Semantics
 from scheduler_node.store import (
     ClaimRow,
+    NewJob,
     NextFire,
     UnreadableJob,
     claim_slots,
+    create_jobs,
     due_jobs,
     get_job,
     jobs_by_id,
@@ -195,7 +197,7 @@ async def test_idempotency_key_replays_or_conflicts(store: TrioStore) -> None:
     assert replay.replayed and (replay.job_id, replay.version, replay.created) == (first_id, 1, True)
     with pytest.raises(NotFound):
         await store.call(get_job, 7, second_id)
-    with pytest.raises(Conflict, match="'k1' was already used with a different request"):
+    with pytest.raises(KeyReused, match="'k1' was already used with a different request"):
         await store.call(write_job, b, second_id, op(JobWriteOp.UPSERT, spec=spec("other"), idempotency_key="k1",
                                                      request_hash="h2"))  # fmt: skip
     # Keys are per tenant.
@@ -337,3 +339,33 @@ async def test_due_jobs_carry_their_misfire_cursor(store: TrioStore) -> None:
                                              for s in (3, 2)])  # fmt: skip
     got = {uuid.UUID(j.id): last for j, last in await store.call(due_jobs, [12], T0)}
     assert got == {fired: T0 - timedelta(seconds=2), fresh: None}
+
+
+async def test_create_jobs_inserts_many_in_one_fenced_statement_and_answers_a_retry_as_stored(
+    store: TrioStore,
+) -> None:
+    a, b = await own(store, 5), await own(store, 6)
+    rows = [NewJob(f.shard, f.epoch, job_in_shard(f.shard), "acme", "key:k", spec(f"j{i}", tags=["x", "y"]))
+            for i, f in enumerate([a, a, b])]  # fmt: skip
+    out = await store.call(create_jobs, rows, next_fire_at=T0)
+    assert sorted(j.spec.name for j in out.created) == ["j0", "j1", "j2"] and not out.existing and not out.fenced
+    stored = await store.call(get_job, 5, rows[0].job_id, tenant="acme")
+    assert (stored.version, stored.state, stored.next_fire_at, stored.spec) == (1, JobState.ACTIVE, T0, rows[0].spec)
+    listed = await store.call(list_jobs, tenant="acme", tag="y")
+    assert {j.id for j in listed.items} == {str(r.job_id) for r in rows}  # name and tags columns from the spec
+    audit = await store.call(list_audit, tenant="acme")
+    assert sorted(str(e.job_id) for e in audit if e.action == "job.upsert") == sorted(str(r.job_id) for r in rows)
+
+    # The same request again (its answer was lost): nothing written twice, every row answered as stored.
+    await store.call(write_job, a, rows[1].job_id, op(JobWriteOp.PAUSE))
+    await store.call(write_job, a, rows[0].job_id, op(JobWriteOp.DELETE))
+    other = NewJob(b.shard, b.epoch, rows[2].job_id, "globex", "key:g", spec("taken"))
+    again = await store.call(create_jobs, [*rows, other], next_fire_at=T0)
+    assert not again.created
+    assert {k: (o.version, o.state) for k, o in again.existing.items()} == {
+        rows[1].job_id: (2, JobState.PAUSED), rows[2].job_id: (1, JobState.ACTIVE)}
+    assert "deleted" in str(again.refused[rows[0].job_id])
+    (fenced_epoch, current) = (b.epoch, await own(store, 6))
+    late = await store.call(create_jobs, [NewJob(6, fenced_epoch, job_in_shard(6), "acme", "k", spec("late"))],
+                            next_fire_at=T0)  # fmt: skip
+    assert late.fenced == {6} and not late.created and current.epoch > fenced_epoch
