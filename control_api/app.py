@@ -27,10 +27,13 @@ from scheduler_node.store import read_cluster
 from scheduler_node.store.pool import create_pool
 
 from . import paths
+from .admin import ClusterController, KeyController
 from .alerts import AlertController
+from .audit import AuditController
 from .auth import KeyAuthentication
 from .bulk import BulkController
 from .errors import EXCEPTION_HANDLERS, problem_response
+from .executions import ExecutionController
 from .jobs import JobController
 from .owners import OwnerMap
 from .routing import WriteRouter
@@ -89,6 +92,7 @@ def create_app(settings: ApiSettings) -> Litestar:
                                      cluster_secret=settings.cluster_secret, retry_for_s=settings.route_retry_s)
                 app.state.update(
                     pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={}, router=router,
+                    coord=coord, cluster_name=cluster.name,
                     egress=EgressPolicy.of(cluster.allowed_target_nets, dev=settings.dev),
                 )  # fmt: skip
                 try:
@@ -102,7 +106,8 @@ def create_app(settings: ApiSettings) -> Litestar:
             await pool.close()
 
     return Litestar(
-        route_handlers=[JobController, BulkController, ScheduleController, AlertController, healthz, readyz, openapi_json],
+        route_handlers=[JobController, BulkController, ExecutionController, ScheduleController, AlertController,
+                        AuditController, KeyController, ClusterController, healthz, readyz, openapi_json],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(KeyAuthentication)],
         exception_handlers=EXCEPTION_HANDLERS,

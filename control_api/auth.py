@@ -22,7 +22,7 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from scheduler_node.store import ApiKey, Role, lookup_api_key
 
-__all__ = ["CACHE_S", "KeyAuthentication", "requires_reader", "requires_writer"]
+__all__ = ["CACHE_S", "KeyAuthentication", "requires_admin", "requires_reader", "requires_writer"]
 
 CACHE_S = 5.0
 _RANK = {Role.READER: 0, Role.WRITER: 1, Role.ADMIN: 2}
@@ -69,3 +69,4 @@ def _requires(role: Role) -> Any:
 
 requires_reader = _requires(Role.READER)
 requires_writer = _requires(Role.WRITER)
+requires_admin = _requires(Role.ADMIN)

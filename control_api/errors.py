@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 
 from protocol import problems
 from protocol.errors import ShardwheelError
@@ -42,6 +42,13 @@ def _ours(_: Request[Any, Any, Any], exc: ShardwheelError) -> Response[bytes]:
 
 def _litestar(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        # a query or path parameter of the wrong type: named as our own field errors are
+        fields = [problems.FieldProblem(str(e.get("key", "")), str(e.get("message", "invalid")))
+                  for e in exc.extra if isinstance(e, dict)]  # fmt: skip
+        if fields:
+            detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
+            return problem_response(problems.problem(422, "invalid-field", detail, fields))
     kind = _KINDS.get(status, "internal" if status >= 500 else "malformed")
     return problem_response(problems.problem(status, kind, exc.detail or kind), exc.headers)
 

@@ -30,7 +30,7 @@ from litestar.datastructures import State
 from litestar.params import Parameter
 
 from protocol.errors import CallerError, SpecError, VersionMismatch
-from protocol.executions import Execution, ExecutionStatus
+from protocol.executions import Execution
 from protocol.ids import new_job_id, parse_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, decode_job_spec, decode_untrusted
@@ -42,6 +42,7 @@ from scheduler_node.store import ApiKey, get_job, list_executions, list_jobs
 from . import paths
 from .auth import requires_reader, requires_writer
 from .bodies import json_object
+from .executions import check_statuses
 from .idempotency import idempotency_of
 from .schedules import Preview, check_n
 
@@ -183,16 +184,13 @@ class JobController(Controller):
         jid = parse_job_id(job_id)
         if not 1 <= limit <= 200:
             raise SpecError("limit", "must be 1-200")
-        known = {s.value for s in ExecutionStatus}
-        if bad := [s for s in status or [] if s not in known]:
-            raise SpecError("status", f"'{bad[0][:40]}' is not an execution status")
         if before is not None and before.tzinfo is None:
             raise SpecError("before", "needs a UTC offset or Z")
         state = request.app.state
         shard = shard_of(jid, state.shard_count)
         await get_job(state.pool, shard, jid, tenant=request.user.tenant, include_deleted=True)  # 404 if not theirs
         items = await list_executions(state.pool, shard, jid, limit=limit, before=before, with_attempts=True,
-                                      statuses=[ExecutionStatus(s) for s in status or []] or None)  # fmt: skip
+                                      statuses=check_statuses(status))  # fmt: skip
         return ExecutionList(items, items[-1].scheduled_at if len(items) == limit else None)
 
     @delete_route("/{job_id:str}", guards=[requires_writer], operation_id="deleteJob", summary="Delete a job",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ALERTS", "HEALTHZ", "JOB", "JOBS", "JOBS_BATCH", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ",
+__all__ = ["ALERTS", "AUDIT", "CLUSTER", "EXECUTIONS", "KEYS", "HEALTHZ", "JOB", "JOBS", "JOBS_BATCH", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ",
            "SCHEDULES", "V1"]  # fmt: skip
 
 V1 = "/v1"
@@ -14,5 +14,9 @@ JOB_RESUME = f"{JOB}/resume"
 JOB_TRIGGER = f"{JOB}/trigger"
 SCHEDULES = f"{V1}/schedules"
 ALERTS = f"{V1}/alerts"
+EXECUTIONS = f"{V1}/executions"
+AUDIT = f"{V1}/audit"
+KEYS = f"{V1}/keys"
+CLUSTER = f"{V1}/cluster"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"

@@ -15,14 +15,12 @@ etcd; the nodes watch them and move shards with the graceful release (nothing lo
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
-from typing import Any
 
 import asyncpg
-import msgspec
 
 from protocol.errors import ShardwheelError
-from scheduler_node.coordination import EtcdCoordinator, EtcdTls, KeyLayout
+from scheduler_node.coordination import ClusterStatus, EtcdCoordinator, EtcdTls, KeyLayout
+from scheduler_node.coordination import cluster_status as build_status
 
 __all__ = ["apply_operation", "cluster_status", "render_status"]
 
@@ -39,54 +37,36 @@ async def _read_pg(dsn: str) -> tuple[str, int, dict[int, tuple[int, str | None]
         await conn.close()
 
 
-def cluster_status(dsn: str, etcd: str, prefix: str, tls: EtcdTls | None = None) -> dict[str, Any]:
+def cluster_status(dsn: str, etcd: str, prefix: str, tls: EtcdTls | None = None) -> ClusterStatus:
     name, shard_count, epochs = asyncio.run(_read_pg(dsn))
     with EtcdCoordinator(etcd, KeyLayout(name, prefix), tls=tls) as coord:
         view = coord.snapshot()
-    owners = view.live_owners()
-    per_node = Counter(owners.values())
-    members = []
-    for node_id, info in sorted(view.nodes.items()):
-        figures = msgspec.json.decode(view.status[node_id]) if node_id in view.status else {}
-        members.append({
-            "node": node_id, "address": info.address, "shards": per_node.get(node_id, 0),
-            "drained": node_id in view.drained, "refusing": info.refusing,
-            "firings_per_s": figures.get("firings_per_s"), "dispatch_lag_p99_ms": figures.get("dispatch_lag_p99_ms"),
-            "lag_ms": figures.get("lag_ms"), "clock_offset_ms": figures.get("clock_offset_ms"),
-            "degraded": figures.get("degraded"),
-        })  # fmt: skip
-    return {
-        "cluster": name,
-        "shard_count": shard_count,
-        "rebalancing_paused": view.paused,
-        "members": members,
-        "unowned_shards": sorted(set(range(shard_count)) - set(owners)),
-        "pins": {str(s): n for s, n in sorted(view.pins.items())},
-        "drained": sorted(view.drained),
-        "shards": {str(s): {"owner": owners.get(s), "epoch": epochs.get(s, (0, None))[0]} for s in range(shard_count)},
-    }
+    return build_status(name, shard_count, {s: e for s, (e, _) in epochs.items()}, view)
 
 
-def render_status(status: dict[str, Any]) -> None:
+def render_status(status: ClusterStatus) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    table = Table(title=f"cluster {status['cluster']} — {status['shard_count']} shards"
-                        + (" — rebalancing PAUSED" if status["rebalancing_paused"] else ""))
+    table = Table(title=f"cluster {status.cluster} — {status.shard_count} shards"
+                        + (" — rebalancing PAUSED" if status.rebalancing_paused else ""))
     for col in ("node", "address", "shards", "firings/s", "lag p99 ms", "lag ms", "clock ms", "state"):
         table.add_column(col)
-    for m in status["members"]:
-        state = "drained" if m["drained"] else (f"refusing: {m['refusing']}" if m["refusing"] else "ok")
-        if m.get("degraded"):
-            state = f"degraded: {m['degraded']}"
-        table.add_row(m["node"], m["address"], str(m["shards"]), str(m["firings_per_s"]),
-                      str(m["dispatch_lag_p99_ms"]), str(m["lag_ms"]), str(m["clock_offset_ms"]), state)
+    for m in status.members:
+        state = "drained" if m.drained else (f"refusing: {m.refusing}" if m.refusing else "ok")
+        if m.degraded:
+            state = f"degraded: {m.degraded}"
+        table.add_row(m.node, m.address, str(m.shards), str(m.firings_per_s), str(m.dispatch_lag_p99_ms),
+                      str(m.lag_ms), str(m.clock_offset_ms), state)
     console.print(table)
-    if status["unowned_shards"]:
-        console.print(f"unowned shards: {status['unowned_shards']}")
-    if status["pins"]:
-        console.print(f"pins: {status['pins']}")
+    if status.unowned_shards:
+        console.print(f"unowned shards: {status.unowned_shards}")
+    if status.moving:
+        moves = ", ".join(f"{m.shard} ({m.owner} → {m.to or 'plan'})" for m in status.moving)
+        console.print(f"moving: {moves}")
+    if status.pins:
+        console.print(f"pins: {status.pins}")
 
 
 def apply_operation(dsn: str, etcd: str, prefix: str, op: str, *args: str, actor: str = "cli",

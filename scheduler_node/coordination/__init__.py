@@ -44,6 +44,7 @@ from .core import (
 )
 from .keys import DEFAULT_PREFIX, KeyKind, KeyLayout, ParsedKey
 from .records import AdminMark, NodeInfo, ShardRecord
+from .status import ClusterStatus, Member, Moving, ShardStatus, cluster_status
 from .view import ClusterView, ShardOwner
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "AsyncioCoordinator",
     "ChangeNotice",
     "Changed",
+    "ClusterStatus",
     "ClusterView",
     "EtcdCoordinator",
     "EtcdTls",
@@ -61,13 +63,17 @@ __all__ = [
     "KeyLayout",
     "LeaseAck",
     "LeaseNotFound",
+    "Member",
+    "Moving",
     "NodeInfo",
     "ParsedKey",
     "ShardOwner",
     "ShardRecord",
+    "ShardStatus",
     "WatchHandle",
     "WatchLost",
     "WatchNotice",
     "WatchResumed",
+    "cluster_status",
     "parse_endpoints",
 ]

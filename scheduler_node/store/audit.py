@@ -65,9 +65,11 @@ async def list_audit(
     shard: int | None = None,
     job_id: uuid.UUID | None = None,
     before: datetime | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
     limit: int = 100,
 ) -> list[AuditEntry]:
-    """Entries newest first. ``job_id`` needs ``shard`` (the index is per shard); ``before`` pages by time."""
+    """Entries newest first. ``job_id`` needs ``shard`` (the index is per shard); ``before`` pages by time,
+    ``after`` by the (at, id) of the last entry of the previous page (no entry skipped at a tie)."""
     if job_id is not None and shard is None:
         raise ValueError("list_audit by job_id needs the job's shard")
     where: list[str] = []
@@ -79,6 +81,9 @@ async def list_audit(
     if before is not None:
         args.append(before)
         where.append(f"at < ${len(args)}")
+    if after is not None:
+        args += list(after)
+        where.append(f"(at, id) < (${len(args) - 1}, ${len(args)})")
     args.append(limit)
     rows = await db.fetch(
         "SELECT shard, id, at, tenant, actor, action, job_id, detail::text AS detail FROM audit_log"

@@ -73,6 +73,7 @@ __all__ = [
     "job_cursors",
     "list_attempts",
     "list_executions",
+    "list_tenant_executions",
     "own_unsent_claims",
     "take_over_shard",
     "write_results",
@@ -534,6 +535,39 @@ async def list_executions(
     ):  # fmt: skip
         attempts.setdefault((a["scheduled_at"], a["origin"]), []).append(_attempt(a))
     return [_execution(r, attempts.get((r["scheduled_at"], r["origin"]))) for r in rows]
+
+
+async def list_tenant_executions(
+    db: Executor,
+    *,
+    tenant: str,
+    since: datetime,
+    until: datetime,
+    statuses: Sequence[ExecutionStatus] | None = None,
+    after: tuple[datetime, uuid.UUID, str] | None = None,
+    limit: int = 100,
+) -> list[Execution]:
+    """A tenant's executions across its jobs with ``since <= scheduled_at < until``, newest slot first (then
+    job id, origin, descending); ``after``: the key of the last row of the previous page. The window bounds
+    the scan (``executions_scheduled_brin``): callers cap it."""
+    where = ["j.tenant = $1", "e.scheduled_at >= $2", "e.scheduled_at < $3"]
+    args: list[Any] = [tenant, since, until]
+    if statuses:
+        args.append([s.value for s in statuses])
+        where.append(f"e.status = ANY(${len(args)}::text[])")
+    if after is not None:
+        args += list(after)
+        n = len(args)
+        where.append(f"(e.scheduled_at, e.job_id, e.origin) < (${n - 2}, ${n - 1}, ${n})")
+    args.append(limit)
+    columns = ", ".join(f"e.{c.strip()}" for c in EXEC_COLUMNS.split(","))
+    rows = await db.fetch(
+        f"SELECT {columns} FROM executions e JOIN jobs j ON j.shard = e.shard AND j.id = e.job_id"
+        f" WHERE {' AND '.join(where)}"
+        f" ORDER BY e.scheduled_at DESC, e.job_id DESC, e.origin DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_execution(r) for r in rows]
 
 
 def _attempt(a: asyncpg.Record) -> ExecutionAttempt:

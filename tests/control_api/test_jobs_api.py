@@ -314,3 +314,94 @@ async def test_many_jobs_at_once_and_backfill(db_dsn: str, etcd_server: Embedded
                 assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
     rows = await query(db_dsn, "SELECT count(*) AS n FROM executions WHERE origin = 'backfill'")
     assert rows[0]["n"] == 3
+
+
+async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
+    admin = await trio.to_thread.run_sync(_key, db_dsn, "ops", Role.ADMIN)
+    async with target_running() as target, running_cluster(db_dsn, etcd_server, etcd_prefix) as url:
+        a = httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {admin}"}, timeout=60)
+        async with a:
+            # Keys: an admin makes a writer key for a tenant (the secret once), lists and revokes it.
+            made = await a.post("/v1/keys", json={"tenant": "acme", "role": "writer", "name": "ci"})
+            assert made.status_code == 201, made.text
+            secret, key_id = made.json()["key"], made.json()["id"]
+            listed = (await a.get("/v1/keys", params={"tenant": "acme"})).json()["items"]
+            assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0]
+            for body, field in [({"role": "boss"}, "role"), ({"role": "reader", "tenant": "a b"}, "tenant"),
+                                ({"role": "reader", "burst": 0}, "burst"), ({"rol": "reader"}, "rol")]:  # fmt: skip
+                refused = await a.post("/v1/keys", json=body)
+                assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
+            w = httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {secret}"}, timeout=60)
+            async with w:
+                assert (await w.get("/v1/keys")).status_code == 403  # a writer is no admin
+                assert (await w.get("/v1/cluster")).status_code == 403
+                ok = _job(target.url("/hist"), tags=["hist"])
+                ok_ids = [(await w.post("/v1/jobs", json=ok)).json()["id"] for _ in range(2)]
+                target.behaviours["/bad"] = Behaviour(status=500)
+                bad = (await w.post("/v1/jobs", json=_job(target.url("/bad"), retry={"max_attempts": 1}))).json()
+
+                async def both_ran() -> bool:
+                    page = (await w.get("/v1/executions", params={"limit": 500})).json()["items"]
+                    return {e["job_id"] for e in page} >= {*ok_ids, bad["id"]}
+
+                await wait_for(both_ran, timeout=15)
+                # Across the tenant's jobs, newest first, filtered, paged without gaps or repeats.
+                failed = (await w.get("/v1/executions", params={"status": "failed"})).json()["items"]
+                assert failed and {e["job_id"] for e in failed} == {bad["id"]}
+                seen: list[tuple[str, str]] = []
+                cursor = None
+                until = datetime.now(UTC).isoformat()
+                while True:
+                    params: dict[str, Any] = {"limit": 3, "until": until, **({"cursor": cursor} if cursor else {})}
+                    page = (await w.get("/v1/executions", params=params)).json()
+                    seen += [(e["scheduled_at"], e["job_id"]) for e in page["items"]]
+                    cursor = page["next_cursor"]
+                    if cursor is None:
+                        break
+                assert len(seen) == len(set(seen)) >= 3 and seen == sorted(seen, reverse=True)
+                assert (await a.get("/v1/executions")).json()["items"] == []  # the admin's tenant has none
+                for params, field in [({"status": "nope"}, "status"), ({"since": "2020-01-01T00:00:00"}, "since"),
+                                      ({"since": "2020-01-01T00:00:00Z"}, "since"), ({"cursor": "x"}, "cursor"),
+                                      ({"limit": "many"}, "limit")]:  # fmt: skip
+                    refused = await w.get("/v1/executions", params=params)
+                    assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
+
+                # The audit log: the writer's tenant only; an admin reads every tenant.
+                mine = (await w.get("/v1/audit")).json()["items"]
+                assert {e["action"] for e in mine} == {"job.upsert", "api_key.create"} and all(
+                    e["tenant"] == "acme" for e in mine)  # fmt: skip
+                one = (await w.get("/v1/audit", params={"job_id": bad["id"]})).json()["items"]
+                assert [e["job_id"] for e in one] == [bad["id"]]
+                assert (await w.get("/v1/audit", params={"tenant": "ops"})).status_code == 422
+                everyone = (await a.get("/v1/audit", params={"limit": 1000})).json()["items"]
+                assert {"acme"} <= {e["tenant"] for e in everyone}
+
+                # The cluster: status, a shard moved by a pin, rebalancing paused and resumed, then audited.
+                status = (await a.get("/v1/cluster")).json()
+                assert {m["node"]: m["shards"] for m in status["members"]} == {"n1": 128, "n2": 128}
+                assert status["unowned_shards"] == [] and status["shards"]["0"]["epoch"] >= 1
+                owner = status["shards"]["0"]["owner"]
+                other = "n2" if owner == "n1" else "n1"
+                moved = await a.post("/v1/cluster/shards/0/move", json={"node": other})
+                assert moved.status_code == 200, moved.text
+
+                async def at_other() -> bool:
+                    return (await a.get("/v1/cluster")).json()["shards"]["0"]["owner"] == other
+
+                await wait_for(at_other, timeout=30)
+                assert (await a.post("/v1/cluster/shards/0/unpin")).status_code == 200
+                assert (await a.post("/v1/cluster/shards/9999/move", json={"node": other})).status_code == 422
+                assert (await a.post("/v1/cluster/shards/1/move", json={"node": "n9"})).json()["errors"][0][
+                    "field"] == "node"  # fmt: skip
+                assert (await a.post("/v1/cluster/nodes/n9/drain")).status_code == 422
+                assert (await a.post("/v1/cluster/pause")).status_code == 200
+                assert (await a.get("/v1/cluster")).json()["rebalancing_paused"] is True
+                assert (await a.post("/v1/cluster/resume")).status_code == 200
+                assert (await a.post("/v1/cluster/rebalance")).status_code == 200
+                actions = {e["action"] for e in (await a.get("/v1/audit", params={"tenant": "ops"})).json()["items"]}
+                assert {"cluster.move", "cluster.unpin", "cluster.pause", "cluster.resume"} <= actions
+
+                # Revoked: refused at once on this replica.
+                assert (await a.delete(f"/v1/keys/{key_id}")).status_code == 200
+                assert (await w.get("/v1/jobs")).status_code == 401
+                assert (await a.delete(f"/v1/keys/{key_id}")).status_code == 404

@@ -1,0 +1,63 @@
+"""``GET /v1/audit``: who changed what, newest first. A key reads its tenant's log; an admin key reads every
+tenant's (``tenant`` narrows it). ``job_id`` narrows to one job's changes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, get
+from litestar.datastructures import State
+
+from protocol.errors import SpecError
+from protocol.ids import parse_job_id
+from protocol.shards import shard_of
+from scheduler_node.store import ApiKey, AuditEntry, Role, list_audit
+
+from . import paths
+from .auth import requires_reader
+
+__all__ = ["AuditController", "AuditList"]
+
+
+class AuditList(msgspec.Struct, frozen=True):
+    items: list[AuditEntry]
+    next_cursor: str | None = None
+
+
+def _cursor(e: AuditEntry) -> str:
+    return base64.urlsafe_b64encode(msgspec.json.encode([e.at, e.id])).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        at, entry = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)),
+                                        type=tuple[datetime, uuid.UUID])  # fmt: skip
+    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise SpecError("cursor", "not a cursor of this list: pass next_cursor as it came") from None
+    return at, entry
+
+
+class AuditController(Controller):
+    path = paths.AUDIT
+    tags = ["audit"]
+
+    @get("/", guards=[requires_reader], operation_id="listAudit", summary="Who changed what, newest first")
+    async def index(self, request: Request[ApiKey, Any, State], job_id: str | None = None,
+                    tenant: str | None = None, cursor: str | None = None, limit: int = 100) -> AuditList:  # fmt: skip
+        key: ApiKey = request.user
+        if not 1 <= limit <= 1000:
+            raise SpecError("limit", "must be 1-1000")
+        if key.role is not Role.ADMIN:
+            if tenant is not None and tenant != key.tenant:
+                raise SpecError("tenant", "only an admin key reads another tenant's log")
+            tenant = key.tenant
+        jid = None if job_id is None else parse_job_id(job_id, "job_id")
+        items = await list_audit(request.app.state.pool, tenant=tenant, job_id=jid, limit=limit,
+                                 shard=None if jid is None else shard_of(jid, request.app.state.shard_count),
+                                 after=None if cursor is None else _after(cursor))  # fmt: skip
+        return AuditList(items, _cursor(items[-1]) if len(items) == limit else None)
