@@ -38,6 +38,7 @@ from .jobs import JobController
 from .owners import OwnerMap
 from .routing import WriteRouter
 from .schedules import ScheduleController
+from .stats import StatsController
 
 __all__ = ["ApiSettings", "create_app"]
 
@@ -107,7 +108,7 @@ def create_app(settings: ApiSettings) -> Litestar:
 
     return Litestar(
         route_handlers=[JobController, BulkController, ExecutionController, ScheduleController, AlertController,
-                        AuditController, KeyController, ClusterController, healthz, readyz, openapi_json],
+                        AuditController, KeyController, ClusterController, StatsController, healthz, readyz, openapi_json],
         lifespan=[lifespan],
         middleware=[DefineMiddleware(KeyAuthentication)],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["ALERTS", "AUDIT", "CLUSTER", "EXECUTIONS", "KEYS", "HEALTHZ", "JOB", "JOBS", "JOBS_BATCH", "JOB_PAUSE", "JOB_RESUME", "JOB_TRIGGER", "READYZ",
-           "SCHEDULES", "V1"]  # fmt: skip
+           "SCHEDULES", "STATS", "V1"]  # fmt: skip
 
 V1 = "/v1"
 JOBS = f"{V1}/jobs"
@@ -18,5 +18,6 @@ EXECUTIONS = f"{V1}/executions"
 AUDIT = f"{V1}/audit"
 KEYS = f"{V1}/keys"
 CLUSTER = f"{V1}/cluster"
+STATS = f"{V1}/stats"
 HEALTHZ = "/healthz"
 READYZ = "/readyz"

@@ -81,6 +81,7 @@ from .gc_guard import GcGuard
 from .metrics import Metrics
 from .misfire import plan_missed
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
+from .rollup import Rollup
 from .run_rules import FireStep, OutcomeStep, completes, finish_step, fire_step, outcome_step
 from .shard_state import CLAIM, FIRE, LoadedJob, Pending, Phase, Run, ShardState
 from .slot_plan import plan_slots
@@ -130,6 +131,7 @@ class EngineTuning:
     claim_chunk: int = 5_000  # slots per claim statement
     release_timeout_s: float = 30.0  # requests in flight get this long to finish when shards are released
     load_concurrency: int = 4  # shards loaded at once (loading is database-bound)
+    rollup_interval_s: float = 10.0  # how often the tenants' per-minute figures are added to PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class Engine:
         # Results are written once 20 ms pass without one (at most 500 ms after the first): a second's results
         # become a few statements written after its burst, not small ones competing with the sends for the
         # node's one thread.
+        self.rollup = Rollup()
         self.writer: Writer[ResultRow] = Writer(
             self._write_results,
             on_fenced=lambda fence: self.lose_shard(*fence),
@@ -242,6 +245,7 @@ class Engine:
             nursery.start_soon(self._refill_loop)
             nursery.start_soon(self._ownership_events)
             nursery.start_soon(self._held_loop)
+            nursery.start_soon(self._rollup_loop)
             delivery = AlertDelivery(
                 self.db,
                 self._loaded_shards,
@@ -294,6 +298,7 @@ class Engine:
                 n.start_soon(self._release, shard, deadline)
         await self.writer.flush()
         await self.alerts.flush()
+        await self._flush_rollup()
 
     # ---- ownership ---------------------------------------------------------------------------------------
 
@@ -916,7 +921,7 @@ class Engine:
             if job is None:
                 continue
             if status[key] is not S.CLAIMED:
-                self.metrics.results.inc(status=status[key].value)
+                self._counted(job, status[key])
                 continue
             state = self._shards.get(job.shard)
             if state is None:
@@ -1033,7 +1038,7 @@ class Engine:
         epoch = state.epoch
         if status.value.startswith("skipped_"):
             self.metrics.skips.inc(kind=status.value.removeprefix("skipped_"))
-        self.metrics.results.inc(status=status.value)
+        self._counted(job, status)
         self._put_result(
             ResultRow(
                 job.shard,
@@ -1047,6 +1052,23 @@ class Engine:
                 error=error,
             )
         )
+
+    def _counted(self, job: LoadedJob, status: ExecutionStatus) -> None:
+        """A slot ended: the node's metric and the tenant's rollup (``GET /v1/stats``)."""
+        self.metrics.results.inc(status=status.value)
+        self.rollup.result(job.tenant, self.clock.now_ms(), status.value)
+
+    async def _rollup_loop(self) -> None:
+        while True:
+            await trio.sleep(self.tuning.rollup_interval_s)
+            await self._flush_rollup()
+
+    async def _flush_rollup(self) -> None:
+        counts, lags = self.rollup.take()
+        try:
+            await self.db.call(store.add_rollups, counts, lags)
+        except DatabaseUnavailable:
+            self.rollup.put_back(counts, lags)  # figures wait for PostgreSQL; the record is the rows
 
     def _put_result(self, row: ResultRow) -> None:
         """Queue a result row. Never waits: the claimer waits for the writer's room before taking new work."""
@@ -1141,6 +1163,7 @@ class Engine:
         if attempt == 1:
             if p.origin is not Origin.BACKFILL:  # a past slot sent now: its lag says nothing of the node
                 self.metrics.dispatch_lag.record(lag)
+                self.rollup.lag(job.tenant, started_ms, lag)
             row_base["dispatch_lag_ms"] = lag
             row_base["sent_ms"] = started_ms
         self.metrics.http_latency.record(outcome.duration_s * 1000)
@@ -1162,7 +1185,7 @@ class Engine:
                 finished_ms: int, fields: dict[str, Any]) -> None:  # fmt: skip
         """A run reached its terminal state: record it, then failure counting, alerts, buffered slot, completion."""
         job = self._current(job)
-        self.metrics.results.inc(status=status.value)
+        self._counted(job, status)
         row = ResultRow(
             job.shard,
             epoch,

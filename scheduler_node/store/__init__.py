@@ -6,7 +6,7 @@ adapter, ``scheduler_node.trio_store.TrioStore``. Every write for a shard is fen
 
 Modules, one concept each: ``pool`` (connections), ``migrate`` (schema), ``cluster`` (the cluster row),
 ``epochs`` (fencing), ``jobs``, ``executions`` (claims, results, takeover), ``partitions``, ``alerts``, ``keys``
-(API keys), ``audit``, ``idempotency``.
+(API keys), ``audit``, ``idempotency``, ``rollups`` (per-minute execution figures).
 """
 
 from .alerts import *  # noqa: F403
@@ -28,8 +28,10 @@ from .partitions import *  # noqa: F403
 from .partitions import __all__ as _partitions
 from .pool import *  # noqa: F403
 from .pool import __all__ as _pool
+from .rollups import *  # noqa: F403
+from .rollups import __all__ as _rollups
 
 __all__ = sorted(
-    {*_alerts, *_audit, *_cluster, *_epochs, *_executions, *_jobs, *_keys, *_partitions, *_pool,
+    {*_alerts, *_audit, *_cluster, *_epochs, *_executions, *_jobs, *_keys, *_partitions, *_pool, *_rollups,
      "migrate", "migrations"}
 )  # fmt: skip

@@ -366,6 +366,18 @@ async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: Embe
                     refused = await w.get("/v1/executions", params=params)
                     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
 
+                # Stats from the nodes' rollups (added every 10 s): jobs by state, results, lag percentiles.
+                async def counted() -> bool:
+                    stats = (await w.get("/v1/stats", params={"window": "10m"})).json()
+                    return bool(stats["executions"].get("failed")) and bool(stats["executions"].get("succeeded"))
+
+                await wait_for(counted, timeout=30)
+                stats = (await w.get("/v1/stats")).json()
+                assert stats["jobs"] == {"active": 3} and 0 < stats["success_rate"] < 1
+                assert 0 < stats["lag_ms"]["p50"] <= stats["lag_ms"]["p99"] < 5_000
+                assert (await w.get("/v1/stats", params={"window": "30d"})).json()["errors"][0]["field"] == "window"
+                assert (await a.get("/v1/stats")).json()["executions"] == {}  # another tenant's figures
+
                 # The audit log: the writer's tenant only; an admin reads every tenant.
                 mine = (await w.get("/v1/audit")).json()["items"]
                 assert {e["action"] for e in mine} == {"job.upsert", "api_key.create"} and all(

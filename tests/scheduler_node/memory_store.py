@@ -34,10 +34,12 @@ from scheduler_node.store import (
     AlertRow,
     BatchResult,
     ClaimRow,
+    CountRow,
     CreatedJobs,
     ExecKey,
     Fence,
     JobWriteOutcome,
+    LagRow,
     NewJob,
     NextFire,
     ResultRow,
@@ -96,6 +98,8 @@ class MemoryStore:
     attempts: dict[tuple[ExecKey, int], ResultRow] = field(default_factory=dict)
     alerts: dict[AlertKey, Alert] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # the store functions called, in order
+    execution_counts: dict[tuple[str, int, str], int] = field(default_factory=dict)  # the rollups added
+    lag_rows: int = 0
     _failures: int = 0
     _down_until: float = -1.0
     _lose_answer_of: set[str] = field(default_factory=set)
@@ -265,6 +269,12 @@ class MemoryStore:
             else:
                 existing[r.job_id] = self._outcome(old)
         return CreatedJobs(created, existing, refused, fenced)
+
+    def add_rollups(self, counts: Sequence[CountRow], lags: Sequence[LagRow]) -> None:
+        for c in counts:
+            key = (c.tenant, c.minute_ms, c.status)
+            self.execution_counts[key] = self.execution_counts.get(key, 0) + c.count
+        self.lag_rows += len(lags)
 
     def _set_state(
         self, stored: StoredJob, state: JobState, next_fire_at: datetime | None, reason: str | None = None
