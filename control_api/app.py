@@ -35,6 +35,8 @@ from .bulk import BulkController
 from .errors import EXCEPTION_HANDLERS, problem_response
 from .executions import ExecutionController
 from .jobs import JobController
+from .limits import JobQuota, RateLimiter
+from .metrics import ApiMetrics, RequestMetrics
 from .owners import OwnerMap
 from .routing import WriteRouter
 from .schedules import ScheduleController
@@ -52,6 +54,9 @@ class ApiSettings:
     etcd_tls: EtcdTls | None = None
     dev: bool = False  # loopback targets allowed, as on dev-mode nodes
     route_retry_s: float = 10.0  # how long a write waits for its shard's owner before 503
+    rate_limit_per_s: float = 500.0  # per key, unless the key's record says otherwise (limits.py)
+    burst: int = 1000
+    max_jobs_per_tenant: int | None = None  # a soft quota (limits.py); None: no quota
 
 
 @get(paths.HEALTHZ, include_in_schema=False)
@@ -69,6 +74,12 @@ async def readyz(request: Request[Any, Any, Any]) -> Response[Any]:
     except Exception as e:  # noqa: BLE001 - any failure means not ready
         return problem_response(problems.problem(503, "unavailable", f"PostgreSQL: {type(e).__name__}: {e}"))
     return Response("ready\n", media_type="text/plain")
+
+
+@get("/metrics", include_in_schema=False, media_type="text/plain; version=0.0.4")
+async def metrics(request: Request[Any, Any, Any]) -> str:
+    text: str = request.app.state.metrics.render()
+    return text
 
 
 @get("/openapi.json", include_in_schema=False)
@@ -91,9 +102,15 @@ def create_app(settings: ApiSettings) -> Litestar:
                 follower = asyncio.create_task(owners.follow(coord))
                 router = WriteRouter(owners, http, shard_count=cluster.shard_count,
                                      cluster_secret=settings.cluster_secret, retry_for_s=settings.route_retry_s)
+                api_metrics = ApiMetrics()
+                api_metrics.route_retries.read = lambda: router.retries
+                api_metrics.internal_batches.read = lambda: router.batches
+                api_metrics.writes_routed.read = lambda: router.writes
                 app.state.update(
                     pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={}, router=router,
-                    coord=coord, cluster_name=cluster.name,
+                    coord=coord, cluster_name=cluster.name, metrics=api_metrics,
+                    limiter=RateLimiter(settings.rate_limit_per_s, settings.burst),
+                    quota=JobQuota(settings.max_jobs_per_tenant),
                     egress=EgressPolicy.of(cluster.allowed_target_nets, dev=settings.dev),
                 )  # fmt: skip
                 try:
@@ -108,9 +125,9 @@ def create_app(settings: ApiSettings) -> Litestar:
 
     return Litestar(
         route_handlers=[JobController, BulkController, ExecutionController, ScheduleController, AlertController,
-                        AuditController, KeyController, ClusterController, StatsController, healthz, readyz, openapi_json],
+                        AuditController, KeyController, ClusterController, StatsController, healthz, readyz, metrics, openapi_json],
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(KeyAuthentication)],
+        middleware=[DefineMiddleware(RequestMetrics), DefineMiddleware(KeyAuthentication)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="Shardwheel control API", version="1", path="/docs"),
         request_max_body_size=256 * 1024,

@@ -7,6 +7,7 @@ Rules:
 - Roles nest: ``admin`` can do what ``writer`` can, which can do what ``reader`` can. Route guards name the
   least role (``requires_writer``); a key below it gets 403, no or an unknown key 401.
 - A key sees its own tenant only: every read filters by the key's tenant, so another tenant's job is 404.
+- Then the key's rate limit (``limits.RateLimiter``): over it, 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import asyncpg
 from litestar.connection import ASGIConnection
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
@@ -26,7 +27,7 @@ __all__ = ["CACHE_S", "KeyAuthentication", "requires_admin", "requires_reader", 
 
 CACHE_S = 5.0
 _RANK = {Role.READER: 0, Role.WRITER: 1, Role.ADMIN: 2}
-_UNAUTHENTICATED = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+_UNAUTHENTICATED = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
 
 
 class KeyAuthentication(AbstractAuthenticationMiddleware):
@@ -39,9 +40,15 @@ class KeyAuthentication(AbstractAuthenticationMiddleware):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthorizedException("missing API key: send Authorization: Bearer <key>")
-        key = await _cached_lookup(connection.app.state.pool, connection.app.state.key_cache, token.strip())
+        state = connection.app.state
+        key = await _cached_lookup(state.pool, state.key_cache, token.strip())
         if key is None:
             raise NotAuthorizedException("unknown or revoked API key")
+        wait = state.limiter.retry_after(key.id, key.rate_limit_per_s, key.burst)
+        if wait:
+            state.metrics.rate_limited.inc()
+            raise TooManyRequestsException(f"key {key.prefix}... is over its rate limit; retry in {wait} s",
+                                           headers={"retry-after": str(wait)})  # fmt: skip
         return AuthenticationResult(user=key, auth=token)
 
 

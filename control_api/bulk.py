@@ -38,6 +38,7 @@ from scheduler_node.store.idempotency import reserve_batch
 from . import paths
 from .auth import requires_writer
 from .idempotency import idempotency_of
+from .limits import check_quota
 
 __all__ = ["BulkController", "BulkResult", "ItemResult"]
 
@@ -114,6 +115,7 @@ class BulkController(Controller):
                 items[i] = _result(i, None, e)
                 continue
             writes.append((i, job_id, JobWrite(op=JobWriteOp.UPSERT, actor=actor, tenant=key.tenant, spec=spec)))
+        await check_quota(request, len(writes))
         answers = await request.app.state.router.write_many([(job_id, w) for _, job_id, w in writes])
         for (i, job_id, _), answer in zip(writes, answers, strict=True):
             items[i] = _result(i, job_id, answer, 201)

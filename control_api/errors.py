@@ -19,7 +19,7 @@ from protocol.errors import ShardwheelError
 
 from .routing import Unavailable
 
-__all__ = ["EXCEPTION_HANDLERS", "problem_response"]
+__all__ = ["EXCEPTION_HANDLERS", "answered_status", "problem_response"]
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,30 @@ def _ours(_: Request[Any, Any, Any], exc: ShardwheelError) -> Response[bytes]:
     return problem_response(problem, headers)
 
 
+def _field_problems(exc: HTTPException) -> list[problems.FieldProblem]:
+    """A query or path parameter of the wrong type, named as our own field errors are."""
+    if not isinstance(exc, ValidationException) or not isinstance(exc.extra, list):
+        return []
+    return [problems.FieldProblem(str(e.get("key", "")), str(e.get("message", "invalid")))
+            for e in exc.extra if isinstance(e, dict)]  # fmt: skip
+
+
 def _litestar(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
-    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
-        # a query or path parameter of the wrong type: named as our own field errors are
-        fields = [problems.FieldProblem(str(e.get("key", "")), str(e.get("message", "invalid")))
-                  for e in exc.extra if isinstance(e, dict)]  # fmt: skip
-        if fields:
-            detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
-            return problem_response(problems.problem(422, "invalid-field", detail, fields))
+    if fields := _field_problems(exc):
+        detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
+        return problem_response(problems.problem(422, "invalid-field", detail, fields))
     kind = _KINDS.get(status, "internal" if status >= 500 else "malformed")
     return problem_response(problems.problem(status, kind, exc.detail or kind), exc.headers)
+
+
+def answered_status(exc: Exception) -> int:
+    """The status the handlers here answer ``exc`` with."""
+    if isinstance(exc, ShardwheelError):
+        return problems.from_error(exc).status
+    if isinstance(exc, HTTPException):
+        return 422 if _field_problems(exc) else exc.status_code
+    return 500
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

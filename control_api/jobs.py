@@ -44,6 +44,7 @@ from .auth import requires_reader, requires_writer
 from .bodies import json_object
 from .executions import check_statuses
 from .idempotency import idempotency_of
+from .limits import check_quota
 from .schedules import Preview, check_n
 
 __all__ = ["JobController", "JobList"]
@@ -119,6 +120,7 @@ class JobController(Controller):
     @post("/", guards=[requires_writer], operation_id="createJob", summary="Create a job", status_code=201)
     async def create(self, request: Request[ApiKey, Any, State]) -> Response[bytes]:
         spec = decode_job_spec(await request.body(), request.app.state.egress)
+        await check_quota(request, 1)
         job_id = new_job_id()
         written = await self._write(request, job_id, JobWriteOp.UPSERT, spec=spec)
         stored_id = uuid.UUID(written.job_id) if written.job_id else job_id

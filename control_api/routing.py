@@ -108,6 +108,7 @@ class WriteRouter:
         self.max_batch = max_batch
         self.retries = 0  # writes sent again after a not-owner answer or an unreachable owner (a metric)
         self.batches = 0  # internal requests sent (a metric: writes per request = writes / batches)
+        self.writes = 0  # job writes routed
         self._queues: dict[str, _OwnerQueue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -120,6 +121,7 @@ class WriteRouter:
     async def write_many(self, items: Sequence[tuple[uuid.UUID, JobWrite]]) -> list[Answer]:
         """Every write routed to its owner; one answer per item, in order (an error does not stop the rest)."""
         todo = {i: JobWriteItem(job_id, _with_request_id(w)) for i, (job_id, w) in enumerate(items)}
+        self.writes += len(items)
         answers: dict[int, Answer] = {}
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.retry_for_s

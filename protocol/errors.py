@@ -6,7 +6,8 @@
     │   ├── NotFound                404
     │   ├── VersionMismatch         If-Match / expected_version does not match the stored version, 412
     │   ├── Conflict                the request conflicts with stored state (a deleted job's id...), 409
-    │   └── KeyReused               an Idempotency-Key already used with another request, 422
+    │   ├── KeyReused               an Idempotency-Key already used with another request, 422
+    │   └── QuotaExceeded           the tenant's job quota would be passed, 403
     ├── NotOwnerError               this node does not own the job's shard (``shard``, ``owner_hint``), 409;
     │                               answered as ``protocol.internal.NotOwner``: the control API re-routes
     ├── TargetError                 a job's HTTP target misbehaved (connection refused, bad response...); recorded
@@ -33,6 +34,7 @@ __all__ = [
     "KeyReused",
     "NotFound",
     "NotOwnerError",
+    "QuotaExceeded",
     "ShardwheelError",
     "SpecError",
     "TargetError",
@@ -91,6 +93,10 @@ class KeyReused(CallerError):
     """The IETF Idempotency-Key draft's answer to a key sent again with another request."""
 
     status_hint = 422
+
+
+class QuotaExceeded(CallerError):
+    status_hint = 403
 
 
 class NotOwnerError(ShardwheelError):

@@ -27,6 +27,7 @@ from .errors import (
     KeyReused,
     NotFound,
     NotOwnerError,
+    QuotaExceeded,
     ShardwheelError,
     SpecError,
     VersionMismatch,
@@ -47,6 +48,7 @@ TITLES = {
     "method-not-allowed": "Method not allowed here",
     "conflict": "The request conflicts with what is stored",
     "idempotency-key-reused": "The Idempotency-Key was used with another request",
+    "quota-exceeded": "The tenant's job quota would be passed",
     "not-owner": "This node does not own the job's shard",
     "version-mismatch": "The stored version is not the expected one",
     "precondition-required": "This request needs If-Match with the version it changes",
@@ -98,6 +100,8 @@ def from_error(err: ShardwheelError) -> Problem:
             return problem(409, "conflict", str(err))
         case KeyReused():
             return problem(422, "idempotency-key-reused", str(err))
+        case QuotaExceeded():
+            return problem(403, "quota-exceeded", str(err))
         case InfrastructureError():
             return problem(503, "unavailable", str(err))
     if err.status_hint == 428:

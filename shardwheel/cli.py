@@ -209,7 +209,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ApiSettings(dsn=args.dsn, etcd=args.etcd, cluster_secret=secret, etcd_prefix=args.etcd_prefix,
-                           etcd_tls=_etcd_tls(args), dev=args.dev)  # fmt: skip
+                           etcd_tls=_etcd_tls(args), dev=args.dev, rate_limit_per_s=args.rate_limit,
+                           burst=args.burst, max_jobs_per_tenant=args.max_jobs_per_tenant)  # fmt: skip
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False, lifespan="on")  # fmt: skip
     return 0
@@ -227,7 +228,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         conn = await connect(args.dsn)
         try:
             secret, key = await create_api_key(conn, tenant=args.tenant, role=Role(args.role), name=args.name,
-                                               actor="cli")  # fmt: skip
+                                               actor="cli", rate_limit_per_s=args.rate_limit,
+                                               burst=args.burst)  # fmt: skip
         finally:
             await conn.close()
         return f"{secret}\n# key {key.prefix}... for tenant {key.tenant}, role {key.role.value}: shown once, store it"
@@ -351,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="the nodes' cluster secret, to reach their internal API (env SHARDWHEEL_CLUSTER_SECRET)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a.add_argument("--rate-limit", type=_ranged(float, 0.001, 1e6), default=500.0, metavar="PER_S",
+                   help="requests a second per API key, per replica, unless the key has its own (default 500)")
+    a.add_argument("--burst", type=_ranged(int, 1, 1_000_000), default=1000,
+                   help="requests a key may send at once before its rate applies (default 1000)")
+    a.add_argument("--max-jobs-per-tenant", type=_ranged(int, 1, 10**12), default=None, metavar="N",
+                   help="a soft quota of undeleted jobs per tenant (default: none)")
     a.set_defaults(func=cmd_api)
 
     k = sub.add_parser("keys", parents=[debug, pg], help="API keys: create one (offline, against PostgreSQL)")
@@ -358,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--tenant", type=_tenant, required=True)
     k.add_argument("--role", choices=["admin", "writer", "reader"], default="writer")
     k.add_argument("--name", default="", help="to tell keys apart in lists")
+    k.add_argument("--rate-limit", type=_ranged(float, 0.001, 1e6), default=None, metavar="PER_S",
+                   help="this key's requests a second per API replica (default: the API's --rate-limit)")
+    k.add_argument("--burst", type=_ranged(int, 1, 1_000_000), default=None, help="this key's burst")
     k.set_defaults(func=cmd_keys)
 
     c = sub.add_parser("cluster", parents=[debug, pg, etcd_tls],

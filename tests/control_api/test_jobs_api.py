@@ -27,10 +27,10 @@ from ..scheduler_node.harness import SECRET, Behaviour, query, target_running, w
 pytestmark = pytest.mark.slow
 
 
-def _key(dsn: str, tenant: str, role: Role) -> str:
+def _key(dsn: str, tenant: str, role: Role, *extra: str) -> str:
     """A key made as an operator makes the first one: ``shardwheel keys create`` (the secret, once)."""
     out = subprocess.run([sys.executable, "-m", "shardwheel.cli", "keys", "create", "--dsn", dsn, "--tenant", tenant,
-                          "--role", role.value], capture_output=True, text=True, timeout=60)  # fmt: skip
+                          "--role", role.value, *extra], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
     secret, note = out.stdout.splitlines()
     assert secret.startswith("sw_") and f"tenant {tenant}, role {role.value}" in note
@@ -38,11 +38,11 @@ def _key(dsn: str, tenant: str, role: Role) -> str:
 
 
 @contextmanager
-def api_process(dsn: str, etcd: str, prefix: str) -> Iterator[str]:
+def api_process(dsn: str, etcd: str, prefix: str, *extra: str) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
     args = [sys.executable, "-m", "shardwheel.cli", "api", "--dsn", dsn, "--etcd", etcd, "--etcd-prefix", prefix,
-            "--port", str(port), "--cluster-secret", SECRET, "--dev", "--log-level", "warning"]  # fmt: skip
+            "--port", str(port), "--cluster-secret", SECRET, "--dev", "--log-level", "warning", *extra]  # fmt: skip
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -56,12 +56,12 @@ def api_process(dsn: str, etcd: str, prefix: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def running_cluster(db_dsn: str, etcd: EmbeddedEtcd, prefix: str) -> AsyncIterator[str]:
+async def running_cluster(db_dsn: str, etcd: EmbeddedEtcd, prefix: str, *api_args: str) -> AsyncIterator[str]:
     with cluster(db_dsn, etcd.endpoint, prefix) as c:
         for n in ("n1", "n2"):
             c.start(n)
         await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"}), what="128/128"))
-        with api_process(db_dsn, etcd.endpoint, prefix) as url:
+        with api_process(db_dsn, etcd.endpoint, prefix, *api_args) as url:
             async with httpx.AsyncClient(base_url=url, timeout=15) as client:
 
                 async def ready() -> bool:
@@ -318,7 +318,9 @@ async def test_many_jobs_at_once_and_backfill(db_dsn: str, etcd_server: Embedded
 
 async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
     admin = await trio.to_thread.run_sync(_key, db_dsn, "ops", Role.ADMIN)
-    async with target_running() as target, running_cluster(db_dsn, etcd_server, etcd_prefix) as url:
+    slow = await trio.to_thread.run_sync(_key, db_dsn, "acme", Role.READER, "--rate-limit", "0.2", "--burst", "3")
+    async with target_running() as target, \
+            running_cluster(db_dsn, etcd_server, etcd_prefix, "--max-jobs-per-tenant", "4") as url:  # fmt: skip
         a = httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {admin}"}, timeout=60)
         async with a:
             # Keys: an admin makes a writer key for a tenant (the secret once), lists and revokes it.
@@ -326,7 +328,7 @@ async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: Embe
             assert made.status_code == 201, made.text
             secret, key_id = made.json()["key"], made.json()["id"]
             listed = (await a.get("/v1/keys", params={"tenant": "acme"})).json()["items"]
-            assert [k["id"] for k in listed] == [key_id] and "key" not in listed[0]
+            assert [k["id"] for k in listed if k["name"] == "ci"] == [key_id] and all("key" not in k for k in listed)
             for body, field in [({"role": "boss"}, "role"), ({"role": "reader", "tenant": "a b"}, "tenant"),
                                 ({"role": "reader", "burst": 0}, "burst"), ({"rol": "reader"}, "rol")]:  # fmt: skip
                 refused = await a.post("/v1/keys", json=body)
@@ -342,7 +344,8 @@ async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: Embe
 
                 async def both_ran() -> bool:
                     page = (await w.get("/v1/executions", params={"limit": 500})).json()["items"]
-                    return {e["job_id"] for e in page} >= {*ok_ids, bad["id"]}
+                    ended = {e["job_id"] for e in page if e["status"] in ("succeeded", "failed")}
+                    return ended >= {*ok_ids, bad["id"]}
 
                 await wait_for(both_ran, timeout=15)
                 # Across the tenant's jobs, newest first, filtered, paged without gaps or repeats.
@@ -365,6 +368,23 @@ async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: Embe
                                       ({"limit": "many"}, "limit")]:  # fmt: skip
                     refused = await w.get("/v1/executions", params=params)
                     assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == field, refused.text
+
+                # Limits: the tenant's quota (4 jobs) refuses a batch passing it, whole; a key over its rate
+                # limit gets 429 with Retry-After; a body over 256 KiB is 413. All counted on /metrics.
+                over = await w.post("/v1/jobs:batch", json={"jobs": [ok, ok]})
+                assert over.status_code == 403 and over.json()["type"].endswith(":quota-exceeded"), over.text
+                assert (await w.get("/v1/jobs")).json()["items"].__len__() == 3
+                async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {slow}"}) as r:
+                    answers = [await r.get("/v1/jobs") for _ in range(4)]
+                assert [x.status_code for x in answers] == [200, 200, 200, 429]
+                assert answers[3].headers["retry-after"] == "5" and answers[3].json()["type"].endswith(":rate-limited")
+                huge = await w.post("/v1/jobs", json=_job("https://example.com/", description="x" * 300_000))
+                assert huge.status_code == 413 and huge.headers["content-type"] == "application/problem+json"
+                metrics = (await httpx.AsyncClient(base_url=url).get("/metrics")).text
+                assert 'shardwheel_api_requests_total{method="GET",route="/v1/jobs",status="429"} 1' in metrics
+                assert "shardwheel_api_rate_limited_total 1" in metrics
+                assert "shardwheel_api_quota_refused_total 1" in metrics
+                assert 'shardwheel_api_request_latency_count{route="/v1/jobs"}' in metrics
 
                 # Stats from the nodes' rollups (added every 10 s): jobs by state, results, lag percentiles.
                 async def counted() -> bool:
