@@ -22,6 +22,7 @@ from litestar.openapi import OpenAPIConfig
 from protocol import problems
 from protocol.egress import EgressPolicy
 from protocol.errors import InfrastructureError
+from protocol.sealed import secrets_key
 from scheduler_node.coordination import AsyncioCoordinator, EtcdTls, KeyLayout
 from scheduler_node.store import read_cluster
 from scheduler_node.store.pool import create_pool
@@ -57,6 +58,7 @@ class ApiSettings:
     rate_limit_per_s: float = 500.0  # per key, unless the key's record says otherwise (limits.py)
     burst: int = 1000
     max_jobs_per_tenant: int | None = None  # a soft quota (limits.py); None: no quota
+    secrets_key: str | None = None  # seals target headers (protocol.sealed); required outside dev mode
 
 
 @get(paths.HEALTHZ, include_in_schema=False)
@@ -88,6 +90,8 @@ async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 def create_app(settings: ApiSettings) -> Litestar:
+    secrets = secrets_key(settings.secrets_key, dev=settings.dev)  # ValueError naming the option, before serving
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await create_pool(settings.dsn, min_size=1, max_size=8)
@@ -110,7 +114,7 @@ def create_app(settings: ApiSettings) -> Litestar:
                     pool=pool, owners=owners, shard_count=cluster.shard_count, key_cache={}, router=router,
                     coord=coord, cluster_name=cluster.name, metrics=api_metrics,
                     limiter=RateLimiter(settings.rate_limit_per_s, settings.burst),
-                    quota=JobQuota(settings.max_jobs_per_tenant),
+                    quota=JobQuota(settings.max_jobs_per_tenant), secrets=secrets,
                     egress=EgressPolicy.of(cluster.allowed_target_nets, dev=settings.dev),
                 )  # fmt: skip
                 try:

@@ -110,7 +110,8 @@ class BulkController(Controller):
             seed = None if idempotency is None else f"{key.tenant}\0{idempotency.key}\0{i}".encode()
             job_id = new_job_id(first_used_ms, seed)
             try:
-                spec = decode_job_spec(raw, request.app.state.egress)
+                spec = request.app.state.secrets.seal_headers(decode_job_spec(raw, request.app.state.egress),
+                                                              tenant=key.tenant, job_id=str(job_id))  # fmt: skip
             except SpecError as e:
                 items[i] = _result(i, None, e)
                 continue

@@ -5,6 +5,8 @@ Rules:
   the job in its wheel before answering: a job created at second t fires at t+1 when its schedule says so.
 - A spec is decoded strictly (``protocol.jobs.decode_job_spec``: unknown fields refused, every error naming
   its field) with the cluster's egress policy, before anything is sent anywhere.
+- Target header values are sealed before a write is routed and shown ``"<redacted>"`` on every read
+  (``protocol.sealed``); ``"<redacted>"`` written back keeps the stored value.
 - Reads come from PostgreSQL, filtered by the key's tenant: another tenant's job is 404. ``ETag`` is the
   version; ``If-Match`` on a delete, pause or resume makes it conditional (412 if stale), and a replace
   (``PUT``, the whole spec) or a merge patch (``PATCH``, RFC 7396 over the stored spec) requires it (428
@@ -34,6 +36,7 @@ from protocol.executions import Execution
 from protocol.ids import new_job_id, parse_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, decode_job_spec, decode_untrusted
+from protocol.sealed import redacted
 from protocol.shards import shard_of
 from protocol.slots.backfill import MAX_BACKFILL_SLOTS, BackfillRange, backfill_slots
 from protocol.slots.instants import preview_instants
@@ -94,8 +97,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def shown(job: Job) -> Job:
+    """A job as reads show it: its target header values redacted (``protocol.sealed``)."""
+    return msgspec.structs.replace(job, spec=redacted(job.spec))
+
+
 def _job_response(job: Job, status: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(msgspec.json.encode(job), status_code=status, media_type="application/json",
+    return Response(msgspec.json.encode(shown(job)), status_code=status, media_type="application/json",
                     headers={"etag": f'"{job.version}"', **(headers or {})})  # fmt: skip
 
 
@@ -122,6 +130,7 @@ class JobController(Controller):
         spec = decode_job_spec(await request.body(), request.app.state.egress)
         await check_quota(request, 1)
         job_id = new_job_id()
+        spec = request.app.state.secrets.seal_headers(spec, tenant=request.user.tenant, job_id=str(job_id))
         written = await self._write(request, job_id, JobWriteOp.UPSERT, spec=spec)
         stored_id = uuid.UUID(written.job_id) if written.job_id else job_id
         job = await self._read(request.app.state, request.user, stored_id)
@@ -142,11 +151,14 @@ class JobController(Controller):
                                state=None if state is None else JobState(state), name_contains=q,
                                after=None if cursor is None else parse_job_id(cursor, "cursor"),
                                limit=limit)  # fmt: skip
-        return JobList(page.items, None if page.next_after is None else str(page.next_after))
+        return JobList([shown(j) for j in page.items], None if page.next_after is None else str(page.next_after))
 
     async def _replace(self, request: Request[ApiKey, Any, State], job_id: uuid.UUID, spec_json: bytes,
-                       expected: int) -> Response[bytes]:  # fmt: skip
+                       expected: int, current: Job | None = None) -> Response[bytes]:  # fmt: skip
         spec = decode_job_spec(spec_json, request.app.state.egress)
+        stored = current or await self._read(request.app.state, request.user, job_id)
+        spec = request.app.state.secrets.seal_headers(spec, tenant=request.user.tenant, job_id=str(job_id),
+                                                      stored=stored.spec)  # fmt: skip
         await self._write(request, job_id, JobWriteOp.UPSERT, spec=spec, expected_version=expected)
         return _job_response(await self._read(request.app.state, request.user, job_id))
 
@@ -170,7 +182,7 @@ class JobController(Controller):
         if isinstance(schedule, dict) and schedule.get("kind") not in (None, base["schedule"]["kind"]):
             base["schedule"] = {}  # another kind of schedule replaces the old one, not merges into it
         merged = merge_patch(base, changes)
-        return await self._replace(request, jid, msgspec.json.encode(merged), expected)
+        return await self._replace(request, jid, msgspec.json.encode(merged), expected, current)
 
     @get("/{job_id:str}/preview", guards=[requires_reader], operation_id="previewJob",
          summary="The job's next instants, in UTC and in its zone, with DST notes")  # fmt: skip

@@ -58,6 +58,7 @@ __all__ = [
     "decode_job_spec",
     "decode_untrusted",
     "validate_job_spec",
+    "SEALED_PREFIX",
 ]
 
 
@@ -227,6 +228,19 @@ def _check_url(field: str, url: str, egress: EgressPolicy) -> None:
         raise SpecError(field, "URL contains whitespace")
 
 
+SEALED_PREFIX = "swenc:"  # a header value encrypted at rest (protocol.sealed): "swenc:<key id>:<base64url>"
+_SEAL_OVERHEAD = 12 + 16  # AES-GCM nonce and tag
+
+
+def _plain_bytes(value: str) -> int:
+    """A header value's size as the user gave it: a sealed one counts as its plaintext, so sealing never
+    pushes an accepted spec over the limit."""
+    if not value.startswith(SEALED_PREFIX):
+        return len(value.encode())
+    encoded = value.rpartition(":")[2]
+    return max(0, len(encoded) * 3 // 4 - _SEAL_OVERHEAD)
+
+
 def _check_headers(headers: dict[str, str]) -> None:
     if len(headers) > LIMITS.headers:
         raise SpecError("target.headers", f"at most {LIMITS.headers} headers, got {len(headers)}")
@@ -239,7 +253,7 @@ def _check_headers(headers: dict[str, str]) -> None:
             raise SpecError(f"target.headers.{name}", "header is set by the scheduler and cannot be overridden")
         if any(c < " " and c != "\t" or c == "\x7f" for c in value):
             raise SpecError(f"target.headers.{name}", "value contains a control character")
-        size += len(name.encode()) + len(value.encode()) + 4
+        size += len(name.encode()) + _plain_bytes(value) + 4
     if size > LIMITS.header_bytes:
         raise SpecError("target.headers", f"headers total {size} bytes, more than {LIMITS.header_bytes}")
 

@@ -67,7 +67,8 @@ from protocol.errors import (
 )
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
-from protocol.jobs import Job, JobState, validate_job_spec
+from protocol.jobs import SEALED_PREFIX, Job, JobState, Target, validate_job_spec
+from protocol.sealed import SecretBox
 from protocol.shards import shard_of
 from protocol.slots import compile_schedule
 from protocol.slots.backfill import backfill_slots
@@ -153,6 +154,7 @@ class EngineConfig:
     signing_secrets: tuple[bytes, ...] = ()  # the current first, then the previous one while rotating
     alert_webhook: str | None = None  # the cluster's, for jobs without their own
     egress: EgressPolicy = STRICT  # target addresses a job may name (protocol.egress); the node updates it
+    secrets: SecretBox | None = None  # opens sealed target headers (protocol.sealed); None: none can be opened
 
 
 class Engine:
@@ -598,9 +600,17 @@ class Engine:
         return LoadedJob(
             id=uuid.UUID(job.id), shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
             version=job.version, rule=compile_schedule(job.spec, job.created_at),
-            template=RequestTemplate.for_job(job, node_id=self.config.node_id,
+            template=RequestTemplate.for_job(job, node_id=self.config.node_id, target=self._opened(job),
                                              signing_secret=self.config.signing_secrets),
         )  # fmt: skip
+
+    def _opened(self, job: Job) -> Target:
+        """The job's target as sent: its sealed header values opened, in memory only."""
+        if self.config.secrets is None:
+            if any(v.startswith(SEALED_PREFIX) for v in job.spec.target.headers.values()):
+                raise ValueError("its target headers are sealed and this node has no --secrets-key")
+            return job.spec.target
+        return self.config.secrets.open_target(job.spec.target, tenant=job.tenant, job_id=job.id)
 
     def _loadable(self, stored: Job | UnreadableJob) -> LoadedJob | None:
         """The job ready to run, or None once it is marked broken. Validation accepts only runnable specs;

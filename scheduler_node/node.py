@@ -36,6 +36,7 @@ from hypercorn.trio import serve
 from protocol.egress import EgressPolicy
 from protocol.errors import InfrastructureError
 from protocol.internal import DEV_CLUSTER_SECRET, cluster_secret
+from protocol.sealed import secrets_key
 
 from .clock import Clock
 from .clock_check import ClockCheck
@@ -65,6 +66,7 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 8081
     cluster_secret: str = ""  # required outside dev mode (protocol.internal.cluster_secret)
+    secrets_key: str | None = None  # opens target headers sealed at rest; required outside dev mode (sealed.py)
     signing_secret: str | None = None
     previous_signing_secret: str | None = None  # also signed with while targets move to the new one
     engine: EngineTuning = field(default_factory=EngineTuning)
@@ -91,6 +93,7 @@ class NodeConfig:
         """This config, or ``ValueError`` naming the option that cannot work (checked before anything
         starts)."""
         secret = cluster_secret(self.cluster_secret, dev=self.dev)
+        secrets_key(self.secrets_key, dev=self.dev)
         for name, value, low in (("--port", self.port, 0), ("--lease-ttl", self.lease_ttl_s, 1)):
             if not low <= value <= (65_535 if name == "--port" else 3_600):
                 raise ValueError(f"{name} {value} is out of range")
@@ -221,6 +224,7 @@ class Node:
                         s.encode() for s in (config.signing_secret, config.previous_signing_secret) if s
                     ),
                     alert_webhook=config.alert_webhook, egress=egress,
+                    secrets=secrets_key(config.secrets_key, dev=config.dev),
                 ),
                 db=db, ownership=ownership, dispatcher=dispatcher, metrics=metrics, clock=clock, health=health,
             )  # fmt: skip

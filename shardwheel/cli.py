@@ -174,6 +174,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         config = NodeConfig(
             dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
             cluster_secret=args.cluster_secret or "", signing_secret=args.signing_secret,
+            secrets_key=args.secrets_key,
             previous_signing_secret=args.previous_signing_secret,
             engine=EngineTuning(**_given(horizon_ms=args.horizon_ms, lookahead_ms=args.lookahead_ms,
                                          release_timeout_s=args.release_timeout)),
@@ -210,8 +211,13 @@ def cmd_api(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ApiSettings(dsn=args.dsn, etcd=args.etcd, cluster_secret=secret, etcd_prefix=args.etcd_prefix,
                            etcd_tls=_etcd_tls(args), dev=args.dev, rate_limit_per_s=args.rate_limit,
-                           burst=args.burst, max_jobs_per_tenant=args.max_jobs_per_tenant)  # fmt: skip
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                           burst=args.burst, max_jobs_per_tenant=args.max_jobs_per_tenant,
+                           secrets_key=args.secrets_key)  # fmt: skip
+    try:
+        app = create_app(settings)
+    except ValueError as e:
+        raise ShardwheelError(str(e)) from None
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False, lifespan="on")  # fmt: skip
     return 0
 
@@ -287,6 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
                           default=os.environ.get("SHARDWHEEL_DEV", "") in ("1", "true"),
                           help="dev mode: the built-in cluster secret if none is given, loopback targets "
                                "allowed (env SHARDWHEEL_DEV=1; never in production)")
+    sealing = _Parser(add_help=False)
+    sealing.add_argument("--secrets-key", default=os.environ.get("SHARDWHEEL_SECRETS_KEY"), metavar="ID=KEY,...",
+                         help="seals and opens target headers at rest: <id>=<base64 of 32 bytes>, the first "
+                              "seals, every one opens (rotation); the same on API and nodes; required outside "
+                              "dev mode (env SHARDWHEEL_SECRETS_KEY)")
     etcd_tls = _Parser(add_help=False)  # --etcd, its prefix and its TLS
     etcd_tls.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
                           help="etcd endpoint(s), comma-separated (env SHARDWHEEL_ETCD); a node with it "
@@ -311,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "given alone: none)")
     m.set_defaults(func=cmd_migrate)
 
-    n = sub.add_parser("node", parents=[debug, pg, etcd_tls, dev_mode], help="run a scheduler node")
+    n = sub.add_parser("node", parents=[debug, pg, etcd_tls, dev_mode, sealing], help="run a scheduler node")
     n.add_argument("--shards", dest="shards_owned", type=_shard_ranges, default="0-255",
                    help="shards this node owns, e.g. 0-127,200 (static ownership)")
     n.add_argument("--node-id", default=os.environ.get("SHARDWHEEL_NODE_ID"), help="defaults to host-random")
@@ -346,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     n.set_defaults(func=cmd_node)
 
-    a = sub.add_parser("api", parents=[debug, pg, etcd_tls, dev_mode],
+    a = sub.add_parser("api", parents=[debug, pg, etcd_tls, dev_mode, sealing],
                        help="run the control API (the public HTTP API, /v1)")
     a.add_argument("--host", default="127.0.0.1")
     a.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_API_PORT", 8080))

@@ -294,10 +294,12 @@ class RequestTemplate(msgspec.Struct, frozen=True, gc=False):
         node_id: str,
         signing_secret: Secrets = None,
         user_agent: str = USER_AGENT,
+        target: Target | None = None,
     ) -> RequestTemplate:
+        """``target``: the job's target as sent, if not the spec's own (its sealed headers opened)."""
         return cls.build(
             job.id,
-            job.spec.target,
+            target or job.spec.target,
             node_id=node_id,
             signing_secret=signing_secret,
             semantics=job.spec.semantics,

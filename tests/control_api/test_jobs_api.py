@@ -87,7 +87,8 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
         r = httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {reader}"}, timeout=30)
         g = httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {other}"}, timeout=30)
         async with w, r, g:
-            created = await w.post("/v1/jobs", json=_job(target.url("/api")))
+            secret_target = {"url": target.url("/api"), "headers": {"Authorization": "Bearer s3cr3t-t0ken"}}
+            created = await w.post("/v1/jobs", json=_job(target.url("/api"), target=secret_target))
             assert created.status_code == 201, created.text
             job = created.json()
             assert created.headers["location"] == f"/v1/jobs/{job['id']}"
@@ -95,6 +96,12 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
 
             # Routed to the owner, which put it in its wheel before answering: it fires within 2 s.
             await wait_for(lambda: _at_least(target, "/api", 1), timeout=5)
+
+            # Target headers are secrets: sealed at rest, sent as given, never shown.
+            assert target.at("/api")[0].headers["authorization"] == "Bearer s3cr3t-t0ken"
+            assert job["spec"]["target"]["headers"] == {"Authorization": "<redacted>"}
+            (row,) = await query(db_dsn, "SELECT spec::text AS spec FROM jobs WHERE id = $1", uuid.UUID(job["id"]))
+            assert "s3cr3t" not in row["spec"] and "swenc:dev:" in row["spec"]
 
             got = await r.get(f"/v1/jobs/{job['id']}")
             assert got.status_code == 200 and got.json()["spec"]["name"] == "api-job"
@@ -142,6 +149,9 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             assert (spec["description"], spec["tags"], spec["retry"]["max_attempts"]) == ("patched", ["nightly"], 5)
             assert spec["retry"]["initial_backoff_ms"] == 1000 and spec["name"] == "api-job"  # the rest as it was
             assert patched.headers["etag"] == f'"{version + 1}"'
+            assert spec["target"]["headers"] == {"Authorization": "<redacted>"}  # kept sealed through the patch
+            (row,) = await query(db_dsn, "SELECT spec::text AS spec FROM jobs WHERE id = $1", uuid.UUID(jid))
+            assert "swenc:dev:" in row["spec"]
             kind_change = await w.patch(f"/v1/jobs/{jid}", headers={"if-match": f'"{version + 1}"'},
                                         json={"schedule": {"kind": "every", "every": "1s"}})
             assert kind_change.status_code == 200 and kind_change.json()["spec"]["schedule"] == {

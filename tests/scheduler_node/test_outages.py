@@ -118,7 +118,7 @@ async def test_an_outage_past_the_limit_ends_the_node_with_one_line(own_pg: Embe
     from .harness import SECRET
 
     config = NodeConfig(dsn=own_pg.dsn, shards="0-255", port=0, cluster_secret=SECRET, node_id="n-limit",
-                        store_outage_limit_s=2.0)  # fmt: skip
+                        store_outage_limit_s=2.0, dev=True)  # fmt: skip
     node = Node(config)
     ended: list[BaseException] = []
 

@@ -65,6 +65,7 @@ def test_errors_are_one_readable_line() -> None:
 
 
 SECRET = "a-cluster-secret-of-at-least-32-bytes!"
+SECRETS_KEY = "k1=MDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDA="  # 32 bytes of "0"
 
 
 def test_every_command_error_is_one_line_naming_the_problem(db_dsn: str, tmp_path: Path) -> None:
@@ -76,7 +77,7 @@ def test_every_command_error_is_one_line_naming_the_problem(db_dsn: str, tmp_pat
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port_in_use = str(busy.getsockname()[1])
-    node = ("node", "--cluster-secret", SECRET, "--log-level", "error")
+    node = ("node", "--cluster-secret", SECRET, "--secrets-key", SECRETS_KEY, "--log-level", "error")
     cases: list[tuple[tuple[str, ...], int, str]] = [
         ((*node, "--dsn", "postgresql://nope"), 1, "cannot connect to PostgreSQL"),
         ((*node, "--dsn", db_dsn, "--shards", "300-400"), 1, "--shards: '300-400' is outside 0-255"),
@@ -88,6 +89,10 @@ def test_every_command_error_is_one_line_naming_the_problem(db_dsn: str, tmp_pat
         (("node", "--dsn", db_dsn), 1, "--cluster-secret is empty; it must be at least 32 bytes"),
         (("node", "--dsn", db_dsn, "--cluster-secret", "short"), 1, "--cluster-secret is 5 bytes"),
         ((*node, "--dsn", db_dsn, "--previous-signing-secret", "x"), 1, "needs --signing-secret"),
+        (("node", "--dsn", db_dsn, "--cluster-secret", SECRET), 1, "--secrets-key is required outside dev mode"),
+        ((*node, "--dsn", db_dsn, "--secrets-key", "k1=c2hvcnQ="), 1, "key 'k1' is 5 bytes; AES-256 needs 32"),
+        (("api", "--dsn", db_dsn, "--etcd", "http://127.0.0.1:1", "--cluster-secret", SECRET), 1,
+         "--secrets-key is required outside dev mode"),
         ((*node, "--dsn", db_dsn, "--etcd", "http://127.0.0.1:1", "--etcd-join-timeout", "1"), 1,
          "etcd did not answer for 1 s"),
         (("migrate", "--dsn", "garbage"), 2, "--dsn: must be a postgresql://"),
