@@ -38,6 +38,7 @@ from .executions import ExecutionController
 from .jobs import JobController
 from .limits import JobQuota, RateLimiter
 from .metrics import ApiMetrics, RequestMetrics
+from .openapi import DocumentedJson, DocumentedSwagger, documented_for
 from .owners import OwnerMap
 from .routing import WriteRouter
 from .schedules import ScheduleController
@@ -86,7 +87,7 @@ async def metrics(request: Request[Any, Any, Any]) -> str:
 
 @get("/openapi.json", include_in_schema=False)
 async def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return request.app.openapi_schema.to_schema()
+    return documented_for(request.app)
 
 
 def create_app(settings: ApiSettings) -> Litestar:
@@ -133,7 +134,8 @@ def create_app(settings: ApiSettings) -> Litestar:
         lifespan=[lifespan],
         middleware=[DefineMiddleware(RequestMetrics), DefineMiddleware(KeyAuthentication)],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(title="Shardwheel control API", version="1", path="/docs"),
+        openapi_config=OpenAPIConfig(title="Shardwheel control API", version="1", path="/docs",
+                                     render_plugins=[DocumentedSwagger(path="/"), DocumentedJson()]),
         request_max_body_size=256 * 1024,
         logging_config=None,  # the process configures logging (`shardwheel api --log-level`), not the framework
     )

@@ -30,7 +30,7 @@ from protocol import problems
 from protocol.errors import ShardwheelError, SpecError
 from protocol.ids import new_job_id, parse_job_id
 from protocol.internal import MAX_WRITE_BATCH, JobWrite, JobWriteOp, JobWritten
-from protocol.jobs import JobState, decode_job_spec, decode_untrusted
+from protocol.jobs import JobSpec, JobState, decode_job_spec, decode_untrusted
 from protocol.problems import Problem
 from scheduler_node.store import ApiKey, job_ids
 from scheduler_node.store.idempotency import reserve_batch
@@ -40,7 +40,7 @@ from .auth import requires_writer
 from .idempotency import idempotency_of
 from .limits import check_quota
 
-__all__ = ["BulkController", "BulkResult", "ItemResult"]
+__all__ = ["BulkController", "BulkResult", "ItemResult", "JobBatchDoc", "Selection"]
 
 MAX_BATCH = MAX_WRITE_BATCH
 MAX_BY_TAG = 10_000
@@ -65,6 +65,12 @@ class BulkResult(msgspec.Struct, frozen=True):
 
 class JobBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     jobs: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class JobBatchDoc(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``JobBatch`` as the OpenAPI document shows it: each item a job spec (decoded one by one)."""
+
+    jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
 
 
 class Selection(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

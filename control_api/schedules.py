@@ -14,17 +14,31 @@ import msgspec
 from litestar import Controller, Request, post
 
 from protocol.errors import SpecError
-from protocol.jobs import decode_job_spec
+from protocol.jobs import DstPolicy, decode_job_spec
+from protocol.schedules import Schedule
 from protocol.slots.instants import PreviewInstant, preview_instants
 
 from . import paths
 from .auth import requires_reader
 from .bodies import json_object
 
-__all__ = ["Preview", "ScheduleController", "check_n"]
+__all__ = ["Preview", "PreviewRequest", "ScheduleController", "check_n"]
 
-_FIELDS = frozenset({"schedule", "timezone", "dst", "start_at", "end_at", "n"})
 MAX_PREVIEW = 100
+
+
+class PreviewRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The body, as the OpenAPI document shows it (decoded through ``decode_job_spec``, which names fields)."""
+
+    schedule: Schedule
+    timezone: str = "UTC"
+    dst: DstPolicy = msgspec.field(default_factory=DstPolicy)
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    n: int = 10
+
+
+_FIELDS = frozenset(PreviewRequest.__struct_fields__)
 
 
 class Preview(msgspec.Struct, frozen=True):

@@ -248,7 +248,10 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
                 assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "id"
             assert (await r.get("/v1/jobs", params={"limit": 5000})).status_code == 422
             assert (await r.get("/nowhere")).json()["type"] == "urn:shardwheel:problem:not-found"
+            docs = await httpx.AsyncClient(base_url=url).get("/docs")
+            assert docs.status_code == 200 and "swagger" in docs.text.lower()
             schema = (await r.get("/openapi.json")).json()
+            assert "requestBody" in schema["paths"]["/v1/jobs"]["post"]
             assert {"createJob", "getJob", "listJobs", "deleteJob", "pauseJob", "resumeJob", "triggerJob"} <= {
                 op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op
             }
