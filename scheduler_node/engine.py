@@ -200,6 +200,7 @@ class Engine:
         # become a few statements written after its burst, not small ones competing with the sends for the
         # node's one thread.
         self.rollup = Rollup()
+        self._manual_ms = 0  # the last manual slot given out (apply_write)
         self.writer: Writer[ResultRow] = Writer(
             self._write_results,
             on_fenced=lambda fence: self.lose_shard(*fence),
@@ -1394,7 +1395,12 @@ class Engine:
             except SpecError as e:
                 raise e.within("spec") from None
         now = self.clock.now_ms()
-        slots = [now] if write.op is JobWriteOp.TRIGGER else None
+        slots = None
+        if write.op is JobWriteOp.TRIGGER:
+            # Manual slots strictly increase on a node: two triggers in one millisecond are two slots (the
+            # executions key is the slot), not one claim that the second finds taken.
+            self._manual_ms = max(now, self._manual_ms + 1)
+            slots = [self._manual_ms]
         if write.op is JobWriteOp.BACKFILL:
             slots = await self._backfill_slots(shard, job_id, write, now)
         try:
@@ -1461,7 +1467,7 @@ class Engine:
             origin = Origin.MANUAL if op is JobWriteOp.TRIGGER else Origin.BACKFILL
             await self._claim_rows([ClaimRow(shard, epoch, job_id, slot, origin=origin) for slot in slots],
                                    {job_id: job})  # fmt: skip
-            return now if op is JobWriteOp.TRIGGER else None
+            return slots[0] if op is JobWriteOp.TRIGGER else None
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
         made = self._load_job(row, now)
         if made is None:

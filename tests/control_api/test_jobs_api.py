@@ -21,7 +21,7 @@ import trio
 from scheduler_node.store import Role
 from shardwheel.embedded import EmbeddedEtcd, free_port
 
-from ..scheduler_node.cluster_harness import balanced, cluster
+from ..scheduler_node.cluster_harness import Cluster, balanced, cluster
 from ..scheduler_node.harness import SECRET, Behaviour, query, target_running, wait_for
 
 pytestmark = pytest.mark.slow
@@ -56,11 +56,16 @@ def api_process(dsn: str, etcd: str, prefix: str, *extra: str) -> Iterator[str]:
 
 
 @asynccontextmanager
-async def running_cluster(db_dsn: str, etcd: EmbeddedEtcd, prefix: str, *api_args: str) -> AsyncIterator[str]:
+async def running_cluster(db_dsn: str, etcd: EmbeddedEtcd, prefix: str, *api_args: str,
+                          nodes: tuple[str, ...] = ("n1", "n2"), into: list[Cluster] | None = None,
+                          ) -> AsyncIterator[str]:  # fmt: skip
+    """Nodes in cluster mode, balanced, and the API before them; its URL (``into`` receives the cluster)."""
     with cluster(db_dsn, etcd.endpoint, prefix) as c:
-        for n in ("n1", "n2"):
+        if into is not None:
+            into.append(c)
+        for n in nodes:
             c.start(n)
-        await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"}), what="128/128"))
+        await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, set(nodes)), what="balanced"))
         with api_process(db_dsn, etcd.endpoint, prefix, *api_args) as url:
             async with httpx.AsyncClient(base_url=url, timeout=15) as client:
 
@@ -450,3 +455,67 @@ async def test_history_audit_keys_and_the_cluster(db_dsn: str, etcd_server: Embe
                 assert (await a.delete(f"/v1/keys/{key_id}")).status_code == 200
                 assert (await w.get("/v1/jobs")).status_code == 401
                 assert (await a.delete(f"/v1/keys/{key_id}")).status_code == 404
+
+
+async def test_writes_during_a_drain_and_a_node_kill_are_applied_once(
+    db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str
+) -> None:
+    """Creates and triggers keep coming while one node is drained and another is killed -9: each answered
+    201/202, or 503 with Retry-After and then retried with its Idempotency-Key; at the end every job exists
+    once and every trigger fired once."""
+    writer = await trio.to_thread.run_sync(_key, db_dsn, "acme", Role.WRITER)
+    held: list[Cluster] = []
+    async with target_running() as target, running_cluster(db_dsn, etcd_server, etcd_prefix,
+                                                           nodes=("n1", "n2", "n3"), into=held) as url:  # fmt: skip
+        (c,) = held
+        w = httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {writer}"}, timeout=60)
+        async with w:
+            later = {"kind": "at", "at": "2099-01-01T00:00:00Z"}
+            fired = (await w.post("/v1/jobs", json=_job(target.url("/t"), schedule=later))).json()["id"]
+            created: dict[str, str] = {}
+            triggered: set[str] = set()
+            refusals = 0
+
+            async def send(key: str, path: str, body: dict[str, Any] | None) -> httpx.Response:
+                nonlocal refusals
+                for _ in range(60):  # bounded: an owner is back within a lease TTL or two
+                    r = await w.post(path, json=body, headers={"idempotency-key": key})
+                    if r.status_code != 503:
+                        return r
+                    refusals += 1
+                    assert int(r.headers["retry-after"]) >= 1 and r.json()["type"].endswith(":unavailable")
+                    await trio.sleep(0.5)
+                raise AssertionError(f"{key}: unavailable for 30 s")
+
+            async def writes(first: int, n: int) -> None:
+                for i in range(first, first + n):
+                    r = await send(f"c-{i}", "/v1/jobs", _job(target.url("/never"), schedule=later, name=f"w{i}"))
+                    assert r.status_code == 201, r.text
+                    created[f"c-{i}"] = r.json()["id"]
+                    t = await send(f"t-{i}", f"/v1/jobs/{fired}/trigger", None)
+                    assert t.status_code == 202, t.text
+                    triggered.add(f"t-{i}")
+
+            async with trio.open_nursery() as nursery:
+                for k in range(3):
+                    nursery.start_soon(writes, k * 1000, 40)
+                await wait_for(lambda: _count_at_least(created, 10), timeout=60)
+                await trio.to_thread.run_sync(_drain, c, "n1")  # moves a third of the shards, gracefully
+                await wait_for(lambda: _count_at_least(created, 50), timeout=120)
+                c.kill("n3")  # its shards wait out its lease, then move
+            assert len(created) == 120 and len(triggered) == 120
+    rows = await query(db_dsn, "SELECT id FROM jobs WHERE tenant = 'acme' AND name LIKE 'w%'")
+    assert sorted(str(r["id"]) for r in rows) == sorted(created.values())  # each once, none lost
+    manual = await query(db_dsn, "SELECT count(*) AS n FROM executions WHERE job_id = $1 AND origin = 'manual'",
+                         uuid.UUID(fired))  # fmt: skip
+    assert manual[0]["n"] == 120  # every trigger fired once: no retry fired twice
+    assert len(target.at("/t")) >= 1
+
+
+def _drain(c: Cluster, node: str) -> None:
+    with c.coordinator() as coord:
+        coord.drain(node, "test")
+
+
+async def _count_at_least(d: dict[str, str], n: int) -> bool:
+    return len(d) >= n

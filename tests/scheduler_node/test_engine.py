@@ -352,12 +352,16 @@ async def test_a_trigger_fires_a_manual_slot_now(autojump_clock: trio.testing.Mo
         await w.grant(0)
         job = await w.add_job(spec("1h"))
         await w.until(T0_MS + 1_234)
-        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme"))
+        trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme")
+        first = await w.engine.apply_write(job, trigger)
+        second = await w.engine.apply_write(job, trigger)  # the same millisecond: a slot of its own
+        assert (first.slots, second.slots) == (1, 1)
         await w.until(T0_MS + 2_000)
         await w.settle()
         assert {(k[0] - T0_MS, k[1]): r.status for k, r in w.rows(job).items()} == {
             (0, Origin.SCHEDULED): S.SUCCEEDED,
             (1_234, Origin.MANUAL): S.SUCCEEDED,
+            (1_235, Origin.MANUAL): S.SUCCEEDED,
         }
 
 
