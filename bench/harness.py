@@ -27,7 +27,7 @@ from protocol.jobs import JobSpec
 from protocol.shards import HASH_NAME, shard_of
 from shardwheel.embedded import dsn_with_database
 
-__all__ = ["ROOT", "cpu_s", "insert_jobs", "prepare_db", "rss_mb", "wait_ready"]
+__all__ = ["ROOT", "cpu_s", "insert_jobs", "prepare_db", "rss_mb", "tree_cpu_s", "wait_ready"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the cwd of the processes the bench starts
 
@@ -107,3 +107,30 @@ def cpu_s(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds of a process and all its descendants, living or reaped (a PostgreSQL server: the
+    postmaster, its backends and workers)."""
+    parents: dict[int, int] = {}
+    times: dict[int, tuple[int, int]] = {}  # pid -> (own ticks, reaped children's ticks)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+    tree = {root}
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    ticks = sum(times[p][0] for p in tree if p in times) + times.get(root, (0, 0))[1]
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -10,8 +10,8 @@ Rules:
 - Writing ``"<redacted>"`` back (a PUT of what a GET answered, a merge patch that keeps the headers) keeps the
   stored value of that header; on a job that has no such header it is refused, naming the header.
 - Keys: ``--secrets-key "k2=<base64 32 bytes>,k1=<old>"`` on API replicas and nodes alike. The first seals;
-  every one opens (by its id), so a key is rotated by adding the new one first everywhere, then rewriting the
-  jobs (any write of a job re-seals its headers with the first key), then dropping the old one. Dev mode has a
+  every one opens (by its id), so a key is rotated by adding the new one first everywhere, then writing the
+  jobs again (any write re-seals the values it keeps with the first key), then dropping the old one. Dev mode has a
   built-in key (``DEV_SECRETS_KEY``), never for production.
 """
 
@@ -92,17 +92,27 @@ class SecretBox:
         previous = {n.lower(): v for n, v in (stored.target.headers if stored else {}).items()}
         headers: dict[str, str] = {}
         for name, value in spec.target.headers.items():
+            aad = self._aad(tenant, job_id, name)
             if value == REDACTED:
                 kept = previous.get(name.lower())
                 if kept is None:
                     raise SpecError(f"target.headers.{name}", f"'{REDACTED}' stands for a stored value, and this "
                                     "job has none for this header")  # fmt: skip
-                headers[name] = kept
+                headers[name] = self._resealed(kept, aad)
             elif value.startswith(SEALED_PREFIX) and previous.get(name.lower()) == value:
-                headers[name] = value
+                headers[name] = self._resealed(value, aad)
             else:
-                headers[name] = self.seal(value, self._aad(tenant, job_id, name))
+                headers[name] = self.seal(value, aad)
         return _with_headers(spec, headers)
+
+    def _resealed(self, value: str, aad: bytes) -> str:
+        """A stored value kept by a write, sealed with the first key (a rotation's old key leaves with it)."""
+        if value.removeprefix(SEALED_PREFIX).startswith(f"{self.sealing_id}:"):
+            return value
+        try:
+            return self.seal(self.open(value, aad), aad)
+        except ValueError:
+            return value  # no key opens it here: kept as stored; the node marks the job broken with why
 
     def open_target(self, target: Target, *, tenant: str, job_id: str) -> Target:
         """The target as it is sent: its sealed values opened (``ValueError`` if one does not open)."""

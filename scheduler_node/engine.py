@@ -934,14 +934,18 @@ class Engine:
             if status[key] is not S.CLAIMED:
                 self._counted(job, status[key])
                 continue
-            state = self._shards.get(job.shard)
-            if state is None:
-                continue  # dropped meanwhile: the row is the next owner's
-            slot = key.slot_ms
-            job = self._current(job)  # reloaded while the claim ran: the slot is the new object's
-            entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
-            state.unsent[(job.id, slot, key.origin)] = entry
-            job.unsent += 1
+            self._enqueue(key, job)
+
+    def _enqueue(self, key: ExecKey, job: LoadedJob) -> None:
+        """A slot just claimed, into the wheel for its time (unsent until its first attempt goes out)."""
+        state = self._shards.get(job.shard)
+        if state is None or state.phase is Phase.RELEASING:
+            return  # dropped or on its way out meanwhile: the row is the next owner's (its takeover)
+        slot = key.slot_ms
+        job = self._current(job)  # reloaded while the claim ran: the slot is the new object's
+        entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
+        state.unsent[(job.id, slot, key.origin)] = entry
+        job.unsent += 1
 
     def _replan_held_back(
         self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob], now: int
@@ -1395,55 +1399,72 @@ class Engine:
             except SpecError as e:
                 raise e.within("spec") from None
         now = self.clock.now_ms()
-        slots = None
-        if write.op is JobWriteOp.TRIGGER:
-            # Manual slots strictly increase on a node: two triggers in one millisecond are two slots (the
-            # executions key is the slot), not one claim that the second finds taken.
-            self._manual_ms = max(now, self._manual_ms + 1)
-            slots = [self._manual_ms]
-        if write.op is JobWriteOp.BACKFILL:
-            slots = await self._backfill_slots(shard, job_id, write, now)
+        if write.op is JobWriteOp.TRIGGER or write.op is JobWriteOp.BACKFILL:
+            return await self._fire_now(shard, epoch, job_id, write, now)
         try:
             outcome = await self.db.call(
-                store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(now),
-                slots=None if slots is None else len(slots),
-            )  # fmt: skip
+                store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(now)
+            )
         except Fenced:
             self.lose_shard(shard, epoch)
             raise NotOwnerError(shard, None) from None
         next_fire: int | None = None
         if not outcome.replayed:
-            next_fire = await self._apply_written(shard, job_id, write.op, now, slots or [])
+            next_fire = await self._apply_written(shard, job_id, write.op, now)
         return JobWritten(
             version=outcome.version,
             state=outcome.state,
             created=outcome.created,
             job_id=str(outcome.job_id),
             next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
-            slots=outcome.slots,
         )
 
-    async def _backfill_slots(self, shard: int, job_id: uuid.UUID, write: JobWrite, now: int) -> list[int]:
-        """The slots of a backfill's range, checked before anything is written (``SpecError`` naming ``from``
-        or ``to``; ``NotFound`` for a job the write's tenant cannot see)."""
-        if write.backfill is None:
-            raise SpecError("backfill", "required for backfill: {\"from\": ..., \"to\": ...}")
+    async def _fire_now(self, shard: int, epoch: int, job_id: uuid.UUID, write: JobWrite, now: int) -> JobWritten:
+        """A trigger or a backfill: its slots claimed in the write's own transaction, then sent."""
         rows = await self._get_rows(shard, [job_id])
         if not rows or rows[0].job.tenant != write.tenant:
             raise NotFound(f"job {job_id} not found")
         stored = rows[0].job
-        if not isinstance(stored, Job) or stored.state is JobState.BROKEN:
+        # A job out of memory (next slot past the horizon) stays out: the claimed keys carry it.
+        job = None if isinstance(stored, Job) and stored.state is JobState.BROKEN else (
+            self.jobs.get(job_id) or self._loadable(stored))  # fmt: skip
+        if job is None or not isinstance(stored, Job):
             raise Conflict(f"job {job_id} is broken and cannot fire: write its spec again")
+        if write.op is JobWriteOp.TRIGGER:
+            # Manual slots strictly increase on a node: two triggers in one millisecond are two slots (the
+            # executions key is the slot), not one claim that the second finds taken.
+            self._manual_ms = max(now, self._manual_ms + 1)
+            slots, origin = [self._manual_ms], Origin.MANUAL
+        else:
+            if write.backfill is None:
+                raise SpecError("backfill", 'required for backfill: {"from": ..., "to": ...}')
+            try:
+                slots = backfill_slots(stored.spec, stored.created_at, write.backfill, ms_to_datetime(now))
+            except SpecError as e:
+                raise e.within("backfill") from None
+            origin = Origin.BACKFILL
+        claims = [ClaimRow(shard, epoch, job_id, slot, origin=origin) for slot in slots]
         try:
-            return backfill_slots(stored.spec, stored.created_at, write.backfill, ms_to_datetime(now))
-        except SpecError as e:
-            raise e.within("backfill") from None
+            outcome, claimed = await self.db.call(store.write_job_and_claim, Fence(shard, epoch), job_id, write,
+                                                  claims=claims, node=self.config.node_id)  # fmt: skip
+        except Fenced:
+            self.lose_shard(shard, epoch)
+            raise NotOwnerError(shard, None) from None
+        if outcome.replayed:
+            # A retry of a write whose answer was lost after it committed: its claims are in the table, maybe
+            # not in the wheel (the first try never got to put them there).
+            state = self._shards.get(shard)
+            known = set() if state is None else {*state.unsent, *state.runs}
+            stored_claims = await self.db.call(store.unsent_fired_claims, shard, epoch, self.config.node_id, job_id)
+            claimed = [k for k in stored_claims if (k.job_id, k.slot_ms, k.origin) not in known]
+        for key in claimed:
+            self._enqueue(key, job)
+        return JobWritten(version=outcome.version, state=outcome.state, job_id=str(outcome.job_id),
+                          slots=outcome.slots,
+                          next_fire_at=ms_to_datetime(slots[0]) if origin is Origin.MANUAL else None)  # fmt: skip
 
-    async def _apply_written(
-        self, shard: int, job_id: uuid.UUID, op: JobWriteOp, now: int, slots: list[int]
-    ) -> int | None:
-        """Bring memory in line with a job just written (``slots``: a trigger's or a backfill's, to claim);
-        returns the job's next slot (ms), if any."""
+    async def _apply_written(self, shard: int, job_id: uuid.UUID, op: JobWriteOp, now: int) -> int | None:
+        """Bring memory in line with a job just written; returns the job's next slot (ms), if any."""
         old = self.jobs.get(job_id)
         if op is JobWriteOp.DELETE or op is JobWriteOp.PAUSE:
             if old is not None:
@@ -1455,19 +1476,6 @@ class Engine:
                         self.jobs.pop(job_id, None)
             return None
         (row,) = await self._get_rows(shard, [job_id])
-        if op is JobWriteOp.TRIGGER or op is JobWriteOp.BACKFILL:
-            # A job out of memory stays out: the mapping carries it.
-            broken = isinstance(row.job, Job) and row.job.state is JobState.BROKEN
-            job = old or (None if broken else self._loadable(row.job))
-            if job is None:
-                raise Conflict(f"job {job_id} is broken and cannot fire: write its spec again")
-            epoch = self._granted_epoch(shard)
-            if epoch is None:
-                raise NotOwnerError(shard, None)
-            origin = Origin.MANUAL if op is JobWriteOp.TRIGGER else Origin.BACKFILL
-            await self._claim_rows([ClaimRow(shard, epoch, job_id, slot, origin=origin) for slot in slots],
-                                   {job_id: job})  # fmt: skip
-            return slots[0] if op is JobWriteOp.TRIGGER else None
         # upsert or resume: (re)load; slots from the write on, after what was already claimed
         made = self._load_job(row, now)
         if made is None:

@@ -74,6 +74,7 @@ __all__ = [
     "list_attempts",
     "list_executions",
     "list_tenant_executions",
+    "unsent_fired_claims",
     "own_unsent_claims",
     "take_over_shard",
     "write_results",
@@ -497,6 +498,18 @@ async def job_cursors(
             shard, list(job_ids),
         )  # fmt: skip
     return {r["job_id"]: r["last_slot"] for r in rows}
+
+
+async def unsent_fired_claims(db: Executor, shard: int, epoch: int, node: str, job_id: uuid.UUID) -> list[ExecKey]:
+    """A job's manual and backfill claims that ``node`` made at ``epoch`` and never sent: what a trigger whose
+    answer was lost committed, found when its retry is answered from the Idempotency-Key record."""
+    rows = await db.fetch(
+        "SELECT shard, job_id, (extract(epoch FROM scheduled_at) * 1000)::int8 AS slot_ms, origin FROM executions"
+        " WHERE shard = $1 AND job_id = $2 AND origin IN ('manual', 'backfill') AND status = 'claimed'"
+        " AND epoch = $3 AND node = $4 AND sent_at IS NULL AND attempt = 0",
+        shard, job_id, epoch, node,
+    )  # fmt: skip
+    return [_key(r) for r in rows]
 
 
 async def list_executions(

@@ -11,8 +11,9 @@ Rules:
 - Ops, as a table (``_OPS``): upsert creates (version 1, active) or replaces the spec (state kept, except
   that a completed or broken job becomes active again); delete is soft (``deleted_at``, state ``deleted``,
   next_fire_at cleared), and a deleted job's id is never used again: an upsert of it is a ``Conflict`` (409),
-  any other op ``NotFound``; pause/resume set the state; trigger and backfill change nothing (the node claims
-  a manual slot, or the range's slots) but are checked and audited. A user's write clears ``state_reason`` (why the
+  any other op ``NotFound``; pause/resume set the state; trigger and backfill change nothing in the job but
+  claim their slots (a manual one, or the range's) in the write's own transaction (``write_job_and_claim``):
+  an answered trigger is never lost to a node dying between the two. A user's write clears ``state_reason`` (why the
   node set a state).
 - ``create_jobs``: many new jobs (ids the API made, no Idempotency-Key) in one fenced statement with their
   audit rows: the path of ``jobs:batch`` and of creates coalesced by the API's router. An id already stored
@@ -61,6 +62,7 @@ from protocol.jobs import Job, JobSpec, JobState
 from . import idempotency
 from .audit import insert_audit
 from .epochs import FENCE_CTE, FENCED_SHARDS_SQL, BatchResult, Fence, fence_arrays, lock_fence
+from .executions import ClaimRow, ExecKey, claim_slots
 from .pool import Connection, Executor, transaction
 
 __all__ = [
@@ -79,6 +81,7 @@ __all__ = [
     "raise_next_fire_at",
     "set_job_state",
     "write_job",
+    "write_job_and_claim",
 ]
 
 _spec_decoder = msgspec.json.Decoder(JobSpec)
@@ -283,48 +286,74 @@ async def write_job(
     write: JobWrite,
     *,
     next_fire_at: datetime | None = None,
-    slots: int | None = None,
     idempotency_ttl: timedelta = idempotency.DEFAULT_TTL,
 ) -> JobWriteOutcome:
     """Apply one ``JobWrite`` for the owner of ``fence.shard`` in one fenced transaction (see the module rules).
 
-    ``next_fire_at``: the job's next firing as the node computed it, for upsert and resume; ``slots``: for a
-    trigger or a backfill, how many slots the node will claim (stored with the outcome, so a replay says it).
-    Raises ``Fenced``, ``NotFound``, ``VersionMismatch``, ``Conflict`` (Idempotency-Key reuse), ``SpecError``.
+    ``next_fire_at``: the job's next firing as the node computed it, for upsert and resume.
+    Raises ``Fenced``, ``NotFound``, ``VersionMismatch``, ``Conflict``, ``KeyReused``, ``SpecError``.
     """
-    shard = fence.shard
     async with transaction(db) as conn:
-        await lock_fence(conn, fence)
-        key = write.idempotency_key
-        if key is not None:
-            r = await idempotency.reserve(
-                conn, tenant=write.tenant, key=key, job_id=job_id, shard=shard,
-                request_hash=write.request_hash or "", ttl=idempotency_ttl,
-            )  # fmt: skip
-            if not r.fresh:
-                if r.response is None:  # cannot happen: the response is stored in the reserving transaction
-                    raise InternalError(f"Idempotency-Key '{key}' has no stored response")
-                return msgspec.structs.replace(_outcome_decoder.decode(r.response), replayed=True)
-        outcome = await _OPS[write.op](conn, shard, job_id, write, next_fire_at)
-        detail: dict[str, Any] = {"version": outcome.version}
-        if slots is not None:
-            outcome = msgspec.structs.replace(outcome, slots=slots)
-            detail["slots"] = slots
-        if write.backfill is not None:
-            detail |= {"from": write.backfill.start.isoformat(), "to": write.backfill.end.isoformat()}
-        if write.expected_version is not None:
-            detail["expected_version"] = write.expected_version
-        if outcome.created:
-            detail["created"] = True
-        if key is not None:
-            detail["idempotency_key"] = key
-        await insert_audit(conn, shard=shard, tenant=write.tenant, actor=write.actor, action=f"job.{write.op.value}",
-                           job_id=job_id, detail=detail)  # fmt: skip
-        if key is not None:
-            await idempotency.record_response(
-                conn, tenant=write.tenant, key=key, response_json=msgspec.json.encode(outcome).decode()
-            )
+        outcome, _ = await _write_job(conn, fence, job_id, write, next_fire_at, (), "", idempotency_ttl)
         return outcome
+
+
+async def write_job_and_claim(
+    db: Executor,
+    fence: Fence,
+    job_id: uuid.UUID,
+    write: JobWrite,
+    *,
+    claims: Sequence[ClaimRow],
+    node: str,
+    idempotency_ttl: timedelta = idempotency.DEFAULT_TTL,
+) -> tuple[JobWriteOutcome, list[ExecKey]]:
+    """A trigger or a backfill and the claims of its slots, in one fenced transaction: a write that committed
+    has its slots claimed (a node dying after the commit leaves them to the takeover, never forgotten), and
+    an Idempotency-Key replay claims nothing. Returns the outcome (``slots``: how many the write fires) and
+    the keys inserted now, for the node to send."""
+    async with transaction(db) as conn:
+        return await _write_job(conn, fence, job_id, write, None, claims, node, idempotency_ttl)
+
+
+async def _write_job(
+    conn: Connection, fence: Fence, job_id: uuid.UUID, write: JobWrite, next_fire_at: datetime | None,
+    claims: Sequence[ClaimRow], node: str, idempotency_ttl: timedelta,
+) -> tuple[JobWriteOutcome, list[ExecKey]]:  # fmt: skip
+    shard = fence.shard
+    await lock_fence(conn, fence)
+    key = write.idempotency_key
+    if key is not None:
+        r = await idempotency.reserve(
+            conn, tenant=write.tenant, key=key, job_id=job_id, shard=shard,
+            request_hash=write.request_hash or "", ttl=idempotency_ttl,
+        )  # fmt: skip
+        if not r.fresh:
+            if r.response is None:  # cannot happen: the response is stored in the reserving transaction
+                raise InternalError(f"Idempotency-Key '{key}' has no stored response")
+            return msgspec.structs.replace(_outcome_decoder.decode(r.response), replayed=True), []
+    outcome = await _OPS[write.op](conn, shard, job_id, write, next_fire_at)
+    detail: dict[str, Any] = {"version": outcome.version}
+    claimed: list[ExecKey] = []
+    if write.op in (JobWriteOp.TRIGGER, JobWriteOp.BACKFILL):
+        claimed = (await claim_slots(conn, node, claims)).applied if claims else []
+        outcome = msgspec.structs.replace(outcome, slots=len(claims))
+        detail["slots"] = len(claims)
+    if write.backfill is not None:
+        detail |= {"from": write.backfill.start.isoformat(), "to": write.backfill.end.isoformat()}
+    if write.expected_version is not None:
+        detail["expected_version"] = write.expected_version
+    if outcome.created:
+        detail["created"] = True
+    if key is not None:
+        detail["idempotency_key"] = key
+    await insert_audit(conn, shard=shard, tenant=write.tenant, actor=write.actor, action=f"job.{write.op.value}",
+                       job_id=job_id, detail=detail)  # fmt: skip
+    if key is not None:
+        await idempotency.record_response(
+            conn, tenant=write.tenant, key=key, response_json=msgspec.json.encode(outcome).decode()
+        )
+    return outcome, claimed
 
 
 class NewJob(msgspec.Struct, frozen=True):

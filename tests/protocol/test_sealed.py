@@ -51,6 +51,9 @@ def test_rotation_the_first_key_seals_every_key_opens() -> None:
     assert ring.seal_headers(spec(A="x"), tenant="t", job_id=JOB).target.headers["A"].startswith("swenc:k2:")
     with pytest.raises(ValueError, match="key 'k1', which --secrets-key does not hold"):
         SecretBox.parse(K2).open_target(old.target, tenant="t", job_id=JOB)
+    rewritten = ring.seal_headers(redacted(old), tenant="t", job_id=JOB, stored=old)  # any write re-seals
+    assert rewritten.target.headers["A"].startswith("swenc:k2:")
+    assert SecretBox.parse(K2).open_target(rewritten.target, tenant="t", job_id=JOB).headers == {"A": "x"}
 
 
 def test_reads_are_redacted_and_redacted_written_back_keeps_the_stored_value() -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import trio
 from msgspec.structs import replace
 
-from protocol.errors import CallerError, Conflict, DatabaseUnavailable, Fenced, NotFound, VersionMismatch
+from protocol.errors import CallerError, Conflict, DatabaseUnavailable, KeyReused, Fenced, NotFound, VersionMismatch
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import Job, JobState, Semantics
@@ -99,6 +99,7 @@ class MemoryStore:
     alerts: dict[AlertKey, Alert] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # the store functions called, in order
     execution_counts: dict[tuple[str, int, str], int] = field(default_factory=dict)  # the rollups added
+    idempotency: dict[tuple[str, str], tuple[str | None, JobWriteOutcome]] = field(default_factory=dict)
     lag_rows: int = 0
     _failures: int = 0
     _down_until: float = -1.0
@@ -203,7 +204,15 @@ class MemoryStore:
         if self._fenced([fence]):
             raise Fenced([fence.shard])
         if write.idempotency_key is not None:
-            raise NotImplementedError("the memory store does not model Idempotency-Keys")
+            first = self.idempotency.get((write.tenant, write.idempotency_key))
+            if first is not None:
+                if first[0] != write.request_hash:
+                    raise KeyReused(f"Idempotency-Key '{write.idempotency_key}' was already used")
+                return replace(first[1], replayed=True)
+            outcome = self.write_job(fence, job_id, replace(write, idempotency_key=None),
+                                     next_fire_at=next_fire_at, slots=slots)  # fmt: skip
+            self.idempotency[(write.tenant, write.idempotency_key)] = (write.request_hash, outcome)
+            return outcome
         now = ms_to_datetime(self.now_ms())
         key = (fence.shard, job_id)
         if write.op is JobWriteOp.UPSERT:
@@ -250,6 +259,19 @@ class MemoryStore:
         elif write.op is JobWriteOp.RESUME:
             self._set_state(stored, JobState.ACTIVE, next_fire_at)
         return replace(self._outcome(stored), slots=slots)
+
+    def unsent_fired_claims(self, shard: int, epoch: int, node: str, job_id: uuid.UUID) -> list[ExecKey]:
+        return [k for k, r in self.rows.items() if k.shard == shard and k.job_id == job_id
+                and k.origin is not Origin.SCHEDULED and r.status is S.CLAIMED and r.epoch == epoch
+                and r.node == node and r.sent_ms is None and r.attempt == 0]  # fmt: skip
+
+    def write_job_and_claim(
+        self, fence: Fence, job_id: uuid.UUID, write: JobWrite, *, claims: Sequence[ClaimRow], node: str
+    ) -> tuple[JobWriteOutcome, list[ExecKey]]:
+        outcome = self.write_job(fence, job_id, write, slots=len(claims))
+        if outcome.replayed:
+            return outcome, []
+        return outcome, self.claim_slots(node, claims).applied if claims else []
 
     def create_jobs(self, rows: Sequence[NewJob], *, next_fire_at: datetime) -> CreatedJobs:
         fenced = self._fenced([(r.shard, r.epoch) for r in rows])

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 import trio
 
-from protocol.errors import Conflict, NotFound, SpecError
+from protocol.errors import Conflict, DatabaseUnavailable, NotFound, SpecError
 from protocol.executions import TERMINAL, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import (
@@ -438,16 +438,24 @@ async def test_a_claim_whose_answer_was_lost_is_sent_not_stranded(
 ) -> None:
     async with world() as w:
         await w.grant(0)
+        w.store.lose_answer("claim_slots")  # the job's first claim commits, its answer never arrives
         job = await w.add_job(spec("1h"))
         await w.until(T0_MS + 100)
-        w.store.lose_answer("claim_slots")  # the next claim commits, its answer never arrives
-        await w.engine.apply_write(job, JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme"))
+        # A trigger whose write and claim commit but whose answer is lost; the API's retry carries the same
+        # request id and is answered from the record: the committed claim is found and sent, once.
+        w.store.lose_answer("write_job_and_claim")
+        trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme", idempotency_key="request 1")
+        with pytest.raises(DatabaseUnavailable):
+            await w.engine.apply_write(job, trigger)
+        assert (await w.engine.apply_write(job, trigger)).slots == 1
+        assert (await w.engine.apply_write(job, trigger)).slots == 1  # a third try finds it in the wheel
         await w.until(T0_MS + 5_000)
         await w.settle()
         assert {k[1]: r.status for k, r in w.rows(job).items()} == {
             Origin.SCHEDULED: S.SUCCEEDED,
             Origin.MANUAL: S.SUCCEEDED,
         }
+        assert Counter(s.origin for s in w.dispatcher.sends_of(job)) == {"scheduled": 1, "manual": 1}
         assert "own_unsent_claims" in w.store.calls
 
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocol.errors import Conflict, KeyReused, NotFound, SpecError, VersionMismatch
+from protocol.executions import Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, Semantics
 from scheduler_node.store import (
@@ -28,6 +29,7 @@ from scheduler_node.store import (
     raise_next_fire_at,
     set_job_state,
     write_job,
+    write_job_and_claim,
 )
 from scheduler_node.trio_store import TrioStore
 
@@ -369,3 +371,20 @@ async def test_create_jobs_inserts_many_in_one_fenced_statement_and_answers_a_re
     late = await store.call(create_jobs, [NewJob(6, fenced_epoch, job_in_shard(6), "acme", "k", spec("late"))],
                             next_fire_at=T0)  # fmt: skip
     assert late.fenced == {6} and not late.created and current.epoch > fenced_epoch
+
+
+async def test_a_trigger_claims_its_slot_in_its_own_transaction_and_a_replay_claims_none(store: TrioStore) -> None:
+    fence = await own(store, 9)
+    job_id, _ = await create_job(store, fence)
+    trigger = op(JobWriteOp.TRIGGER, idempotency_key="t-1", request_hash="h")
+    claim = [ClaimRow(9, fence.epoch, job_id, ms(T0), origin=Origin.MANUAL)]
+    out, claimed = await store.call(write_job_and_claim, fence, job_id, trigger, claims=claim, node="node-a")
+    assert out.slots == 1 and [k.job_id for k in claimed] == [job_id]
+    again, none = await store.call(write_job_and_claim, fence, job_id, trigger, claims=claim, node="node-a")
+    assert again.replayed and again.slots == 1 and none == []
+    rows = await store.run(store.pool.fetch, "SELECT origin, status FROM executions WHERE job_id = $1", job_id)
+    assert [(r["origin"], r["status"]) for r in rows] == [("manual", "claimed")]
+    with pytest.raises(NotFound):  # another tenant's job: nothing written, nothing claimed
+        await store.call(write_job_and_claim, fence, job_id, op(JobWriteOp.TRIGGER, tenant="globex"),
+                         claims=[ClaimRow(9, fence.epoch, job_id, ms(T0) + 1, origin=Origin.MANUAL)], node="n")
+    assert len(await store.run(store.pool.fetch, "SELECT 1 FROM executions WHERE job_id = $1", job_id)) == 1
