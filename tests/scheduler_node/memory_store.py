@@ -23,7 +23,15 @@ from typing import Any
 import trio
 from msgspec.structs import replace
 
-from protocol.errors import CallerError, Conflict, DatabaseUnavailable, KeyReused, Fenced, NotFound, VersionMismatch
+from protocol.errors import (
+    CallerError,
+    Conflict,
+    DatabaseUnavailable,
+    Fenced,
+    KeyReused,
+    NotFound,
+    VersionMismatch,
+)
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
 from protocol.jobs import Job, JobState, Semantics
