@@ -80,6 +80,8 @@ class _Requests:
             kind = "get" if r < 0.6 else "list" if r < 0.7 else "create" if r < 0.9 else "state"
         if kind == "get":
             return _request("GET", f"/v1/jobs/{self.rng.choice(self.ids)}", self.key), 200
+        if kind == "healthz":  # the framework's floor: no authentication, no database
+            return _request("GET", "/healthz", self.key), 200
         if kind == "list":
             return _request("GET", "/v1/jobs?limit=20&tag=bench", self.key), 200
         if kind in ("create", "create500"):
@@ -204,6 +206,13 @@ def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int,
     }  # fmt: skip
 
 
+def _profiled(part: str) -> list[str]:
+    """``BENCH_PROFILE_API=<file>`` (or ``_NODE``): that process under py-spy (collapsed stacks), to see where
+    its CPU goes; its CPU figure is then py-spy's own."""
+    out = os.environ.get(f"BENCH_PROFILE_{part}")
+    return ["py-spy", "record", "--format", "raw", "-o", out, "--"] if out else []
+
+
 def _postmaster_pid(data_dir: Path) -> int | None:
     try:
         return int((data_dir / "postmaster.pid").read_text().split()[0])
@@ -242,20 +251,20 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
             common = ["--dsn", dsn, "--etcd", etcd.endpoint, "--etcd-prefix", f"/bench{os.getpid()}", "--dev",
                       "--log-level", "warning"]  # fmt: skip
             node_port, api_port = free_port(), free_port()
-            started.append(subprocess.Popen([sys.executable, "-m", "shardwheel.cli", "node", *common, "--port",
-                                             str(node_port), "--node-id", "bench-node"],
+            started.append(subprocess.Popen([*_profiled("NODE"), sys.executable, "-m", "shardwheel.cli", "node",
+                                             *common, "--port", str(node_port), "--node-id", "bench-node"],
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{node_port}", 120)
-            started.append(subprocess.Popen([sys.executable, "-m", "shardwheel.cli", "api", *common, "--port",
-                                             str(api_port)],
+            started.append(subprocess.Popen([*_profiled("API"), sys.executable, "-m", "shardwheel.cli", "api",
+                                             *common, "--port", str(api_port)],
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{api_port}", 60)
             pids = {"api": started[1].pid, "node": started[0].pid}
-            pg_pid = _postmaster_pid(tmp / "pg")
+            pg_pid = _postmaster_pid(tmp / "pg" / "data")
             return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_pid) for s in scenarios]
         finally:
             for p in started:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signal.SIGINT if p.args[0] == "py-spy" else signal.SIGTERM)
             for p in started:
                 try:
                     p.wait(30)
@@ -279,7 +288,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
-                   choices=["get", "create", "create500", "mixed", "batch"])
+                   choices=["healthz", "get", "create", "create500", "mixed", "batch"])
     p.add_argument("--jobs", type=int, default=10_000, help="jobs stored for the reads")
     p.add_argument("--procs", type=int, default=4, help="generator processes")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per scenario")

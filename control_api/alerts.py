@@ -18,7 +18,7 @@ from protocol.ids import parse_job_id
 from scheduler_node.store import Alert, ApiKey, ack_alert, list_alerts
 
 from . import paths
-from .auth import requires_reader, requires_writer
+from .auth import READER, WRITER
 
 __all__ = ["AlertController", "AlertList"]
 
@@ -32,7 +32,7 @@ class AlertController(Controller):
     path = paths.ALERTS
     tags = ["alerts"]
 
-    @get("/", guards=[requires_reader], operation_id="listAlerts", summary="The tenant's alerts, newest first")
+    @get("/", opt=READER, operation_id="listAlerts", summary="The tenant's alerts, newest first")
     async def index(self, request: Request[ApiKey, Any, State], unacked: bool = False, undelivered: bool = False,
                     before: str | None = None, limit: int = 100) -> AlertList:  # fmt: skip
         if not 1 <= limit <= 1000:
@@ -42,7 +42,7 @@ class AlertController(Controller):
                                   before=None if before is None else parse_job_id(before, "before"))  # fmt: skip
         return AlertList(items, items[-1].id if len(items) == limit else None)
 
-    @post("/{alert_id:str}/ack", guards=[requires_writer], operation_id="ackAlert", status_code=200,
+    @post("/{alert_id:str}/ack", opt=WRITER, operation_id="ackAlert", status_code=200,
           summary="Acknowledge an alert (idempotent)")  # fmt: skip
     async def ack(self, request: Request[ApiKey, Any, State], alert_id: str) -> Alert:
         return await ack_alert(request.app.state.pool, request.user.tenant, parse_job_id(alert_id, "id"),

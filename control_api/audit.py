@@ -19,7 +19,7 @@ from protocol.shards import shard_of
 from scheduler_node.store import ApiKey, AuditEntry, Role, list_audit
 
 from . import paths
-from .auth import requires_reader
+from .auth import READER
 
 __all__ = ["AuditController", "AuditList"]
 
@@ -46,7 +46,7 @@ class AuditController(Controller):
     path = paths.AUDIT
     tags = ["audit"]
 
-    @get("/", guards=[requires_reader], operation_id="listAudit", summary="Who changed what, newest first")
+    @get("/", opt=READER, operation_id="listAudit", summary="Who changed what, newest first")
     async def index(self, request: Request[ApiKey, Any, State], job_id: str | None = None,
                     tenant: str | None = None, cursor: str | None = None, limit: int = 100) -> AuditList:  # fmt: skip
         key: ApiKey = request.user

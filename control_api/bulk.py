@@ -36,7 +36,7 @@ from scheduler_node.store import ApiKey, job_ids
 from scheduler_node.store.idempotency import reserve_batch
 
 from . import paths
-from .auth import requires_writer
+from .auth import WRITER
 from .idempotency import idempotency_of
 from .limits import check_quota
 
@@ -96,7 +96,7 @@ class BulkController(Controller):
     path = paths.V1
     tags = ["jobs"]
 
-    @post(paths.JOBS_BATCH.removeprefix(paths.V1), guards=[requires_writer], operation_id="createJobs",
+    @post(paths.JOBS_BATCH.removeprefix(paths.V1), opt=WRITER, operation_id="createJobs",
           status_code=200, request_max_body_size=32 * 1024 * 1024,
           summary=f"Create up to {MAX_BATCH} jobs; one result per job, in order")  # fmt: skip
     async def batch(self, request: Request[ApiKey, Any, State]) -> BulkResult:
@@ -152,22 +152,22 @@ class BulkController(Controller):
         status = 202 if op is JobWriteOp.TRIGGER else 200
         return _summary([_result(i, job_id, a, status) for i, (job_id, a) in enumerate(zip(ids, answers))])
 
-    @post("/jobs:bulk-pause", guards=[requires_writer], operation_id="bulkPauseJobs", status_code=200,
+    @post("/jobs:bulk-pause", opt=WRITER, operation_id="bulkPauseJobs", status_code=200,
           summary="Pause jobs named by ids or by tag")  # fmt: skip
     async def bulk_pause(self, request: Request[ApiKey, Any, State]) -> BulkResult:
         return await self._bulk(request, JobWriteOp.PAUSE)
 
-    @post("/jobs:bulk-resume", guards=[requires_writer], operation_id="bulkResumeJobs", status_code=200,
+    @post("/jobs:bulk-resume", opt=WRITER, operation_id="bulkResumeJobs", status_code=200,
           summary="Resume jobs named by ids or by tag")  # fmt: skip
     async def bulk_resume(self, request: Request[ApiKey, Any, State]) -> BulkResult:
         return await self._bulk(request, JobWriteOp.RESUME)
 
-    @post("/jobs:bulk-delete", guards=[requires_writer], operation_id="bulkDeleteJobs", status_code=200,
+    @post("/jobs:bulk-delete", opt=WRITER, operation_id="bulkDeleteJobs", status_code=200,
           summary="Delete jobs named by ids or by tag")  # fmt: skip
     async def bulk_delete(self, request: Request[ApiKey, Any, State]) -> BulkResult:
         return await self._bulk(request, JobWriteOp.DELETE)
 
-    @post("/jobs:bulk-trigger", guards=[requires_writer], operation_id="bulkTriggerJobs", status_code=200,
+    @post("/jobs:bulk-trigger", opt=WRITER, operation_id="bulkTriggerJobs", status_code=200,
           summary="Fire one extra slot now of each job named by ids or by tag")  # fmt: skip
     async def bulk_trigger(self, request: Request[ApiKey, Any, State]) -> BulkResult:
         return await self._bulk(request, JobWriteOp.TRIGGER)

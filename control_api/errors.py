@@ -1,7 +1,7 @@
 """Every 4xx/5xx of the control API as RFC 9457 problem details (``protocol.problems``), never a trace.
 
 Our errors answer as ``problems.from_error`` says (the node's port answers the same way); Litestar's own
-(no route, wrong method, 401/403 from auth and guards, a body it could not read) keep their status with our
+(no route, wrong method, 401/403 from authentication, a body it could not read) keep their status with our
 shape; ``Unavailable`` adds ``Retry-After``; anything else is logged with its traceback and answered 500.
 """
 

@@ -25,7 +25,7 @@ from protocol.executions import Execution, ExecutionStatus
 from scheduler_node.store import ApiKey, list_tenant_executions
 
 from . import paths
-from .auth import requires_reader
+from .auth import READER
 
 __all__ = ["ExecutionController", "TenantExecutions", "check_statuses"]
 
@@ -68,7 +68,7 @@ class ExecutionController(Controller):
     path = paths.EXECUTIONS
     tags = ["executions"]
 
-    @get("/", guards=[requires_reader], operation_id="listExecutions",
+    @get("/", opt=READER, operation_id="listExecutions",
          summary="The tenant's executions across its jobs, newest slot first, in a time window")  # fmt: skip
     async def index(self, request: Request[ApiKey, Any, State], status: list[str] | None = None,
                     since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,

@@ -43,7 +43,7 @@ from protocol.slots.instants import preview_instants
 from scheduler_node.store import ApiKey, get_job, list_executions, list_jobs
 
 from . import paths
-from .auth import requires_reader, requires_writer
+from .auth import READER, WRITER
 from .bodies import json_object
 from .executions import check_statuses
 from .idempotency import idempotency_of
@@ -125,7 +125,7 @@ class JobController(Controller):
         written: JobWritten = await request.app.state.router.write(job_id, write)
         return written
 
-    @post("/", guards=[requires_writer], operation_id="createJob", summary="Create a job", status_code=201)
+    @post("/", opt=WRITER, operation_id="createJob", summary="Create a job", status_code=201)
     async def create(self, request: Request[ApiKey, Any, State]) -> Response[bytes]:
         spec = decode_job_spec(await request.body(), request.app.state.egress)
         await check_quota(request, 1)
@@ -136,11 +136,11 @@ class JobController(Controller):
         job = await self._read(request.app.state, request.user, stored_id)
         return _job_response(job, 201, {"location": f"{paths.JOBS}/{job.id}"})
 
-    @get("/{job_id:str}", guards=[requires_reader], operation_id="getJob", summary="Read a job")
+    @get("/{job_id:str}", opt=READER, operation_id="getJob", summary="Read a job")
     async def read(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
         return _job_response(await self._read(request.app.state, request.user, parse_job_id(job_id)))
 
-    @get("/", guards=[requires_reader], operation_id="listJobs", summary="List jobs, oldest first")
+    @get("/", opt=READER, operation_id="listJobs", summary="List jobs, oldest first")
     async def index(self, request: Request[ApiKey, Any, State], tag: str | None = None,
                     state_filter: Annotated[str | None, Parameter(query="state")] = None, q: str | None = None,
                     cursor: str | None = None, limit: int = 100) -> JobList:  # fmt: skip
@@ -162,13 +162,13 @@ class JobController(Controller):
         await self._write(request, job_id, JobWriteOp.UPSERT, spec=spec, expected_version=expected)
         return _job_response(await self._read(request.app.state, request.user, job_id))
 
-    @put("/{job_id:str}", guards=[requires_writer], operation_id="replaceJob",
+    @put("/{job_id:str}", opt=WRITER, operation_id="replaceJob",
          summary="Replace a job's spec (If-Match required)")  # fmt: skip
     async def replace(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
         expected = _required_version(request)
         return await self._replace(request, parse_job_id(job_id), await request.body(), expected)
 
-    @patch("/{job_id:str}", guards=[requires_writer], operation_id="patchJob",
+    @patch("/{job_id:str}", opt=WRITER, operation_id="patchJob",
            summary="Change part of a job's spec: a JSON merge patch, RFC 7396 (If-Match required)")  # fmt: skip
     async def modify(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
         expected = _required_version(request)
@@ -184,13 +184,13 @@ class JobController(Controller):
         merged = merge_patch(base, changes)
         return await self._replace(request, jid, msgspec.json.encode(merged), expected, current)
 
-    @get("/{job_id:str}/preview", guards=[requires_reader], operation_id="previewJob",
+    @get("/{job_id:str}/preview", opt=READER, operation_id="previewJob",
          summary="The job's next instants, in UTC and in its zone, with DST notes")  # fmt: skip
     async def preview(self, request: Request[ApiKey, Any, State], job_id: str, n: int = 10) -> Preview:
         job = await self._read(request.app.state, request.user, parse_job_id(job_id))
         return Preview(preview_instants(job.spec, datetime.now(UTC), check_n(n), job.created_at))
 
-    @get("/{job_id:str}/executions", guards=[requires_reader], operation_id="listJobExecutions",
+    @get("/{job_id:str}/executions", opt=READER, operation_id="listJobExecutions",
          summary="A job's executions, newest slot first, with their attempts")  # fmt: skip
     async def executions(self, request: Request[ApiKey, Any, State], job_id: str,
                          status: list[str] | None = None, before: datetime | None = None,
@@ -207,30 +207,30 @@ class JobController(Controller):
                                       statuses=check_statuses(status))  # fmt: skip
         return ExecutionList(items, items[-1].scheduled_at if len(items) == limit else None)
 
-    @delete_route("/{job_id:str}", guards=[requires_writer], operation_id="deleteJob", summary="Delete a job",
+    @delete_route("/{job_id:str}", opt=WRITER, operation_id="deleteJob", summary="Delete a job",
                   status_code=200)  # fmt: skip
     async def remove(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.DELETE,
                                  expected_version=_version(request.headers.get("if-match")))  # fmt: skip
 
-    @post("/{job_id:str}/pause", guards=[requires_writer], operation_id="pauseJob", summary="Pause a job",
+    @post("/{job_id:str}/pause", opt=WRITER, operation_id="pauseJob", summary="Pause a job",
           status_code=200)  # fmt: skip
     async def pause(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.PAUSE,
                                  expected_version=_version(request.headers.get("if-match")))  # fmt: skip
 
-    @post("/{job_id:str}/resume", guards=[requires_writer], operation_id="resumeJob", summary="Resume a job",
+    @post("/{job_id:str}/resume", opt=WRITER, operation_id="resumeJob", summary="Resume a job",
           status_code=200)  # fmt: skip
     async def resume(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.RESUME,
                                  expected_version=_version(request.headers.get("if-match")))  # fmt: skip
 
-    @post("/{job_id:str}/trigger", guards=[requires_writer], operation_id="triggerJob",
+    @post("/{job_id:str}/trigger", opt=WRITER, operation_id="triggerJob",
           summary="Fire one extra slot now (origin manual)", status_code=202)  # fmt: skip
     async def trigger(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.TRIGGER)
 
-    @post("/{job_id:str}/backfill", guards=[requires_writer], operation_id="backfillJob", status_code=202,
+    @post("/{job_id:str}/backfill", opt=WRITER, operation_id="backfillJob", status_code=202,
           summary=f"Fire every slot of a past range [from, to) now (origin backfill, at most "
                   f"{MAX_BACKFILL_SLOTS} slots)")  # fmt: skip
     async def backfill(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:

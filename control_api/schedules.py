@@ -19,7 +19,7 @@ from protocol.schedules import Schedule
 from protocol.slots.instants import PreviewInstant, preview_instants
 
 from . import paths
-from .auth import requires_reader
+from .auth import READER
 from .bodies import json_object
 
 __all__ = ["Preview", "PreviewRequest", "ScheduleController", "check_n"]
@@ -55,7 +55,7 @@ class ScheduleController(Controller):
     path = paths.SCHEDULES
     tags = ["schedules"]
 
-    @post("/preview", guards=[requires_reader], operation_id="previewSchedule", status_code=200,
+    @post("/preview", opt=READER, operation_id="previewSchedule", status_code=200,
           summary="The next instants of a schedule (UTC and local, DST notes), without creating a job")  # fmt: skip
     async def preview(self, request: Request[Any, Any, Any]) -> Preview:
         doc = await json_object(request, "a JSON object with a schedule")

@@ -24,7 +24,7 @@ from protocol.schedules import parse_every
 from scheduler_node.store import ApiKey, jobs_by_state, read_stats
 
 from . import paths
-from .auth import requires_reader
+from .auth import READER
 
 __all__ = ["Stats", "StatsController"]
 
@@ -52,7 +52,7 @@ class StatsController(Controller):
     path = paths.STATS
     tags = ["stats"]
 
-    @get("/", guards=[requires_reader], operation_id="getStats",
+    @get("/", opt=READER, operation_id="getStats",
          summary="Jobs by state; executions by status, success rate and lag percentiles over a window")  # fmt: skip
     async def index(self, request: Request[ApiKey, Any, State], window: str = "1h") -> Stats:
         try:

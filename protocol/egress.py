@@ -90,6 +90,8 @@ class EgressPolicy:
         name = host.rstrip(".")
         if name == "localhost" or name.endswith(".localhost"):
             return self.refused_address(ipaddress.ip_address("127.0.0.1")) and f"loopback name {host}"
+        if ":" not in name and not name.replace(".", "").isdigit():
+            return None  # a name, not an address literal (v4 literals are digits and dots, v6 ones have ':')
         try:
             ip = ipaddress.ip_address(name.partition("%")[0])  # a zone id (fe80::1%eth0) is not part of it
         except ValueError:

@@ -263,7 +263,7 @@ def validate_job_spec(spec: JobSpec, egress: EgressPolicy = STRICT) -> None:
 
     ``egress``: the cluster's policy for target addresses (``protocol.egress``; by default nothing but public
     addresses)."""
-    if (bad := _unstorable(msgspec.to_builtins(spec), "")) is not None:
+    if _maybe_unstorable(spec) and (bad := _unstorable(msgspec.to_builtins(spec), "")) is not None:
         raise SpecError(*bad)
     if not spec.name.strip():
         raise SpecError("name", "must not be empty")
@@ -340,6 +340,15 @@ def _text_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "is not valid Unicode (a lone surrogate)"
     return None
+
+
+def _maybe_unstorable(spec: JobSpec) -> bool:
+    """False when one encoding shows the spec holds neither NUL nor a lone surrogate (nearly always): the walk
+    that names the field is for the rest. (An escaped ``\\u0000`` typed as text is a false alarm: walked.)"""
+    try:
+        return b"\\u0000" in msgspec.json.encode(spec)
+    except UnicodeEncodeError:
+        return True
 
 
 def _unstorable(value: Any, path: str) -> tuple[str, str] | None:

@@ -67,7 +67,8 @@ from protocol.errors import (
 )
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
-from protocol.jobs import SEALED_PREFIX, Job, JobState, Target, validate_job_spec
+from protocol.jobs import SEALED_PREFIX, Job, JobSpec, JobState, Target, validate_job_spec
+from protocol.schedules import Every
 from protocol.sealed import SecretBox
 from protocol.shards import shard_of
 from protocol.slots import compile_schedule
@@ -1295,7 +1296,7 @@ class Engine:
         """The epoch a write to ``shard`` is fenced with, once a shard just acquired has loaded (at most 5 s);
         ``NotOwnerError`` if the shard is not this node's."""
         state = self._shards.get(shard)
-        if state is not None and shard in self.ownership.grants():
+        if state is not None and not state.loaded.is_set() and shard in self.ownership.grants():
             with trio.move_on_after(5):
                 await state.loaded.wait()
         epoch = self._granted_epoch(shard)
@@ -1346,6 +1347,7 @@ class Engine:
     async def _create_many(self, items: Sequence[tuple[uuid.UUID, JobWrite]], indices: list[int],
                            out: list[JobWritten | ShardwheelError | None]) -> None:  # fmt: skip
         rows: dict[uuid.UUID, tuple[int, NewJob]] = {}
+        now = self.clock.now_ms()
         for i in indices:
             job_id, w = items[i]
             shard = shard_of(job_id, self.config.shard_count)
@@ -1360,12 +1362,11 @@ class Engine:
             except (CallerError, NotOwnerError) as e:
                 out[i] = e
                 continue
-            rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, w.spec))
+            rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, w.spec,
+                                      ms_to_datetime(_first_slot_bound(w.spec, now))))  # fmt: skip
         if not rows:
             return
-        now = self.clock.now_ms()
-        result = await self.db.call(store.create_jobs, [r for _, r in rows.values()],
-                                    next_fire_at=ms_to_datetime(now))  # fmt: skip
+        result = await self.db.call(store.create_jobs, [r for _, r in rows.values()])
         for shard in result.fenced:
             self.lose_shard(shard, next(r.epoch for _, r in rows.values() if r.shard == shard))
         loaded: dict[uuid.UUID, tuple[LoadedJob, Job]] = {}
@@ -1401,9 +1402,10 @@ class Engine:
         now = self.clock.now_ms()
         if write.op is JobWriteOp.TRIGGER or write.op is JobWriteOp.BACKFILL:
             return await self._fire_now(shard, epoch, job_id, write, now)
+        first = _first_slot_bound(write.spec, now) if write.spec is not None else now
         try:
             outcome = await self.db.call(
-                store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(now)
+                store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(first)
             )
         except Fenced:
             self.lose_shard(shard, epoch)
@@ -1539,6 +1541,17 @@ class Engine:
             "wheel": dataclasses.asdict(self.wheel.statistics()),
             "firings": self.metrics.firings.get(),
         }
+
+
+def _first_slot_bound(spec: JobSpec, now: int) -> int:
+    """A lower bound of a job's first slot from ``now`` (ms), stored as its ``next_fire_at``: a job whose first
+    slot is past the horizon (an hourly cron, an ``at`` next year) is then not loaded again at every refill
+    until it is near. An ``every`` schedule without ``start_at`` is anchored at the row's creation time, which
+    PostgreSQL sets: ``now`` is its bound."""
+    if isinstance(spec.schedule, Every) and spec.start_at is None:
+        return now
+    first = next(compile_schedule(spec, ms_to_datetime(now)).iter_ms(now - 1), None)
+    return now if first is None else max(now, first)
 
 
 class _Fenced(Protocol):

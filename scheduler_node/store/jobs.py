@@ -363,6 +363,7 @@ class NewJob(msgspec.Struct, frozen=True):
     tenant: str
     actor: str
     spec: JobSpec
+    next_fire_at: datetime  # a lower bound of its first slot, as the node computed it
 
 
 class CreatedJobs(msgspec.Struct, frozen=True):
@@ -375,14 +376,14 @@ class CreatedJobs(msgspec.Struct, frozen=True):
 _CREATE_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
-    SELECT * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[])
-        AS t(shard, id, tenant, actor, spec, audit_id)
+    SELECT * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::timestamptz[])
+        AS t(shard, id, tenant, actor, spec, audit_id, next_fire_at)
 ),
 ins AS (
     INSERT INTO jobs AS j (shard, id, tenant, name, tags, spec, semantics, next_fire_at, state)
     SELECT i.shard, i.id, i.tenant, i.spec::jsonb ->> 'name',
            ARRAY(SELECT jsonb_array_elements_text(i.spec::jsonb -> 'tags')), i.spec::jsonb,
-           i.spec::jsonb ->> 'semantics', $9, 'active'
+           i.spec::jsonb ->> 'semantics', i.next_fire_at, 'active'
     FROM input i JOIN fence f ON f.shard = i.shard
     ORDER BY i.shard, i.id
     ON CONFLICT (shard, id) DO NOTHING
@@ -399,16 +400,15 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, s FROM ({FENC
 """
 
 
-async def create_jobs(db: Executor, rows: Sequence[NewJob], *, next_fire_at: datetime) -> CreatedJobs:
-    """Insert new jobs in one fenced statement (see the module rules); ``next_fire_at``: a lower bound of
-    their first firing (the node's now)."""
+async def create_jobs(db: Executor, rows: Sequence[NewJob]) -> CreatedJobs:
+    """Insert new jobs in one fenced statement (see the module rules)."""
     if not rows:
         return CreatedJobs([], {}, {}, frozenset())
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
     records = await db.fetch(
         _CREATE_SQL, shards, epochs, [r.shard for r in rows], [r.job_id for r in rows], [r.tenant for r in rows],
         [r.actor for r in rows], [msgspec.json.encode(r.spec).decode() for r in rows],
-        [new_job_id() for _ in rows], next_fire_at,
+        [new_job_id() for _ in rows], [r.next_fire_at for r in rows],
     )  # fmt: skip
     fenced = frozenset(r["fenced_shard"] for r in records if r["fenced_shard"] is not None)
     specs = {r.job_id: r.spec for r in rows}

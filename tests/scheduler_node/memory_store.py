@@ -281,7 +281,7 @@ class MemoryStore:
             return outcome, []
         return outcome, self.claim_slots(node, claims).applied if claims else []
 
-    def create_jobs(self, rows: Sequence[NewJob], *, next_fire_at: datetime) -> CreatedJobs:
+    def create_jobs(self, rows: Sequence[NewJob]) -> CreatedJobs:
         fenced = self._fenced([(r.shard, r.epoch) for r in rows])
         created: list[Job] = []
         existing: dict[uuid.UUID, JobWriteOutcome] = {}
@@ -292,7 +292,7 @@ class MemoryStore:
             old = self.jobs.get((r.shard, r.job_id))
             if old is None:
                 w = JobWrite(op=JobWriteOp.UPSERT, actor=r.actor, tenant=r.tenant, spec=r.spec)
-                self.write_job(Fence(r.shard, r.epoch), r.job_id, w, next_fire_at=next_fire_at)
+                self.write_job(Fence(r.shard, r.epoch), r.job_id, w, next_fire_at=r.next_fire_at)
                 created.append(self.jobs[(r.shard, r.job_id)].job)
             elif old.deleted or old.job.tenant != r.tenant:
                 refused[r.job_id] = Conflict(f"job id {r.job_id} is taken")

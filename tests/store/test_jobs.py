@@ -347,9 +347,9 @@ async def test_create_jobs_inserts_many_in_one_fenced_statement_and_answers_a_re
     store: TrioStore,
 ) -> None:
     a, b = await own(store, 5), await own(store, 6)
-    rows = [NewJob(f.shard, f.epoch, job_in_shard(f.shard), "acme", "key:k", spec(f"j{i}", tags=["x", "y"]))
+    rows = [NewJob(f.shard, f.epoch, job_in_shard(f.shard), "acme", "key:k", spec(f"j{i}", tags=["x", "y"]), T0)
             for i, f in enumerate([a, a, b])]  # fmt: skip
-    out = await store.call(create_jobs, rows, next_fire_at=T0)
+    out = await store.call(create_jobs, rows)
     assert sorted(j.spec.name for j in out.created) == ["j0", "j1", "j2"] and not out.existing and not out.fenced
     stored = await store.call(get_job, 5, rows[0].job_id, tenant="acme")
     assert (stored.version, stored.state, stored.next_fire_at, stored.spec) == (1, JobState.ACTIVE, T0, rows[0].spec)
@@ -361,15 +361,14 @@ async def test_create_jobs_inserts_many_in_one_fenced_statement_and_answers_a_re
     # The same request again (its answer was lost): nothing written twice, every row answered as stored.
     await store.call(write_job, a, rows[1].job_id, op(JobWriteOp.PAUSE))
     await store.call(write_job, a, rows[0].job_id, op(JobWriteOp.DELETE))
-    other = NewJob(b.shard, b.epoch, rows[2].job_id, "globex", "key:g", spec("taken"))
-    again = await store.call(create_jobs, [*rows, other], next_fire_at=T0)
+    other = NewJob(b.shard, b.epoch, rows[2].job_id, "globex", "key:g", spec("taken"), T0)
+    again = await store.call(create_jobs, [*rows, other])
     assert not again.created
     assert {k: (o.version, o.state) for k, o in again.existing.items()} == {
         rows[1].job_id: (2, JobState.PAUSED), rows[2].job_id: (1, JobState.ACTIVE)}
     assert "deleted" in str(again.refused[rows[0].job_id])
     (fenced_epoch, current) = (b.epoch, await own(store, 6))
-    late = await store.call(create_jobs, [NewJob(6, fenced_epoch, job_in_shard(6), "acme", "k", spec("late"))],
-                            next_fire_at=T0)  # fmt: skip
+    late = await store.call(create_jobs, [NewJob(6, fenced_epoch, job_in_shard(6), "acme", "k", spec("late"), T0)])
     assert late.fenced == {6} and not late.created and current.epoch > fenced_epoch
 
 
