@@ -38,9 +38,10 @@ from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, decode_job_spec, decode_untrusted
 from protocol.sealed import redacted
 from protocol.shards import shard_of
+from protocol.slots import compile_schedule
 from protocol.slots.backfill import MAX_BACKFILL_SLOTS, BackfillRange, backfill_slots
 from protocol.slots.instants import preview_instants
-from scheduler_node.store import ApiKey, get_job, list_executions, list_jobs
+from scheduler_node.store import ApiKey, get_job, get_job_detail, list_executions, list_jobs
 
 from . import paths
 from .auth import READER, WRITER
@@ -97,6 +98,21 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+class JobView(Job, frozen=True):
+    """A job as ``GET /v1/jobs/{id}`` shows it: ``next_fire_at`` computed from the schedule and the slots
+    already claimed (the stored one is only a lower bound), and the last execution that ended."""
+
+    last_result: Execution | None = None
+
+
+def _next_fire(job: Job, last_slot: datetime | None) -> datetime | None:
+    if job.state is not JobState.ACTIVE:
+        return None
+    now = datetime.now(UTC)
+    after = now if last_slot is None else max(now, last_slot)
+    return compile_schedule(job.spec, job.created_at).next_after(after)
+
+
 def shown(job: Job) -> Job:
     """A job as reads show it: its target header values redacted (``protocol.sealed``)."""
     return msgspec.structs.replace(job, spec=redacted(job.spec))
@@ -132,13 +148,26 @@ class JobController(Controller):
         job_id = new_job_id()
         spec = request.app.state.secrets.seal_headers(spec, tenant=request.user.tenant, job_id=str(job_id))
         written = await self._write(request, job_id, JobWriteOp.UPSERT, spec=spec)
-        stored_id = uuid.UUID(written.job_id) if written.job_id else job_id
-        job = await self._read(request.app.state, request.user, stored_id)
+        if written.created and written.created_at is not None and written.job_id == str(job_id):
+            # the node said what it stored: answered without reading it back
+            job = Job(id=str(job_id), tenant=request.user.tenant, spec=spec, state=written.state,
+                      version=written.version, shard=shard_of(job_id, request.app.state.shard_count),
+                      created_at=written.created_at, updated_at=written.created_at,
+                      next_fire_at=written.next_fire_at)  # fmt: skip
+        else:  # an Idempotency-Key replay names the first request's job
+            job = await self._read(request.app.state, request.user, uuid.UUID(written.job_id or str(job_id)))
         return _job_response(job, 201, {"location": f"{paths.JOBS}/{job.id}"})
 
     @get("/{job_id:str}", opt=READER, operation_id="getJob", summary="Read a job")
     async def read(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
-        return _job_response(await self._read(request.app.state, request.user, parse_job_id(job_id)))
+        jid = parse_job_id(job_id)
+        state = request.app.state
+        detail = await get_job_detail(state.pool, shard_of(jid, state.shard_count), jid, tenant=request.user.tenant)
+        job = shown(detail.job)
+        view = JobView(**msgspec.structs.asdict(job), last_result=detail.last_result)
+        view = msgspec.structs.replace(view, next_fire_at=_next_fire(detail.job, detail.last_slot))
+        return Response(msgspec.json.encode(view), media_type="application/json",
+                        headers={"etag": f'"{job.version}"'})  # fmt: skip
 
     @get("/", opt=READER, operation_id="listJobs", summary="List jobs, oldest first")
     async def index(self, request: Request[ApiKey, Any, State], tag: str | None = None,

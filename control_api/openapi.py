@@ -25,6 +25,7 @@ from protocol.slots.backfill import BackfillRange
 
 from .admin import KeyRequest, MoveRequest
 from .bulk import JobBatchDoc, Selection
+from .jobs import JobView
 from .schedules import PreviewRequest
 
 __all__ = ["BODIES", "DocumentedJson", "DocumentedSwagger", "documented", "documented_for"]
@@ -59,7 +60,8 @@ BODIES: dict[str, tuple[Any, Any]] = {
     "createKey": (KeyRequest, {"role": "writer", "tenant": "acme", "name": "ci"}),
     "moveShard": (MoveRequest, {"node": "node-2"}),
 }
-_JOB_ANSWERS = {"createJob": "201", "getJob": "200", "replaceJob": "200", "patchJob": "200"}
+_JOB_ANSWERS = {"createJob": ("201", "Job"), "getJob": ("200", "JobView"), "replaceJob": ("200", "Job"),
+                "patchJob": ("200", "Job")}
 _PATCH_DOC = ("A JSON merge patch (RFC 7396) of the job's spec: objects merge key by key, null removes a key, "
               "anything else replaces; a schedule of another kind replaces the schedule.")  # fmt: skip
 
@@ -98,7 +100,8 @@ def documented(schema: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(schema)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     types = [t for t, _ in BODIES.values() if t is not None]
-    _, defs = msgspec.json.schema_components([*types, Job, Problem], ref_template="#/components/schemas/{name}")
+    _, defs = msgspec.json.schema_components([*types, Job, JobView, Problem],
+                                             ref_template="#/components/schemas/{name}")  # fmt: skip
     for name, definition in defs.items():
         components.setdefault(name, definition)
     for path, item in doc.get("paths", {}).items():
@@ -119,12 +122,12 @@ def documented(schema: dict[str, Any]) -> dict[str, Any]:
                 if kind is None:  # a merge patch is also accepted as plain JSON
                     op["requestBody"]["content"]["application/json"] = op["requestBody"]["content"][media]
             if op_id in _JOB_ANSWERS:
-                status = _JOB_ANSWERS[op_id]
+                status, answer = _JOB_ANSWERS[op_id]
                 responses[status] = {
                     "description": "the job, as stored (target header values redacted)",
                     "headers": {"ETag": {"description": "the job's version, for If-Match",
                                          "schema": {"type": "string"}}},
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
+                    "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{answer}"}}},
                 }  # fmt: skip
     return doc
 

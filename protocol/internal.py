@@ -97,6 +97,7 @@ class JobWritten(msgspec.Struct, frozen=True):
     created: bool = False
     job_id: str | None = None  # the job written: an Idempotency-Key replay names the first request's job
     slots: int | None = None  # trigger and backfill: the slots claimed to fire (0: all fired or claimed before)
+    created_at: datetime | None = None  # a job created by this write: when (the API answers without a read)
 
 
 class JobWriteItem(msgspec.Struct, frozen=True):

@@ -1369,6 +1369,7 @@ class Engine:
         result = await self.db.call(store.create_jobs, [r for _, r in rows.values()])
         for shard in result.fenced:
             self.lose_shard(shard, next(r.epoch for _, r in rows.values() if r.shard == shard))
+        created_at = {uuid.UUID(j.id): j.created_at for j in result.created}
         loaded: dict[uuid.UUID, tuple[LoadedJob, Job]] = {}
         claims: list[ClaimRow] = []
         for stored in result.created:
@@ -1386,7 +1387,8 @@ class Engine:
             else:
                 next_fire = self._next_fire_ms(*loaded[job_id], now) if job_id in loaded else None
                 out[i] = JobWritten(version=1, state=JobState.ACTIVE, created=True, job_id=str(job_id),
-                                    next_fire_at=None if next_fire is None else ms_to_datetime(next_fire))
+                                    next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
+                                    created_at=created_at.get(job_id))  # fmt: skip
 
     async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
         """A job write routed here by the control API: fenced in PostgreSQL, then in the wheel, then answered."""

@@ -56,25 +56,28 @@ from protocol.errors import (
     VersionMismatch,
 )
 from protocol.ids import new_job_id
+from protocol.executions import Execution
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState
 
 from . import idempotency
 from .audit import insert_audit
 from .epochs import FENCE_CTE, FENCED_SHARDS_SQL, BatchResult, Fence, fence_arrays, lock_fence
-from .executions import ClaimRow, ExecKey, claim_slots
+from .executions import EXEC_COLUMNS, ClaimRow, ExecKey, claim_slots
 from .pool import Connection, Executor, transaction
 
 __all__ = [
     "UnreadableJob",
     "JobPage",
     "CreatedJobs",
+    "JobDetail",
     "JobWriteOutcome",
     "NewJob",
     "NextFire",
     "create_jobs",
     "due_jobs",
     "get_job",
+    "get_job_detail",
     "job_ids",
     "jobs_by_id",
     "list_jobs",
@@ -459,6 +462,39 @@ async def set_job_state(
         await insert_audit(conn, shard=fence.shard, tenant=tenant, actor=actor, action=f"job.state.{state.value}",
                            job_id=job_id, detail={"version": outcome.version, "reason": reason})  # fmt: skip
         return outcome
+
+
+class JobDetail(msgspec.Struct, frozen=True):
+    job: Job
+    last_slot: datetime | None  # job_cursor.last_slot: the newest scheduled slot claimed
+    last_result: Execution | None  # the newest execution that ended
+
+
+_DETAIL_SQL = f"""
+SELECT {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.replace("spec::text AS spec", "spec").split(","))},
+       j.spec::text AS spec_text, c.last_slot, to_jsonb(e)::text AS last_result
+FROM jobs j
+LEFT JOIN job_cursor c ON c.shard = j.shard AND c.job_id = j.id
+LEFT JOIN LATERAL (
+    SELECT {EXEC_COLUMNS} FROM executions x
+    WHERE x.shard = j.shard AND x.job_id = j.id AND x.status NOT IN ('claimed', 'retry_wait')
+    ORDER BY x.scheduled_at DESC LIMIT 1
+) e ON true
+WHERE j.shard = $1 AND j.id = $2 AND j.tenant = $3 AND j.deleted_at IS NULL
+"""
+
+
+async def get_job_detail(db: Executor, shard: int, job_id: uuid.UUID, *, tenant: str) -> JobDetail:
+    """A job with its scheduled-slot cursor and its last result, in one statement; ``NotFound`` as ``get_job``."""
+    row = await db.fetchrow(_DETAIL_SQL, shard, job_id, tenant)
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    job = _job({**dict(row), "spec": row["spec_text"]})
+    last = row["last_result"]
+    result = None
+    if last is not None:
+        result = msgspec.convert(msgspec.json.decode(last), Execution, strict=False)
+    return JobDetail(job, row["last_slot"], result)
 
 
 async def get_job(

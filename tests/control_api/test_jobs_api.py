@@ -186,6 +186,10 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
                 return len(await query(db_dsn, "SELECT 1 FROM executions WHERE job_id = $1", uuid.UUID(jid))) >= 3
 
             await wait_for(three_runs, timeout=10)
+            # The job as read: its next firing from the schedule and the slots already claimed, its last result.
+            seen = (await r.get(f"/v1/jobs/{jid}")).json()
+            assert seen["last_result"]["status"] in ("succeeded", "failed") and seen["last_result"]["job_id"] == jid
+            assert datetime.fromisoformat(seen["next_fire_at"]) > datetime.now(UTC) - timedelta(seconds=1)
             page = (await r.get(f"/v1/jobs/{jid}/executions", params={"limit": 2})).json()
             assert len(page["items"]) == 2 and page["next_before"] is not None
             slots = [datetime.fromisoformat(e["scheduled_at"]) for e in page["items"]]

@@ -56,7 +56,7 @@ def test_every_operation_documents_its_errors_as_problem_details(doc: dict[str, 
     ops = _operations(doc)
     assert {"412", "428"} <= set(ops["patchJob"][2]["responses"])
     assert ops["getJob"][2]["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/Job"}  # fmt: skip
+        "$ref": "#/components/schemas/JobView"}  # fmt: skip
 
 
 def test_every_reference_resolves(doc: dict[str, Any]) -> None:
