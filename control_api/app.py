@@ -2,7 +2,7 @@
 
 Lifespan (everything the app owns, closed in reverse on shutdown): an asyncpg pool (reads and API keys), the
 cluster row (shard count, the egress policy's allowed networks), an etcd coordinator whose watch keeps the
-shard-owner map current (``owners.OwnerMap``), and one httpx client for the nodes' internal API
+shard-owner map current (``owners.OwnerMap``), and one keep-alive client for the nodes' internal API
 (``routing.WriteRouter``). ``/readyz`` is 200 once the owner map is known and PostgreSQL answers.
 """
 
@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from litestar import Litestar, Request, Response, get
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -102,11 +101,10 @@ def create_app(settings: ApiSettings) -> Litestar:
                 raise InfrastructureError("the database has no cluster row: run `shardwheel migrate` first")
             owners = OwnerMap()
             layout = KeyLayout(cluster.name, settings.etcd_prefix)
-            async with AsyncioCoordinator.open(settings.etcd, layout, tls=settings.etcd_tls) as coord, \
-                    httpx.AsyncClient(timeout=10) as http:  # fmt: skip
+            async with AsyncioCoordinator.open(settings.etcd, layout, tls=settings.etcd_tls) as coord:
                 follower = asyncio.create_task(owners.follow(coord))
-                router = WriteRouter(owners, http, shard_count=cluster.shard_count,
-                                     cluster_secret=settings.cluster_secret, retry_for_s=settings.route_retry_s)
+                router = WriteRouter(owners, shard_count=cluster.shard_count, cluster_secret=settings.cluster_secret,
+                                     retry_for_s=settings.route_retry_s)  # fmt: skip
                 api_metrics = ApiMetrics()
                 api_metrics.route_retries.read = lambda: router.retries
                 api_metrics.internal_batches.read = lambda: router.batches

@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
 import msgspec
 
 from protocol.errors import (
@@ -42,6 +41,7 @@ from protocol.internal import JobWrite, JobWriteBatch, JobWriteItem, JobWriteOp,
 from protocol.problems import Problem
 from protocol.shards import shard_of
 
+from .node_client import NodeClient, NodeUnreachable
 from .owners import OwnerMap
 
 __all__ = ["Unavailable", "WriteRouter"]
@@ -97,12 +97,11 @@ class _OwnerQueue:
 
 
 class WriteRouter:
-    def __init__(self, owners: OwnerMap, http: httpx.AsyncClient, *, shard_count: int, cluster_secret: str,
-                 retry_for_s: float = 10.0, window_s: float = 0.002, max_batch: int = 256) -> None:  # fmt: skip
+    def __init__(self, owners: OwnerMap, *, shard_count: int, cluster_secret: str, retry_for_s: float = 10.0,
+                 window_s: float = 0.002, max_batch: int = 256) -> None:  # fmt: skip
         self.owners = owners
-        self.http = http
+        self.client = NodeClient(cluster_secret)
         self.shard_count = shard_count
-        self._auth = {"authorization": f"Bearer {cluster_secret}"}
         self.retry_for_s = retry_for_s
         self.window_s = window_s
         self.max_batch = max_batch
@@ -198,17 +197,17 @@ class WriteRouter:
 
     async def _post(self, address: str, items: list[JobWriteItem]) -> list[JobWritten | ShardwheelError | str]:
         try:
-            r = await self.http.post(f"{address}/internal/v1/jobs:batch", headers=self._auth,
-                                     content=msgspec.json.encode(JobWriteBatch(items)))  # fmt: skip
-        except httpx.TransportError as e:
-            return [f"{address} unreachable: {type(e).__name__}"] * len(items)
-        if r.status_code != 200:
-            problem = _decode_problem(r.content, r.status_code)
+            status, content = await self.client.post(address, "/internal/v1/jobs:batch",
+                                                     msgspec.json.encode(JobWriteBatch(items)))  # fmt: skip
+        except NodeUnreachable as e:
+            return [f"unreachable: {e}"] * len(items)
+        if status != 200:
+            problem = _decode_problem(content, status)
             if problem.kind == "unavailable" or problem.status >= 500:
                 return [f"{address}: {problem.detail}"] * len(items)
             return [error_of(problem)] * len(items)
         try:
-            results = msgspec.json.decode(r.content, type=JobWriteResults).items
+            results = msgspec.json.decode(content, type=JobWriteResults).items
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             return [Unavailable(f"{address} answered what is not a batch result: {e}")] * len(items)
         if len(results) != len(items):  # a broken node; the writes may have been applied: not retried
@@ -226,10 +225,11 @@ class WriteRouter:
         return out
 
     async def aclose(self) -> None:
-        """Cancel the batches still in flight (the app is stopping)."""
+        """Cancel the batches still in flight (the app is stopping) and close the connections to nodes."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
 
 
 def _decode_problem(content: bytes, status: int) -> Problem:
