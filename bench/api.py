@@ -233,10 +233,11 @@ async def _make_key(dsn: str) -> str:
     return secret
 
 
-def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: float) -> list[dict[str, Any]]:
+def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: float,
+                  durable: bool = True) -> list[dict[str, Any]]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sw-api-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        pg = EmbeddedPostgres.from_env(tmp / "pg")
+        pg = EmbeddedPostgres.from_env(tmp / "pg", durable=durable)
         etcd = EmbeddedEtcd.from_env(tmp / "etcd")
         pg.start()
         etcd.start()
@@ -293,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=4, help="generator processes")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per scenario")
     p.add_argument("--json", type=Path, help="write the results here too")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="PostgreSQL without fsync (a diagnosis: how much of a tail is the disk's)")
     args = p.parse_args(argv)
-    results = run_api_bench(args.scenarios, jobs=args.jobs, procs=args.procs, duration=args.duration)
+    results = run_api_bench(args.scenarios, jobs=args.jobs, procs=args.procs, duration=args.duration,
+                            durable=not args.no_fsync)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(markdown(results))

@@ -1372,7 +1372,12 @@ class Engine:
         created_at = {uuid.UUID(j.id): j.created_at for j in result.created}
         loaded: dict[uuid.UUID, tuple[LoadedJob, Job]] = {}
         claims: list[ClaimRow] = []
+        later: dict[uuid.UUID, int] = {}
         for stored in result.created:
+            first = datetime_to_ms(stored.next_fire_at) if stored.next_fire_at is not None else now
+            if first > now + self.tuning.horizon_ms:
+                later[uuid.UUID(stored.id)] = first  # the refill brings it in when its first slot is near
+                continue
             if (made := self._load_job(JobRow(stored, None), now)) is not None:
                 loaded[made[0].id] = (made[0], stored)
                 claims += made[1]
@@ -1385,7 +1390,7 @@ class Engine:
             elif (existing := result.existing.get(job_id)) is not None:
                 out[i] = existing.written()
             else:
-                next_fire = self._next_fire_ms(*loaded[job_id], now) if job_id in loaded else None
+                next_fire = self._next_fire_ms(*loaded[job_id], now) if job_id in loaded else later.get(job_id)
                 out[i] = JobWritten(version=1, state=JobState.ACTIVE, created=True, job_id=str(job_id),
                                     next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
                                     created_at=created_at.get(job_id))  # fmt: skip

@@ -55,8 +55,8 @@ from protocol.errors import (
     SpecError,
     VersionMismatch,
 )
-from protocol.ids import new_job_id
 from protocol.executions import Execution
+from protocol.ids import new_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState
 

@@ -27,6 +27,7 @@ from protocol.jobs import (
     Target,
 )
 from protocol.schedules import At, Cron, Every
+from protocol.slots import compile_schedule
 from protocol.slots.backfill import BackfillRange
 from scheduler_node.clock import ms_to_datetime
 from scheduler_node.dispatch import SendRequest
@@ -387,6 +388,25 @@ async def test_a_batch_of_writes_is_answered_item_by_item_and_its_creates_fire(
         await w.settle()
         for job in (new[0], new[2]):  # created at 500: every second from then, once each
             assert [s.slot_ms - T0_MS for s in w.dispatcher.sends_of(job)] == [500, 1_500, 2_500]
+
+
+async def test_a_job_created_far_from_its_first_slot_waits_outside_memory_and_fires_on_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with world() as w:
+        await w.grant(0)
+        job = job_id_in(0)
+        every_ten_minutes = JobSpec(name="j", schedule=Cron("0 */10 * * * *"), target=Target(url="http://127.0.0.1:9/"))
+        boundary = next(compile_schedule(every_ten_minutes, ms_to_datetime(T0_MS)).iter_ms(T0_MS))
+        await w.until(boundary + 1_000)  # created just after a slot: its first one is ten minutes away
+        (out,) = await w.engine.apply_writes([(job, JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme",
+                                                             spec=every_ten_minutes))])  # fmt: skip
+        first = boundary + 600_000
+        assert getattr(out, "next_fire_at", None) == ms_to_datetime(first)
+        assert job not in w.engine.jobs  # not loaded: the refill brings it in
+        await w.until(first + 500)
+        await w.settle()
+        assert first in [s.slot_ms for s in w.dispatcher.sends_of(job)]
 
 
 async def test_a_backfill_fires_each_past_slot_once(autojump_clock: trio.testing.MockClock) -> None:
