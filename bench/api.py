@@ -233,7 +233,7 @@ async def _make_key(dsn: str) -> str:
     return secret
 
 
-def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: float,
+def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: float, warmup: float = 10.0,
                   durable: bool = True) -> list[dict[str, Any]]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sw-api-bench-") as tmp_s:
         tmp = Path(tmp_s)
@@ -262,6 +262,8 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
             wait_ready(f"http://127.0.0.1:{api_port}", 60)
             pids = {"api": started[1].pid, "node": started[0].pid}
             pg_pid = _postmaster_pid(tmp / "pg" / "data")
+            # Warm up (connections, caches) while the node settles the jobs inserted for the reads.
+            run_scenario(api_port, key, ids, "get", procs, warmup, pids, pg_pid)
             return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_pid) for s in scenarios]
         finally:
             for p in started:
