@@ -267,7 +267,8 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
             return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_pid) for s in scenarios]
         finally:
             for p in started:
-                p.send_signal(signal.SIGINT if p.args[0] == "py-spy" else signal.SIGTERM)
+                # py-spy writes its profile on SIGINT and passes it on to the profiled process
+                p.send_signal(signal.SIGINT if isinstance(p.args, list) and p.args[0] == "py-spy" else signal.SIGTERM)
             for p in started:
                 try:
                     p.wait(30)

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
@@ -52,16 +50,8 @@ class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
-class CreatedKey(msgspec.Struct, frozen=True):
+class CreatedKey(ApiKey, frozen=True, kw_only=True):
     key: str  # the secret: shown in this answer only
-    id: uuid.UUID
-    prefix: str
-    tenant: str
-    role: Role
-    name: str
-    created_at: datetime
-    rate_limit_per_s: float | None = None
-    burst: int | None = None
 
 
 class KeyList(msgspec.Struct, frozen=True):
@@ -92,8 +82,7 @@ class KeyController(Controller):
             request.app.state.pool, tenant=body.tenant or request.user.tenant, role=body.role, name=body.name,
             actor=_actor(request), rate_limit_per_s=body.rate_limit_per_s, burst=body.burst,
         )  # fmt: skip
-        return CreatedKey(secret, key.id, key.prefix, key.tenant, key.role, key.name, key.created_at,
-                          key.rate_limit_per_s, key.burst)  # fmt: skip
+        return CreatedKey(**msgspec.structs.asdict(key), key=secret)
 
     @get("/", operation_id="listKeys", summary="API keys (never their secrets)")
     async def index(self, request: Request[ApiKey, Any, State], tenant: str | None = None,

@@ -1352,18 +1352,13 @@ class Engine:
             job_id, w = items[i]
             shard = shard_of(job_id, self.config.shard_count)
             try:
-                if w.spec is None:
-                    raise SpecError("spec", "required for upsert")
-                try:
-                    validate_job_spec(w.spec, self.egress)
-                except SpecError as e:
-                    raise e.within("spec") from None
+                spec = self._checked_spec(w)
                 epoch = await self._write_epoch(shard)
             except (CallerError, NotOwnerError) as e:
                 out[i] = e
                 continue
-            rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, w.spec,
-                                      ms_to_datetime(_first_slot_bound(w.spec, now))))  # fmt: skip
+            rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, spec,
+                                      ms_to_datetime(_first_slot_bound(spec, now))))  # fmt: skip
         if not rows:
             return
         result = await self.db.call(store.create_jobs, [r for _, r in rows.values()])
@@ -1395,17 +1390,22 @@ class Engine:
                                     next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
                                     created_at=created_at.get(job_id))  # fmt: skip
 
+    def _checked_spec(self, write: JobWrite) -> JobSpec:
+        """An upsert's spec, validated again here (the API did; a node trusts no caller): ``SpecError``."""
+        if write.spec is None:
+            raise SpecError("spec", "required for upsert")
+        try:
+            validate_job_spec(write.spec, self.egress)
+        except SpecError as e:
+            raise e.within("spec") from None
+        return write.spec
+
     async def apply_write(self, job_id: uuid.UUID, write: JobWrite) -> JobWritten:
         """A job write routed here by the control API: fenced in PostgreSQL, then in the wheel, then answered."""
         shard = shard_of(job_id, self.config.shard_count)
         epoch = await self._write_epoch(shard)
         if write.op is JobWriteOp.UPSERT:
-            if write.spec is None:
-                raise SpecError("spec", "required for upsert")
-            try:
-                validate_job_spec(write.spec, self.egress)
-            except SpecError as e:
-                raise e.within("spec") from None
+            self._checked_spec(write)
         now = self.clock.now_ms()
         if write.op is JobWriteOp.TRIGGER or write.op is JobWriteOp.BACKFILL:
             return await self._fire_now(shard, epoch, job_id, write, now)
