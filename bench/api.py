@@ -45,7 +45,7 @@ from protocol.jobs import JobSpec, Target
 from protocol.schedules import At
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
-from .harness import ROOT, cpu_s, insert_jobs, prepare_db, tree_cpu_s, wait_ready
+from .harness import ROOT, insert_jobs, prepare_db, tree_cpu_s, wait_ready
 
 __all__ = ["run_api_bench"]
 
@@ -170,7 +170,7 @@ def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int,
                  pids: dict[str, int], pg_pid: int | None) -> dict[str, Any]:  # fmt: skip
     rate = {"create500": 500.0, "mixed": 200.0}.get(scenario)
     conns = {"batch": 2, "create500": 32, "mixed": 16}.get(scenario, 8)
-    cpu0 = {name: cpu_s(pid) for name, pid in pids.items()}
+    cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
     pg0 = tree_cpu_s(pg_pid) if pg_pid else None
     pipes, workers = [], []
     for i in range(procs):
@@ -183,7 +183,7 @@ def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int,
     results = [p.recv() for p in pipes]
     for w in workers:
         w.join()
-    cpu = {name: cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
+    cpu = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
     if pg0 is not None and pg_pid:
         cpu["postgres"] = tree_cpu_s(pg_pid) - pg0
     cpu["generators"] = sum(r["cpu_s"] for r in results)
@@ -234,7 +234,7 @@ async def _make_key(dsn: str) -> str:
 
 
 def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: float, warmup: float = 10.0,
-                  durable: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+                  durable: bool = True, api_workers: int = 1) -> list[dict[str, Any]]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sw-api-bench-") as tmp_s:
         tmp = Path(tmp_s)
         pg = EmbeddedPostgres.from_env(tmp / "pg", durable=durable)
@@ -257,10 +257,10 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{node_port}", 120)
             started.append(subprocess.Popen([*_profiled("API"), sys.executable, "-m", "shardwheel.cli", "api",
-                                             *common, "--port", str(api_port)],
+                                             *common, "--port", str(api_port), "--workers", str(api_workers)],
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{api_port}", 60)
-            pids = {"api": started[1].pid, "node": started[0].pid}
+            pids = {"api": started[1].pid, "node": started[0].pid}  # the API's workers are its children
             pg_pid = _postmaster_pid(tmp / "pg" / "data")
             # Warm up (connections, caches) while the node settles the jobs inserted for the reads.
             run_scenario(api_port, key, ids, "get", procs, warmup, pids, pg_pid)
@@ -297,11 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=4, help="generator processes")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per scenario")
     p.add_argument("--json", type=Path, help="write the results here too")
+    p.add_argument("--api-workers", type=int, default=1, help="shardwheel api --workers")
     p.add_argument("--no-fsync", action="store_true",
                    help="PostgreSQL without fsync (a diagnosis: how much of a tail is the disk's)")
     args = p.parse_args(argv)
     results = run_api_bench(args.scenarios, jobs=args.jobs, procs=args.procs, duration=args.duration,
-                            durable=not args.no_fsync)
+                            durable=not args.no_fsync, api_workers=args.api_workers)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     print(markdown(results))

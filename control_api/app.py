@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response, get
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -43,7 +45,9 @@ from .routing import WriteRouter
 from .schedules import ScheduleController
 from .stats import StatsController
 
-__all__ = ["ApiSettings", "create_app"]
+__all__ = ["SETTINGS_ENV", "ApiSettings", "app_from_environment", "create_app", "settings_json"]
+
+SETTINGS_ENV = "SHARDWHEEL_API_SETTINGS_JSON"  # how ``shardwheel api --workers N`` hands its settings down
 
 
 @dataclass(frozen=True)
@@ -137,3 +141,12 @@ def create_app(settings: ApiSettings) -> Litestar:
         request_max_body_size=256 * 1024,
         logging_config=None,  # the process configures logging (`shardwheel api --log-level`), not the framework
     )
+
+
+def settings_json(settings: ApiSettings) -> str:
+    return msgspec.json.encode(settings).decode()
+
+
+def app_from_environment() -> Litestar:
+    """The app of one worker process of ``shardwheel api --workers N`` (a uvicorn factory)."""
+    return create_app(msgspec.json.decode(os.environ[SETTINGS_ENV], type=ApiSettings))

@@ -5,7 +5,7 @@ Rules:
 - Rate: a token bucket per API key, ``rate_limit_per_s`` tokens a second up to ``burst``, from the key's record
   or the replica's defaults (``shardwheel api --rate-limit --burst``). Every request costs one token, a batch
   of 1,000 jobs too. Out of tokens: 429 with ``Retry-After`` (whole seconds until the next token). Per
-  replica: N replicas behind a load balancer allow up to N times the rate.
+  process: N replicas (or ``--workers N``) behind a load balancer allow up to N times the rate.
 - Quota: at most ``max_jobs`` undeleted jobs per tenant (``--max-jobs-per-tenant``; none by default). A create
   (or a batch, as a whole) that would pass it is refused 403 ``quota-exceeded``, nothing stored. The count is
   read from PostgreSQL at most every ``QUOTA_CACHE_S`` seconds and the replica's own creates are added in

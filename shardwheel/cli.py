@@ -196,7 +196,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from control_api.app import ApiSettings, create_app
+    from control_api.app import SETTINGS_ENV, ApiSettings, create_app, settings_json
     from protocol.internal import cluster_secret
 
     if not args.dsn:
@@ -217,8 +217,15 @@ def cmd_api(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except ValueError as e:
         raise ShardwheelError(str(e)) from None
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, lifespan="on")  # fmt: skip
+    if args.workers == 1:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    lifespan="on")  # fmt: skip
+        return 0
+    # Worker processes on one port (the API is stateless): each builds its app from the settings handed down
+    # in its environment (a child's, never a command line).
+    os.environ[SETTINGS_ENV] = settings_json(settings)
+    uvicorn.run("control_api.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level=args.log_level, access_log=False, lifespan="on")  # fmt: skip
     return 0
 
 
@@ -364,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="the nodes' cluster secret, to reach their internal API (env SHARDWHEEL_CLUSTER_SECRET)")
     a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a.add_argument("--workers", type=_ranged(int, 1, 64), default=1,
+                   help="API processes on the port (default 1; each uses up to a core)")
     a.add_argument("--rate-limit", type=_ranged(float, 0.001, 1e6), default=500.0, metavar="PER_S",
                    help="requests a second per API key, per replica, unless the key has its own (default 500)")
     a.add_argument("--burst", type=_ranged(int, 1, 1_000_000), default=1000,

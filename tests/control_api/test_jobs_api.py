@@ -274,7 +274,8 @@ async def _at_least(target: Any, path: str, n: int) -> bool:
 
 async def test_many_jobs_at_once_and_backfill(db_dsn: str, etcd_server: EmbeddedEtcd, etcd_prefix: str) -> None:
     writer = await trio.to_thread.run_sync(_key, db_dsn, "acme", Role.WRITER)
-    async with target_running() as target, running_cluster(db_dsn, etcd_server, etcd_prefix) as url:
+    # Two API worker processes on one port (shardwheel api --workers 2): every answer below is either's.
+    async with target_running() as target, running_cluster(db_dsn, etcd_server, etcd_prefix, "--workers", "2") as url:
         async with httpx.AsyncClient(base_url=url, headers={"authorization": f"Bearer {writer}"}, timeout=60) as w:
             # jobs:batch: one result per job in order; a bad one fails alone, naming its field.
             paused_later = [_job("https://example.com/b", name=f"b{i}", tags=["batch", f"n{i % 2}"])
