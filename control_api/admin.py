@@ -24,6 +24,7 @@ from protocol.ids import parse_job_id
 from protocol.internal import Tenant
 from protocol.jobs import decode_untrusted
 from scheduler_node.coordination import AsyncioCoordinator, ClusterStatus, cluster_status
+from scheduler_node.coordination.keys import check_node_id
 from scheduler_node.store import (
     CLUSTER_SHARD,
     ApiKey,
@@ -46,7 +47,7 @@ class KeyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     role: Role
     tenant: Tenant | None = None  # default: the admin's own
     name: Name = ""
-    rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    rate_limit_per_s: Annotated[float, msgspec.Meta(ge=0.001, le=1_000_000)] | None = None  # stored as real
     burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
@@ -64,6 +65,14 @@ class MoveRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class Done(msgspec.Struct, frozen=True):
     message: str
+
+
+def _node(node: str, field: str) -> str:
+    """A node id as etcd keys can hold it, or ``SpecError`` naming ``field``."""
+    try:
+        return check_node_id(node)
+    except ValueError as e:
+        raise SpecError(field, str(e)) from None
 
 
 def _actor(request: Request[ApiKey, Any, State]) -> str:
@@ -113,7 +122,7 @@ class ClusterController(Controller):
         return coord
 
     async def _live(self, request: Request[ApiKey, Any, State], node: str, field: str) -> None:
-        if node not in (await self._coord(request).snapshot()).nodes:
+        if _node(node, field) not in (await self._coord(request).snapshot()).nodes:
             raise SpecError(field, f"'{node[:100]}' is not a live member of the cluster")
 
     def _shard(self, request: Request[ApiKey, Any, State], shard: int) -> int:
@@ -174,6 +183,6 @@ class ClusterController(Controller):
     @post("/nodes/{node:str}/undrain", operation_id="undrainNode", status_code=200,
           summary="Let a drained node take shards again")  # fmt: skip
     async def undrain(self, request: Request[ApiKey, Any, State], node: str) -> Done:
-        await self._coord(request).undrain(node)
+        await self._coord(request).undrain(_node(node, "node"))
         await self._audit(request, "undrain", node=node)
         return Done(f"undrained {node}")

@@ -20,6 +20,7 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from protocol.errors import SpecError
 from scheduler_node.store import ApiKey, Role, lookup_api_key
 
 __all__ = ["ADMIN", "CACHE_S", "READER", "WRITER", "KeyAuthentication"]
@@ -39,6 +40,9 @@ class KeyAuthentication(AbstractAuthenticationMiddleware):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthorizedException("missing API key: send Authorization: Bearer <key>")
+        for name, value in connection.query_params.multi_items():
+            if "\x00" in value:  # PostgreSQL text cannot hold it: refused here, for every route at once
+                raise SpecError(name, "contains a NUL character")
         state = connection.app.state
         key = await _cached_lookup(state.pool, state.key_cache, token.strip())
         if key is None:
