@@ -18,6 +18,7 @@ import asyncpg
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery
 
 from protocol.errors import NotFound, SpecError
 from protocol.ids import parse_job_id
@@ -94,13 +95,13 @@ class KeyController(Controller):
         return CreatedKey(**msgspec.structs.asdict(key), key=secret)
 
     @get("/", operation_id="listKeys", summary="API keys (never their secrets)")
-    async def index(self, request: Request[ApiKey, Any, State], tenant: str | None = None,
-                    include_revoked: bool = False) -> KeyList:  # fmt: skip
+    async def index(self, request: Request[ApiKey, Any, State], tenant: FromQuery[str | None] = None,
+                    include_revoked: FromQuery[bool] = False) -> KeyList:  # fmt: skip
         return KeyList(await list_api_keys(request.app.state.pool, tenant=tenant, include_revoked=include_revoked))
 
     @delete("/{key_id:str}", operation_id="revokeKey", status_code=200,
             summary="Revoke an API key (refused within 5 s everywhere)")  # fmt: skip
-    async def revoke(self, request: Request[ApiKey, Any, State], key_id: str) -> Done:
+    async def revoke(self, request: Request[ApiKey, Any, State], key_id: FromPath[str]) -> Done:
         kid = parse_job_id(key_id, "id")
         if not await revoke_api_key(request.app.state.pool, kid, actor=_actor(request)):
             raise NotFound(f"no active key {kid}")
@@ -158,7 +159,7 @@ class ClusterController(Controller):
 
     @post("/shards/{shard:int}/move", operation_id="moveShard", status_code=200,
           summary="Pin a shard to a node: it moves there with a graceful release")  # fmt: skip
-    async def move(self, request: Request[ApiKey, Any, State], shard: int) -> Done:
+    async def move(self, request: Request[ApiKey, Any, State], shard: FromPath[int]) -> Done:
         body: MoveRequest = decode_untrusted(await request.body(), MoveRequest)
         await self._live(request, body.node, "node")
         await self._coord(request).pin(self._shard(request, shard), body.node)
@@ -167,14 +168,14 @@ class ClusterController(Controller):
 
     @post("/shards/{shard:int}/unpin", operation_id="unpinShard", status_code=200,
           summary="Let the plan place a pinned shard again")  # fmt: skip
-    async def unpin(self, request: Request[ApiKey, Any, State], shard: int) -> Done:
+    async def unpin(self, request: Request[ApiKey, Any, State], shard: FromPath[int]) -> Done:
         await self._coord(request).unpin(self._shard(request, shard))
         await self._audit(request, "unpin", shard=shard)
         return Done(f"unpinned shard {shard}")
 
     @post("/nodes/{node:str}/drain", operation_id="drainNode", status_code=200,
           summary="Move every shard off a node (for maintenance); it takes none until undrained")  # fmt: skip
-    async def drain(self, request: Request[ApiKey, Any, State], node: str) -> Done:
+    async def drain(self, request: Request[ApiKey, Any, State], node: FromPath[str]) -> Done:
         await self._live(request, node, "node")
         await self._coord(request).drain(node, _actor(request))
         await self._audit(request, "drain", node=node)
@@ -182,7 +183,7 @@ class ClusterController(Controller):
 
     @post("/nodes/{node:str}/undrain", operation_id="undrainNode", status_code=200,
           summary="Let a drained node take shards again")  # fmt: skip
-    async def undrain(self, request: Request[ApiKey, Any, State], node: str) -> Done:
+    async def undrain(self, request: Request[ApiKey, Any, State], node: FromPath[str]) -> Done:
         await self._coord(request).undrain(_node(node, "node"))
         await self._audit(request, "undrain", node=node)
         return Done(f"undrained {node}")

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery
 
 from protocol.errors import SpecError
 from protocol.ids import parse_job_id
@@ -33,8 +34,9 @@ class AlertController(Controller):
     tags = ["alerts"]
 
     @get("/", opt=READER, operation_id="listAlerts", summary="The tenant's alerts, newest first")
-    async def index(self, request: Request[ApiKey, Any, State], unacked: bool = False, undelivered: bool = False,
-                    before: str | None = None, limit: int = 100) -> AlertList:  # fmt: skip
+    async def index(self, request: Request[ApiKey, Any, State], unacked: FromQuery[bool] = False,
+                    undelivered: FromQuery[bool] = False, before: FromQuery[str | None] = None,
+                    limit: FromQuery[int] = 100) -> AlertList:  # fmt: skip
         if not 1 <= limit <= 1000:
             raise SpecError("limit", "must be 1-1000")
         items = await list_alerts(request.app.state.pool, tenant=request.user.tenant, unacked=unacked,
@@ -44,6 +46,6 @@ class AlertController(Controller):
 
     @post("/{alert_id:str}/ack", opt=WRITER, operation_id="ackAlert", status_code=200,
           summary="Acknowledge an alert (idempotent)")  # fmt: skip
-    async def ack(self, request: Request[ApiKey, Any, State], alert_id: str) -> Alert:
+    async def ack(self, request: Request[ApiKey, Any, State], alert_id: FromPath[str]) -> Alert:
         return await ack_alert(request.app.state.pool, request.user.tenant, parse_job_id(alert_id, "id"),
                                f"key:{request.user.prefix}")  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get
 from litestar.datastructures import State
+from litestar.params import FromQuery
 
 from protocol.errors import SpecError
 from protocol.ids import parse_job_id
@@ -47,8 +48,9 @@ class AuditController(Controller):
     tags = ["audit"]
 
     @get("/", opt=READER, operation_id="listAudit", summary="Who changed what, newest first")
-    async def index(self, request: Request[ApiKey, Any, State], job_id: str | None = None,
-                    tenant: str | None = None, cursor: str | None = None, limit: int = 100) -> AuditList:  # fmt: skip
+    async def index(self, request: Request[ApiKey, Any, State], job_id: FromQuery[str | None] = None,
+                    tenant: FromQuery[str | None] = None, cursor: FromQuery[str | None] = None,
+                    limit: FromQuery[int] = 100) -> AuditList:  # fmt: skip
         key: ApiKey = request.user
         if not 1 <= limit <= 1000:
             raise SpecError("limit", "must be 1-1000")

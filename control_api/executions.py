@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get
 from litestar.datastructures import State
+from litestar.params import FromQuery
 
 from protocol.errors import SpecError
 from protocol.executions import Execution, ExecutionStatus
@@ -70,9 +71,9 @@ class ExecutionController(Controller):
 
     @get("/", opt=READER, operation_id="listExecutions",
          summary="The tenant's executions across its jobs, newest slot first, in a time window")  # fmt: skip
-    async def index(self, request: Request[ApiKey, Any, State], status: list[str] | None = None,
-                    since: datetime | None = None, until: datetime | None = None, cursor: str | None = None,
-                    limit: int = 50) -> TenantExecutions:  # fmt: skip
+    async def index(self, request: Request[ApiKey, Any, State], status: FromQuery[list[str] | None] = None,
+                    since: FromQuery[datetime | None] = None, until: FromQuery[datetime | None] = None,
+                    cursor: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> TenantExecutions:  # fmt: skip
         if not 1 <= limit <= 500:
             raise SpecError("limit", "must be 1-500")
         end = _aware(until, "until") or datetime.now(UTC)

@@ -29,7 +29,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post, put
 from litestar import delete as delete_route
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from protocol.errors import CallerError, SpecError, VersionMismatch
 from protocol.executions import Execution
@@ -159,7 +159,7 @@ class JobController(Controller):
         return _job_response(job, 201, {"location": f"{paths.JOBS}/{job.id}"})
 
     @get("/{job_id:str}", opt=READER, operation_id="getJob", summary="Read a job")
-    async def read(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
+    async def read(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> Response[bytes]:
         jid = parse_job_id(job_id)
         state = request.app.state
         detail = await get_job_detail(state.pool, shard_of(jid, state.shard_count), jid, tenant=request.user.tenant)
@@ -170,9 +170,10 @@ class JobController(Controller):
                         headers={"etag": f'"{job.version}"'})  # fmt: skip
 
     @get("/", opt=READER, operation_id="listJobs", summary="List jobs, oldest first")
-    async def index(self, request: Request[ApiKey, Any, State], tag: str | None = None,
-                    state_filter: Annotated[str | None, Parameter(query="state")] = None, q: str | None = None,
-                    cursor: str | None = None, limit: int = 100) -> JobList:  # fmt: skip
+    async def index(self, request: Request[ApiKey, Any, State], tag: FromQuery[str | None] = None,
+                    state_filter: Annotated[str | None, QueryParameter(name="state")] = None,
+                    q: FromQuery[str | None] = None, cursor: FromQuery[str | None] = None,
+                    limit: FromQuery[int] = 100) -> JobList:  # fmt: skip
         state = state_filter
         if state is not None and state not in {s.value for s in JobState}:
             raise SpecError("state", f"'{state[:40]}' is not a job state")
@@ -193,13 +194,13 @@ class JobController(Controller):
 
     @put("/{job_id:str}", opt=WRITER, operation_id="replaceJob",
          summary="Replace a job's spec (If-Match required)")  # fmt: skip
-    async def replace(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
+    async def replace(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> Response[bytes]:
         expected = _required_version(request)
         return await self._replace(request, parse_job_id(job_id), await request.body(), expected)
 
     @patch("/{job_id:str}", opt=WRITER, operation_id="patchJob",
            summary="Change part of a job's spec: a JSON merge patch, RFC 7396 (If-Match required)")  # fmt: skip
-    async def modify(self, request: Request[ApiKey, Any, State], job_id: str) -> Response[bytes]:
+    async def modify(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> Response[bytes]:
         expected = _required_version(request)
         jid = parse_job_id(job_id)
         changes = await json_object(request, "a merge patch: a JSON object")
@@ -215,15 +216,15 @@ class JobController(Controller):
 
     @get("/{job_id:str}/preview", opt=READER, operation_id="previewJob",
          summary="The job's next instants, in UTC and in its zone, with DST notes")  # fmt: skip
-    async def preview(self, request: Request[ApiKey, Any, State], job_id: str, n: int = 10) -> Preview:
+    async def preview(self, request: Request[ApiKey, Any, State], job_id: FromPath[str], n: FromQuery[int] = 10) -> Preview:
         job = await self._read(request.app.state, request.user, parse_job_id(job_id))
         return Preview(preview_instants(job.spec, datetime.now(UTC), check_n(n), job.created_at))
 
     @get("/{job_id:str}/executions", opt=READER, operation_id="listJobExecutions",
          summary="A job's executions, newest slot first, with their attempts")  # fmt: skip
-    async def executions(self, request: Request[ApiKey, Any, State], job_id: str,
-                         status: list[str] | None = None, before: datetime | None = None,
-                         limit: int = 20) -> ExecutionList:  # fmt: skip
+    async def executions(self, request: Request[ApiKey, Any, State], job_id: FromPath[str],
+                         status: FromQuery[list[str] | None] = None, before: FromQuery[datetime | None] = None,
+                         limit: FromQuery[int] = 20) -> ExecutionList:  # fmt: skip
         jid = parse_job_id(job_id)
         if not 1 <= limit <= 200:
             raise SpecError("limit", "must be 1-200")
@@ -238,31 +239,31 @@ class JobController(Controller):
 
     @delete_route("/{job_id:str}", opt=WRITER, operation_id="deleteJob", summary="Delete a job",
                   status_code=200)  # fmt: skip
-    async def remove(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
+    async def remove(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.DELETE,
                                  expected_version=_version(request.headers.get("if-match")))  # fmt: skip
 
     @post("/{job_id:str}/pause", opt=WRITER, operation_id="pauseJob", summary="Pause a job",
           status_code=200)  # fmt: skip
-    async def pause(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
+    async def pause(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.PAUSE,
                                  expected_version=_version(request.headers.get("if-match")))  # fmt: skip
 
     @post("/{job_id:str}/resume", opt=WRITER, operation_id="resumeJob", summary="Resume a job",
           status_code=200)  # fmt: skip
-    async def resume(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
+    async def resume(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.RESUME,
                                  expected_version=_version(request.headers.get("if-match")))  # fmt: skip
 
     @post("/{job_id:str}/trigger", opt=WRITER, operation_id="triggerJob",
           summary="Fire one extra slot now (origin manual)", status_code=202)  # fmt: skip
-    async def trigger(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
+    async def trigger(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> JobWritten:
         return await self._write(request, parse_job_id(job_id), JobWriteOp.TRIGGER)
 
     @post("/{job_id:str}/backfill", opt=WRITER, operation_id="backfillJob", status_code=202,
           summary=f"Fire every slot of a past range [from, to) now (origin backfill, at most "
                   f"{MAX_BACKFILL_SLOTS} slots)")  # fmt: skip
-    async def backfill(self, request: Request[ApiKey, Any, State], job_id: str) -> JobWritten:
+    async def backfill(self, request: Request[ApiKey, Any, State], job_id: FromPath[str]) -> JobWritten:
         jid = parse_job_id(job_id)
         span = decode_untrusted(await request.body(), BackfillRange)
         job = await self._read(request.app.state, request.user, jid)

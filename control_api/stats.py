@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, get
 from litestar.datastructures import State
+from litestar.params import FromQuery
 
 from protocol.errors import SpecError
 from protocol.lag_buckets import percentile
@@ -54,7 +55,7 @@ class StatsController(Controller):
 
     @get("/", opt=READER, operation_id="getStats",
          summary="Jobs by state; executions by status, success rate and lag percentiles over a window")  # fmt: skip
-    async def index(self, request: Request[ApiKey, Any, State], window: str = "1h") -> Stats:
+    async def index(self, request: Request[ApiKey, Any, State], window: FromQuery[str] = "1h") -> Stats:
         try:
             span = parse_every(window)
         except ValueError as e:
