@@ -1085,6 +1085,8 @@ class Engine:
             await self.db.call(store.add_rollups, counts, lags)
         except DatabaseUnavailable:
             self.rollup.put_back(counts, lags)  # figures wait for PostgreSQL; the record is the rows
+        except Exception:  # statistics must never stop a node: these figures are dropped, and said so
+            log.exception("adding %d execution counts to the rollups failed; they are dropped", len(counts))
 
     def _put_result(self, row: ResultRow) -> None:
         """Queue a result row. Never waits: the claimer waits for the writer's room before taking new work."""
