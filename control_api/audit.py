@@ -3,8 +3,6 @@ tenant's (``tenant`` narrows it). ``job_id`` narrows to one job's changes."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Any
@@ -21,6 +19,7 @@ from scheduler_node.store import ApiKey, AuditEntry, Role, list_audit
 
 from . import paths
 from .auth import READER
+from .cursors import decode_cursor, encode_cursor
 
 __all__ = ["AuditController", "AuditList"]
 
@@ -28,19 +27,6 @@ __all__ = ["AuditController", "AuditList"]
 class AuditList(msgspec.Struct, frozen=True):
     items: list[AuditEntry]
     next_cursor: str | None = None
-
-
-def _cursor(e: AuditEntry) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode([e.at, e.id])).decode().rstrip("=")
-
-
-def _after(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        at, entry = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)),
-                                        type=tuple[datetime, uuid.UUID])  # fmt: skip
-    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        raise SpecError("cursor", "not a cursor of this list: pass next_cursor as it came") from None
-    return at, entry
 
 
 class AuditController(Controller):
@@ -59,7 +45,8 @@ class AuditController(Controller):
                 raise SpecError("tenant", "only an admin key reads another tenant's log")
             tenant = key.tenant
         jid = None if job_id is None else parse_job_id(job_id, "job_id")
-        items = await list_audit(request.app.state.pool, tenant=tenant, job_id=jid, limit=limit,
-                                 shard=None if jid is None else shard_of(jid, request.app.state.shard_count),
-                                 after=None if cursor is None else _after(cursor))  # fmt: skip
-        return AuditList(items, _cursor(items[-1]) if len(items) == limit else None)
+        after = None if cursor is None else decode_cursor(cursor, tuple[datetime, uuid.UUID])
+        state = request.app.state
+        items = await list_audit(state.pool, tenant=tenant, job_id=jid, limit=limit, after=after,
+                                 shard=None if jid is None else shard_of(jid, state.shard_count))  # fmt: skip
+        return AuditList(items, encode_cursor(items[-1].at, items[-1].id) if len(items) == limit else None)

@@ -10,8 +10,6 @@ Rules:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +25,7 @@ from scheduler_node.store import ApiKey, list_tenant_executions
 
 from . import paths
 from .auth import READER
+from .cursors import decode_cursor, encode_cursor
 
 __all__ = ["ExecutionController", "TenantExecutions", "check_statuses"]
 
@@ -51,20 +50,6 @@ def _aware(value: datetime | None, field: str) -> datetime | None:
     return value
 
 
-def _cursor(e: Execution) -> str:
-    raw = msgspec.json.encode([e.scheduled_at, e.job_id, e.origin])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _after(cursor: str) -> tuple[datetime, uuid.UUID, str]:
-    try:
-        at, job_id, origin = msgspec.json.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)),
-                                                 type=tuple[datetime, uuid.UUID, str])  # fmt: skip
-    except (binascii.Error, ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        raise SpecError("cursor", "not a cursor of this list: pass next_cursor as it came") from None
-    return at, job_id, origin
-
-
 class ExecutionController(Controller):
     path = paths.EXECUTIONS
     tags = ["executions"]
@@ -73,7 +58,8 @@ class ExecutionController(Controller):
          summary="The tenant's executions across its jobs, newest slot first, in a time window")  # fmt: skip
     async def index(self, request: Request[ApiKey, Any, State], status: FromQuery[list[str] | None] = None,
                     since: FromQuery[datetime | None] = None, until: FromQuery[datetime | None] = None,
-                    cursor: FromQuery[str | None] = None, limit: FromQuery[int] = 50) -> TenantExecutions:  # fmt: skip
+                    cursor: FromQuery[str | None] = None,
+                    limit: FromQuery[int] = 50) -> TenantExecutions:  # fmt: skip
         if not 1 <= limit <= 500:
             raise SpecError("limit", "must be 1-500")
         end = _aware(until, "until") or datetime.now(UTC)
@@ -84,6 +70,10 @@ class ExecutionController(Controller):
             raise SpecError("since", f"the window is at most {MAX_WINDOW.days} days: page through older ones")
         items = await list_tenant_executions(
             request.app.state.pool, tenant=request.user.tenant, since=start, until=end,
-            statuses=check_statuses(status), after=None if cursor is None else _after(cursor), limit=limit,
+            statuses=check_statuses(status), limit=limit,
+            after=None if cursor is None else decode_cursor(cursor, tuple[datetime, uuid.UUID, str]),
         )  # fmt: skip
-        return TenantExecutions(items, _cursor(items[-1]) if len(items) == limit else None)
+        if len(items) < limit:
+            return TenantExecutions(items)
+        last = items[-1]
+        return TenantExecutions(items, encode_cursor(last.scheduled_at, last.job_id, last.origin))
