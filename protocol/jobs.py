@@ -206,6 +206,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _RESERVED_HEADERS = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"}
 )
+_WHITESPACE = re.compile(r"[ \r\n\t]")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/=-]*")
 
 
@@ -221,10 +222,9 @@ def _check_url(field: str, url: str, egress: EgressPolicy) -> None:
         raise SpecError(field, f"target not allowed: {refused} (the cluster's egress policy)")
     # Stricter than the node, which ignores user info and percent-encodes or drops whitespace: refuse both, so
     # the stored URL reads as what is sent.
-    parts = urlsplit(url)
-    if parts.username or parts.password:
+    if "@" in urlsplit(url).netloc:
         raise SpecError(field, "credentials in the URL are not allowed; use target.headers")
-    if any(c in url for c in " \r\n\t"):
+    if _WHITESPACE.search(url):
         raise SpecError(field, "URL contains whitespace")
 
 
@@ -370,20 +370,36 @@ def _unstorable(value: Any, path: str) -> tuple[str, str] | None:
     return None
 
 
-def _unknown_field(raw: Any, known: Any, path: str, free: frozenset[str]) -> str | None:
-    """The first key of the document ``raw`` that decoding into ``known`` (its builtins) did not use."""
-    if path in free:
-        return None  # target.headers, target.body: the user's own keys
-    if isinstance(raw, dict) and isinstance(known, dict):
+def _field_names(cls: type[msgspec.Struct]) -> dict[str, str]:
+    """A struct's keys as the JSON spells them (its tag too) -> attribute names; cached per class."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = dict(zip(cls.__struct_encode_fields__, cls.__struct_fields__, strict=True))
+        if isinstance(tag := cls.__struct_config__.tag_field, str):
+            names[tag] = ""
+        _FIELD_NAMES[cls] = names
+    return names
+
+
+_FIELD_NAMES: dict[type[msgspec.Struct], dict[str, str]] = {}
+
+
+def _unknown_field(raw: Any, decoded: Any, path: str) -> str | None:
+    """The first key of the document ``raw`` that decoding it into ``decoded`` did not use. Only structs are
+    walked: a plain dict or ``Any`` in the types (target.headers, target.body) holds the user's own keys."""
+    if isinstance(decoded, msgspec.Struct) and type(raw) is dict:
+        names = _FIELD_NAMES.get(type(decoded)) or _field_names(type(decoded))
         for k, v in raw.items():
-            sub = f"{path}.{k}" if path else k
-            if k not in known:
-                return sub
-            if (found := _unknown_field(v, known[k], sub, free)) is not None:
-                return found
-    elif isinstance(raw, list) and isinstance(known, list):
-        for i, (r, k) in enumerate(zip(raw, known, strict=False)):
-            if (found := _unknown_field(r, k, f"{path}[{i}]", free)) is not None:
+            attr = names.get(k)
+            if attr is None:
+                return f"{path}.{k}" if path else k
+            if attr and (type(v) is dict or type(v) is list):
+                found = _unknown_field(v, getattr(decoded, attr), f"{path}.{k}" if path else k)
+                if found is not None:
+                    return found
+    elif type(decoded) is list and type(raw) is list:
+        for i, (r, d) in enumerate(zip(raw, decoded, strict=False)):
+            if (found := _unknown_field(r, d, f"{path}[{i}]")) is not None:
                 return found
     return None
 
@@ -407,9 +423,6 @@ def spec_error_from_msgspec(err: msgspec.ValidationError | msgspec.DecodeError) 
     return SpecError(path, msg)
 
 
-_FREE_FORM = frozenset({"target.headers", "target.body"})
-
-
 def decode_untrusted(data: bytes | str, type_: Any = Any) -> Any:
     """Untrusted JSON (a request body) decoded into ``type_``; every failure a ``SpecError`` naming the
     field."""
@@ -428,7 +441,7 @@ def decode_job_spec(data: bytes | str, egress: EgressPolicy = STRICT) -> JobSpec
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as e:
         raise spec_error_from_msgspec(e) from None
-    if (unknown := _unknown_field(raw, msgspec.to_builtins(spec), "", _FREE_FORM)) is not None:
+    if (unknown := _unknown_field(raw, spec, "")) is not None:
         raise SpecError(unknown, "unknown field")
     validate_job_spec(spec, egress)
     return spec

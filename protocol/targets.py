@@ -38,6 +38,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Path characters left as they are; anything else (spaces, non-ASCII) is percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _QUERY_SAFE = _PATH_SAFE + "?"
+_PATH_AS_IS = re.compile(r"[A-Za-z0-9/%:@!$&'()*+,;=._~-]+")  # what quote(safe=_PATH_SAFE) leaves unchanged
 # The codec wraps its reason: "encoding with 'idna' codec failed (UnicodeError: label empty or too long)".
 _CODEC_REASON = re.compile(r"\(UnicodeError: (.*)\)$")
 
@@ -93,7 +94,8 @@ def parse_target_url(url: str) -> TargetUrl:
     host_header = f"[{host}]" if ":" in host else host
     if explicit_port is not None and explicit_port != default_port:
         host_header = f"{host_header}:{explicit_port}"
-    target = quote(parts.path or "/", safe=_PATH_SAFE)
+    path = parts.path or "/"
+    target = path if _PATH_AS_IS.fullmatch(path) else quote(path, safe=_PATH_SAFE)
     if parts.query:
         target = f"{target}?{quote(parts.query, safe=_QUERY_SAFE)}"
     port = default_port if explicit_port is None else explicit_port

@@ -379,14 +379,13 @@ class CreatedJobs(msgspec.Struct, frozen=True):
 _CREATE_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
-    SELECT * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::uuid[], $9::timestamptz[])
+    SELECT * FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::uuid[], $9::timestamptz[])
         AS t(shard, id, tenant, actor, spec, audit_id, next_fire_at)
 ),
 ins AS (
     INSERT INTO jobs AS j (shard, id, tenant, name, tags, spec, semantics, next_fire_at, state)
-    SELECT i.shard, i.id, i.tenant, i.spec::jsonb ->> 'name',
-           ARRAY(SELECT jsonb_array_elements_text(i.spec::jsonb -> 'tags')), i.spec::jsonb,
-           i.spec::jsonb ->> 'semantics', i.next_fire_at, 'active'
+    SELECT i.shard, i.id, i.tenant, i.spec ->> 'name', ARRAY(SELECT jsonb_array_elements_text(i.spec -> 'tags')),
+           i.spec, i.spec ->> 'semantics', i.next_fire_at, 'active'
     FROM input i JOIN fence f ON f.shard = i.shard
     ORDER BY i.shard, i.id
     ON CONFLICT (shard, id) DO NOTHING
@@ -410,7 +409,7 @@ async def create_jobs(db: Executor, rows: Sequence[NewJob]) -> CreatedJobs:
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
     records = await db.fetch(
         _CREATE_SQL, shards, epochs, [r.shard for r in rows], [r.job_id for r in rows], [r.tenant for r in rows],
-        [r.actor for r in rows], [msgspec.json.encode(r.spec).decode() for r in rows],
+        [r.actor for r in rows], [r.spec for r in rows],
         [new_job_id() for _ in rows], [r.next_fire_at for r in rows],
     )  # fmt: skip
     fenced = frozenset(r["fenced_shard"] for r in records if r["fenced_shard"] is not None)
