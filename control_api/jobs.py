@@ -38,7 +38,7 @@ from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, decode_job_spec, decode_untrusted
 from protocol.sealed import redacted
 from protocol.shards import shard_of
-from protocol.slots import compile_schedule
+from protocol.slots import FirstSlots
 from protocol.slots.backfill import MAX_BACKFILL_SLOTS, BackfillRange, backfill_slots
 from protocol.slots.instants import preview_instants
 from scheduler_node.store import ApiKey, get_job, get_job_detail, list_executions, list_jobs
@@ -105,12 +105,15 @@ class JobView(Job, frozen=True):
     last_result: Execution | None = None
 
 
+_FIRST_SLOTS = FirstSlots()  # the process's: reads of jobs on one schedule compute its next slot once
+
+
 def _next_fire(job: Job, last_slot: datetime | None) -> datetime | None:
     if job.state is not JobState.ACTIVE:
         return None
     now = datetime.now(UTC)
     after = now if last_slot is None else max(now, last_slot)
-    return compile_schedule(job.spec, job.created_at).next_after(after)
+    return _FIRST_SLOTS.next_after(job.spec, job.created_at, after)
 
 
 def shown(job: Job) -> Job:

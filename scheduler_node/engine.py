@@ -71,7 +71,7 @@ from protocol.jobs import SEALED_PREFIX, Job, JobSpec, JobState, Target, validat
 from protocol.schedules import Every
 from protocol.sealed import SecretBox
 from protocol.shards import shard_of
-from protocol.slots import compile_schedule
+from protocol.slots import FirstSlots, compile_schedule
 from protocol.slots.backfill import backfill_slots
 
 from . import store
@@ -202,6 +202,7 @@ class Engine:
         # node's one thread.
         self.rollup = Rollup()
         self._manual_ms = 0  # the last manual slot given out (apply_write)
+        self._first_slots = FirstSlots()  # new jobs' next_fire_at bounds
         self.writer: Writer[ResultRow] = Writer(
             self._write_results,
             on_fenced=lambda fence: self.lose_shard(*fence),
@@ -1360,7 +1361,7 @@ class Engine:
                 out[i] = e
                 continue
             rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, spec,
-                                      ms_to_datetime(_first_slot_bound(spec, now))))  # fmt: skip
+                                      ms_to_datetime(_first_slot_bound(spec, now, self._first_slots))))  # fmt: skip
         if not rows:
             return
         result = await self.db.call(store.create_jobs, [r for _, r in rows.values()])
@@ -1411,7 +1412,7 @@ class Engine:
         now = self.clock.now_ms()
         if write.op is JobWriteOp.TRIGGER or write.op is JobWriteOp.BACKFILL:
             return await self._fire_now(shard, epoch, job_id, write, now)
-        first = _first_slot_bound(write.spec, now) if write.spec is not None else now
+        first = _first_slot_bound(write.spec, now, self._first_slots) if write.spec is not None else now
         try:
             outcome = await self.db.call(
                 store.write_job, Fence(shard, epoch), job_id, write, next_fire_at=ms_to_datetime(first)
@@ -1552,14 +1553,14 @@ class Engine:
         }
 
 
-def _first_slot_bound(spec: JobSpec, now: int) -> int:
+def _first_slot_bound(spec: JobSpec, now: int, first_slots: FirstSlots) -> int:
     """A lower bound of a job's first slot from ``now`` (ms), stored as its ``next_fire_at``: a job whose first
     slot is past the horizon (an hourly cron, an ``at`` next year) is then not loaded again at every refill
     until it is near. An ``every`` schedule without ``start_at`` is anchored at the row's creation time, which
     PostgreSQL sets: ``now`` is its bound."""
     if isinstance(spec.schedule, Every) and spec.start_at is None:
         return now
-    first = next(compile_schedule(spec, ms_to_datetime(now)).iter_ms(now - 1), None)
+    first = first_slots.at_or_after(spec, ms_to_datetime(now), now)
     return now if first is None else max(now, first)
 
 

@@ -4,8 +4,8 @@ Shared: the node compiles a rule per job to fill its wheel, the control API comp
 previews with the same code, so both always agree on a job's slots.
 
 - ``rules``: ``compile_schedule(spec, created_at) -> SlotRule``; ``SlotRule.next_after / iter_after / iter_ms
-  / preview``; ``preview(spec, after, n)``. Bounds ``start_at``/``end_at`` inclusive; ``every`` slots are
-  ``anchor + k * period``; ``at`` fires once.
+  / preview``; ``preview(spec, after, n)``; ``FirstSlots``, first slots remembered per schedule. Bounds
+  ``start_at``/``end_at`` inclusive; ``every`` slots are ``anchor + k * period``; ``at`` fires once.
 - ``cron_slots``: ``CronSlots``, the kept iterator of a cron schedule (croniter walking naive wall-clock
   time).
 - ``instants``: ``preview_instants``, the preview as the API shows it (UTC, local, DST notes).
@@ -21,7 +21,7 @@ after the overlap (01:00-02:00 repeats) and fires once at 07:30Z (EST).
 
 from .cron_slots import CronSlots
 from .dst import ABSOLUTE, effective_policy, zone
-from .rules import AtRule, CronRule, EveryRule, EverySlots, SlotRule, compile_schedule, preview
+from .rules import AtRule, CronRule, EveryRule, EverySlots, FirstSlots, SlotRule, compile_schedule, preview
 
 __all__ = [
     "ABSOLUTE",
@@ -30,6 +30,7 @@ __all__ = [
     "CronSlots",
     "EveryRule",
     "EverySlots",
+    "FirstSlots",
     "SlotRule",
     "compile_schedule",
     "effective_policy",

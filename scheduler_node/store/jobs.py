@@ -470,8 +470,7 @@ class JobDetail(msgspec.Struct, frozen=True):
 
 
 _DETAIL_SQL = f"""
-SELECT {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.replace("spec::text AS spec", "spec").split(","))},
-       j.spec::text AS spec_text, c.last_slot, to_jsonb(e)::text AS last_result
+SELECT {", ".join(f"j.{c.strip()}" for c in JOB_COLUMNS.split(","))}, c.last_slot, to_jsonb(e)::text AS last_result
 FROM jobs j
 LEFT JOIN job_cursor c ON c.shard = j.shard AND c.job_id = j.id
 LEFT JOIN LATERAL (
@@ -488,7 +487,7 @@ async def get_job_detail(db: Executor, shard: int, job_id: uuid.UUID, *, tenant:
     row = await db.fetchrow(_DETAIL_SQL, shard, job_id, tenant)
     if row is None:
         raise NotFound(f"job {job_id} not found")
-    job = _job({**dict(row), "spec": row["spec_text"]})
+    job = _job(row)
     last = row["last_result"]
     result = None
     if last is not None:

@@ -28,6 +28,7 @@ from protocol.slots import (
     AtRule,
     CronRule,
     EveryRule,
+    FirstSlots,
     SlotRule,
     compile_schedule,
     preview,
@@ -377,6 +378,27 @@ def test_named_dst_case(case: str) -> None:
     assert got == expected
     for g in got:
         assert g.tzinfo is UTC
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(job_specs(), min_size=1, max_size=3),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(946_684_800_000, 4_102_444_800_000)), min_size=1, max_size=12),
+    st.integers(1, 3),
+)
+def test_first_slots_answer_what_a_fresh_compile_answers(specs: list[JobSpec], asks: list[tuple[int, int]],
+                                                         size: int) -> None:  # fmt: skip
+    """Reference: compile the schedule afresh for every question. Jobs drawn with the same schedule and asks
+    close together exercise the remembered entries; a tiny ``size`` their eviction."""
+    created = utc(2001, 2, 3, 4, 5, 6)
+    first_slots = FirstSlots(size)
+    for which, t_ms in asks:
+        job = specs[which % len(specs)]
+        for t in (t_ms, t_ms + 1, t_ms + 60_000, t_ms - 1):
+            expected = next(compile_schedule(job, created).iter_ms(t - 1), None)
+            assert first_slots.at_or_after(job, created, t) == expected
+        after = datetime.fromtimestamp(t_ms / 1000, UTC) + timedelta(microseconds=250)
+        assert first_slots.next_after(job, created, after) == compile_schedule(job, created).next_after(after)
 
 
 def test_every_second_across_lord_howe_fall_back() -> None:
