@@ -360,7 +360,9 @@ class Engine:
             self._shards_change()
             self._freeze_loaded()
             self.metrics.skips.inc(len(takeover.lost), kind="lost")
-            log.info(
+            # An empty shard's load is routine (256 lines at a dev cluster's start): told only at debug level.
+            log.log(
+                logging.INFO if rows or takeover.resume or takeover.lost else logging.DEBUG,
                 "shard %d loaded at epoch %d: %d jobs, %d resumed, %d lost",
                 shard,
                 epoch,

@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -116,29 +114,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres
+    from shardwheel.dev import DevOptions, run_dev
 
-    data = Path(args.data_dir).resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmbeddedPostgres.from_env(data / "pg") as pg, EmbeddedEtcd.from_env(data / "etcd") as etcd:
-        applied, info = asyncio.run(_migrate(pg.dsn, args.cluster, args.shards))
-        print(f"PostgreSQL  {pg.dsn}")
-        print(f"etcd        {etcd.endpoint}")
-        print(f"cluster     {info}")
-        print(f"migrations  {', '.join(applied) if applied else 'up to date'}")
-        print(f"data        {data}")
-        print(f"export SHARDWHEEL_PG_DSN={pg.dsn} SHARDWHEEL_ETCD={etcd.endpoint}", flush=True)
-        if args.no_wait:
-            return 0
-        print("dev cluster running; Ctrl-C stops it", flush=True)
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            pass
-        print("stopping", flush=True)
+    return run_dev(DevOptions(data_dir=Path(args.data_dir), nodes=args.nodes, shards=args.shards,
+                              api_port=args.api_port, target_port=args.target_port, cluster=args.cluster,
+                              fresh=args.fresh, smoke=args.no_wait))  # fmt: skip
+
+
+def cmd_demo_target(args: argparse.Namespace) -> int:
+    from shardwheel.demo_target import serve
+
+    serve(args.port, args.host, args.keep)
     return 0
 
 
@@ -399,10 +385,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_cluster)
 
-    d = sub.add_parser("dev", parents=[common], help="run an embedded local cluster (PostgreSQL + etcd)")
-    d.add_argument("--data-dir", default=".shardwheel/dev", help="where the embedded servers keep their data")
-    d.add_argument("--no-wait", action="store_true", help="start, print the URLs, stop and exit (a smoke check)")
+    d = sub.add_parser("dev", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="run a whole local cluster: PostgreSQL, etcd, nodes, the API and a demo target",
+                       description="Runs embedded PostgreSQL and etcd, the migrations, --nodes scheduler nodes, "
+                                   "the control API and a demo target as child processes, creates an admin key "
+                                   "and prints how to use them. Ctrl-C stops everything.",
+                       epilog="example:\n  shardwheel dev --nodes 3 --api-port 8080\n"
+                              "  shardwheel dev --fresh          # start again from an empty data directory")
+    d.add_argument("--data-dir", default=".shardwheel/dev", help="where the cluster keeps its data and logs")
+    d.add_argument("--fresh", action="store_true", help="wipe the data directory first")
+    d.add_argument("--nodes", type=_ranged(int, 1, 16), default=3, help="scheduler nodes (default 3)")
+    d.add_argument("--api-port", type=_ranged(int, 1, 65_535), default=8080, help="the control API's port")
+    d.add_argument("--target-port", type=_ranged(int, 1, 65_535), default=8099, help="the demo target's port")
+    d.add_argument("--no-wait", action="store_true",
+                   help="start everything, print how to use it, stop and exit (a smoke check)")
     d.set_defaults(func=cmd_dev, cluster=os.environ.get("SHARDWHEEL_CLUSTER", "dev"))
+
+    t = sub.add_parser("demo-target", parents=[debug], help="an HTTP endpoint printing each firing with its drift",
+                       epilog="example: shardwheel demo-target --port 8099   (GET / lists the last firings)")
+    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--port", type=_ranged(int, 0, 65_535), default=8099, help="0 picks a free port")
+    t.add_argument("--keep", type=_ranged(int, 1, 100_000), default=200, help="firings kept for GET /")
+    t.set_defaults(func=cmd_demo_target)
     return p
 
 
