@@ -216,12 +216,19 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """``keys create``, offline against PostgreSQL: the bootstrap of a tenant's first key (shown once)."""
+    """Keys through the API (admin); ``keys create --dsn`` is the offline bootstrap of a tenant's first key."""
+    if args.admin:
+        args.role = "admin"
+    if args.dsn is None:
+        from shardwheel.client_commands import keys_via_api
+
+        return keys_via_api(args)
+    if args.op != "create":
+        raise ShardwheelError(f"keys {args.op} goes through the API: drop --dsn")
+    if not args.tenant:
+        raise ShardwheelError("keys create --dsn needs --tenant (the offline bootstrap names the tenant)")
     from scheduler_node.store import Role, create_api_key
     from scheduler_node.store.pool import connect
-
-    if not args.dsn:
-        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
 
     async def create() -> str:
         conn = await connect(args.dsn)
@@ -246,21 +253,25 @@ def _tenant(value: str) -> str:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from shardwheel.cluster import apply_operation, cluster_status, render_status
+    """Through the API's admin endpoints; with ``--etcd``, straight to etcd and PostgreSQL (the API down)."""
+    if not args.etcd:
+        from shardwheel.client_commands import cluster_via_api
+
+        return cluster_via_api(args)
+    from shardwheel.cluster import apply_operation, cluster_status
+    from shardwheel.tables import print_cluster
 
     if not args.dsn:
-        raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
-    if not args.etcd:
-        raise ShardwheelError("no etcd: pass --etcd or set SHARDWHEEL_ETCD")
+        raise ShardwheelError("cluster --etcd needs the database too: pass --dsn or set SHARDWHEEL_PG_DSN")
     tls = _etcd_tls(args)
     if args.op == "status":
+        import msgspec
+
         status = cluster_status(args.dsn, args.etcd, args.etcd_prefix, tls)
         if args.json:
-            import msgspec
-
             print(msgspec.json.encode(status).decode())
         else:
-            render_status(status)
+            print_cluster(msgspec.to_builtins(status))
         return 0
     print(apply_operation(args.dsn, args.etcd, args.etcd_prefix, args.op, *args.args, tls=tls))
     return 0
@@ -291,18 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
                          help="seals and opens target headers at rest: <id>=<base64 of 32 bytes>, the first "
                               "seals, every one opens (rotation); the same on API and nodes; required outside "
                               "dev mode (env SHARDWHEEL_SECRETS_KEY)")
-    etcd_tls = _Parser(add_help=False)  # --etcd, its prefix and its TLS
-    etcd_tls.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD"),
-                          help="etcd endpoint(s), comma-separated (env SHARDWHEEL_ETCD); a node with it "
-                               "runs in cluster mode and ignores --shards")
-    etcd_tls.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),
-                          help="key prefix in etcd (env SHARDWHEEL_ETCD_PREFIX)")
-    etcd_tls.add_argument("--etcd-ca", default=os.environ.get("SHARDWHEEL_ETCD_CA"),
-                          help="TLS to etcd (https endpoints): the CA file (env SHARDWHEEL_ETCD_CA)")
-    etcd_tls.add_argument("--etcd-cert", default=os.environ.get("SHARDWHEEL_ETCD_CERT"),
-                          help="client certificate for etcd's --client-cert-auth (env SHARDWHEEL_ETCD_CERT)")
-    etcd_tls.add_argument("--etcd-key", default=os.environ.get("SHARDWHEEL_ETCD_KEY"),
-                          help="its key (env SHARDWHEEL_ETCD_KEY)")
+    def etcd_parent(env_default: bool) -> _Parser:  # --etcd, its prefix and its TLS
+        parent = _Parser(add_help=False)
+        parent.add_argument("--etcd", default=os.environ.get("SHARDWHEEL_ETCD") if env_default else None,
+                            help="etcd endpoint(s), comma-separated (env SHARDWHEEL_ETCD); a node with it "
+                                 "runs in cluster mode and ignores --shards" if env_default else
+                                 "go straight to etcd (and --dsn) instead of the API: for when the API is down")
+        parent.add_argument("--etcd-prefix", default=os.environ.get("SHARDWHEEL_ETCD_PREFIX", "/shardwheel"),
+                            help="key prefix in etcd (env SHARDWHEEL_ETCD_PREFIX)")
+        parent.add_argument("--etcd-ca", default=os.environ.get("SHARDWHEEL_ETCD_CA"),
+                            help="TLS to etcd (https endpoints): the CA file (env SHARDWHEEL_ETCD_CA)")
+        parent.add_argument("--etcd-cert", default=os.environ.get("SHARDWHEEL_ETCD_CERT"),
+                            help="client certificate for etcd's --client-cert-auth (env SHARDWHEEL_ETCD_CERT)")
+        parent.add_argument("--etcd-key", default=os.environ.get("SHARDWHEEL_ETCD_KEY"),
+                            help="its key (env SHARDWHEEL_ETCD_KEY)")
+        return parent
+
+    etcd_tls = etcd_parent(env_default=True)
     common.add_argument("--cluster", default=os.environ.get("SHARDWHEEL_CLUSTER", "default"),
                         help="cluster name (env SHARDWHEEL_CLUSTER)")
     common.add_argument("--shards", type=_shard_count, default=_env_int("SHARDWHEEL_SHARDS", DEFAULT_SHARD_COUNT),
@@ -367,22 +383,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a soft quota of undeleted jobs per tenant (default: none)")
     a.set_defaults(func=cmd_api)
 
-    k = sub.add_parser("keys", parents=[debug, pg], help="API keys: create one (offline, against PostgreSQL)")
-    k.add_argument("op", choices=["create"])
-    k.add_argument("--tenant", type=_tenant, required=True)
+    from shardwheel.client_commands import add_client_commands, client_settings
+
+    add_client_commands(sub, [debug], _Parser)
+    api_client = client_settings(_Parser)
+    k = sub.add_parser("keys", parents=[debug, api_client], formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="API keys: create, list, revoke (through the API; create --dsn works offline)",
+                       epilog="example:\n  shardwheel keys create --role writer --name ci\n"
+                              "  shardwheel keys revoke 0196d1c2-...\n"
+                              "  shardwheel keys create --admin --tenant acme --dsn postgresql://...   # offline")
+    k.add_argument("op", choices=["create", "list", "revoke"])
+    k.add_argument("key_id", nargs="?", help="revoke: the key's id")
+    k.add_argument("--dsn", type=_dsn, default=None,
+                   help="create the key straight in PostgreSQL (the bootstrap of a tenant's first key)")
+    k.add_argument("--tenant", type=_tenant, help="the key's tenant (default through the API: your own)")
     k.add_argument("--role", choices=["admin", "writer", "reader"], default="writer")
+    k.add_argument("--admin", action="store_true", help="the same as --role admin")
     k.add_argument("--name", default="", help="to tell keys apart in lists")
     k.add_argument("--rate-limit", type=_ranged(float, 0.001, 1e6), default=None, metavar="PER_S",
                    help="this key's requests a second per API replica (default: the API's --rate-limit)")
     k.add_argument("--burst", type=_ranged(int, 1, 1_000_000), default=None, help="this key's burst")
     k.set_defaults(func=cmd_keys)
 
-    c = sub.add_parser("cluster", parents=[debug, pg, etcd_tls],
-                       help="cluster status and admin operations (drain, move, pause, rebalance)")
+    c = sub.add_parser("cluster", parents=[debug, api_client, pg, etcd_parent(env_default=False)],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       help="cluster status and admin operations (drain, move, pause, rebalance)",
+                       epilog="example:\n  shardwheel cluster status\n  shardwheel cluster drain dev-node-2\n"
+                              "  shardwheel cluster status --etcd 127.0.0.1:2379 --dsn postgresql://...  "
+                              "# the API down")  # fmt: skip
     c.add_argument("op", choices=sorted(_CLUSTER_ARGS), help="status | rebalance | pause | resume | drain NODE | "
                    "undrain NODE | move SHARD NODE | unpin SHARD")
     c.add_argument("args", nargs="*", help="the operation's arguments")
-    c.add_argument("--json", action="store_true", help="machine-readable output")
     c.set_defaults(func=cmd_cluster)
 
     d = sub.add_parser("dev", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,

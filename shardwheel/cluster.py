@@ -1,4 +1,5 @@
-"""`shardwheel cluster ...`: the cluster as etcd and PostgreSQL see it, and the admin writes that steer it.
+"""`shardwheel cluster ... --etcd`: the cluster as etcd and PostgreSQL see it, and the admin writes that steer
+it, straight from the stores (for when the API is down; without ``--etcd`` the command goes through the API).
 
 Status is read from both stores, not from one node: members and their published figures, drains, pins and
 the paused flag from etcd; epochs from ``shard_epochs`` in PostgreSQL. The operations only write admin keys in
@@ -22,7 +23,7 @@ from protocol.errors import ShardwheelError
 from scheduler_node.coordination import ClusterStatus, EtcdCoordinator, EtcdTls, KeyLayout
 from scheduler_node.coordination import cluster_status as build_status
 
-__all__ = ["apply_operation", "cluster_status", "render_status"]
+__all__ = ["apply_operation", "cluster_status"]
 
 
 async def _read_pg(dsn: str) -> tuple[str, int, dict[int, tuple[int, str | None]]]:
@@ -42,31 +43,6 @@ def cluster_status(dsn: str, etcd: str, prefix: str, tls: EtcdTls | None = None)
     with EtcdCoordinator(etcd, KeyLayout(name, prefix), tls=tls) as coord:
         view = coord.snapshot()
     return build_status(name, shard_count, {s: e for s, (e, _) in epochs.items()}, view)
-
-
-def render_status(status: ClusterStatus) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    table = Table(title=f"cluster {status.cluster} — {status.shard_count} shards"
-                        + (" — rebalancing PAUSED" if status.rebalancing_paused else ""))
-    for col in ("node", "address", "shards", "firings/s", "lag p99 ms", "lag ms", "clock ms", "state"):
-        table.add_column(col)
-    for m in status.members:
-        state = "drained" if m.drained else (f"refusing: {m.refusing}" if m.refusing else "ok")
-        if m.degraded:
-            state = f"degraded: {m.degraded}"
-        table.add_row(m.node, m.address, str(m.shards), str(m.firings_per_s), str(m.dispatch_lag_p99_ms),
-                      str(m.lag_ms), str(m.clock_offset_ms), state)
-    console.print(table)
-    if status.unowned_shards:
-        console.print(f"unowned shards: {status.unowned_shards}")
-    if status.moving:
-        moves = ", ".join(f"{m.shard} ({m.owner} → {m.to or 'plan'})" for m in status.moving)
-        console.print(f"moving: {moves}")
-    if status.pins:
-        console.print(f"pins: {status.pins}")
 
 
 def apply_operation(dsn: str, etcd: str, prefix: str, op: str, *args: str, actor: str = "cli",

@@ -18,21 +18,6 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
                           env={**base, **(env or {})}, stdin=subprocess.DEVNULL)
 
 
-def test_dev_starts_migrates_prints_urls_and_stops(tmp_path: Path) -> None:
-    data = Path(f"/tmp/sw-dev-{os.getpid()}")
-    try:
-        first = run("dev", "--data-dir", str(data), "--no-wait")
-        assert first.returncode == 0, first.stderr
-        assert "PostgreSQL  postgresql://postgres@127.0.0.1:" in first.stdout
-        assert "etcd        http://127.0.0.1:" in first.stdout
-        assert "0001" in first.stdout  # the first run applies the migrations
-        second = run("dev", "--data-dir", str(data), "--no-wait")  # data kept; nothing to migrate again
-        assert second.returncode == 0, second.stderr
-        assert "migrations  up to date" in second.stdout
-    finally:
-        subprocess.run(["rm", "-rf", str(data)], check=False)
-
-
 def test_migrate_is_idempotent_and_checks_the_shard_count(pg_server: EmbeddedPostgres, empty_db_dsn: str) -> None:
     first = run("migrate", "--dsn", empty_db_dsn, "--cluster", "c1", "--shards", "64")
     assert first.returncode == 0, first.stderr
