@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 
 from protocol.errors import ShardwheelError
 from protocol.shards import DEFAULT_SHARD_COUNT, HASH_NAME
+from shardwheel import logs
 
 __all__ = ["main"]
 
@@ -118,7 +119,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     return run_dev(DevOptions(data_dir=Path(args.data_dir), nodes=args.nodes, shards=args.shards,
                               api_port=args.api_port, target_port=args.target_port, cluster=args.cluster,
-                              fresh=args.fresh, smoke=args.no_wait))  # fmt: skip
+                              fresh=args.fresh, smoke=args.no_wait, log_level=args.log_level,
+                              log_format=args.log_format))  # fmt: skip
 
 
 def cmd_demo_target(args: argparse.Namespace) -> int:
@@ -145,7 +147,6 @@ def _given(**flags: Any) -> dict[str, Any]:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    import logging
 
     import trio
 
@@ -154,8 +155,6 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     if not args.dsn:
         raise ShardwheelError("no database: pass --dsn or set SHARDWHEEL_PG_DSN")
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = NodeConfig(
             dsn=args.dsn, shards=args.shards_owned, host=args.host, port=args.port,
@@ -173,12 +172,12 @@ def cmd_node(args: argparse.Namespace) -> int:
         ).checked()
     except ValueError as e:
         raise ShardwheelError(str(e)) from None
+    logs.configure(args.log_level, args.log_format, node=config.node_id)
     trio.run(run_node, config)
     return 0
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import logging
 
     import uvicorn
 
@@ -193,8 +192,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         secret = cluster_secret(args.cluster_secret, dev=args.dev)
     except ValueError as e:
         raise ShardwheelError(str(e)) from None
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level, args.log_format)
     settings = ApiSettings(dsn=args.dsn, etcd=args.etcd, cluster_secret=secret, etcd_prefix=args.etcd_prefix,
                            etcd_tls=_etcd_tls(args), dev=args.dev, rate_limit_per_s=args.rate_limit,
                            burst=args.burst, max_jobs_per_tenant=args.max_jobs_per_tenant,
@@ -205,14 +203,24 @@ def cmd_api(args: argparse.Namespace) -> int:
         raise ShardwheelError(str(e)) from None
     if args.workers == 1:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                    lifespan="on")  # fmt: skip
+                    lifespan="on", log_config=None)  # fmt: skip
         return 0
     # Worker processes on one port (the API is stateless): each builds its app from the settings handed down
     # in its environment (a child's, never a command line).
     os.environ[SETTINGS_ENV] = settings_json(settings)
-    uvicorn.run("control_api.app:app_from_environment", factory=True, workers=args.workers, host=args.host,
-                port=args.port, log_level=args.log_level, access_log=False, lifespan="on")  # fmt: skip
+    os.environ["SHARDWHEEL_LOG_LEVEL"], os.environ["SHARDWHEEL_LOG_FORMAT"] = args.log_level, args.log_format
+    uvicorn.run("shardwheel.cli:api_worker_app", factory=True, workers=args.workers, host=args.host,
+                port=args.port, log_level=args.log_level, access_log=False, lifespan="on",
+                log_config=None)  # fmt: skip
     return 0
+
+
+def api_worker_app() -> Any:
+    """The app of one ``shardwheel api --workers N`` process (a uvicorn factory): its logging as the parent's."""
+    from control_api.app import app_from_environment
+
+    logs.configure()
+    return app_from_environment()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -363,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--store-outage-limit", type=_ranged(float, 0.001, 86_400),
                    help="seconds of PostgreSQL outage after which the node exits 1 for its supervisor (300)")
     n.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)  # tests: a skewed clock
-    n.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    n.add_argument("--log-level", default=logs.default_level(), choices=logs.LEVELS,
+                   help="(env SHARDWHEEL_LOG_LEVEL; default info)")
+    n.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS,
+                   help="text for people, json for machines: one event per line (env SHARDWHEEL_LOG_FORMAT)")
     n.set_defaults(func=cmd_node)
 
     a = sub.add_parser("api", parents=[debug, pg, etcd_tls, dev_mode, sealing],
@@ -372,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_API_PORT", 8080))
     a.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="the nodes' cluster secret, to reach their internal API (env SHARDWHEEL_CLUSTER_SECRET)")
-    a.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a.add_argument("--log-level", default=logs.default_level(), choices=logs.LEVELS,
+                   help="(env SHARDWHEEL_LOG_LEVEL; default info)")
+    a.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS,
+                   help="text for people, json for machines: one event per line (env SHARDWHEEL_LOG_FORMAT)")
     a.add_argument("--workers", type=_ranged(int, 1, 64), default=1,
                    help="API processes on the port (default 1; each uses up to a core)")
     a.add_argument("--rate-limit", type=_ranged(float, 0.001, 1e6), default=500.0, metavar="PER_S",
@@ -428,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=_ranged(int, 1, 16), default=3, help="scheduler nodes (default 3)")
     d.add_argument("--api-port", type=_ranged(int, 1, 65_535), default=8080, help="the control API's port")
     d.add_argument("--target-port", type=_ranged(int, 1, 65_535), default=8099, help="the demo target's port")
+    d.add_argument("--log-level", default=logs.default_level(), choices=logs.LEVELS, help="the children's")
+    d.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS, help="the children's")
     d.add_argument("--no-wait", action="store_true",
                    help="start everything, print how to use it, stop and exit (a smoke check)")
     d.set_defaults(func=cmd_dev, cluster=os.environ.get("SHARDWHEEL_CLUSTER", "dev"))

@@ -56,6 +56,8 @@ class DevOptions:
     cluster: str = "dev"
     fresh: bool = False
     smoke: bool = False  # start, print, stop (--no-wait)
+    log_level: str = "info"
+    log_format: str = "text"
     ready_timeout_s: float = 120.0
 
 
@@ -245,7 +247,8 @@ def _run(opts: DevOptions, data: Path, log_dir: Path, stop: threading.Event) -> 
         etcd.start()
         _run_once(_shardwheel("migrate", "--dsn", pg.dsn, "--cluster", opts.cluster, "--shards", str(opts.shards)),
                   "migrate")  # fmt: skip
-        common = ["--dsn", pg.dsn, "--etcd", etcd.endpoint, "--dev"]
+        common = ["--dsn", pg.dsn, "--etcd", etcd.endpoint, "--dev", "--log-level", opts.log_level,
+                  "--log-format", opts.log_format]
         width = max(len("demo-target"), len(f"node-{opts.nodes}"))
         specs = [(f"node-{i}", _shardwheel("node", *common, "--node-id", f"dev-node-{i}", "--port", str(free_port())))
                  for i in range(1, opts.nodes + 1)]  # fmt: skip
