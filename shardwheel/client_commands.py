@@ -29,6 +29,7 @@ from .tables import (
     print_job,
     print_jobs,
     schedule_text,
+    show,
     table,
 )
 
@@ -300,7 +301,7 @@ def alerts_list(args: argparse.Namespace) -> int:
         acked = "" if a.get("acked_at") is None else " (acked)"
         t.add_row(a["id"], a["kind"] + acked, str(a["job_id"]), str(a["created_at"])[:19].replace("T", " "),
                   (a.get("message") or "-").splitlines()[0])  # fmt: skip
-    console.print(t)
+    show(t, flexible=("message", "kind"))
     return 0
 
 
@@ -355,7 +356,7 @@ def keys_via_api(args: argparse.Namespace) -> int:
     t = table("id", "prefix", "tenant", "role", "name", widths={"tenant": 12, "name": 16})
     for k in keys:
         t.add_row(k["id"], k["prefix"], k["tenant"], "revoked" if k.get("revoked_at") else k["role"], k["name"] or "-")
-    console.print(t)
+    show(t, flexible=("tenant", "name"))
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["console", "format_time", "print_cluster", "print_executions", "print_job", "print_jobs", "table"]
+__all__ = ["console", "format_time", "print_cluster", "print_executions", "print_job", "print_jobs", "show", "table"]
 
 console = Console(highlight=False, soft_wrap=False)
 
@@ -30,13 +30,23 @@ def format_time(value: str | None, ms: bool = False, year: bool = True) -> str:
 
 def table(*columns: str, right: tuple[str, ...] = (), widths: Mapping[str, int] | None = None) -> Table:
     """A borderless table, one space between columns (80 columns hold more), no cell wrapped: a cell wider than
-    its ``widths`` entry ends in an ellipsis."""
+    its ``widths`` entry ends in an ellipsis. Print it with ``show``."""
     t = Table(box=None, pad_edge=False, collapse_padding=True, padding=(0, 1))
     for col in columns:
         width = (widths or {}).get(col)
         t.add_column(col, justify="right" if col in right else "left", no_wrap=True, overflow="ellipsis",
-                     max_width=width, min_width=min(width or 0, len(col)))  # fmt: skip
+                     max_width=width)  # fmt: skip
     return t
+
+
+def show(t: Table, flexible: tuple[str, ...] = ()) -> None:
+    """Print ``t``; when it is too wide only the ``flexible`` columns give way (the others keep their widest
+    cell), so a long error is cut instead of every figure."""
+    for column in t.columns:
+        if column.header not in flexible:
+            widest = max((len(str(c)) for c in column.cells), default=0)
+            column.min_width = min(max(widest, len(str(column.header))), column.max_width or 1_000)
+    console.print(t)
 
 
 def schedule_text(schedule: Mapping[str, Any], tz: str = "UTC") -> str:
@@ -58,7 +68,7 @@ def print_jobs(jobs: Iterable[Mapping[str, Any]]) -> None:
         spec = j["spec"]
         t.add_row(j["id"], spec["name"], j["state"], schedule_text(spec["schedule"], spec.get("timezone", "UTC")),
                   ",".join(spec.get("tags") or []))  # fmt: skip
-    console.print(t)
+    show(t, flexible=("name", "schedule", "tags"))
 
 
 def print_job(job: Mapping[str, Any]) -> None:
@@ -98,7 +108,7 @@ def print_executions(items: Iterable[Mapping[str, Any]], with_job: bool = False)
                 str(e.get("attempt") or 0), str(e.get("http_status") or "-"), "-" if lag is None else str(lag),
                 "-" if took is None else str(took), _cut(e.get("error"), 200)]  # fmt: skip
         t.add_row(*row)
-    console.print(t)
+    show(t, flexible=("error",))
 
 
 def shard_ranges(shards: Iterable[int]) -> str:
@@ -161,7 +171,7 @@ def print_cluster(status: Mapping[str, Any]) -> None:
         t.add_row(m["node"], str(m["shards"]), _num(m.get("firings_per_s"), 1),
                       "-" if m.get("dispatch_lag_p99_ms") is None else f"{m['dispatch_lag_p99_ms']:,.0f} ms",
                   "-" if m.get("clock_offset_ms") is None else f"{m['clock_offset_ms']:+.1f} ms", state)  # fmt: skip
-    console.print(t)
+    show(t, flexible=("node", "state"))
     _print_shard_map(status)
     if status.get("moving"):
         moves = ", ".join(f"{m['shard']} {m['owner']}→{m.get('to') or 'plan'}" for m in status["moving"])
