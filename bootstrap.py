@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bootstrap a virtual environment from the lockfile, then run a Shardwheel command in it.
 
-    python3 bootstrap.py dev      # venv + embedded PostgreSQL and etcd + migrations, prints their URLs
+    python3 bootstrap.py dev      # venv + `shardwheel dev`: PostgreSQL, etcd, 3 nodes, the API, a demo target
     python3 bootstrap.py test     # venv + the whole test suite (what .ci/run runs)
 
 Needs only Python >= 3.11 and access to the package registry. The venv lives in `.venv/` and is rebuilt

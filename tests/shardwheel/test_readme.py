@@ -1,0 +1,28 @@
+"""The README's first screen is what a new user runs: its two commands, and a first job whose commands exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from shardwheel.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _blocks(text: str) -> list[list[str]]:
+    return [[line for line in b.splitlines() if line.strip()] for b in re.findall(r"```sh\n(.*?)```", text, re.S)]
+
+
+def test_the_two_set_up_commands_and_the_first_job_are_on_the_first_screen() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_screen = "\n".join(readme.splitlines()[:40])
+    setup, first_job = _blocks(first_screen)[:2]
+    assert [line.split("#")[0].strip() for line in setup] == ["python3 bootstrap.py dev", "python3 bootstrap.py test"]
+    assert "python3 bootstrap.py test" in (ROOT / ".ci" / "run").read_text()
+    parser = build_parser()
+    commands = [shlex.split(line.split("  #")[0]) for line in first_job if line.startswith(".venv/bin/shardwheel")]
+    assert [c[1:3] for c in commands] == [["jobs", "create"], ["jobs", "runs"], ["cluster", "status"]]
+    for command in commands:
+        parser.parse_args(command[1:])  # exits 2 on an unknown command or option
