@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from protocol.errors import ShardwheelError
 from protocol.shards import DEFAULT_SHARD_COUNT, HASH_NAME
 from shardwheel import logs
+from shardwheel.client_commands import example as _example
 
 __all__ = ["main"]
 
@@ -337,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--allow-target-net", nargs="*", action="extend", metavar="CIDR",
                    help="networks targets may reach although private or loopback (replaces the stored list; "
                         "given alone: none)")
+    _example(m, "shardwheel migrate --dsn postgresql://postgres@127.0.0.1:5432/postgres --cluster prod --shards 256")
     m.set_defaults(func=cmd_migrate)
 
     n = sub.add_parser("node", parents=[debug, pg, etcd_tls, dev_mode, sealing], help="run a scheduler node")
@@ -375,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(env SHARDWHEEL_LOG_LEVEL; default info)")
     n.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS,
                    help="text for people, json for machines: one event per line (env SHARDWHEEL_LOG_FORMAT)")
+    _example(n, "shardwheel node --dsn postgresql://... --etcd 10.0.0.5:2379 --cluster-secret \"$SECRET\" \\\n"
+                "    --secrets-key \"k1=$KEY\" --port 8081 --advertise-host 10.0.0.11")
     n.set_defaults(func=cmd_node)
 
     a = sub.add_parser("api", parents=[debug, pg, etcd_tls, dev_mode, sealing],
@@ -395,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests a key may send at once before its rate applies (default 1000)")
     a.add_argument("--max-jobs-per-tenant", type=_ranged(int, 1, 10**12), default=None, metavar="N",
                    help="a soft quota of undeleted jobs per tenant (default: none)")
+    _example(a, "shardwheel api --dsn postgresql://... --etcd 10.0.0.5:2379 --cluster-secret \"$SECRET\" \\\n"
+                "    --secrets-key \"k1=$KEY\" --host 0.0.0.0 --port 8080 --workers 2")
     a.set_defaults(func=cmd_api)
 
     from shardwheel.client_commands import add_client_commands, client_settings

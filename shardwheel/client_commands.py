@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,9 +34,10 @@ from .tables import (
     table,
 )
 
-__all__ = ["add_client_commands", "client_settings"]
+__all__ = ["add_client_commands", "client_settings", "example"]
 
 _BATCH = 1000  # POST /v1/jobs:batch takes at most this many
+_IMPORTS_IN_FLIGHT = 3  # batches sent at once: the API's and the nodes' work overlap
 
 
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
@@ -234,9 +236,9 @@ def _read_specs(path: str) -> list[Any]:
 
 
 def jobs_import(args: argparse.Namespace) -> int:
-    """Batches of 1,000 through ``POST /v1/jobs:batch``; each batch's Idempotency-Key derives from the file's
-    content and the batch's place in it, so running the same import again after a failure creates nothing
-    twice."""
+    """Batches of 1,000 through ``POST /v1/jobs:batch``, three in flight; each batch's Idempotency-Key derives
+    from the file's content and the batch's place in it, so running the same import again after a failure
+    creates nothing twice."""
     import hashlib
 
     from rich.progress import Progress
@@ -247,18 +249,23 @@ def jobs_import(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(msgspec.json.encode(specs)).hexdigest()[:32]
     failures: list[tuple[int, str]] = []
     created = 0
-    with _client(args) as api, Progress(console=console, transient=True, disable=args.json) as progress:
+    with _client(args) as api, Progress(console=console, transient=True, disable=args.json) as progress, \
+            ThreadPoolExecutor(_IMPORTS_IN_FLIGHT) as pool:  # fmt: skip
         task = progress.add_task("importing", total=len(specs))
-        for start in range(0, len(specs), _BATCH):
-            chunk = specs[start : start + _BATCH]
-            answer = api.json("POST", "/v1/jobs:batch", json={"jobs": chunk},
-                              headers={"idempotency-key": f"import-{digest}-{start}"})  # fmt: skip
+
+        def send(start: int) -> tuple[int, Any]:
+            return start, api.json("POST", "/v1/jobs:batch", json={"jobs": specs[start : start + _BATCH]},
+                                   headers={"idempotency-key": f"import-{digest}-{start}"})  # fmt: skip
+
+        for done in as_completed([pool.submit(send, start) for start in range(0, len(specs), _BATCH)]):
+            start, answer = done.result()
             for item in answer["items"]:
                 if item.get("problem"):
                     failures.append((start + item["index"], ApiError(item["status"], item["problem"]).args[0]))
                 else:
                     created += 1
-            progress.advance(task, len(chunk))
+            progress.advance(task, len(answer["items"]))
+    failures.sort()
     if args.json:
         _print_json({"created": created, "failed": [{"index": i, "error": e} for i, e in failures]})
     else:
@@ -381,7 +388,8 @@ def cluster_via_api(args: argparse.Namespace) -> int:
 # ---- the parsers ---------------------------------------------------------------------------------------------
 
 
-def _example(parser: argparse.ArgumentParser, text: str) -> None:
+def example(parser: argparse.ArgumentParser, text: str) -> None:
+    """``--help`` ends with ``text`` as an example."""
     parser.epilog = "example:\n  " + text.replace("\n", "\n  ")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -392,13 +400,13 @@ def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
     both = [*parents, settings]
 
     jobs = sub.add_parser("jobs", help="create, list, change and fire jobs (through the control API)")
-    _example(jobs, "shardwheel jobs create --name hello --every 5s --url http://127.0.0.1:8099/hello\n"
+    example(jobs, "shardwheel jobs create --name hello --every 5s --url http://127.0.0.1:8099/hello\n"
                    "shardwheel jobs list --tag reports")  # fmt: skip
     jsub = jobs.add_subparsers(dest="jobs_op", required=True, parser_class=parser_class)
 
-    def job_parser(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    def job_parser(name: str, help_: str, shown: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = jsub.add_parser(name, parents=both, help=help_, description=help_)
-        _example(p, example)
+        example(p, shown)
         return p
 
     c = job_parser("create", "create a job from flags or from a JSON/YAML file (flags override the file)",
@@ -480,9 +488,10 @@ def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
     ex.set_defaults(func=jobs_export)
 
     runs = sub.add_parser("runs", help="executions across your jobs")
+    example(runs, "shardwheel runs list --failed")
     rsub = runs.add_subparsers(dest="runs_op", required=True, parser_class=parser_class)
     rl = rsub.add_parser("list", parents=both, help="recent executions across jobs, newest first")
-    _example(rl, "shardwheel runs list --failed --since 2026-11-28T00:00:00Z")
+    example(rl, "shardwheel runs list --failed --since 2026-11-28T00:00:00Z")
     rl.add_argument("--failed", action="store_true", help="only failed, lost and skipped ones")
     rl.add_argument("--status", action="append", help="only these statuses (repeatable)")
     rl.add_argument("--since", help="RFC 3339 (default: an hour ago)")
@@ -491,18 +500,19 @@ def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
     rl.set_defaults(func=runs_list)
 
     alerts = sub.add_parser("alerts", help="failure alerts: list and acknowledge")
+    example(alerts, "shardwheel alerts list --unacked")
     asub = alerts.add_subparsers(dest="alerts_op", required=True, parser_class=parser_class)
     al = asub.add_parser("list", parents=both, help="alerts, newest first")
-    _example(al, "shardwheel alerts list --unacked")
+    example(al, "shardwheel alerts list --unacked")
     al.add_argument("--unacked", action="store_true")
     al.add_argument("--limit", type=int, default=50)
     al.set_defaults(func=alerts_list)
     ak = asub.add_parser("ack", parents=both, help="acknowledge an alert")
-    _example(ak, "shardwheel alerts ack 0196d1c2-...")
+    example(ak, "shardwheel alerts ack 0196d1c2-...")
     ak.add_argument("alert", help="the alert's id")
     ak.set_defaults(func=alerts_ack)
 
     st = sub.add_parser("stats", parents=both, help="jobs by state, executions by status, success rate, lag")
-    _example(st, "shardwheel stats --window 24h")
+    example(st, "shardwheel stats --window 24h")
     st.add_argument("--window", default="1h", help="1m to 7d (default 1h)")
     st.set_defaults(func=stats)

@@ -26,3 +26,20 @@ def test_the_two_set_up_commands_and_the_first_job_are_on_the_first_screen() -> 
     assert [c[1:3] for c in commands] == [["jobs", "create"], ["jobs", "runs"], ["cluster", "status"]]
     for command in commands:
         parser.parse_args(command[1:])  # exits 2 on an unknown command or option
+
+
+def test_every_command_s_help_shows_an_example() -> None:
+    import argparse
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.ArgumentParser]]:
+        found = [(path, parser)]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += walk(sub, f"{path} {name}")
+        return found
+
+    commands = walk(build_parser(), "shardwheel")[1:]
+    assert len(commands) > 25
+    missing = [path for path, p in commands if "example:" not in p.format_help()]
+    assert not missing, missing
