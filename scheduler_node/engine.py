@@ -369,6 +369,7 @@ class Engine:
                 len(rows),
                 len(takeover.resume),
                 len(takeover.lost),
+                extra={"shard": shard},
             )
 
     def _freeze_loaded(self) -> None:
@@ -435,7 +436,8 @@ class Engine:
                 if keys:
                     result = await self._db("release", store.delete_unsent_claims, shard, epoch, keys)
                     if result.fenced:
-                        log.info("shard %d: fenced while releasing; the new owner handles its claims", shard)
+                        log.info("shard %d: fenced while releasing; the new owner handles its claims", shard,
+                                 extra={"shard": shard})
             finally:
                 state.claiming.release()
         with trio.move_on_at(deadline):
@@ -449,7 +451,8 @@ class Engine:
             state.withdrawn.clear()
         if unwritten:
             result = await self._db("release", store.delete_unsent_claims, shard, epoch, unwritten)
-            log.info("shard %d: gave back %d claims whose request was never written", shard, len(result.applied))
+            log.info("shard %d: gave back %d claims whose request was never written", shard,
+                     len(result.applied), extra={"shard": shard})
         await self.writer.flush()
         if self._shards.get(shard) is state:
             # What is left (a retry waiting for its time, a request past the deadline) is the next owner's, as
@@ -519,7 +522,8 @@ class Engine:
         except DatabaseUnavailable:
             return  # best effort: the next owner's takeover settles them
         if not result.fenced:
-            log.info("shard %d: gave back %d unsent claims", state.shard, len(result.applied))
+            log.info("shard %d: gave back %d unsent claims", state.shard, len(result.applied),
+                     extra={"shard": state.shard})
 
     def _forget_shard(self, shard: int) -> None:
         state = self._shards.pop(shard, None)
@@ -635,7 +639,8 @@ class Engine:
     def _mark_broken(
         self, shard: int, job_id: uuid.UUID, tenant: str, version: int, webhook: str | None, reason: str
     ) -> None:
-        log.error("job %s of shard %d is broken and will not fire: %s", job_id, shard, reason)
+        log.error("job %s of shard %d is broken and will not fire: %s", job_id, shard, reason,
+                  extra={"shard": shard})
         self.metrics.broken.inc()
         epoch = self._granted_epoch(shard)
         if epoch is not None and self._nursery is not None:

@@ -101,7 +101,7 @@ class EtcdOwnership:
         try:
             await self.coord.release_shard(shard, self.node_id)
         except InfrastructureError as e:  # the key dies with our lease anyway; the next owner waits for that
-            log.warning("releasing shard %d in etcd failed: %s", shard, e)
+            log.warning("releasing shard %d in etcd failed: %s", shard, e, extra={"shard": shard})
         self._kick.set()
 
     def problem(self) -> str | None:
@@ -231,7 +231,7 @@ class EtcdOwnership:
         for shard in list(self._grants):
             owner = view.owners.get(shard)
             if owner is None or owner.node_id != self.node_id or owner.lease_id != lease.lease_id:
-                log.warning("shard %d: our key is gone; dropping it", shard)
+                log.warning("shard %d: our key is gone; dropping it", shard, extra={"shard": shard})
                 self.lost(shard)
         live = [n for n, info in view.nodes.items() if not info.refusing]
         plan = plan_for(self.node_id, self.shard_count, live, drained=view.drained, pins=view.pins,

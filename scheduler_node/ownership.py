@@ -187,7 +187,8 @@ class StaticOwnership:
     def lost(self, shard: int) -> None:
         if self._grants.pop(shard, None) is not None:
             self._taken.add(shard)
-            log.error("shard %d: another node holds a newer epoch; dropped (static ownership)", shard)
+            log.error("shard %d: another node holds a newer epoch; dropped (static ownership)", shard,
+                      extra={"shard": shard})
             self._send.send_nowait(Lost(shard))
 
     def stop_taking(self) -> None:

@@ -61,10 +61,18 @@ class DevOptions:
     ready_timeout_s: float = 120.0
 
 
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)  # loaded here: never in a forked child
+except OSError:
+    _LIBC = None
+
+
 def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the supervisor dies, however it dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """In the child before exec: SIGTERM when the supervisor dies, however it dies (Linux). Nothing that could
+    wait on a lock another thread held at fork time (no import, no dlopen): one libc call."""
+    if _LIBC is not None:
+        with contextlib.suppress(AttributeError):
+            _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class _Child:
