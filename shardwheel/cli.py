@@ -234,15 +234,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         return keys_via_api(args)
     if args.op != "create":
         raise ShardwheelError(f"keys {args.op} goes through the API: drop --dsn")
-    if not args.tenant:
-        raise ShardwheelError("keys create --dsn needs --tenant (the offline bootstrap names the tenant)")
+    tenant = args.tenant or "default"
     from scheduler_node.store import Role, create_api_key
     from scheduler_node.store.pool import connect
 
     async def create() -> str:
         conn = await connect(args.dsn)
         try:
-            secret, key = await create_api_key(conn, tenant=args.tenant, role=Role(args.role), name=args.name,
+            secret, key = await create_api_key(conn, tenant=tenant, role=Role(args.role), name=args.name,
                                                actor="cli", rate_limit_per_s=args.rate_limit,
                                                burst=args.burst)  # fmt: skip
         finally:
@@ -416,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key_id", nargs="?", help="revoke: the key's id")
     k.add_argument("--dsn", type=_dsn, default=None,
                    help="create the key straight in PostgreSQL (the bootstrap of a tenant's first key)")
-    k.add_argument("--tenant", type=_tenant, help="the key's tenant (default through the API: your own)")
+    k.add_argument("--tenant", type=_tenant,
+                   help="the key's tenant (default: your own through the API, 'default' with --dsn)")
     k.add_argument("--role", choices=["admin", "writer", "reader"], default="writer")
     k.add_argument("--admin", action="store_true", help="the same as --role admin")
     k.add_argument("--name", default="", help="to tell keys apart in lists")

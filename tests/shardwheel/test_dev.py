@@ -205,6 +205,14 @@ def test_dev_cluster_and_the_cli_end_to_end(data_dir: Path) -> None:
     assert "node-2 exited with code -9; the last lines of its log" in out, out[-3000:]
     assert _until("no process of the cluster left", lambda: not _alive(tree), 30)
 
+    # --fresh starts from nothing (a new database, so a new key); --no-wait starts, prints, stops.
+    old_key = dev.key
+    fresh = subprocess.run([*SHARDWHEEL, "dev", "--data-dir", str(data_dir), "--api-port", str(api_port),
+                            "--target-port", str(target_port), "--fresh", "--no-wait"], capture_output=True, text=True,
+                           timeout=_START_S, env=_env(), stdin=subprocess.DEVNULL)  # fmt: skip
+    assert fresh.returncode == 0 and "Ctrl-C stops everything." in fresh.stdout, fresh.stdout[-3000:]
+    assert dev.key != old_key
+
 
 def _iso(t: float) -> str:
     from datetime import UTC, datetime
