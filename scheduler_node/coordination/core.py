@@ -435,14 +435,15 @@ class EtcdCoordinator:
         """An idempotent ``call``, tried once more when its endpoint is unreachable and there are others:
         pyetcd fails over only on the next call, so a one-shot caller (the CLI, the API) would otherwise see
         a dead member as the cluster being down."""
-        for attempt in range(2 if self._client.failover else 1):
+        if self._client.failover:
             try:
                 with self._mapped(what):
                     return call()
             except InfrastructureError as e:
-                if attempt or not isinstance(e.__cause__, etcd_exc.ConnectionFailedError):
+                if not isinstance(e.__cause__, etcd_exc.ConnectionFailedError):
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        with self._mapped(what):
+            return call()
 
     def snapshot(self) -> ClusterView:
         """One range read of the whole root, decoded into a view at that read's revision."""
