@@ -343,10 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("node", parents=[debug, pg, etcd_tls, dev_mode, sealing], help="run a scheduler node")
     n.add_argument("--shards", dest="shards_owned", type=_shard_ranges, default="0-255",
                    help="shards this node owns, e.g. 0-127,200 (static ownership)")
-    n.add_argument("--node-id", default=os.environ.get("SHARDWHEEL_NODE_ID"), help="defaults to host-random")
+    n.add_argument("--node-id", default=os.environ.get("SHARDWHEEL_NODE_ID"),
+                   help="the node's name in the cluster (env SHARDWHEEL_NODE_ID; default: host and random)")
     n.add_argument("--host", default="127.0.0.1", help="address of the node's HTTP port")
     n.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_NODE_PORT", 8081),
-                   help="0 picks a free port")
+                   help="the node's HTTP port; 0 picks a free one (env SHARDWHEEL_NODE_PORT; default 8081)")
     n.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="shared secret of the internal API, at least 32 bytes (env SHARDWHEEL_CLUSTER_SECRET)")
     n.add_argument("--signing-secret", default=os.environ.get("SHARDWHEEL_SIGNING_SECRET"),
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--previous-signing-secret", default=os.environ.get("SHARDWHEEL_PREVIOUS_SIGNING_SECRET"),
                    help="while rotating: also sign with this one (env SHARDWHEEL_PREVIOUS_SIGNING_SECRET)")
     n.add_argument("--alert-webhook", default=os.environ.get("SHARDWHEEL_ALERT_WEBHOOK"),
-                   help="the cluster's alert webhook, for jobs without their own")
+                   help="the cluster's alert webhook, for jobs without their own (env SHARDWHEEL_ALERT_WEBHOOK)")
     n.add_argument("--horizon-ms", type=_ranged(int, 1, 86_400_000),
                    help="how far ahead jobs are held in the wheel")
     n.add_argument("--lookahead-ms", type=_ranged(int, 0, 60_000),
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--etcd-join-timeout", type=_ranged(float, 0, 86_400), default=60.0,
                    help="seconds an etcd that does not answer is retried at start before the node exits")
     n.add_argument("--advertise-host", default=os.environ.get("SHARDWHEEL_ADVERTISE_HOST"),
-                   help="host other processes use to reach this node (default: --host)")
+                   help="host other processes use to reach this node (env SHARDWHEEL_ADVERTISE_HOST; "
+                        "default: --host)")
     n.add_argument("--clock-limit-ms", type=_ranged(float, 0.001, 60_000), default=50.0,
                    help="largest clock offset from PostgreSQL at which the node still owns shards")
     n.add_argument("--store-outage-limit", type=_ranged(float, 0.001, 86_400),
@@ -382,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("api", parents=[debug, pg, etcd_tls, dev_mode, sealing],
                        help="run the control API (the public HTTP API, /v1)")
-    a.add_argument("--host", default="127.0.0.1")
-    a.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_API_PORT", 8080))
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    a.add_argument("--port", type=_ranged(int, 0, 65_535), default=_env_int("SHARDWHEEL_API_PORT", 8080),
+                   help="(env SHARDWHEEL_API_PORT; default 8080)")
     a.add_argument("--cluster-secret", default=os.environ.get("SHARDWHEEL_CLUSTER_SECRET"),
                    help="the nodes' cluster secret, to reach their internal API (env SHARDWHEEL_CLUSTER_SECRET)")
     a.add_argument("--log-level", default=logs.default_level(), choices=logs.LEVELS,
@@ -448,15 +451,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--nodes", type=_ranged(int, 1, 16), default=3, help="scheduler nodes (default 3)")
     d.add_argument("--api-port", type=_ranged(int, 1, 65_535), default=8080, help="the control API's port")
     d.add_argument("--target-port", type=_ranged(int, 1, 65_535), default=8099, help="the demo target's port")
-    d.add_argument("--log-level", default=logs.default_level(), choices=logs.LEVELS, help="the children's")
-    d.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS, help="the children's")
+    d.add_argument("--log-level", default=logs.default_level(), choices=logs.LEVELS,
+                   help="the children's (env SHARDWHEEL_LOG_LEVEL)")
+    d.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS,
+                   help="the children's (env SHARDWHEEL_LOG_FORMAT)")
     d.add_argument("--no-wait", action="store_true",
                    help="start everything, print how to use it, stop and exit (a smoke check)")
     d.set_defaults(func=cmd_dev, cluster=os.environ.get("SHARDWHEEL_CLUSTER", "dev"))
 
     t = sub.add_parser("demo-target", parents=[debug], help="an HTTP endpoint printing each firing with its drift",
                        epilog="example: shardwheel demo-target --port 8099   (GET / lists the last firings)")
-    t.add_argument("--host", default="127.0.0.1")
+    t.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     t.add_argument("--port", type=_ranged(int, 0, 65_535), default=8099, help="0 picks a free port")
     t.add_argument("--keep", type=_ranged(int, 1, 100_000), default=200, help="firings kept for GET /")
     t.set_defaults(func=cmd_demo_target)

@@ -43,3 +43,19 @@ def test_every_command_s_help_shows_an_example() -> None:
     assert len(commands) > 25
     missing = [path for path, p in commands if "example:" not in p.format_help()]
     assert not missing, missing
+
+
+def test_the_configuration_reference_is_what_the_code_says() -> None:
+    """docs/operations.md's reference is generated (python -m shardwheel.config_reference): an option added,
+    renamed or changed without regenerating it fails here; so does an environment variable the command reads
+    that no document names."""
+    from shardwheel import config_reference
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    current = doc[doc.index(config_reference.BEGIN) : doc.index(config_reference.END) + len(config_reference.END)]
+    assert current == config_reference.render(), "run: python -m shardwheel.config_reference"
+    documented = doc + (ROOT / "README.md").read_text()
+    read = set()
+    for path in (ROOT / "shardwheel").glob("*.py"):
+        read |= set(re.findall(r"\"(SHARDWHEEL_[A-Z_]+)\"", path.read_text()))
+    assert read and not [v for v in sorted(read) if v not in documented]
