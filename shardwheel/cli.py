@@ -120,7 +120,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     return run_dev(DevOptions(data_dir=Path(args.data_dir), nodes=args.nodes, shards=args.shards,
                               api_port=args.api_port, target_port=args.target_port, cluster=args.cluster,
-                              fresh=args.fresh, smoke=args.no_wait, log_level=args.log_level,
+                              fresh=args.fresh, smoke=args.no_wait, keep_going=args.keep_going,
+                              log_level=args.log_level,
                               log_format=args.log_format))  # fmt: skip
 
 
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the children's (env SHARDWHEEL_LOG_LEVEL)")
     d.add_argument("--log-format", default=logs.default_format(), choices=logs.FORMATS,
                    help="the children's (env SHARDWHEEL_LOG_FORMAT)")
+    d.add_argument("--keep-going", action="store_true",
+                   help="a node that dies is reported and the others take its shards (default: stop everything)")
     d.add_argument("--no-wait", action="store_true",
                    help="start everything, print how to use it, stop and exit (a smoke check)")
     d.set_defaults(func=cmd_dev, cluster=os.environ.get("SHARDWHEEL_CLUSTER", "dev"))

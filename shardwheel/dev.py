@@ -11,7 +11,8 @@ Rules:
   restart; the API and demo target ports are flags (8080, 8099) so jobs pointing at the demo target keep working.
 - Every child's output goes to ``logs/<name>.log`` and, prefixed with its name, to the console.
 - A child that exits (PostgreSQL and etcd included) is reported with the last lines of its log, and the rest
-  are stopped: the command then exits 1. Ctrl-C (or SIGTERM) stops everything in order: the API and the demo
+  are stopped: the command then exits 1. With ``--keep-going`` a node that exits is reported and the others
+  carry on (they take its shards): for failover demos and ``python -m bench failover``. Ctrl-C (or SIGTERM) stops everything in order: the API and the demo
   target, then the nodes with SIGTERM (they hand back their claims, flush their writers and release their
   shards), then etcd and PostgreSQL. Children run in their own sessions, so the terminal's Ctrl-C reaches only
   this supervisor, and they get SIGTERM if it dies (``PR_SET_PDEATHSIG``): no process is left behind.
@@ -56,6 +57,7 @@ class DevOptions:
     cluster: str = "dev"
     fresh: bool = False
     smoke: bool = False  # start, print, stop (--no-wait)
+    keep_going: bool = False  # a node that dies is reported, the rest carry on (failover demos and benches)
     log_level: str = "info"
     log_format: str = "text"
     ready_timeout_s: float = 120.0
@@ -272,10 +274,17 @@ def _run(opts: DevOptions, data: Path, log_dir: Path, stop: threading.Event) -> 
         if stop.is_set():
             return 0
         print(_banner(opts, api, target, key, pg.dsn, etcd.endpoint), flush=True)
+        reported: set[str] = set()
         while not opts.smoke and not stop.wait(0.2):
             for child in children:
-                if child.proc.poll() is not None:
+                if child.proc.poll() is None or child.name in reported:
+                    continue
+                if not (opts.keep_going and child.name.startswith("node-")):
                     raise _ChildDied(child)
+                reported.add(child.name)  # --keep-going: the cluster carries on without it
+                print(f"\n{child.name} exited with code {child.proc.returncode}; the last lines of its log "
+                      f"({child.log_path}):\n{child.tail()}\nthe other nodes take its shards (--keep-going)",
+                      file=sys.stderr, flush=True)  # fmt: skip
             for name, server in (("PostgreSQL", pg), ("etcd", etcd)):
                 proc = getattr(server, "_proc", None)
                 if proc is not None and proc.poll() is not None:

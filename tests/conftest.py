@@ -106,7 +106,8 @@ def etcd_prefix() -> str:
 # and run one after another; only the CPU-bound rest runs beside them. Two of them at once on this 2-core
 # machine, with another process keeping a core busy, slowed a node's start past its 30 s bound every time.
 _REAL_PROCESS_FILES = {"test_node.py", "test_cluster.py", "test_outages.py", "test_http_api.py", "test_tls.py",
-                       "test_jobs_api.py", "test_dev.py", "test_topology.py"}
+                       "test_jobs_api.py", "test_dev.py", "test_topology.py",
+                       "test_timeline.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,0 +1,78 @@
+"""What a bench run saw, second by second, from the sink's records. Pure: records and expectations in, figures out.
+
+- ``timeline``: for each second of a window, the firings of its slot received (``fired``) with their drift
+  p50/p99 (ms), and the firings that arrived during it, whatever their slot (``arrived``: a gap shows here).
+- ``delivery``: per semantics, expected (job, second) pairs never received (lost) and received more than once
+  (duplicates), over a window; the jobs are those the run created, with the semantics each was given.
+- ``silence``: the longest stretch, in ms, in which a set of jobs received no firing at all (a failover's gap).
+- ``sustained``: the highest rate of a ramp whose step kept p99 within the bound and lost nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .results import SinkRecord
+
+__all__ = ["delivery", "silence_ms", "sustained", "timeline"]
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+def timeline(records: Iterable[SinkRecord], t0: int, t1: int) -> list[dict[str, Any]]:
+    """One entry per second in [t0, t1): ``{"t", "fired", "arrived", "p50_ms", "p99_ms"}`` (NaN drift for a slot
+    second that received nothing)."""
+    drifts: dict[int, list[float]] = defaultdict(list)
+    arrived: Counter[int] = Counter()
+    for r in records:
+        arrived[r.recv_ns // 1_000_000_000] += 1
+        if r.scheduled_ms is None or not t0 * 1000 <= r.scheduled_ms < t1 * 1000:
+            continue
+        drifts[r.scheduled_ms // 1000].append(max(0.0, r.recv_ns / 1e6 - r.scheduled_ms))
+    out = []
+    for second in range(t0, t1):
+        values = sorted(drifts.get(second, []))
+        out.append({"t": second, "fired": len(values), "arrived": arrived.get(second, 0),
+                    "p50_ms": round(_percentile(values, 50), 1), "p99_ms": round(_percentile(values, 99), 1)})  # fmt: skip
+    return out
+
+
+def delivery(records: Iterable[SinkRecord], jobs: Mapping[str, str], t0: int, t1: int) -> dict[str, dict[str, int]]:
+    """``{semantics: {"expected", "lost", "duplicates"}}`` for jobs firing every second over slots [t0, t1)."""
+    seen = Counter((r.job, r.scheduled_ms // 1000) for r in records
+                   if r.scheduled_ms is not None and r.job in jobs and t0 * 1000 <= r.scheduled_ms < t1 * 1000)  # fmt: skip
+    out: dict[str, dict[str, int]] = {}
+    for job, semantics in jobs.items():
+        figures = out.setdefault(semantics, {"expected": 0, "lost": 0, "duplicates": 0})
+        for second in range(t0, t1):
+            n = seen.get((job, second), 0)
+            figures["expected"] += 1
+            figures["lost"] += n == 0
+            figures["duplicates"] += max(0, n - 1)
+    return out
+
+
+def silence_ms(records: Iterable[SinkRecord], jobs: set[str], t0: int, t1: int) -> float:
+    """The longest time between two consecutive arrivals of any firing of ``jobs`` for slots in [t0, t1)."""
+    arrivals = sorted(r.recv_ns for r in records
+                      if r.job in jobs and r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000)  # fmt: skip
+    if len(arrivals) < 2:
+        return float("nan")
+    return round(max(b - a for a, b in zip(arrivals, arrivals[1:], strict=False)) / 1e6, 1)
+
+
+def sustained(steps: Sequence[Mapping[str, Any]], p99_bound_ms: float) -> float | None:
+    """The highest offered rate among the steps before the first that lost a firing or passed the bound."""
+    best = None
+    for step in steps:
+        if step["lost"] > 0 or not step["p99_ms"] <= p99_bound_ms:
+            break
+        best = step["rate"]
+    return best

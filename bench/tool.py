@@ -1,0 +1,436 @@
+"""``python -m bench``: drive a Shardwheel cluster from outside, through its public API and a sink, and say how it
+behaved.
+
+The cluster is either a local one this starts (``--dev``: ``shardwheel dev`` in a temporary directory, with
+``--nodes``) or a running one (``--url`` and ``--key``, an admin key for the cluster figures; the sink must then
+be reachable from the nodes: ``--sink-host 0.0.0.0 --sink-url http://<this host>:<port>``, and the cluster's
+egress policy must allow that address). Jobs are created through ``POST /v1/jobs:batch`` with the tag of the run
+and removed with ``jobs:bulk-delete`` at the end. The load shape of the older benches stays: N jobs firing every
+second (``* * * * * *``), so all fire on the whole second.
+
+Scenarios:
+- ``steady``: ``--jobs`` firings a second for ``--duration`` seconds.
+- ``ramp``: the rate raised by ``--step`` every ``--step-duration`` seconds until a step's drift p99 passes
+  ``--p99-bound-ms`` or a firing is lost; reports the highest rate sustained.
+- ``failover`` (``--dev`` only): steady load, half the jobs AT_MOST_ONCE and half AT_LEAST_ONCE (FIRE_ALL), one
+  node killed with SIGKILL ``--kill-at`` seconds in: the silence of its jobs, the worst lateness, lost and
+  duplicate firings per semantics, and the time until every shard has an owner again.
+- ``cluster`` (``--dev`` only): the same steady load on 1 node and on 3.
+- ``api``: the control-API bench (``bench.api``: request rates, latency and CPU per request by kind).
+- ``scale``: ``bench.scale`` (1,000,000 registered jobs: time to ready, memory).
+
+Each run writes ``<out>/<scenario>.json`` (parameters, commit, machine, figures, the per-second timeline),
+``<out>/<scenario>.md`` (a table) and, when matplotlib is installed (``pip install 'shardwheel[bench]'``),
+``<out>/<scenario>.png``: firings/s and drift p50/p99 per second, the kill marked. A progress line shows the
+run while it goes.
+
+    python -m bench steady --dev --jobs 1000 --duration 30
+    python -m bench failover --dev --jobs 300 --duration 30 --kill-at 10
+    python -m bench steady --url http://api:8080 --key "$KEY" --sink-host 0.0.0.0 --sink-url http://bench:9000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from shardwheel.api_client import ApiClient
+from shardwheel.embedded import _process_tree, free_port
+
+from .results import ROOT, read_sink
+from .timeline import delivery, silence_ms, sustained, timeline
+
+__all__ = ["main"]
+
+_BATCH = 1000
+
+
+class Cluster:
+    """The cluster under load: its API (with a key) and, for ``--dev``, the ``shardwheel dev`` process."""
+
+    def __init__(self, url: str, key: str, dev: subprocess.Popen[bytes] | None = None) -> None:
+        self.url, self.key, self.dev = url, key, dev
+        self.api = ApiClient(url, key, timeout=120)
+
+    def create_every_second(self, n: int, sink_url: str, tag: str, semantics: Callable[[int], str],
+                            start: int = 0) -> dict[str, str]:  # fmt: skip
+        """``n`` jobs firing every second at the sink; their ids and semantics."""
+        made: dict[str, str] = {}
+        for first in range(start, start + n, _BATCH):
+            chunk = range(first, min(start + n, first + _BATCH))
+            specs = [{"name": f"{tag}-{i}", "schedule": {"kind": "cron", "cron": "* * * * * *"},
+                      "target": {"url": f"{sink_url}/b/{i}"}, "tags": [tag], "semantics": semantics(i),
+                      "misfire": {"policy": "FIRE_ALL", "grace_ms": 60_000, "max_catchup": 1000}}
+                     for i in chunk]  # fmt: skip
+            answer = self.api.json("POST", "/v1/jobs:batch", json={"jobs": specs},
+                                   headers={"idempotency-key": f"{tag}-{first}"})  # fmt: skip
+            for item, i in zip(answer["items"], chunk, strict=True):
+                if item.get("problem"):
+                    raise RuntimeError(f"creating job {i}: {item['problem'].get('detail')}")
+                made[item["id"]] = semantics(i)
+        return made
+
+    def delete_tag(self, tag: str) -> None:
+        for _ in range(20):  # a bulk operation by tag takes at most 10,000 jobs a call
+            answer = self.api.json("POST", "/v1/jobs:bulk-delete", json={"tag": tag})
+            if not answer["items"]:
+                return
+
+    def status(self) -> dict[str, Any]:
+        return self.api.json("GET", "/v1/cluster")  # type: ignore[no-any-return]
+
+    def kill_node(self, node: str) -> None:
+        assert self.dev is not None
+        for pid in _process_tree(self.dev.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"node" in cmdline and node.encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+                return
+        raise RuntimeError(f"no process of node {node}")
+
+
+@contextmanager
+def dev_cluster(nodes: int, log: Path) -> Iterator[Cluster]:
+    """``shardwheel dev`` in a temporary directory: its API and its admin key."""
+    with tempfile.TemporaryDirectory(prefix="sw-bench-dev-", dir="/tmp") as tmp:
+        data = Path(tmp) / "dev"
+        api_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHARDWHEEL_")}
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "shardwheel.cli", "dev", "--data-dir", str(data),
+                                     "--nodes", str(nodes), "--api-port", str(api_port),
+                                     "--target-port", str(free_port()), "--log-level", "warning", "--keep-going"],
+                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    cwd=ROOT, start_new_session=True)  # fmt: skip
+            try:
+                deadline = time.monotonic() + 300
+                while "Ctrl-C stops everything." not in log.read_text(errors="replace"):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"shardwheel dev did not start; its output is in {log}")
+                    time.sleep(0.2)
+                cluster = Cluster(f"http://127.0.0.1:{api_port}", (data / "admin-key").read_text().strip(), proc)
+                yield cluster
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+@contextmanager
+def sink_running(out: Path, host: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--host", host, "--port", "0", "--out", str(out)],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"the sink did not start: {line!r}")
+    try:
+        yield proc, int(line.split()[1])
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+
+def _sink_count(port: int) -> int:
+    try:
+        return int(httpx.get(f"http://127.0.0.1:{port}/stats", timeout=2).json()["requests"])
+    except (httpx.HTTPError, ValueError, KeyError):
+        return -1
+
+
+def _progress(scenario: str, until: float, port: int, note: Callable[[], str] = lambda: "") -> None:
+    """One line, rewritten each second, until ``until`` (wall clock)."""
+    last = _sink_count(port)
+    while (left := until - time.time()) > 0:
+        time.sleep(min(1.0, left))
+        count = _sink_count(port)
+        rate = count - last if last >= 0 and count >= 0 else 0
+        last = count
+        sys.stderr.write(f"\r{scenario}: {max(0.0, until - time.time()):5.0f} s left, {count:,} firings received, "
+                         f"{rate:,}/s {note()}   ")  # fmt: skip
+        sys.stderr.flush()
+    sys.stderr.write("\n")
+
+
+def _whole_second(after_s: float) -> int:
+    return math.ceil(time.time() + after_s)
+
+
+def _sink_records(path: Path) -> list[Any]:
+    return read_sink(str(path))
+
+
+# ---- scenarios -------------------------------------------------------------------------------------------------
+
+
+def steady(cluster: Cluster, args: argparse.Namespace, work: Path, name: str = "steady") -> dict[str, Any]:
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    with sink_running(work / f"{name}-sink.jsonl", args.sink_host) as (_sink, port):
+        sink_url = args.sink_url or f"http://127.0.0.1:{port}"
+        jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE")
+        t0 = _whole_second(args.warmup)
+        t1 = t0 + args.duration
+        _progress(name, t1 + 2, port)
+        cluster.delete_tag(tag)
+    records = _sink_records(work / f"{name}-sink.jsonl")
+    line = timeline(records, t0, t1)
+    fired = sum(s["fired"] for s in line)
+    summary = _drift(records, t0, t1)
+    return {"jobs": args.jobs, "duration_s": args.duration, "firings_per_s": round(fired / args.duration, 1),
+            "drift_ms": summary, "delivery": delivery(records, jobs, t0, t1), "timeline": line}  # fmt: skip
+
+
+def _drift(records: list[Any], t0: int, t1: int) -> dict[str, float]:
+    from .results import drift_summary
+
+    return drift_summary([r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000])
+
+
+def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    steps: list[dict[str, Any]] = []
+    jobs: dict[str, str] = {}
+    with sink_running(work / "ramp-sink.jsonl", args.sink_host) as (_sink, port):
+        sink_url = args.sink_url or f"http://127.0.0.1:{port}"
+        windows: list[tuple[int, int, int]] = []
+        rate = args.start
+        while rate <= args.max:
+            jobs |= cluster.create_every_second(rate - len(jobs), sink_url, tag, lambda i: "AT_LEAST_ONCE",
+                                                start=len(jobs))  # fmt: skip
+            t0 = _whole_second(2)
+            t1 = t0 + args.step_duration
+            windows.append((rate, t0, t1))
+            _progress(f"ramp {rate}/s", t1 + 2, port)
+            # Judged from the sink's live count: the exact figures come from its records at the end.
+            rate += args.step
+            if _sink_count(port) < 0:
+                break
+        cluster.delete_tag(tag)
+    records = _sink_records(work / "ramp-sink.jsonl")
+    for rate, t0, t1 in windows:
+        d = delivery(records, {j: s for i, (j, s) in enumerate(jobs.items()) if i < rate}, t0, t1)["AT_LEAST_ONCE"]
+        steps.append({"rate": rate, "p99_ms": _drift(records, t0, t1).get("p99", float("nan")), "lost": d["lost"],
+                      "duplicates": d["duplicates"], "t0": t0, "t1": t1})  # fmt: skip
+    return {"steps": steps, "p99_bound_ms": args.p99_bound_ms, "sustained_per_s": sustained(steps, args.p99_bound_ms),
+            "timeline": timeline(records, windows[0][1], windows[-1][2]) if windows else []}  # fmt: skip
+
+
+def failover(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    victim = "dev-node-2"
+    with sink_running(work / "failover-sink.jsonl", args.sink_host) as (_sink, port):
+        sink_url = args.sink_url or f"http://127.0.0.1:{port}"
+        jobs = cluster.create_every_second(args.jobs, sink_url, tag,
+                                           lambda i: "AT_MOST_ONCE" if i % 2 else "AT_LEAST_ONCE")  # fmt: skip
+        owners = {int(s): v["owner"] for s, v in cluster.status()["shards"].items()}
+        t0 = _whole_second(args.warmup)
+        t1 = t0 + args.duration
+        kill_at = t0 + args.kill_at
+        _progress("failover (before the kill)", kill_at, port)
+        cluster.kill_node(victim)
+        killed = time.time()
+        rebalanced = None
+        while rebalanced is None and time.time() < killed + 120:
+            s = cluster.status()
+            if not s["unowned_shards"] and victim not in {m["node"] for m in s["members"]}:
+                rebalanced = time.time() - killed
+            else:
+                time.sleep(0.2)
+        _progress("failover (after the kill)", t1 + 5, port)
+        cluster.delete_tag(tag)
+    from protocol.shards import shard_of
+
+    victim_jobs = {j for j in jobs if owners.get(shard_of(uuid.UUID(j))) == victim}
+    records = _sink_records(work / "failover-sink.jsonl")
+    late = [r for r in records if r.job in victim_jobs and r.scheduled_ms and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
+    return {"jobs": args.jobs, "duration_s": args.duration, "killed": victim, "kill_at": round(killed, 3),
+            "kill_at_utc": time.strftime("%H:%M:%S", time.gmtime(killed)),
+            "victim_jobs": len(victim_jobs), "silence_ms": silence_ms(records, victim_jobs, t0, t1),
+            "worst_lateness_ms": round(max((r.recv_ns / 1e6 - r.scheduled_ms for r in late), default=float("nan")), 1),
+            "rebalanced_after_s": None if rebalanced is None else round(rebalanced, 2),
+            "delivery": delivery(records, jobs, t0, t1), "drift_ms": _drift(records, t0, t1),
+            "timeline": timeline(records, t0, t1)}  # fmt: skip
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                                timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"commit": commit, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+
+
+def markdown(scenario: str, result: dict[str, Any]) -> str:
+    rows: list[tuple[str, Any]] = []
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                add(f"{prefix}{k} " if not prefix else f"{prefix}{k} ", v)
+        elif not isinstance(value, list):
+            rows.append((prefix.strip(), value))
+
+    for key, value in result.items():
+        if key not in ("timeline", "steps", "params", "machine", "runs", "kill_at"):
+            add(f"{key} ", value)
+    lines = [f"### `{scenario}`", "", "| figure | value |", "| --- | --: |"]
+    lines += [f"| {k} | {v:,} |" if isinstance(v, int | float) and not isinstance(v, bool) else f"| {k} | {v} |"
+              for k, v in rows]  # fmt: skip
+    if result.get("steps"):
+        lines += ["", "| offered/s | drift p99 ms | lost | duplicates |", "| --: | --: | --: | --: |"]
+        lines += [f"| {s['rate']:,} | {s['p99_ms']} | {s['lost']} | {s['duplicates']} |" for s in result["steps"]]
+    for run in result.get("runs", []):
+        lines += ["", markdown(f"{scenario}: {run['nodes']} node(s)", run)]
+    m = result.get("machine", {})
+    lines += ["", f"Commit {m.get('commit')}, {m.get('cpus')} CPUs, {m.get('system')}, Python {m.get('python')}, "
+                  f"{m.get('at')}; command `{result.get('command', '')}`."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(scenario: str, result: dict[str, Any], path: Path) -> bool:
+    """Firings/s and drift p50/p99 per second (the kill marked); False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    series = [(f"{r['nodes']} node(s)", r["timeline"]) for r in result.get("runs", [])] or [("", result.get("timeline", []))]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for label, line in series:
+        if not line:
+            continue
+        t0 = line[0]["t"]
+        xs = [p["t"] - t0 for p in line]
+        top.plot(xs, [p["fired"] for p in line], label=f"{label} fired for the slot".strip())
+        top.plot(xs, [p["arrived"] for p in line], label=f"{label} arrived in the second".strip(), alpha=0.7)
+        bottom.plot(xs, [p["p99_ms"] for p in line], label=f"{label} p99".strip())
+        bottom.plot(xs, [p["p50_ms"] for p in line], label=f"{label} p50".strip(), linestyle="--")
+        if "kill_at" in result:
+            for ax in (top, bottom):
+                ax.axvline(result["kill_at"] - t0, color="red", linestyle=":", label="kill -9")
+    top.set_ylabel("firings per second")
+    bottom.set_ylim(bottom=0)
+    bottom.set_ylabel("drift ms")
+    bottom.set_yscale("symlog", linthresh=10)
+    bottom.set_xlabel("seconds into the window")
+    top.legend(loc="lower right")
+    bottom.legend(loc="upper right")
+    fig.suptitle(f"shardwheel bench {scenario}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(scenario: str, result: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / f"{scenario}.json", out / f"{scenario}.md"]
+    written[0].write_bytes(msgspec.json.format(msgspec.json.encode(result), indent=1))
+    written[1].write_text(markdown(scenario, result) + "\n")
+    if plot(scenario, result, out / f"{scenario}.png"):
+        written.append(out / f"{scenario}.png")
+    return written
+
+
+# ---- the command -----------------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    scenario = args.scenario
+    if scenario == "api":
+        from .api import run_api_bench
+
+        return {"scenarios": run_api_bench(args.api_scenarios, jobs=args.jobs, procs=args.procs,
+                                           duration=args.duration)}  # fmt: skip
+    if scenario == "scale":
+        from .scale import run_scale
+
+        return run_scale(args.jobs, args.in_horizon)
+    if scenario in ("failover", "cluster") and not args.dev:
+        raise SystemExit(f"python -m bench: {scenario} runs on a local cluster only: give --dev")
+    if scenario == "cluster":
+        runs = []
+        for nodes in (1, 3):
+            with dev_cluster(nodes, work / f"dev-{nodes}.log") as cluster:
+                runs.append({"nodes": nodes, **steady(cluster, args, work, f"cluster-{nodes}")})
+        return {"runs": runs}
+    run = {"steady": steady, "ramp": ramp, "failover": failover}[scenario]
+    if args.dev:
+        with dev_cluster(args.nodes, work / "dev.log") as cluster:
+            return run(cluster, args, work)
+    if not args.url or not args.key:
+        raise SystemExit("python -m bench: give --dev, or --url and --key of a running cluster")
+    return run(Cluster(args.url, args.key), args, work)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  python -m bench steady --dev --jobs 1000 --duration 30")  # fmt: skip
+    p.add_argument("scenario", choices=["steady", "ramp", "failover", "cluster", "api", "scale"])
+    p.add_argument("--dev", action="store_true", help="start a local cluster (shardwheel dev) for the run")
+    p.add_argument("--nodes", type=int, default=3, help="--dev: scheduler nodes (default 3)")
+    p.add_argument("--url", default=os.environ.get("SHARDWHEEL_URL"), help="a running cluster's API (env SHARDWHEEL_URL)")
+    p.add_argument("--key", default=os.environ.get("SHARDWHEEL_API_KEY"), help="an admin key (env SHARDWHEEL_API_KEY)")
+    p.add_argument("--sink-host", default="127.0.0.1", help="where the sink listens (0.0.0.0 for a remote cluster)")
+    p.add_argument("--sink-url", help="the sink as the nodes reach it (default http://127.0.0.1:<port>)")
+    p.add_argument("--jobs", type=int, default=1000, help="jobs firing every second (steady, failover, cluster); "
+                   "jobs stored (api); registered jobs (scale)")
+    p.add_argument("--duration", type=int, default=30, help="seconds measured")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds between creating the jobs and the window")
+    p.add_argument("--kill-at", type=int, default=10, help="failover: seconds into the window")
+    p.add_argument("--start", type=int, default=500, help="ramp: the first rate")
+    p.add_argument("--step", type=int, default=500, help="ramp: added each step")
+    p.add_argument("--max", type=int, default=20_000, help="ramp: the last rate tried")
+    p.add_argument("--step-duration", type=int, default=15, help="ramp: seconds per step")
+    p.add_argument("--p99-bound-ms", type=float, default=1000.0, help="ramp: a step passing this p99 ends the ramp")
+    p.add_argument("--procs", type=int, default=2, help="api: generator processes")
+    p.add_argument("--api-scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
+                   help="api: which kinds of requests")
+    p.add_argument("--in-horizon", type=int, default=100_000, help="scale: jobs firing within the horizon")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-results", help="where the JSON, markdown and PNG go")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp:
+        result = _run(args, Path(tmp))
+    result = {"scenario": args.scenario, "command": command, "machine": _machine(),
+              "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "key"},
+              **result}  # fmt: skip
+    for path in write(args.scenario, result, args.out):
+        print(path)
+    print(markdown(args.scenario, result))
+    return 0
+
