@@ -3,7 +3,7 @@ behaved.
 
 The cluster is either a local one this starts (``--dev``: ``shardwheel dev`` in a temporary directory, with
 ``--nodes``) or a running one (``--url`` and ``--key``, an admin key for the cluster figures; the sink must then
-be reachable from the nodes: ``--sink-host 0.0.0.0 --sink-url http://<this host>:<port>``, and the cluster's
+be reachable from the nodes: ``--sink-host 0.0.0.0 --sink-port P --sink-url http://<this host>:P``, and the cluster's
 egress policy must allow that address). Jobs are created through ``POST /v1/jobs:batch`` with the tag of the run
 and removed with ``jobs:bulk-delete`` at the end. The load shape of the older benches stays: N jobs firing every
 second (``* * * * * *``), so all fire on the whole second.
@@ -26,7 +26,8 @@ run while it goes.
 
     python -m bench steady --dev --jobs 1000 --duration 30
     python -m bench failover --dev --jobs 300 --duration 30 --kill-at 10
-    python -m bench steady --url http://api:8080 --key "$KEY" --sink-host 0.0.0.0 --sink-url http://bench:9000
+    python -m bench steady --url http://api:8080 --key "$KEY" --sink-host 0.0.0.0 --sink-port 9000 \\
+        --sink-url http://bench:9000
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ def dev_cluster(nodes: int, log: Path) -> Iterator[Cluster]:
 
 
 @contextmanager
-def sink_running(out: Path, host: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--host", host, "--port", "0", "--out", str(out)],
+def sink_running(out: Path, host: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--host", host, "--port", str(port), "--out", str(out)],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -187,7 +188,7 @@ def _sink_records(path: Path) -> list[Any]:
 
 def steady(cluster: Cluster, args: argparse.Namespace, work: Path, name: str = "steady") -> dict[str, Any]:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    with sink_running(work / f"{name}-sink.jsonl", args.sink_host) as (_sink, port):
+    with sink_running(work / f"{name}-sink.jsonl", args.sink_host, args.sink_port) as (_sink, port):
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE")
         t0 = _whole_second(args.warmup)
@@ -212,7 +213,7 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     steps: list[dict[str, Any]] = []
     jobs: dict[str, str] = {}
-    with sink_running(work / "ramp-sink.jsonl", args.sink_host) as (_sink, port):
+    with sink_running(work / "ramp-sink.jsonl", args.sink_host, args.sink_port) as (_sink, port):
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         windows: list[tuple[int, int, int]] = []
         rate = args.start
@@ -240,7 +241,7 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
 def failover(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     victim = "dev-node-2"
-    with sink_running(work / "failover-sink.jsonl", args.sink_host) as (_sink, port):
+    with sink_running(work / "failover-sink.jsonl", args.sink_host, args.sink_port) as (_sink, port):
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         jobs = cluster.create_every_second(args.jobs, sink_url, tag,
                                            lambda i: "AT_MOST_ONCE" if i % 2 else "AT_LEAST_ONCE")  # fmt: skip
@@ -287,7 +288,7 @@ def _machine() -> dict[str, Any]:
             "system": f"{platform.system()} {platform.release()}", "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
 
 
-def markdown(scenario: str, result: dict[str, Any]) -> str:
+def markdown(scenario: str, result: dict[str, Any], nested: bool = False) -> str:
     rows: list[tuple[str, Any]] = []
 
     def add(prefix: str, value: Any) -> None:
@@ -307,7 +308,9 @@ def markdown(scenario: str, result: dict[str, Any]) -> str:
         lines += ["", "| offered/s | drift p99 ms | lost | duplicates |", "| --: | --: | --: | --: |"]
         lines += [f"| {s['rate']:,} | {s['p99_ms']} | {s['lost']} | {s['duplicates']} |" for s in result["steps"]]
     for run in result.get("runs", []):
-        lines += ["", markdown(f"{scenario}: {run['nodes']} node(s)", run)]
+        lines += ["", markdown(f"{scenario}: {run['nodes']} node(s)", run, nested=True)]
+    if nested:
+        return "\n".join(lines)
     m = result.get("machine", {})
     lines += ["", f"Commit {m.get('commit')}, {m.get('cpus')} CPUs, {m.get('system')}, Python {m.get('python')}, "
                   f"{m.get('at')}; command `{result.get('command', '')}`."]  # fmt: skip
@@ -402,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=os.environ.get("SHARDWHEEL_URL"), help="a running cluster's API (env SHARDWHEEL_URL)")
     p.add_argument("--key", default=os.environ.get("SHARDWHEEL_API_KEY"), help="an admin key (env SHARDWHEEL_API_KEY)")
     p.add_argument("--sink-host", default="127.0.0.1", help="where the sink listens (0.0.0.0 for a remote cluster)")
+    p.add_argument("--sink-port", type=int, default=0, help="the sink's port (default: a free one)")
     p.add_argument("--sink-url", help="the sink as the nodes reach it (default http://127.0.0.1:<port>)")
     p.add_argument("--jobs", type=int, default=1000, help="jobs firing every second (steady, failover, cluster); "
                    "jobs stored (api); registered jobs (scale)")

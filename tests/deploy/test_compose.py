@@ -40,15 +40,19 @@ def _option(command: list[str], flag: str) -> str:
 
 
 def test_every_command_is_a_real_subcommand_with_real_options(compose: dict[str, Any]) -> None:
+    from bench.tool import build_parser as bench_parser
+
     ours = _ours(compose)
-    assert {"migrate", "admin-key", "node1", "node2", "node3", "api1", "api2", "demo-target"} <= set(ours)
-    parser = build_parser()
+    assert {"migrate", "admin-key", "node1", "node2", "node3", "api1", "api2", "demo-target", "bench"} <= set(ours)
     for name, service in ours.items():
         command = [_filled(str(c)) for c in service["command"]]
+        entrypoint = service.get("entrypoint", ["shardwheel"])
+        assert entrypoint in (["shardwheel"], ["python", "-m", "bench"]), name
+        parser = build_parser() if entrypoint == ["shardwheel"] else bench_parser()
         try:
             parser.parse_args(command)
         except SystemExit as e:
-            pytest.fail(f"{name}: `shardwheel {' '.join(command)}` does not parse ({e})")
+            pytest.fail(f"{name}: `{' '.join(entrypoint)} {' '.join(command)}` does not parse ({e})")
 
 
 def test_every_variable_set_is_read_by_the_code_and_every_secret_comes_from_env(compose: dict[str, Any]) -> None:
@@ -57,11 +61,14 @@ def test_every_variable_set_is_read_by_the_code_and_every_secret_comes_from_env(
     example = (COMPOSE / ".env.example").read_text()
     for name, service in _ours(compose).items():
         for var, value in service["environment"].items():
+            if name == "bench" and var == "SHARDWHEEL_API_KEY":
+                assert '"SHARDWHEEL_API_KEY"' in (ROOT / "bench" / "tool.py").read_text()
+                continue
             assert var.startswith("SHARDWHEEL_") and f'"{var}"' in source, f"{name}: {var} is read nowhere"
             if "SECRET" in var or var.endswith("_KEY"):
                 assert _VAR.fullmatch(value), f"{name}: {var} must come from the environment, not the file"
     used = set(_VAR.findall((COMPOSE / "docker-compose.yml").read_text()))
-    assert used == {"POSTGRES_PASSWORD", "SHARDWHEEL_CLUSTER_SECRET", "SHARDWHEEL_SECRETS_KEY"}
+    assert used == {"POSTGRES_PASSWORD", "SHARDWHEEL_CLUSTER_SECRET", "SHARDWHEEL_SECRETS_KEY", "SHARDWHEEL_API_KEY"}
     assert all(re.search(rf"^{v}=$", example, re.M) for v in used), "every variable has an empty line in .env.example"
 
 
@@ -83,6 +90,12 @@ def test_addresses_ports_and_health_checks_agree(compose: dict[str, Any]) -> Non
     assert all(f'path == "{p}"' in node_api for p in ready)  # the node serves both
     for name, service in _ours(compose).items():
         command = service["command"]
+        if command[0] == "steady":  # the bench: its sink is where it tells the nodes to send
+            port = _option(command, "--sink-port")
+            assert _option(command, "--sink-url") == f"http://{name}:{port}" and _option(command, "--sink-host") == "0.0.0.0"
+            api = re.fullmatch(r"http://(\w+):(\d+)", _option(command, "--url"))
+            assert api is not None and _option(compose["services"][api[1]]["command"], "--port") == api[2]
+            continue
         if command[0] in ("node", "api"):
             port = _option(command, "--port")
             url = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(service["healthcheck"]["test"]))
