@@ -36,6 +36,7 @@ import argparse
 import math
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ import msgspec
 from shardwheel.api_client import ApiClient
 from shardwheel.embedded import _process_tree, free_port
 
+from .harness import cpu_s, tree_cpu_s
 from .results import ROOT, read_sink
 from .timeline import delivery, silence_ms, sustained, timeline
 
@@ -64,9 +66,67 @@ _BATCH = 1000
 class Cluster:
     """The cluster under load: its API (with a key) and, for ``--dev``, the ``shardwheel dev`` process."""
 
-    def __init__(self, url: str, key: str, dev: subprocess.Popen[bytes] | None = None) -> None:
+    def __init__(self, url: str, key: str, dev: subprocess.Popen[bytes] | None = None, pg_dsn: str | None = None,
+                 etcd_url: str | None = None, pg_data: Path | None = None) -> None:  # fmt: skip
         self.url, self.key, self.dev = url, key, dev
+        self.pg_dsn, self.etcd_url, self.pg_data = pg_dsn, etcd_url, pg_data
         self.api = ApiClient(url, key, timeout=120)
+
+    def _node_pids(self) -> list[int]:
+        assert self.dev is not None
+        pids = []
+        for pid in _process_tree(self.dev.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"node" in cmdline and any(a.startswith(b"dev-node-") for a in cmdline):
+                pids.append(pid)
+        return pids
+
+    def costs(self) -> dict[str, float] | None:
+        """Cumulative counters to difference over a window (local clusters only): the nodes' and PostgreSQL's CPU
+        seconds, PostgreSQL's WAL position in bytes, etcd's client gRPC bytes."""
+        if self.dev is None or self.pg_dsn is None or self.pg_data is None:
+            return None
+        import asyncio
+
+        import asyncpg
+
+        async def wal() -> int:
+            conn = await asyncpg.connect(self.pg_dsn)
+            try:
+                return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+            finally:
+                await conn.close()
+
+        postmaster = int((self.pg_data / "postmaster.pid").read_text().split()[0])
+        etcd_bytes = float("nan")
+        if self.etcd_url:
+            text = httpx.get(f"{self.etcd_url}/metrics", timeout=5).text
+            etcd_bytes = sum(float(v) for v in re.findall(
+                r"^etcd_network_client_grpc_(?:received|sent)_bytes_total(?:\{[^}]*\})? (\S+)$", text, re.M))  # fmt: skip
+        return {"nodes_cpu_s": sum(cpu_s(p) for p in self._node_pids()), "pg_cpu_s": tree_cpu_s(postmaster),
+                "wal_bytes": float(asyncio.run(wal())), "etcd_bytes": etcd_bytes, "nodes": len(self._node_pids())}  # fmt: skip
+
+    def rows(self, t0: int, t1: int) -> dict[str, int]:
+        """Execution and attempt rows of the slots in [t0, t1) (local clusters only)."""
+        import asyncio
+        from datetime import UTC, datetime
+
+        import asyncpg
+
+        async def count() -> dict[str, int]:
+            conn = await asyncpg.connect(self.pg_dsn)
+            try:
+                lo, hi = datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t1, UTC)
+                return {table: int(await conn.fetchval(
+                            f"SELECT count(*) FROM {table} WHERE scheduled_at >= $1 AND scheduled_at < $2", lo, hi))
+                        for table in ("executions", "execution_attempts")}  # fmt: skip
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
 
     def create_every_second(self, n: int, sink_url: str, tag: str, semantics: Callable[[int], str],
                             start: int = 0) -> dict[str, str]:  # fmt: skip
@@ -127,8 +187,12 @@ def dev_cluster(nodes: int, log: Path) -> Iterator[Cluster]:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"shardwheel dev did not start; its output is in {log}")
                     time.sleep(0.2)
-                cluster = Cluster(f"http://127.0.0.1:{api_port}", (data / "admin-key").read_text().strip(), proc)
-                yield cluster
+                banner = log.read_text(errors="replace")
+                pg = re.search(r"^  PostgreSQL   (\S+)$", banner, re.M)
+                etcd = re.search(r"^  etcd         (\S+)$", banner, re.M)
+                yield Cluster(f"http://127.0.0.1:{api_port}", (data / "admin-key").read_text().strip(), proc,
+                              pg_dsn=pg[1] if pg else None, etcd_url=etcd[1] if etcd else None,
+                              pg_data=data / "pg" / "data")  # fmt: skip
             finally:
                 proc.send_signal(signal.SIGINT)
                 try:
@@ -193,14 +257,30 @@ def steady(cluster: Cluster, args: argparse.Namespace, work: Path, name: str = "
         jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE")
         t0 = _whole_second(args.warmup)
         t1 = t0 + args.duration
-        _progress(name, t1 + 2, port)
+        _progress(name, t0, port)
+        before = cluster.costs()
+        _progress(name, t1, port)
+        after = cluster.costs()
+        _progress(name, t1 + 3, port)  # the last second's firings arrive and are recorded
+        rows = cluster.rows(t0, t1) if before is not None else None
         cluster.delete_tag(tag)
     records = _sink_records(work / f"{name}-sink.jsonl")
     line = timeline(records, t0, t1)
     fired = sum(s["fired"] for s in line)
     summary = _drift(records, t0, t1)
-    return {"jobs": args.jobs, "duration_s": args.duration, "firings_per_s": round(fired / args.duration, 1),
-            "drift_ms": summary, "delivery": delivery(records, jobs, t0, t1), "timeline": line}  # fmt: skip
+    result = {"jobs": args.jobs, "duration_s": args.duration, "firings_per_s": round(fired / args.duration, 1),
+              "drift_ms": summary, "delivery": delivery(records, jobs, t0, t1), "timeline": line}  # fmt: skip
+    if before is not None and after is not None and rows is not None and fired:
+        result["per_firing"] = {
+            "nodes_cpu_us": round((after["nodes_cpu_s"] - before["nodes_cpu_s"]) / fired * 1e6, 1),
+            "postgres_cpu_us": round((after["pg_cpu_s"] - before["pg_cpu_s"]) / fired * 1e6, 1),
+            "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / fired, 1),
+            "execution_rows": round(rows["executions"] / fired, 3),
+            "attempt_rows": round(rows["execution_attempts"] / fired, 3),
+        }
+        result["etcd_bytes_per_s_per_node"] = round(
+            (after["etcd_bytes"] - before["etcd_bytes"]) / args.duration / max(1, int(after["nodes"])), 1)
+    return result
 
 
 def _drift(records: list[Any], t0: int, t1: int) -> dict[str, float]:
