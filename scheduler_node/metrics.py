@@ -51,6 +51,10 @@ class Metrics:
         self.sends_waiting = Gauge(
             p + "sends_waiting", "sends queued for a connection (per-host or node cap)"
         )
+        self.clock_offset = Gauge(p + "clock_offset_ms", "this node's clock offset from PostgreSQL's (measured, "
+                                  "round-trip corrected; past --clock-limit-ms the node refuses shards)")
+        self.refusing = Gauge(p + "refusing_shards", "1 while the node refuses shards (its clock offset is past "
+                              "the limit), else 0")
         self.claim_batch = LatencySummary(p + "claim_batch_size", "rows per claim statement")
         self.claim_latency = LatencySummary(p + "claim_latency", "claim statement latency")
         self.write_batch = LatencySummary(p + "write_batch_size", "rows per result write statement")

@@ -136,6 +136,9 @@ async def _publish_status(engine: Engine, ownership: EtcdOwnership, clock_check:
             "valid_for_s": round(ownership.valid_until() - now, 2),
         }
         last_firings, last_t = firings, now
+        if clock_check.offset_ms is not None:
+            engine.metrics.clock_offset.set(round(clock_check.offset_ms, 1))
+        engine.metrics.refusing.set(1 if ownership.refusing else 0)
         try:
             await ownership.publish_status(msgspec.json.encode(status))
         except InfrastructureError as e:

@@ -54,6 +54,9 @@ def test_the_configuration_reference_is_what_the_code_says() -> None:
     doc = (ROOT / "docs" / "operations.md").read_text()
     current = doc[doc.index(config_reference.BEGIN) : doc.index(config_reference.END) + len(config_reference.END)]
     assert current == config_reference.render(), "run: python -m shardwheel.config_reference"
+    metrics = doc[doc.index(config_reference.METRICS_BEGIN) : doc.index(config_reference.METRICS_END)
+                  + len(config_reference.METRICS_END)]  # fmt: skip
+    assert metrics == config_reference.render_metrics(), "run: python -m shardwheel.config_reference"
     documented = doc + (ROOT / "README.md").read_text()
     read = set()
     for path in (ROOT / "shardwheel").glob("*.py"):
