@@ -389,6 +389,10 @@ def markdown(scenario: str, result: dict[str, Any], nested: bool = False) -> str
         lines += [f"| {s['rate']:,} | {s['p99_ms']} | {s['lost']} | {s['duplicates']} |" for s in result["steps"]]
     for run in result.get("runs", []):
         lines += ["", markdown(f"{scenario}: {run['nodes']} node(s)", run, nested=True)]
+    if result.get("scenarios"):  # the api bench's own table
+        from .api import markdown as api_table
+
+        lines += ["", api_table(result["scenarios"])]
     if nested:
         return "\n".join(lines)
     m = result.get("machine", {})
@@ -406,7 +410,22 @@ def plot(scenario: str, result: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    if result.get("scenarios"):  # api: latency against the rate answered, one point per kind of request
+        fig, ax = plt.subplots(figsize=(10, 5))
+        for r in result["scenarios"]:
+            ax.scatter([r["per_s"]] * 2, [r["p50_ms"], r["p99_ms"]], label=r["scenario"])
+            ax.annotate(f"{r['scenario']} p99", (r["per_s"], r["p99_ms"]))
+        ax.set_xlabel("requests answered per second")
+        ax.set_ylabel("latency ms (p50, p99)")
+        ax.set_yscale("log")
+        ax.legend()
+        fig.suptitle("shardwheel bench api")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return True
     series = [(f"{r['nodes']} node(s)", r["timeline"]) for r in result.get("runs", [])] or [("", result.get("timeline", []))]
+    if not any(line for _, line in series):
+        return False
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
     for label, line in series:
         if not line:
