@@ -394,6 +394,14 @@ def example(parser: argparse.ArgumentParser, text: str) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
+def _job_filters(p: argparse.ArgumentParser) -> None:
+    from protocol.jobs import JobState
+
+    p.add_argument("--tag", help="only jobs with this tag")
+    p.add_argument("--state", choices=[s.value for s in JobState if s is not JobState.DELETED])
+    p.add_argument("-q", help="part of the name")
+
+
 def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
                         parser_class: type[argparse.ArgumentParser]) -> None:
     settings = client_settings(parser_class)
@@ -431,9 +439,7 @@ def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
 
     ls = job_parser("list", "list jobs, oldest first (pages through the API's cursor)",
                     "shardwheel jobs list --state paused --limit 0")
-    ls.add_argument("--tag")
-    ls.add_argument("--state", choices=["active", "paused", "completed", "broken"])
-    ls.add_argument("-q", help="part of the name")
+    _job_filters(ls)
     ls.add_argument("--limit", type=int, default=100, help="at most this many (0: all; default 100)")
     ls.set_defaults(func=jobs_list)
 
@@ -482,9 +488,7 @@ def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
 
     ex = job_parser("export", "print jobs' specs as JSON lines (header values redacted), for jobs import",
                     "shardwheel jobs export --tag reports > reports.jsonl")
-    ex.add_argument("--tag")
-    ex.add_argument("--state", choices=["active", "paused", "completed", "broken"])
-    ex.add_argument("-q", help="part of the name")
+    _job_filters(ex)
     ex.set_defaults(func=jobs_export)
 
     runs = sub.add_parser("runs", help="executions across your jobs")

@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from scheduler_node.ownership import format_shards
+
 __all__ = ["console", "format_time", "print_cluster", "print_executions", "print_job", "print_jobs", "show", "table"]
 
 console = Console(highlight=False, soft_wrap=False)
@@ -111,22 +113,6 @@ def print_executions(items: Iterable[Mapping[str, Any]], with_job: bool = False)
     show(t, flexible=("error",))
 
 
-def shard_ranges(shards: Iterable[int]) -> str:
-    """``0-41,43,50-63``: sorted shards as ranges."""
-    out: list[str] = []
-    run: list[int] = []
-    for s in sorted(shards):
-        if run and s == run[-1] + 1:
-            run.append(s)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [s]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out) or "-"
-
-
 def _num(value: Any, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -179,4 +165,4 @@ def print_cluster(status: Mapping[str, Any]) -> None:
     if status.get("pins"):
         console.print("pins: " + ", ".join(f"{s}→{n}" for s, n in sorted(status["pins"].items())), overflow="fold")
     if status.get("unowned_shards"):
-        console.print(f"unowned: {shard_ranges(status['unowned_shards'])}", overflow="fold")
+        console.print(f"unowned: {format_shards(status['unowned_shards'])}", overflow="fold")
