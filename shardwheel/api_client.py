@@ -88,8 +88,13 @@ class ApiClient:
         """The id of the job ``ref`` names: an id as it is, else the one job with that exact name."""
         if _UUID.fullmatch(ref):
             return ref
-        found = [j for j in self.json("GET", "/v1/jobs", params={"q": ref, "limit": 1000})["items"]
-                 if j["spec"]["name"] == ref]  # fmt: skip
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while len(found) < 4:  # q matches part of a name: page on until the exact ones are known
+            page = self.json("GET", "/v1/jobs", params={"q": ref, "limit": 1000, "cursor": cursor})
+            found += [j for j in page["items"] if j["spec"]["name"] == ref]
+            if (cursor := page.get("next_cursor")) is None:
+                break
         if not found:
             raise ShardwheelError(f"no job is named '{ref}' (give its name or its id)")
         if len(found) > 1:
