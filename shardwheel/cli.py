@@ -125,6 +125,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
                               log_format=args.log_format))  # fmt: skip
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from shardwheel.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return 0
+
+
 def cmd_demo_target(args: argparse.Namespace) -> int:
     from shardwheel.demo_target import serve
 
@@ -461,6 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-wait", action="store_true",
                    help="start everything, print how to use it, stop and exit (a smoke check)")
     d.set_defaults(func=cmd_dev, cluster=os.environ.get("SHARDWHEEL_CLUSTER", "dev"))
+
+    sh = sub.add_parser("completion", parents=[debug], help="print a shell completion script (bash or zsh)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  shardwheel completion bash > ~/.local/share/bash-completion/completions/shardwheel")
+    sh.add_argument("shell", choices=["bash", "zsh"])
+    sh.set_defaults(func=cmd_completion)
 
     t = sub.add_parser("demo-target", parents=[debug], help="an HTTP endpoint printing each firing with its drift",
                        epilog="example: shardwheel demo-target --port 8099   (GET / lists the last firings)")
