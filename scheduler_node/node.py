@@ -30,8 +30,6 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 from protocol.egress import EgressPolicy
 from protocol.errors import InfrastructureError
@@ -46,6 +44,7 @@ from .dispatch import Dispatcher, DispatcherConfig
 from .engine import Engine, EngineConfig, EngineTuning
 from .etcd_ownership import EtcdOwnership
 from .http_api import NodeHttpApp
+from .http_server import serve
 from .metrics import Metrics
 from .ownership import StaticOwnership, parse_shard_ranges
 from .store import bump_epoch, drop_partitions_before, ensure_partitions, read_cluster, read_epochs
@@ -231,11 +230,6 @@ class Node:
                 ),
                 db=db, ownership=ownership, dispatcher=dispatcher, metrics=metrics, clock=clock, health=health,
             )  # fmt: skip
-            hc = HypercornConfig()
-            hc.bind = [f"{config.host}:{config.port}"]
-            hc.accesslog = None
-            hc.errorlog = logging.getLogger("hypercorn.error")
-            hc.graceful_timeout = 1.0
             async with trio.open_nursery() as nursery:
                 if handle_signals:
                     nursery.start_soon(self._watch_signals, nursery)
@@ -246,8 +240,8 @@ class Node:
                 await nursery.start(clock_check.run)
                 try:
                     app = NodeHttpApp(engine, config.cluster_secret)
-                    self.addresses = await nursery.start(serve, app, hc)
-                except* OSError as group:  # hypercorn's own nursery may wrap it
+                    self.addresses = await nursery.start(serve, app, config.host, config.port)
+                except* OSError as group:
                     first = group.exceptions[0]
                     where = f"{config.host}:{config.port}"
                     reason = first.strerror if isinstance(first, OSError) and first.strerror else str(first)
