@@ -7,7 +7,7 @@ Rules:
   the package, the process's fields (``node``), then a record's own ``shard`` (``extra={"shard": n}``) when it
   has one. A newline in a message or a traceback is written as ``\\n``, so one event stays one line.
 - JSON: ``{"ts", "level", "logger", "msg", ...fields, "shard"?, "exc"?}``, one object per line.
-- Every library's records (uvicorn, hypercorn, asyncpg) go through the same handler.
+- Every library's records (uvicorn, asyncpg, trio-asyncio) go through the same handler.
 
 Example::
 
@@ -86,7 +86,7 @@ def configure(level: str | None = None, fmt: str | None = None, **fields: str) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, (level or default_level()).upper()))
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "hypercorn.error", "hypercorn.access"):
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []  # theirs would print the record a second time, in their own format
         logger.propagate = True

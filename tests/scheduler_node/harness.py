@@ -165,7 +165,7 @@ async def node_running(db_dsn: str, *, crash: bool = False, **overrides: Any) ->
 
 
 def node_url(node: Node) -> str:
-    return node.addresses[0].replace("0.0.0.0", "127.0.0.1")  # hypercorn prints http://host:port
+    return node.addresses[0].replace("0.0.0.0", "127.0.0.1")  # the node reports http://host:port
 
 
 async def write(node: Node, job_id: uuid.UUID, op: JobWriteOp, spec: JobSpec | None = None,
