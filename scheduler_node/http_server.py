@@ -10,7 +10,7 @@ app an ASGI ``http`` scope with the whole body, buffers the answer and writes it
 
 Rules:
 - HTTP/1.1 keep-alive; ``Connection: close`` and HTTP/1.0 close after the answer; pipelined requests are
-  answered in order. A connection idle for ``idle_timeout_s`` (5 s, Hypercorn's default) is closed.
+  answered in order; ``Expect: 100-continue`` is answered at once; a HEAD answer carries no body. A connection idle for ``idle_timeout_s`` (5 s, Hypercorn's default) is closed.
 - A request head over ``MAX_HEAD`` bytes or a body over ``MAX_BODY`` (the largest the app accepts, 32 MiB, plus
   room) is answered 413/431 and the connection closed, before the app sees it; a request that does not parse is
   answered 400 and closed.
@@ -69,6 +69,7 @@ class _Collector:
         self.head = 0
         self.body = 0
         self.parser: httptools.HttpRequestParser | None = None
+        self.expect_continue = False  # a client waits for "100 Continue" before sending its body (curl > 1 MB)
 
     def on_message_begin(self) -> None:
         self.current, self.head, self.body = _Request(), 0, 0
@@ -80,6 +81,10 @@ class _Collector:
     def on_header(self, name: bytes, value: bytes) -> None:
         self.current.headers.append((name.lower(), value))
         self._count_head(len(name) + len(value))
+
+    def on_headers_complete(self) -> None:
+        if any(n == b"expect" and v.lower() == b"100-continue" for n, v in self.current.headers):
+            self.expect_continue = True
 
     def on_body(self, body: bytes) -> None:
         self.body += len(body)
@@ -161,7 +166,10 @@ async def _call(app: Any, req: _Request, client: Any, server: Any) -> tuple[byte
         status, finished = None, False
     if status is None or not finished:
         return _plain(500, "internal error; the node's log has it"), False
-    return _answer(status, headers, b"".join(chunks), req.keep_alive), req.keep_alive
+    body = b"" if req.method == b"HEAD" else b"".join(chunks)  # a HEAD answer has the headers alone
+    if req.method == b"HEAD" and not any(n.lower() == b"content-length" for n, _ in headers):
+        headers.append((b"content-length", str(sum(map(len, chunks))).encode()))
+    return _answer(status, headers, body, req.keep_alive), req.keep_alive
 
 
 async def _connection(stream: trio.SocketStream, app: Any, idle_timeout_s: float) -> None:
@@ -190,6 +198,10 @@ async def _connection(stream: trio.SocketStream, app: Any, idle_timeout_s: float
                     await _send_quietly(stream, _plain(too_large.status, "request too large") if too_large
                                         else _plain(400, "bad request"))  # fmt: skip
                     return
+                if collector.expect_continue:
+                    collector.expect_continue = False
+                    if not await _send_quietly(stream, b"HTTP/1.1 100 Continue\r\n\r\n"):
+                        return
             answer, keep_alive = await _call(app, collector.done.popleft(), client, server)
             if not await _send_quietly(stream, answer) or not keep_alive:
                 return

@@ -95,3 +95,25 @@ async def test_an_idle_connection_is_closed() -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
         assert await _closed(stream)
         nursery.cancel_scope.cancel()
+
+
+async def test_expect_continue_and_head() -> None:
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(serve, _app, "127.0.0.1", 0)
+        stream = await trio.open_tcp_stream("127.0.0.1", int(address.rsplit(":", 1)[1]))
+        await stream.send_all(b"POST /e HTTP/1.1\r\nHost: n\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        with trio.fail_after(10):
+            got = b""
+            while b"\r\n\r\n" not in got:
+                got += await stream.receive_some(65536)
+        assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+        await stream.send_all(b"ok")
+        (answer,) = await _read_answers(stream, 1)
+        assert answer.endswith(b"POST /e q= n=2")
+        await stream.send_all(b"HEAD /h HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n")
+        with trio.fail_after(10):
+            rest = b""
+            while chunk := await stream.receive_some(65536):
+                rest += chunk
+        assert rest.startswith(b"HTTP/1.1 201 ") and rest.endswith(b"\r\n\r\n")  # headers, no body
+        nursery.cancel_scope.cancel()
