@@ -9,7 +9,8 @@ Rules:
   nothing behind and is retried whole by the next run.
 - Concurrent migrators (several nodes starting at once) are serialised by ``pg_advisory_xact_lock``, taken
   before anything else, including creating ``schema_migrations`` (a concurrent ``CREATE TABLE IF NOT EXISTS``
-  can fail on the catalog's unique index). The second migrator then sees the files as applied and does nothing.
+  can fail on the catalog's unique index), one file at a time: a migrator that waited sees the file applied
+  and goes on to the next, so several migrators may share the work, each file applied exactly once.
 - ``migrate`` returns the names it applied: ``[]`` when the schema was already up to date.
 
 Example: on an empty database ``await migrate(conn)`` returns ``["0001_initial.sql"]``; again, ``[]``.
