@@ -35,9 +35,9 @@ class SinkRecord(Record, gc=False):
     scheduled_ms: int | None = None
 
 
-def start_sink(out: str) -> tuple[subprocess.Popen[str], int]:
-    """``bench.sink`` in its own process, recording to ``out``; returns it and its port."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--port", "0", "--out", out],
+def start_sink(out: str, host: str = "127.0.0.1", port: int = 0) -> tuple[subprocess.Popen[str], int]:
+    """``bench.sink`` in its own process, recording to ``out``; returns it and its port (``port`` 0: a free one)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--host", host, "--port", str(port), "--out", out],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "READY <port>"; empty if the sink died

@@ -55,7 +55,7 @@ from shardwheel.api_client import ApiClient
 from shardwheel.embedded import _process_tree, free_port
 
 from .harness import cpu_s, tree_cpu_s
-from .results import ROOT, read_sink
+from .results import ROOT, drift_summary, read_sink, start_sink, stop_sink
 from .timeline import delivery, silence_ms, sustained, timeline
 
 __all__ = ["main"]
@@ -72,7 +72,8 @@ class Cluster:
         self.pg_dsn, self.etcd_url, self.pg_data = pg_dsn, etcd_url, pg_data
         self.api = ApiClient(url, key, timeout=120)
 
-    def _node_pids(self) -> list[int]:
+    def _node_pids(self, node: str | None = None) -> list[int]:
+        """The dev cluster's node processes (``node``: that one only), from their command lines."""
         assert self.dev is not None
         pids = []
         for pid in _process_tree(self.dev.pid):
@@ -80,7 +81,7 @@ class Cluster:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"node" in cmdline and any(a.startswith(b"dev-node-") for a in cmdline):
+            if b"node" in cmdline and any(a == node.encode() if node else a.startswith(b"dev-node-") for a in cmdline):
                 pids.append(pid)
         return pids
 
@@ -156,16 +157,10 @@ class Cluster:
         return self.api.json("GET", "/v1/cluster")  # type: ignore[no-any-return]
 
     def kill_node(self, node: str) -> None:
-        assert self.dev is not None
-        for pid in _process_tree(self.dev.pid):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"node" in cmdline and node.encode() in cmdline:
-                os.kill(pid, signal.SIGKILL)
-                return
-        raise RuntimeError(f"no process of node {node}")
+        pids = self._node_pids(node)
+        if not pids:
+            raise RuntimeError(f"no process of node {node}")
+        os.kill(pids[0], signal.SIGKILL)
 
 
 @contextmanager
@@ -202,20 +197,12 @@ def dev_cluster(nodes: int, log: Path) -> Iterator[Cluster]:
 
 
 @contextmanager
-def sink_running(out: Path, host: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.sink", "--host", host, "--port", str(port), "--out", str(out)],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY "):
-        proc.kill()
-        raise RuntimeError(f"the sink did not start: {line!r}")
+def sink_running(out: Path, host: str, port: int = 0) -> Iterator[int]:
+    proc, bound = start_sink(str(out), host, port)
     try:
-        yield proc, int(line.split()[1])
+        yield bound
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
+        stop_sink(proc)
 
 
 def _sink_count(port: int) -> int:
@@ -243,16 +230,12 @@ def _whole_second(after_s: float) -> int:
     return math.ceil(time.time() + after_s)
 
 
-def _sink_records(path: Path) -> list[Any]:
-    return read_sink(str(path))
-
-
 # ---- scenarios -------------------------------------------------------------------------------------------------
 
 
 def steady(cluster: Cluster, args: argparse.Namespace, work: Path, name: str = "steady") -> dict[str, Any]:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
-    with sink_running(work / f"{name}-sink.jsonl", args.sink_host, args.sink_port) as (_sink, port):
+    with sink_running(work / f"{name}-sink.jsonl", args.sink_host, args.sink_port) as port:
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE")
         t0 = _whole_second(args.warmup)
@@ -264,7 +247,7 @@ def steady(cluster: Cluster, args: argparse.Namespace, work: Path, name: str = "
         _progress(name, t1 + 3, port)  # the last second's firings arrive and are recorded
         rows = cluster.rows(t0, t1) if before is not None else None
         cluster.delete_tag(tag)
-    records = _sink_records(work / f"{name}-sink.jsonl")
+    records = read_sink(str(work / f"{name}-sink.jsonl"))
     line = timeline(records, t0, t1)
     fired = sum(s["fired"] for s in line)
     summary = _drift(records, t0, t1)
@@ -284,8 +267,6 @@ def steady(cluster: Cluster, args: argparse.Namespace, work: Path, name: str = "
 
 
 def _drift(records: list[Any], t0: int, t1: int) -> dict[str, float]:
-    from .results import drift_summary
-
     return drift_summary([r for r in records if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000])
 
 
@@ -293,7 +274,7 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     steps: list[dict[str, Any]] = []
     jobs: dict[str, str] = {}
-    with sink_running(work / "ramp-sink.jsonl", args.sink_host, args.sink_port) as (_sink, port):
+    with sink_running(work / "ramp-sink.jsonl", args.sink_host, args.sink_port) as port:
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         windows: list[tuple[int, int, int]] = []
         rate = args.start
@@ -309,7 +290,7 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
             if _sink_count(port) < 0:
                 break
         cluster.delete_tag(tag)
-    records = _sink_records(work / "ramp-sink.jsonl")
+    records = read_sink(str(work / "ramp-sink.jsonl"))
     for rate, t0, t1 in windows:
         d = delivery(records, {j: s for i, (j, s) in enumerate(jobs.items()) if i < rate}, t0, t1)["AT_LEAST_ONCE"]
         steps.append({"rate": rate, "p99_ms": _drift(records, t0, t1).get("p99", float("nan")), "lost": d["lost"],
@@ -321,7 +302,7 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
 def failover(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     victim = "dev-node-2"
-    with sink_running(work / "failover-sink.jsonl", args.sink_host, args.sink_port) as (_sink, port):
+    with sink_running(work / "failover-sink.jsonl", args.sink_host, args.sink_port) as port:
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         jobs = cluster.create_every_second(args.jobs, sink_url, tag,
                                            lambda i: "AT_MOST_ONCE" if i % 2 else "AT_LEAST_ONCE")  # fmt: skip
@@ -344,12 +325,13 @@ def failover(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str
     from protocol.shards import shard_of
 
     victim_jobs = {j for j in jobs if owners.get(shard_of(uuid.UUID(j))) == victim}
-    records = _sink_records(work / "failover-sink.jsonl")
-    late = [r for r in records if r.job in victim_jobs and r.scheduled_ms and t0 * 1000 <= r.scheduled_ms < t1 * 1000]
+    records = read_sink(str(work / "failover-sink.jsonl"))
+    lateness = [r.recv_ns / 1e6 - r.scheduled_ms for r in records
+                if r.job in victim_jobs and r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000]  # fmt: skip
     return {"jobs": args.jobs, "duration_s": args.duration, "killed": victim, "kill_at": round(killed, 3),
             "kill_at_utc": time.strftime("%H:%M:%S", time.gmtime(killed)),
             "victim_jobs": len(victim_jobs), "silence_ms": silence_ms(records, victim_jobs, t0, t1),
-            "worst_lateness_ms": round(max((r.recv_ns / 1e6 - r.scheduled_ms for r in late), default=float("nan")), 1),
+            "worst_lateness_ms": round(max(lateness, default=float("nan")), 1),
             "rebalanced_after_s": None if rebalanced is None else round(rebalanced, 2),
             "delivery": delivery(records, jobs, t0, t1), "drift_ms": _drift(records, t0, t1),
             "timeline": timeline(records, t0, t1)}  # fmt: skip

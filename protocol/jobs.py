@@ -388,7 +388,7 @@ def _unknown_field(raw: Any, decoded: Any, path: str) -> str | None:
     """The first key of the document ``raw`` that decoding it into ``decoded`` did not use. Only structs are
     walked: a plain dict or ``Any`` in the types (target.headers, target.body) holds the user's own keys."""
     if isinstance(decoded, msgspec.Struct) and type(raw) is dict:
-        names = _FIELD_NAMES.get(type(decoded)) or _field_names(type(decoded))
+        names = _field_names(type(decoded))
         for k, v in raw.items():
             attr = names.get(k)
             if attr is None:

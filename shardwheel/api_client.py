@@ -12,6 +12,7 @@ Rules:
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,6 @@ def _body(value: str) -> Any:
 
 def load_spec_file(path: str) -> dict[str, Any]:
     """A job spec from a JSON or YAML file (``-``: standard input)."""
-    import sys
-
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     try:
         value = msgspec.json.decode(text)

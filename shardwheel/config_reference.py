@@ -50,8 +50,9 @@ def render() -> str:
     out = [BEGIN, ""]
     for name in COMMANDS:
         parser = commands[name]
-        out += [f"#### `shardwheel {name}`", "", _cell(parser.description or "") or "", ""] if parser.description \
-            else [f"#### `shardwheel {name}`", ""]  # fmt: skip
+        out += [f"#### `shardwheel {name}`", ""]
+        if parser.description:
+            out += [_cell(parser.description), ""]
         out += ["| option | default | environment | what it sets |", "| --- | --- | --- | --- |"]
         for action in parser._actions:
             if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):

@@ -8,6 +8,7 @@ slot delivered, no AT_MOST_ONCE slot sent twice (``caught_up``).
 from __future__ import annotations
 
 import signal
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,13 @@ async def test_jobs_keep_firing_through_a_node_kill_and_an_etcd_member_kill(db_d
                 await caught_up(c, db_dsn, target, jobs, since)
 
                 await trio.to_thread.run_sync(members[0].kill)  # the nodes' clients fail over to the others
-                await trio.sleep(3)
+                member_down = whole_second_ago(0)
+
+                async def fired_with_the_member_down() -> bool:  # slots two seconds past its death delivered
+                    later = member_down + timedelta(seconds=2)
+                    return any(datetime.fromisoformat(r.slot) >= later for r in target.received)
+
+                await wait_for(fired_with_the_member_down, timeout=30)
                 await caught_up(c, db_dsn, target, jobs, since)
                 await trio.to_thread.run_sync(members[0].start)
                 await caught_up(c, db_dsn, target, jobs, since)
