@@ -45,7 +45,7 @@ from protocol.jobs import JobSpec, Target
 from protocol.schedules import At
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
-from .harness import ROOT, insert_jobs, prepare_db, tree_cpu_s, wait_ready
+from .harness import ROOT, insert_jobs, prepare_db, profiled, tree_cpu_s, wait_ready
 
 __all__ = ["run_api_bench"]
 
@@ -206,13 +206,6 @@ def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int,
     }  # fmt: skip
 
 
-def _profiled(part: str) -> list[str]:
-    """``BENCH_PROFILE_API=<file>`` (or ``_NODE``): that process under py-spy (collapsed stacks), to see where
-    its CPU goes; its CPU figure is then py-spy's own."""
-    out = os.environ.get(f"BENCH_PROFILE_{part}")
-    return ["py-spy", "record", "--format", "raw", "-o", out, "--"] if out else []
-
-
 def _postmaster_pid(data_dir: Path) -> int | None:
     try:
         return int((data_dir / "postmaster.pid").read_text().split()[0])
@@ -252,11 +245,11 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
             common = ["--dsn", dsn, "--etcd", etcd.endpoint, "--etcd-prefix", f"/bench{os.getpid()}", "--dev",
                       "--log-level", "warning"]  # fmt: skip
             node_port, api_port = free_port(), free_port()
-            started.append(subprocess.Popen([*_profiled("NODE"), sys.executable, "-m", "shardwheel.cli", "node",
+            started.append(subprocess.Popen([*profiled("NODE"), sys.executable, "-m", "shardwheel.cli", "node",
                                              *common, "--port", str(node_port), "--node-id", "bench-node"],
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{node_port}", 120)
-            started.append(subprocess.Popen([*_profiled("API"), sys.executable, "-m", "shardwheel.cli", "api",
+            started.append(subprocess.Popen([*profiled("API"), sys.executable, "-m", "shardwheel.cli", "api",
                                              *common, "--port", str(api_port), "--workers", str(api_workers)],
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{api_port}", 60)

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -27,7 +28,7 @@ from protocol.jobs import JobSpec
 from protocol.shards import HASH_NAME, shard_of
 from shardwheel.embedded import dsn_with_database
 
-__all__ = ["ROOT", "cpu_s", "insert_jobs", "prepare_db", "rss_mb", "tree_cpu_s", "wait_ready"]
+__all__ = ["ROOT", "cpu_s", "insert_jobs", "prepare_db", "profile_window", "profiled", "rss_mb", "tree_cpu_s", "wait_ready"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the cwd of the processes the bench starts
 
@@ -134,3 +135,19 @@ def tree_cpu_s(root: int) -> float:
                 grew = True
     ticks = sum(times[p][0] for p in tree if p in times) + times.get(root, (0, 0))[1]
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def profiled(part: str) -> list[str]:
+    """``BENCH_PROFILE_API=<file>`` (or ``_NODE``): that process under py-spy (collapsed stacks), to see where
+    its CPU goes; its CPU figure is then py-spy's own."""
+    out = os.environ.get(f"BENCH_PROFILE_{part}")
+    return ["py-spy", "record", "--format", "raw", "-o", out, "--"] if out else []
+
+
+def profile_window(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """``BENCH_PROFILE_NODE=<file>``: py-spy attached to ``pid`` for ``seconds`` (a measured window only)."""
+    out = os.environ.get("BENCH_PROFILE_NODE")
+    if not out:
+        return None
+    return subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "--pid", str(pid),
+                             "--duration", str(round(seconds)), *os.environ.get("BENCH_PROFILE_FLAGS", "--nonblocking").split()], stdout=subprocess.DEVNULL)  # fmt: skip

@@ -44,7 +44,7 @@ from protocol.jobs import JobSpec, Target
 from protocol.schedules import Cron
 from shardwheel.embedded import EmbeddedPostgres, free_port
 
-from .harness import ROOT, cpu_s, insert_jobs, prepare_db, rss_mb, wait_ready
+from .harness import ROOT, cpu_s, insert_jobs, prepare_db, profile_window, rss_mb, wait_ready
 from .results import read_sink, start_sink, stop_sink, window_figures
 
 __all__ = ["main", "run_steady"]
@@ -94,7 +94,10 @@ def run_steady(
                     t1 = t0 + duration
                     time.sleep(max(0.0, t0 - time.time()))
                     cpu0 = cpu_s(node.pid)
+                    spy = profile_window(node.pid, duration)
                     time.sleep(max(0.0, t1 - time.time()))
+                    if spy is not None:
+                        spy.wait(30)
                     cpu = cpu_s(node.pid) - cpu0
                     time.sleep(max(0.0, t1 + 1.5 - time.time()))
                     rss = rss_mb(node.pid)

@@ -16,6 +16,9 @@ Scenarios:
   node killed with SIGKILL ``--kill-at`` seconds in: the silence of its jobs, the worst lateness, lost and
   duplicate firings per semantics, and the time until every shard has an owner again.
 - ``cluster``: the same steady load on a local cluster of 1 node and one of 3.
+- ``overload``: twice ``--capacity`` offered for ``--duration`` seconds, then half of it as long (the jobs
+  ``FIRE_ONCE`` with ``--grace-ms``): delivered and skipped per second in each phase, lateness, and how long the
+  lateness took to come back under a second once the load dropped.
 - ``api``: the control-API bench (``bench.api``: request rates, latency and CPU per request by kind).
 - ``scale``: ``bench.scale`` (1,000,000 registered jobs: time to ready, memory).
 
@@ -130,14 +133,15 @@ class Cluster:
         return asyncio.run(count())
 
     def create_every_second(self, n: int, sink_url: str, tag: str, semantics: Callable[[int], str],
-                            start: int = 0) -> dict[str, str]:  # fmt: skip
-        """``n`` jobs firing every second at the sink; their ids and semantics."""
+                            start: int = 0, **fields: Any) -> dict[str, str]:  # fmt: skip
+        """``n`` jobs firing every second at the sink; their ids and semantics. ``fields``: more of each spec
+        (by default every missed slot fires: FIRE_ALL within a minute)."""
         made: dict[str, str] = {}
         for first in range(start, start + n, _BATCH):
             chunk = range(first, min(start + n, first + _BATCH))
             specs = [{"name": f"{tag}-{i}", "schedule": {"kind": "cron", "cron": "* * * * * *"},
                       "target": {"url": f"{sink_url}/b/{i}"}, "tags": [tag], "semantics": semantics(i),
-                      "misfire": {"policy": "FIRE_ALL", "grace_ms": 60_000, "max_catchup": 1000}}
+                      "misfire": {"policy": "FIRE_ALL", "grace_ms": 60_000, "max_catchup": 1000}} | fields
                      for i in chunk]  # fmt: skip
             answer = self.api.json("POST", "/v1/jobs:batch", json={"jobs": specs},
                                    headers={"idempotency-key": f"{tag}-{first}"})  # fmt: skip
@@ -146,6 +150,29 @@ class Cluster:
                     raise RuntimeError(f"creating job {i}: {item['problem'].get('detail')}")
                 made[item["id"]] = semantics(i)
         return made
+
+    def slot_statuses(self, t0: int, t1: int) -> dict[int, dict[str, int]]:
+        """Execution rows of the slots in [t0, t1) by second and status (local clusters only)."""
+        import asyncio
+        from datetime import UTC, datetime
+
+        import asyncpg
+
+        async def count() -> dict[int, dict[str, int]]:
+            conn = await asyncpg.connect(self.pg_dsn)
+            try:
+                rows = await conn.fetch(
+                    "SELECT extract(epoch FROM date_trunc('second', scheduled_at))::int8 AS t, status, count(*) AS n"
+                    " FROM executions WHERE scheduled_at >= $1 AND scheduled_at < $2 GROUP BY 1, 2",
+                    datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t1, UTC))  # fmt: skip
+            finally:
+                await conn.close()
+            out: dict[int, dict[str, int]] = {}
+            for r in rows:
+                out.setdefault(int(r["t"]), {})[r["status"]] = int(r["n"])
+            return out
+
+        return asyncio.run(count())
 
     def delete_tag(self, tag: str) -> None:
         for _ in range(20):  # a bulk operation by tag takes at most 10,000 jobs a call
@@ -297,6 +324,60 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
                       "duplicates": d["duplicates"], "t0": t0, "t1": t1})  # fmt: skip
     return {"steps": steps, "p99_bound_ms": args.p99_bound_ms, "sustained_per_s": sustained(steps, args.p99_bound_ms),
             "timeline": timeline(records, windows[0][1], windows[-1][2]) if windows else []}  # fmt: skip
+
+
+def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Twice ``--capacity`` offered for ``--duration`` seconds, then half of it for as long: what the cluster
+    delivered in each phase (firings arrived per second, whatever their slot), how late, what it skipped, and
+    how long after the load dropped the lateness was back under a second."""
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    low, high = args.capacity // 2, 2 * args.capacity
+    misfire = {"misfire": {"policy": "FIRE_ONCE", "grace_ms": args.grace_ms}}
+    with sink_running(work / "overload-sink.jsonl", args.sink_host, args.sink_port) as port:
+        sink_url = args.sink_url or f"http://127.0.0.1:{port}"
+        jobs = cluster.create_every_second(low, sink_url, tag, lambda i: "AT_LEAST_ONCE", **misfire)
+        # The rest only for the overload phase; created at ~5,000 jobs/s, so t0 leaves them that long.
+        t0 = _whole_second(args.warmup + (high - low) / 3000)
+        t1, t2 = t0 + args.duration, t0 + 2 * args.duration
+        window = {"start_at": _iso(t0), "end_at": _iso(t1)}
+        # a tag of their own: a bulk delete by tag takes at most 10,000 jobs
+        jobs |= cluster.create_every_second(high - low, sink_url, f"{tag}-b", lambda i: "AT_LEAST_ONCE", start=low,
+                                            **misfire, **window)  # fmt: skip
+        _progress("overload (before)", t0, port)
+        before = cluster.costs()
+        _progress(f"overload ({high:,}/s offered)", t1, port)
+        _progress(f"overload ({low:,}/s offered)", t2, port)
+        after = cluster.costs()
+        _progress("overload (settling)", t2 + 3, port)
+        statuses = cluster.slot_statuses(t0, t2) if before is not None else {}
+        cluster.delete_tag(tag)
+        cluster.delete_tag(f"{tag}-b")
+    records = read_sink(str(work / "overload-sink.jsonl"))
+    line = timeline(records, t0, t2)
+    for point in line:
+        point["skipped"] = statuses.get(point["t"], {}).get("skipped_misfire", 0)
+
+    def phase(a: int, b: int, offered: int) -> dict[str, Any]:
+        seconds = [p for p in line if a <= p["t"] < b]
+        return {"offered_per_s": offered, "delivered_per_s": round(sum(p["arrived"] for p in seconds) / (b - a), 1),
+                "skipped_per_s": round(sum(p["skipped"] for p in seconds) / (b - a), 1),
+                "drift_ms": _drift(records, a, b)}  # fmt: skip
+
+    late = [p["t"] for p in line if p["t"] >= t1 and not p["p99_ms"] <= 1000]  # NaN: nothing fired for the slot
+    result: dict[str, Any] = {"capacity": args.capacity, "grace_ms": args.grace_ms, "duration_s": args.duration,
+                              "overload": phase(t0, t1, high), "after": phase(t1, t2, low),
+                              "recovered_after_s": None if late and late[-1] == t2 - 1 else
+                              (late[-1] + 1 - t1 if late else 0),
+                              "timeline": line}  # fmt: skip
+    if before is not None and after is not None:
+        fired = sum(p["arrived"] for p in line)
+        result["per_firing"] = {"nodes_cpu_us": round((after["nodes_cpu_s"] - before["nodes_cpu_s"]) / max(1, fired) * 1e6, 1),
+                                "postgres_cpu_us": round((after["pg_cpu_s"] - before["pg_cpu_s"]) / max(1, fired) * 1e6, 1)}  # fmt: skip
+    return result
+
+
+def _iso(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def failover(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -467,7 +548,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             with dev_cluster(nodes, work / f"dev-{nodes}.log") as cluster:
                 runs.append({"nodes": nodes, **steady(cluster, args, work, f"cluster-{nodes}")})
         return {"runs": runs}
-    run = {"steady": steady, "ramp": ramp, "failover": failover}[scenario]
+    run = {"steady": steady, "ramp": ramp, "failover": failover, "overload": overload}[scenario]
     if args.dev:
         with dev_cluster(args.nodes, work / "dev.log") as cluster:
             return run(cluster, args, work)
@@ -480,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example:\n  python -m bench steady --dev --jobs 1000 --duration 30")  # fmt: skip
-    p.add_argument("scenario", choices=["steady", "ramp", "failover", "cluster", "api", "scale"])
+    p.add_argument("scenario", choices=["steady", "ramp", "failover", "cluster", "overload", "api", "scale"])
     p.add_argument("--dev", action="store_true", help="start a local cluster (shardwheel dev) for the run")
     p.add_argument("--nodes", type=int, default=3, help="--dev: scheduler nodes (default 3)")
     p.add_argument("--url", default=os.environ.get("SHARDWHEEL_URL"), help="a running cluster's API (env SHARDWHEEL_URL)")
@@ -498,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max", type=int, default=20_000, help="ramp: the last rate tried")
     p.add_argument("--step-duration", type=int, default=15, help="ramp: seconds per step")
     p.add_argument("--p99-bound-ms", type=float, default=1000.0, help="ramp: a step passing this p99 ends the ramp")
+    p.add_argument("--capacity", type=int, default=6000, help="overload: the rate the cluster holds; twice it is "
+                   "offered, then half")
+    p.add_argument("--grace-ms", type=int, default=5000, help="overload: the jobs' misfire grace (FIRE_ONCE)")
     p.add_argument("--procs", type=int, default=2, help="api: generator processes")
     p.add_argument("--api-scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
                    help="api: which kinds of requests")

@@ -81,7 +81,8 @@ from .clock import Clock, datetime_to_ms, ms_to_datetime
 from .dispatch import Dispatcher, Exchange, RequestTemplate, SendRequest
 from .gc_guard import GcGuard
 from .metrics import Metrics
-from .misfire import plan_missed
+from .misfire import plan_missed, send_late
+from .overload import OverloadSignal
 from .ownership import Acquired, Lost, Ownership, RevokeRequested
 from .rollup import Rollup
 from .run_rules import FireStep, OutcomeStep, completes, finish_step, fire_step, outcome_step
@@ -96,6 +97,7 @@ from .store import (
     NewJob,
     NextFire,
     ResultRow,
+    StateChange,
     UnreadableJob,
 )
 from .store_health import StoreHealth
@@ -201,6 +203,7 @@ class Engine:
         # become a few statements written after its burst, not small ones competing with the sends for the
         # node's one thread.
         self.rollup = Rollup()
+        self.overload = OverloadSignal()
         self._manual_ms = 0  # the last manual slot given out (apply_write)
         self._first_slots = FirstSlots()  # new jobs' next_fire_at bounds
         self.writer: Writer[ResultRow] = Writer(
@@ -223,13 +226,26 @@ class Engine:
             max_batch=1_000,
             max_delay_s=0.2,
         )
+        # States the node decides (completed, auto-paused) are batched too: they come in herds (every job whose
+        # end_at passed in one second), and a statement per job queued ahead of the next claims starved them.
+        self.states: Writer[StateChange] = Writer(
+            self._write_states,
+            on_fenced=lambda fence: self.lose_shard(*fence),
+            health=self.health,
+            name="job states",
+            max_batch=5_000,
+            max_delay_s=0.2,
+        )
         self.metrics.wheel_size.read = lambda: float(len(self.wheel))
         self.metrics.in_flight.read = lambda: float(sum(st.in_flight for st in self._shards.values()))
         self.metrics.shards.read = lambda: float(len(self._loaded_shards()))
         self.metrics.connections_open.read = lambda: float(dispatcher.statistics().open_connections)
         self.metrics.connections_opened.read = lambda: float(dispatcher.statistics().connections_opened)
         self.metrics.sends_waiting.read = lambda: float(dispatcher.waiting)
-        self.metrics.writes_pending.read = lambda: float(self.writer.pending() + self.alerts.pending())
+        self.metrics.overloaded.read = lambda: float(self.overload.overloaded)
+        self.metrics.writes_pending.read = lambda: float(
+            self.writer.pending() + self.alerts.pending() + self.states.pending()
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -244,6 +260,7 @@ class Engine:
             self._nursery = nursery
             await nursery.start(self.writer.run)
             await nursery.start(self.alerts.run)
+            await nursery.start(self.states.run)
             nursery.start_soon(self._drive)
             nursery.start_soon(self._outcome_loop)
             nursery.start_soon(self._claim_loop)
@@ -251,6 +268,7 @@ class Engine:
             nursery.start_soon(self._ownership_events)
             nursery.start_soon(self._held_loop)
             nursery.start_soon(self._rollup_loop)
+            nursery.start_soon(self._overload_loop)
             delivery = AlertDelivery(
                 self.db,
                 self._loaded_shards,
@@ -303,6 +321,7 @@ class Engine:
                 n.start_soon(self._release, shard, deadline)
         await self.writer.flush()
         await self.alerts.flush()
+        await self.states.flush()
         await self._flush_rollup()
 
     # ---- ownership ---------------------------------------------------------------------------------------
@@ -454,6 +473,7 @@ class Engine:
             log.info("shard %d: gave back %d claims whose request was never written", shard,
                      len(result.applied), extra={"shard": shard})
         await self.writer.flush()
+        await self.states.flush()  # the next owner loads the job as this node left it (completed, paused)
         if self._shards.get(shard) is state:
             # What is left (a retry waiting for its time, a request past the deadline) is the next owner's, as
             # its row says: cancelled here, or it would go on under whatever state holds the shard next.
@@ -846,6 +866,7 @@ class Engine:
             if epoch is None or job.state is not JobState.ACTIVE or self.jobs.get(job.id) is not job:
                 continue
             if p.slot_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
+                self.overload.late(trio.current_time())
                 rows += self._plan_from(job, p.slot_ms - 1, now)
                 continue
             rows.append(ClaimRow(job.shard, epoch, job.id, p.slot_ms))
@@ -1005,6 +1026,16 @@ class Engine:
         if not self._may_send():
             self._hold(p)
             return
+        if p.attempt == 0 and p.origin is Origin.SCHEDULED:
+            if self.clock.now_ms() - p.slot_ms > job.spec.misfire.grace_ms:  # the node is that far behind
+                self.overload.late(trio.current_time())
+                if not send_late(job.spec.misfire.policy, job.late_run):
+                    self._record(job, p, S.SKIPPED_MISFIRE, "missed: the node was behind (overloaded)")
+                    self._maybe_complete(job)
+                    return
+                job.late_run = True
+            else:
+                job.late_run = False
         if p.attempt > 0:  # a retry, or a run resumed at takeover
             run = job.runs.get(key)
             if run is None or run.cancelled or state.runs.get(skey) is not run:
@@ -1086,6 +1117,19 @@ class Engine:
         while True:
             await trio.sleep(self.tuning.rollup_interval_s)
             await self._flush_rollup()
+
+    async def _overload_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            if not self.overload.changed(trio.current_time()):
+                continue
+            if self.overload.overloaded:
+                log.warning("overloaded: slots come past their misfire grace (more work offered than this node "
+                            "does on time); they follow their jobs' misfire policy instead of firing ever later")
+            else:
+                log.warning("no longer overloaded: %d slots came past their grace meanwhile",
+                            self.overload.late_slots)
+                self.overload.late_slots = 0
 
     async def _flush_rollup(self) -> None:
         counts, lags = self.rollup.take()
@@ -1252,18 +1296,13 @@ class Engine:
             self._change_state(job, JobState.COMPLETED, "no slot left")
 
     def _change_state(self, job: LoadedJob, state: JobState, reason: str) -> None:
-        """Take the new state now (no further claims) and store it in the background."""
+        """Take the new state now (no further claims); it is stored with the next batch of the states writer."""
         epoch = self._granted_epoch(job.shard)
-        if epoch is None or self._nursery is None:
+        if epoch is None:
             return
         job.state = state
         self._cancel_claim(job)
-        self._nursery.start_soon(self._store_state, job, epoch, state, reason)
-
-    async def _store_state(self, job: LoadedJob, epoch: int, state: JobState, reason: str) -> None:
-        outcome = await self._set_state(job.shard, epoch, job.id, job.tenant, state, reason)
-        if outcome is not None:
-            job.version = outcome.version
+        self.states.put_nowait(StateChange(job.shard, epoch, job.id, job.tenant, state, reason))
 
     async def _set_state(
         self, shard: int, epoch: int, job_id: uuid.UUID, tenant: str, state: JobState, reason: str,
@@ -1292,6 +1331,13 @@ class Engine:
 
     async def _write_results(self, batch: list[ResultRow]) -> set[tuple[int, int]]:
         return _stale_fences(batch, (await self.db.call(store.write_results, batch, report=False)).fenced)
+
+    async def _write_states(self, batch: list[StateChange]) -> set[tuple[int, int]]:
+        result = await self.db.call(store.set_job_states, batch)
+        for job_id, version in result.applied:
+            if (job := self.jobs.get(job_id)) is not None:
+                job.version = version
+        return _stale_fences(batch, result.fenced)
 
     async def _write_alerts(self, batch: list[AlertRow]) -> set[tuple[int, int]]:
         return _stale_fences(batch, (await self.db.call(store.insert_alerts, batch)).fenced)
@@ -1544,6 +1590,7 @@ class Engine:
             "dispatch_lag_p99_ms": self.metrics.dispatch_lag.quantile(0.99),
             "lag_ms": max(0, now - nd) if nd is not None else 0,  # how late the oldest due entry is
             "degraded": self.health.problem(),  # None, or why PostgreSQL cannot be reached
+            "overloaded": self.overload.overloaded,  # slots came past their misfire grace lately
         }
 
     def status(self) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class Metrics:
         self.sends_waiting = Gauge(
             p + "sends_waiting", "sends queued for a connection (per-host or node cap)"
         )
+        self.overloaded = Gauge(p + "overloaded", "1 while slots come past their misfire grace (more work offered "
+                                "than the node does on time; they follow their misfire policy), else 0")
         self.clock_offset = Gauge(p + "clock_offset_ms", "this node's clock offset from PostgreSQL's (measured, "
                                   "round-trip corrected; past --clock-limit-ms the node refuses shards)")
         self.refusing = Gauge(p + "refusing_shards", "1 while the node refuses shards (its clock offset is past "

@@ -3,6 +3,8 @@
 A slot is *missed* when it is older than ``now - grace_ms`` and was never claimed (it lies after the job's
 cursor, ``job_cursor.last_slot``). A slot late by at most ``grace_ms`` is not missed: it fires normally, late.
 This is applied when a node loads a shard (start, takeover) and when a claim comes too late (a stall).
+A slot claimed in time whose second comes while the node is too far behind to send it within its grace (more
+work offered than the node can do) is missed too, one at a time: ``send_late`` decides it.
 
 Policies (``protocol.jobs.MisfirePolicy``):
 - ``FIRE_ONCE``: the whole run of missed slots fires once, recorded under the first missed slot;
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 
 from protocol.jobs import Misfire, MisfirePolicy
 
-__all__ = ["MissedPlan", "plan_missed"]
+__all__ = ["MissedPlan", "plan_missed", "send_late"]
 
 
 @dataclass(slots=True)
@@ -63,3 +65,17 @@ def plan_missed(slots: Iterable[int], now_ms: int, policy: Misfire) -> MissedPla
             plan.fire, rest = missed[: policy.max_catchup], missed[policy.max_catchup :]
     plan.skip = rest[-policy.max_catchup :]
     return plan
+
+
+def send_late(policy: MisfirePolicy, in_late_run: bool) -> bool:
+    """A claimed slot found past its grace at its send (the node behind): send it anyway? ``in_late_run``: the
+    job's previous slot was late too. The policies as for missed slots: FIRE_ALL sends it, SKIP does not,
+    FIRE_ONCE sends the first of a run of late slots and skips the rest, so an overloaded node spends its
+    capacity on slots still within their grace instead of on ever later ones."""
+    match policy:
+        case MisfirePolicy.FIRE_ALL:
+            return True
+        case MisfirePolicy.SKIP:
+            return False
+        case MisfirePolicy.FIRE_ONCE:
+            return not in_late_run

@@ -76,6 +76,7 @@ class LoadedJob:
     failures: int = 0
     unsent: int = 0  # claimed slots waiting in the wheel for their second
     exhausted: bool = False  # the schedule has no slot left
+    late_run: bool = False  # its last scheduled slot came past its grace (the node behind): see misfire.send_late
 
     _slots: Iterator[int] | None = None  # kept while the job is in the horizon: get_next is ~5x cheaper
     _slots_at: int | None = None  # the slot the kept iterator last returned

@@ -153,7 +153,8 @@ def print_cluster(status: Mapping[str, Any]) -> None:
               right=("shards", "fired/s", "lag p99", "clock"), widths={"node": 24, "state": 22})
     for m in status["members"]:
         state = ("drained" if m.get("drained") else f"refusing: {m['refusing']}" if m.get("refusing")
-                 else f"degraded: {m['degraded']}" if m.get("degraded") else "ok")  # fmt: skip
+                 else f"degraded: {m['degraded']}" if m.get("degraded") else "overloaded" if m.get("overloaded")
+                 else "ok")  # fmt: skip
         t.add_row(m["node"], str(m["shards"]), _num(m.get("firings_per_s"), 1),
                       "-" if m.get("dispatch_lag_p99_ms") is None else f"{m['dispatch_lag_p99_ms']:,.0f} ms",
                   "-" if m.get("clock_offset_ms") is None else f"{m['clock_offset_ms']:+.1f} ms", state)  # fmt: skip

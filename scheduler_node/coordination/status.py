@@ -30,6 +30,7 @@ class Member(msgspec.Struct, frozen=True):
     lag_ms: float | None = None  # how late its oldest due firing is
     clock_offset_ms: float | None = None
     degraded: str | None = None  # why PostgreSQL cannot be reached, while it cannot
+    overloaded: bool = False  # slots come past their misfire grace: more work than it does on time
 
 
 class ShardStatus(msgspec.Struct, frozen=True):
@@ -74,7 +75,7 @@ def cluster_status(name: str, shard_count: int, epochs: Mapping[int, int], view:
         members.append(Member(
             node_id, info.address, per_node.get(node_id, 0), node_id in view.drained, info.refusing,
             _figure(figures, "firings_per_s"), _figure(figures, "dispatch_lag_p99_ms"), _figure(figures, "lag_ms"),
-            _figure(figures, "clock_offset_ms"), _figure(figures, "degraded"),
+            _figure(figures, "clock_offset_ms"), _figure(figures, "degraded"), figures.get("overloaded") is True,
         ))  # fmt: skip
     moving = []
     for shard, owner in sorted(owners.items()):

@@ -51,6 +51,7 @@ from scheduler_node.store import (
     NewJob,
     NextFire,
     ResultRow,
+    StateChange,
     TakeoverResult,
     UnreadableJob,
     bound_excerpt,
@@ -333,6 +334,18 @@ class MemoryStore:
         stored = self._live(fence.shard, job_id, tenant, expected_version)
         self._set_state(stored, state, next_fire_at, reason or None)
         return self._outcome(stored)
+
+    def set_job_states(self, changes: Sequence[StateChange]) -> BatchResult[tuple[uuid.UUID, int]]:
+        fenced = self._fenced([(c.shard, c.epoch) for c in changes])
+        latest = {(c.shard, c.job_id): c for c in changes if c.shard not in fenced}
+        applied = []
+        for (shard, job_id), c in latest.items():
+            stored = self.jobs.get((shard, job_id))
+            if stored is None or stored.deleted or stored.job.tenant != c.tenant or stored.job.state is c.state:
+                continue
+            self._set_state(stored, c.state, None, c.reason or None)
+            applied.append((job_id, stored.job.version))
+        return BatchResult(applied=applied, conflicts=[], fenced=fenced)
 
     def get_job(
         self, shard: int, job_id: uuid.UUID, *, tenant: str | None = None, include_deleted: bool = False

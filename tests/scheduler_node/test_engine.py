@@ -94,6 +94,46 @@ async def test_slots_missed_while_no_node_ran_follow_the_misfire_policy(
 
 
 @pytest.mark.parametrize(
+    ("policy", "sent"),
+    [
+        (MisfirePolicy.FIRE_ONCE, [*range(0, 5), *range(12, 21)]),  # slot 4: the one send for the run 4-11
+        (MisfirePolicy.SKIP, [*range(0, 4), *range(12, 21)]),
+        (MisfirePolicy.FIRE_ALL, list(range(0, 21))),
+    ],
+)
+async def test_a_node_behind_past_the_grace_skips_by_the_misfire_policy_and_says_it_is_overloaded(
+    autojump_clock: trio.testing.MockClock, policy: MisfirePolicy, sent: list[int]
+) -> None:
+    """The node's process stands still for 10 s at 3.8 s (wall clock on, trio's clock not): slot 4, claimed, comes
+    9.8 s late at its send, 5-11 past the 2 s grace at their claim, 12 and 13 late within it. Past the grace a slot
+    is sent only as its policy says (FIRE_ONCE: one for the whole run, at the send as at the claim), never late
+    for the sake of it; from 14 s the job fires on the second again, and the node said it was overloaded meanwhile
+    and no longer is once nothing came late for 10 s."""
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec(misfire=Misfire(policy=policy, grace_ms=2_000)))
+        await w.until(T0_MS + 3_800)
+        assert not w.engine.overload.overloaded
+        w.clock.start_ms += 10_000
+        await trio.sleep(1.5)
+        assert w.engine.overload.overloaded and w.engine.summary()["overloaded"]
+        assert w.engine.metrics.overloaded.read() == 1.0
+        await w.until(T0_MS + 20_500)
+        await w.settle()
+        sends = {s.slot_ms - T0_MS: s.at_ms - T0_MS for s in w.dispatcher.sends_of(job)}
+        assert sorted(sends) == [1000 * i for i in sent]
+        if policy is not MisfirePolicy.FIRE_ALL:  # which sends every missed slot, late as it must be
+            assert all(at - slot <= 2_000 for slot, at in sends.items() if slot != 4_000)  # 4: FIRE_ONCE's one
+        assert all(sends[s] == s for s in range(14_000, 21_000, 1000))  # on the second again
+        statuses = w.statuses(job)
+        assert set(statuses) == set(range(0, 21_000, 1000))  # one row per slot: none lost, none doubled
+        assert {s for s, st in statuses.items() if st is S.SKIPPED_MISFIRE} == {
+            1000 * i for i in range(21) if i not in sent}  # fmt: skip
+        await w.until(T0_MS + 26_000)
+        assert not w.engine.overload.overloaded
+
+
+@pytest.mark.parametrize(
     ("policy", "expected"),
     [
         (Concurrency.ALLOW, {0: S.SUCCEEDED, 1: S.SUCCEEDED, 2: S.SUCCEEDED, 3: S.SUCCEEDED, 4: S.SUCCEEDED}),

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.jobs import Misfire, MisfirePolicy
-from scheduler_node.misfire import plan_missed
+from scheduler_node.misfire import plan_missed, send_late
 
 
 def test_worked_example() -> None:
@@ -48,3 +48,20 @@ def test_against_model(
         assert plan.next_slot == (not_missed[0] if not_missed else None)
         if len(seen) - len(expected_fire) <= catchup:
             assert sorted(plan.fire + plan.skip) == seen
+
+
+@given(st.lists(st.booleans(), max_size=30), st.sampled_from(list(MisfirePolicy)))
+def test_late_slots_at_their_send_follow_the_policy_once_per_run(late: list[bool], policy: MisfirePolicy) -> None:
+    """Against the policy's definition: of each run of consecutive late slots, FIRE_ALL sends all, SKIP none,
+    FIRE_ONCE the first only; slots within their grace are not send_late's to decide."""
+    sent, in_run = [], False
+    for i, is_late in enumerate(late):
+        if is_late:
+            if send_late(policy, in_run):
+                sent.append(i)
+            in_run = True
+        else:
+            in_run = False
+    runs = [i for i, is_late in enumerate(late) if is_late and (i == 0 or not late[i - 1])]
+    every = [i for i, is_late in enumerate(late) if is_late]
+    assert sent == {MisfirePolicy.FIRE_ALL: every, MisfirePolicy.SKIP: [], MisfirePolicy.FIRE_ONCE: runs}[policy]

@@ -27,7 +27,9 @@ from scheduler_node.store import (
     list_audit,
     list_jobs,
     raise_next_fire_at,
+    StateChange,
     set_job_state,
+    set_job_states,
     write_job,
     write_job_and_claim,
 )
@@ -163,6 +165,39 @@ async def test_node_decided_states(store: TrioStore) -> None:
     await store.call(write_job, fence, job_id, op(JobWriteOp.UPSERT, spec=spec("fixed")), next_fire_at=T0)
     fixed = await store.call(get_job, 5, job_id)
     assert (fixed.state, fixed.state_reason) == (JobState.ACTIVE, None)
+
+
+async def test_node_decided_states_in_one_statement(store: TrioStore) -> None:
+    """A herd of completions is one fenced statement: each changed job gets a version and an audit entry; a job
+    already in its state, deleted, or named with another tenant is left alone; a stale epoch writes nothing."""
+    fence, other = await own(store, 6), await own(store, 7)
+    done, paused, same, gone, foreign = [(await create_job(store, fence))[0] for _ in range(5)]
+    elsewhere, _ = await create_job(store, other)
+    await store.call(set_job_state, fence, same, JobState.COMPLETED, tenant="acme")
+    await store.call(write_job, fence, gone, op(JobWriteOp.DELETE))
+
+    def change(job_id: uuid.UUID, state: JobState, f: Fence = fence, tenant: str = "acme") -> StateChange:
+        return StateChange(f.shard, f.epoch, job_id, tenant, state, f"why {state}")
+
+    result = await store.call(set_job_states, [
+        change(done, JobState.AUTO_PAUSED), change(done, JobState.COMPLETED),  # the last one of a job counts
+        change(paused, JobState.AUTO_PAUSED), change(same, JobState.COMPLETED), change(gone, JobState.COMPLETED),
+        change(foreign, JobState.COMPLETED, tenant="other"), change(elsewhere, JobState.COMPLETED, other),
+    ])  # fmt: skip
+    assert sorted(result.applied) == sorted([(done, 2), (paused, 2), (elsewhere, 2)])
+    assert result.fenced == frozenset()
+    assert [(await store.call(get_job, 6, j)).state for j in (done, paused, same, foreign)] == [
+        JobState.COMPLETED, JobState.AUTO_PAUSED, JobState.COMPLETED, JobState.ACTIVE]  # fmt: skip
+    assert (await store.call(get_job, 6, done)).state_reason == "why completed"
+    entry = (await store.call(list_audit, shard=6, job_id=done))[0]
+    assert (entry.action, entry.actor, entry.detail) == ("job.state.completed", "system",
+                                                         {"version": 2, "reason": "why completed"})  # fmt: skip
+
+    await own(store, 7)  # shard 7 moved on: the old epoch's change is refused, shard 6's goes through
+    result = await store.call(set_job_states, [change(foreign, JobState.AUTO_PAUSED),
+                                               change(elsewhere, JobState.AUTO_PAUSED, other)])  # fmt: skip
+    assert (result.applied, result.fenced) == ([(foreign, 2)], frozenset({7}))
+    assert (await store.call(get_job, 7, elsewhere)).state is JobState.COMPLETED
 
 
 async def test_rows_of_another_version_load_or_read_as_unreadable(store: TrioStore) -> None:

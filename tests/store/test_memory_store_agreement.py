@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 
 from protocol.executions import ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
-from protocol.jobs import Semantics
+from protocol.jobs import JobState, Semantics
 from scheduler_node.clock import datetime_to_ms
 from scheduler_node.store import (
     BatchResult,
@@ -24,12 +24,15 @@ from scheduler_node.store import (
     ExecKey,
     Fence,
     ResultRow,
+    StateChange,
     TakeoverResult,
     bump_epoch,
     claim_slots,
     delete_unsent_claims,
+    get_job,
     job_cursors,
     own_unsent_claims,
+    set_job_states,
     take_over_shard,
     write_job,
     write_results,
@@ -80,6 +83,8 @@ operation = st.one_of(
     st.tuples(st.just("own"), node, stale, st.lists(slot_keys, min_size=1, max_size=6, unique=True), token),
     st.tuples(st.just("takeover"), stale),
     st.tuples(st.just("delete"), st.integers(0, 2)),
+    st.tuples(st.just("states"), stale, st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from([JobState.COMPLETED, JobState.AUTO_PAUSED])), max_size=4)),
 )
 # Every sequence hands the shard over once (a new owner's bump and takeover) between two runs of operations.
 operations = st.tuples(
@@ -282,6 +287,15 @@ async def test_the_memory_store_answers_and_stores_what_postgresql_does(db_dsn: 
                 db_out, mem_out = await pair.both(
                     take_over_shard, SHARD, current - 1 if op[1] else current, norm=_takeover
                 )
+            elif kind == "states":
+                e = current - 1 if op[1] else current
+                changes = [StateChange(SHARD, e, jobs[i], "acme", state, "why") for i, state in op[2]]
+                db_out, mem_out = await pair.both(set_job_states, changes, norm=_batch)
+                assert db_out == mem_out, op
+                for job_id in jobs:
+                    db_out, mem_out = await pair.both(get_job, SHARD, job_id, include_deleted=True,
+                                                      norm=lambda j: (j.state, j.version, j.state_reason))  # fmt: skip
+                    assert db_out == mem_out, op
             else:
                 w = JobWrite(op=JobWriteOp.DELETE, actor="t", tenant="acme")
                 db_out, mem_out = await pair.both(
