@@ -904,24 +904,28 @@ class Engine:
         rows = self._still_ours(rows)
         if not rows:
             return
+        # Back-pressure: results and alerts past their writers' bound (PostgreSQL slow or away) stop new claims,
+        # so memory holds at most the bound plus what is already claimed. Waited for before the shards' claim
+        # locks are taken: a release waits for those locks, and one held through this wait ran past its deadline
+        # with nothing given back (a graceful stop under load left its claims `claimed`).
+        started = trio.current_time()
+        await self.writer.room()
+        await self.alerts.room()
+        held_back = trio.current_time() > started  # waited: re-planned like any claim an outage held back
         states = [st for s in sorted({r.shard for r in rows}) if (st := self._shards.get(s)) is not None]
         async with contextlib.AsyncExitStack() as held:
             for st in states:
                 await held.enter_async_context(st.claiming)
             for i in range(0, len(rows), self.tuning.claim_chunk):
-                await self._claim_chunk(rows[i : i + self.tuning.claim_chunk], jobs)
+                await self._claim_chunk(rows[i : i + self.tuning.claim_chunk], jobs, started, held_back)
 
-    async def _claim_chunk(self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob]) -> None:
+    async def _claim_chunk(
+        self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob], started: float, held_back: bool
+    ) -> None:
         if not rows:
             return
-        # Back-pressure: results and alerts past their writers' bound (PostgreSQL slow or away) stop new claims,
-        # so memory holds at most the bound plus what is already claimed.
-        started = trio.current_time()
-        await self.writer.room()
-        await self.alerts.room()
         adopted: list[ExecKey] = []
         token = self._rng.getrandbits(62)  # the same on every try: finds the rows of a try whose answer was lost
-        held_back = trio.current_time() > started  # waited: re-planned like any claim an outage held back
         failed = False
         while True:
             rows = self._still_ours(rows)  # a shard released or lost since they were planned claims nothing
@@ -969,8 +973,13 @@ class Engine:
     def _enqueue(self, key: ExecKey, job: LoadedJob) -> None:
         """A slot just claimed, into the wheel for its time (unsent until its first attempt goes out)."""
         state = self._shards.get(job.shard)
-        if state is None or state.phase is Phase.RELEASING:
-            return  # dropped or on its way out meanwhile: the row is the next owner's (its takeover)
+        if state is None:
+            return  # dropped meanwhile: the row is the next owner's (its takeover)
+        if state.phase is Phase.RELEASING:
+            # The release began while this claim was in flight (it waits for the claim to commit): the slot goes
+            # back with the unsent ones instead of staying `claimed` for a takeover that a graceful stop avoids.
+            state.withdrawn.append((key.job_id, key.slot_ms, key.origin))
+            return
         slot = key.slot_ms
         job = self._current(job)  # reloaded while the claim ran: the slot is the new object's
         entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))

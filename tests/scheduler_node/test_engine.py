@@ -615,6 +615,28 @@ async def test_a_graceful_release_gives_back_unsent_claims_and_lets_runs_finish(
         assert w.store.cursors[(0, job)] == T0_MS + 2_999  # the next owner claims 3 s afresh
 
 
+async def test_a_claim_committing_while_its_shard_is_released_is_given_back_not_left_claimed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Behind a graceful stop under load (rows left `claimed` once the node was gone): the release began while
+    a claim statement was in flight, waited for it to commit as it must, and its rows were then neither sent nor
+    given back."""
+    async with world() as w:
+        await w.grant(0)
+        job = await w.add_job(spec())
+        await w.until(T0_MS + 2_650)
+        w.store.hold()  # slot 3's claim (due at 2.7 s) waits in PostgreSQL
+        await w.until(T0_MS + 2_750)
+        w.ownership.revoke(0)
+        await w.until(T0_MS + 2_800)
+        w.store.release()
+        await w.ownership.wait_released(0)
+        await w.settle()
+        statuses = w.statuses(job)
+        assert statuses == {0: S.SUCCEEDED, 1000: S.SUCCEEDED, 2000: S.SUCCEEDED}  # 3 s given back: no row
+        assert w.store.cursors[(0, job)] == T0_MS + 2_999  # the next owner claims 3 s afresh
+
+
 async def test_a_release_past_its_deadline_gives_back_slots_still_queued_for_a_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
