@@ -6,6 +6,7 @@
   (duplicates), over a window; the jobs are those the run created, with the semantics each was given.
 - ``silence``: the longest stretch, in ms, in which a set of jobs received no firing at all (a failover's gap).
 - ``sustained``: the highest rate of a ramp whose step kept p99 within the bound and lost nothing.
+- ``recovery_s``: after a load drop, how long until every later second's slots arrived within a bound.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from .results import SinkRecord
 
-__all__ = ["delivery", "silence_ms", "sustained", "timeline"]
+__all__ = ["delivery", "recovery_s", "silence_ms", "sustained", "timeline"]
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -76,3 +77,13 @@ def sustained(steps: Sequence[Mapping[str, Any]], p99_bound_ms: float) -> float 
             break
         best = step["rate"]
     return best
+
+
+def recovery_s(line: Sequence[Mapping[str, Any]], since: int, bound_ms: float = 1000.0) -> int | None:
+    """Seconds from ``since`` until the timeline's seconds all kept their p99 drift within ``bound_ms`` (a second
+    whose slot got nothing counts as late); None if its last second still did not."""
+    after = [p for p in line if p["t"] >= since]
+    late = [p["t"] for p in after if not p["p99_ms"] <= bound_ms]  # NaN: nothing arrived for the slot
+    if not late:
+        return 0
+    return None if late[-1] == after[-1]["t"] else late[-1] + 1 - since

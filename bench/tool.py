@@ -59,7 +59,7 @@ from shardwheel.embedded import _process_tree, free_port
 
 from .harness import cpu_s, tree_cpu_s
 from .results import ROOT, drift_summary, read_sink, start_sink, stop_sink
-from .timeline import delivery, silence_ms, sustained, timeline
+from .timeline import delivery, recovery_s, silence_ms, sustained, timeline
 
 __all__ = ["main"]
 
@@ -332,17 +332,17 @@ def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str
     how long after the load dropped the lateness was back under a second."""
     tag = f"bench-{uuid.uuid4().hex[:8]}"
     low, high = args.capacity // 2, 2 * args.capacity
-    misfire = {"misfire": {"policy": "FIRE_ONCE", "grace_ms": args.grace_ms}}
+    misfire: dict[str, Any] = {"policy": "FIRE_ONCE", "grace_ms": args.grace_ms}
     with sink_running(work / "overload-sink.jsonl", args.sink_host, args.sink_port) as port:
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
-        jobs = cluster.create_every_second(low, sink_url, tag, lambda i: "AT_LEAST_ONCE", **misfire)
+        jobs = cluster.create_every_second(low, sink_url, tag, lambda i: "AT_LEAST_ONCE", misfire=misfire)
         # The rest only for the overload phase; created at ~5,000 jobs/s, so t0 leaves them that long.
         t0 = _whole_second(args.warmup + (high - low) / 3000)
         t1, t2 = t0 + args.duration, t0 + 2 * args.duration
         window = {"start_at": _iso(t0), "end_at": _iso(t1)}
         # a tag of their own: a bulk delete by tag takes at most 10,000 jobs
         jobs |= cluster.create_every_second(high - low, sink_url, f"{tag}-b", lambda i: "AT_LEAST_ONCE", start=low,
-                                            **misfire, **window)  # fmt: skip
+                                            misfire=misfire, **window)  # fmt: skip
         _progress("overload (before)", t0, port)
         before = cluster.costs()
         _progress(f"overload ({high:,}/s offered)", t1, port)
@@ -363,12 +363,9 @@ def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str
                 "skipped_per_s": round(sum(p["skipped"] for p in seconds) / (b - a), 1),
                 "drift_ms": _drift(records, a, b)}  # fmt: skip
 
-    late = [p["t"] for p in line if p["t"] >= t1 and not p["p99_ms"] <= 1000]  # NaN: nothing fired for the slot
     result: dict[str, Any] = {"capacity": args.capacity, "grace_ms": args.grace_ms, "duration_s": args.duration,
                               "overload": phase(t0, t1, high), "after": phase(t1, t2, low),
-                              "recovered_after_s": None if late and late[-1] == t2 - 1 else
-                              (late[-1] + 1 - t1 if late else 0),
-                              "timeline": line}  # fmt: skip
+                              "recovered_after_s": recovery_s(line, t1), "timeline": line}  # fmt: skip
     if before is not None and after is not None:
         fired = sum(p["arrived"] for p in line)
         result["per_firing"] = {"nodes_cpu_us": round((after["nodes_cpu_s"] - before["nodes_cpu_s"]) / max(1, fired) * 1e6, 1),

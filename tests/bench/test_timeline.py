@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.results import SinkRecord
-from bench.timeline import delivery, silence_ms, sustained, timeline
+from bench.timeline import delivery, recovery_s, silence_ms, sustained, timeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +52,17 @@ def test_silence_and_the_sustained_rate() -> None:
     assert sustained(steps, 1000) == 1000
     assert sustained([{"rate": 500, "p99_ms": 20, "lost": 1}], 1000) is None
     assert sustained([{"rate": 500, "p99_ms": float("nan"), "lost": 0}], 1000) is None
+
+
+def test_recovery_after_a_load_drop() -> None:
+    def line(p99s: list[float]) -> list[dict[str, float]]:
+        return [{"t": 100 + i, "p99_ms": v} for i, v in enumerate(p99s)]
+
+    nan = float("nan")
+    assert recovery_s(line([5000, 3000, 900, 80, 50]), 100) == 2  # within the bound from 102 on
+    assert recovery_s(line([5000, 80, nan, 80, 50]), 100) == 3  # a second with nothing for its slot is late
+    assert recovery_s(line([9000, 80, 50]), 101) == 0
+    assert recovery_s(line([80, 50, 4000]), 100) is None  # still late at the end
 
 
 @pytest.mark.slow

@@ -16,8 +16,10 @@ from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobState, Semantics
 from scheduler_node.store import (
     ClaimRow,
+    Fence,
     NewJob,
     NextFire,
+    StateChange,
     UnreadableJob,
     claim_slots,
     create_jobs,
@@ -27,7 +29,6 @@ from scheduler_node.store import (
     list_audit,
     list_jobs,
     raise_next_fire_at,
-    StateChange,
     set_job_state,
     set_job_states,
     write_job,
