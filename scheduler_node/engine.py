@@ -24,8 +24,11 @@ Rules (DESIGN.md §4, §5):
 - A scheduled slot of a job paused since its claim ends ``skipped_paused``; the concurrency policy decides
   between send, skip, buffer and replace.
 - A run is in flight from its first send until its terminal state, retry waits included. Every attempt's
-  outcome goes through the retry policy; results go to the batched writer, fenced by epoch. A fenced write
-  means the shard is gone: it is dropped at once.
+  outcome goes through the retry policy; results go to the batched writer, fenced by epoch, and so do the job
+  states the node decides (completed, auto-paused: their own writer). A fenced write means the shard is gone:
+  it is dropped at once.
+- A claimed slot whose second comes when the node is more than its grace behind follows the misfire policy at
+  its send (``misfire.send_late``); the node is then overloaded (``overload.py``) until none has for 10 s.
 - Loading a shard: the store's takeover first (unfinished AT_LEAST_ONCE rows continue here; AT_MOST_ONCE rows
   that may have been sent become ``lost``), then the jobs due within the horizon, their missed slots (after
   ``job_cursor.last_slot``, not before ``next_fire_at``) planned by the misfire policy.
