@@ -150,4 +150,4 @@ def profile_window(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
     if not out:
         return None
     return subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "--pid", str(pid),
-                             "--duration", str(round(seconds)), *os.environ.get("BENCH_PROFILE_FLAGS", "--nonblocking").split()], stdout=subprocess.DEVNULL)  # fmt: skip
+                             "--duration", str(round(seconds)), "--nonblocking"], stdout=subprocess.DEVNULL)  # fmt: skip

@@ -48,6 +48,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,44 +94,37 @@ class Cluster:
         seconds, PostgreSQL's WAL position in bytes, etcd's client gRPC bytes."""
         if self.dev is None or self.pg_dsn is None or self.pg_data is None:
             return None
-        import asyncio
-
-        import asyncpg
-
-        async def wal() -> int:
-            conn = await asyncpg.connect(self.pg_dsn)
-            try:
-                return int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-            finally:
-                await conn.close()
-
         postmaster = int((self.pg_data / "postmaster.pid").read_text().split()[0])
         etcd_bytes = float("nan")
         if self.etcd_url:
             text = httpx.get(f"{self.etcd_url}/metrics", timeout=5).text
             etcd_bytes = sum(float(v) for v in re.findall(
                 r"^etcd_network_client_grpc_(?:received|sent)_bytes_total(?:\{[^}]*\})? (\S+)$", text, re.M))  # fmt: skip
+        wal = float(self._fetch("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS b")[0]["b"])
         return {"nodes_cpu_s": sum(cpu_s(p) for p in self._node_pids()), "pg_cpu_s": tree_cpu_s(postmaster),
-                "wal_bytes": float(asyncio.run(wal())), "etcd_bytes": etcd_bytes, "nodes": len(self._node_pids())}  # fmt: skip
+                "wal_bytes": wal, "etcd_bytes": etcd_bytes, "nodes": len(self._node_pids())}  # fmt: skip
 
-    def rows(self, t0: int, t1: int) -> dict[str, int]:
-        """Execution and attempt rows of the slots in [t0, t1) (local clusters only)."""
+    def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """One query on the local cluster's PostgreSQL."""
         import asyncio
-        from datetime import UTC, datetime
 
         import asyncpg
 
-        async def count() -> dict[str, int]:
+        async def fetch() -> list[Any]:
             conn = await asyncpg.connect(self.pg_dsn)
             try:
-                lo, hi = datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t1, UTC)
-                return {table: int(await conn.fetchval(
-                            f"SELECT count(*) FROM {table} WHERE scheduled_at >= $1 AND scheduled_at < $2", lo, hi))
-                        for table in ("executions", "execution_attempts")}  # fmt: skip
+                return list(await conn.fetch(sql, *args))
             finally:
                 await conn.close()
 
-        return asyncio.run(count())
+        return asyncio.run(fetch())
+
+    def rows(self, t0: int, t1: int) -> dict[str, int]:
+        """Execution and attempt rows of the slots in [t0, t1) (local clusters only)."""
+        lo, hi = _utc(t0), _utc(t1)
+        sql = "SELECT count(*) AS n FROM {} WHERE scheduled_at >= $1 AND scheduled_at < $2"
+        return {table: int(self._fetch(sql.format(table), lo, hi)[0]["n"])
+                for table in ("executions", "execution_attempts")}  # fmt: skip
 
     def create_every_second(self, n: int, sink_url: str, tag: str, semantics: Callable[[int], str],
                             start: int = 0, **fields: Any) -> dict[str, str]:  # fmt: skip
@@ -153,26 +147,13 @@ class Cluster:
 
     def slot_statuses(self, t0: int, t1: int) -> dict[int, dict[str, int]]:
         """Execution rows of the slots in [t0, t1) by second and status (local clusters only)."""
-        import asyncio
-        from datetime import UTC, datetime
-
-        import asyncpg
-
-        async def count() -> dict[int, dict[str, int]]:
-            conn = await asyncpg.connect(self.pg_dsn)
-            try:
-                rows = await conn.fetch(
-                    "SELECT extract(epoch FROM date_trunc('second', scheduled_at))::int8 AS t, status, count(*) AS n"
-                    " FROM executions WHERE scheduled_at >= $1 AND scheduled_at < $2 GROUP BY 1, 2",
-                    datetime.fromtimestamp(t0, UTC), datetime.fromtimestamp(t1, UTC))  # fmt: skip
-            finally:
-                await conn.close()
-            out: dict[int, dict[str, int]] = {}
-            for r in rows:
-                out.setdefault(int(r["t"]), {})[r["status"]] = int(r["n"])
-            return out
-
-        return asyncio.run(count())
+        out: dict[int, dict[str, int]] = {}
+        for r in self._fetch(
+            "SELECT extract(epoch FROM date_trunc('second', scheduled_at))::int8 AS t, status, count(*) AS n"
+            " FROM executions WHERE scheduled_at >= $1 AND scheduled_at < $2 GROUP BY 1, 2", _utc(t0), _utc(t1),
+        ):  # fmt: skip
+            out.setdefault(int(r["t"]), {})[r["status"]] = int(r["n"])
+        return out
 
     def delete_tag(self, tag: str) -> None:
         for _ in range(20):  # a bulk operation by tag takes at most 10,000 jobs a call
@@ -367,10 +348,14 @@ def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str
                               "overload": phase(t0, t1, high), "after": phase(t1, t2, low),
                               "recovered_after_s": recovery_s(line, t1), "timeline": line}  # fmt: skip
     if before is not None and after is not None:
-        fired = sum(p["arrived"] for p in line)
-        result["per_firing"] = {"nodes_cpu_us": round((after["nodes_cpu_s"] - before["nodes_cpu_s"]) / max(1, fired) * 1e6, 1),
-                                "postgres_cpu_us": round((after["pg_cpu_s"] - before["pg_cpu_s"]) / max(1, fired) * 1e6, 1)}  # fmt: skip
+        fired = max(1, sum(p["arrived"] for p in line))
+        result["per_firing"] = {part: round((after[f"{key}_cpu_s"] - before[f"{key}_cpu_s"]) / fired * 1e6, 1)
+                                for part, key in (("nodes_cpu_us", "nodes"), ("postgres_cpu_us", "pg"))}  # fmt: skip
     return result
+
+
+def _utc(t: int) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
 
 
 def _iso(t: int) -> str:

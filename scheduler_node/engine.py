@@ -112,6 +112,7 @@ __all__ = ["Engine", "EngineConfig", "EngineStatistics", "EngineTuning"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+W = TypeVar("W")
 
 S = ExecutionStatus
 
@@ -209,35 +210,17 @@ class Engine:
         self.overload = OverloadSignal()
         self._manual_ms = 0  # the last manual slot given out (apply_write)
         self._first_slots = FirstSlots()  # new jobs' next_fire_at bounds
-        self.writer: Writer[ResultRow] = Writer(
-            self._write_results,
-            on_fenced=lambda fence: self.lose_shard(*fence),
-            health=self.health,
-            name="results",
-            max_batch=5_000,
-            max_delay_s=0.5,
-            quiet_s=0.02,
+        self.writer: Writer[ResultRow] = self._batched(
+            self._write_results, "results", max_batch=5_000, max_delay_s=0.5, quiet_s=0.02
         )
         self.writer.on_batch = self._record_write_batch
         # Alerts are batched like results: a target that is down fails every slot, and an insert per failure
         # would put a database round trip behind each of them.
-        self.alerts: Writer[AlertRow] = Writer(
-            self._write_alerts,
-            on_fenced=lambda fence: self.lose_shard(*fence),
-            health=self.health,
-            name="alerts",
-            max_batch=1_000,
-            max_delay_s=0.2,
-        )
+        self.alerts: Writer[AlertRow] = self._batched(self._write_alerts, "alerts", max_batch=1_000, max_delay_s=0.2)
         # States the node decides (completed, auto-paused) are batched too: they come in herds (every job whose
         # end_at passed in one second), and a statement per job queued ahead of the next claims starved them.
-        self.states: Writer[StateChange] = Writer(
-            self._write_states,
-            on_fenced=lambda fence: self.lose_shard(*fence),
-            health=self.health,
-            name="job states",
-            max_batch=5_000,
-            max_delay_s=0.2,
+        self.states: Writer[StateChange] = self._batched(
+            self._write_states, "job states", max_batch=5_000, max_delay_s=0.2
         )
         self.metrics.wheel_size.read = lambda: float(len(self.wheel))
         self.metrics.in_flight.read = lambda: float(sum(st.in_flight for st in self._shards.values()))
@@ -249,6 +232,12 @@ class Engine:
         self.metrics.writes_pending.read = lambda: float(
             self.writer.pending() + self.alerts.pending() + self.states.pending()
         )
+
+    def _batched(self, write: Callable[[list[W]], Awaitable[Iterable[tuple[int, int]]]], name: str,
+                 **tuning: Any) -> Writer[W]:  # fmt: skip
+        """A writer of fenced batches: a fenced shard is lost, a PostgreSQL outage is ridden out."""
+        return Writer(write, on_fenced=lambda fence: self.lose_shard(*fence), health=self.health, name=name,
+                      **tuning)  # fmt: skip
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
