@@ -86,6 +86,12 @@ S = ExecutionStatus
 CLAIMABLE = frozenset({S.CLAIMED, S.SKIPPED_OVERLAP, S.SKIPPED_MISFIRE, S.SKIPPED_PAUSED})
 # Statuses a result may set: a retry to come, or the end.
 RESULT_STATUSES = frozenset(TERMINAL | {S.RETRY_WAIT})
+# "Not finished", spelled so that the planner cannot use the partial index executions_active for it. Its
+# statistics are taken while few rows are active, so a full scan of it looks free; with the result write's slot
+# range as its only index condition, that scan became the inner side of a nested loop and ran once per result
+# (2,000 results against 300,000 active rows: 88 s, holding the claims' row locks). Spelled this way the probe
+# goes by primary key, and a full scan of that index is costed at its true size.
+_NOT_FINISHED = "e.status NOT IN (" + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL)) + ")"
 
 
 class ExecKey(NamedTuple):
@@ -294,7 +300,7 @@ upd AS (
         error = l.error, response_excerpt = l.response_excerpt
     FROM latest l JOIN fence f ON f.shard = l.shard
     WHERE e.shard = l.shard AND e.job_id = l.job_id AND e.scheduled_at = l.scheduled_at AND e.origin = l.origin
-      AND e.epoch = f.epoch AND e.status IN ('claimed', 'retry_wait')
+      AND e.epoch = f.epoch AND {_NOT_FINISHED}
       -- constant bounds let the planner prune partitions at executor start
       AND e.scheduled_at BETWEEN {_ts("$3::int8")} AND {_ts("$4::int8")}
     RETURNING e.shard, e.job_id, e.scheduled_at, e.origin, e.epoch, e.node
