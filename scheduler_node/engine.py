@@ -857,6 +857,8 @@ class Engine:
             epoch = self._granted_epoch(job.shard)
             if epoch is None or job.state is not JobState.ACTIVE or self.jobs.get(job.id) is not job:
                 continue
+            if job.last_claimed_ms is not None and p.slot_ms <= job.last_claimed_ms:
+                continue  # planned since it fell due (a late claim's re-plan reached past it): claimed already
             if p.slot_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
                 self.overload.late(trio.current_time())
                 rows += self._plan_from(job, p.slot_ms - 1, now)
@@ -901,9 +903,9 @@ class Engine:
         # locks are taken: a release waits for those locks, and one held through this wait ran past its deadline
         # with nothing given back (a graceful stop under load left its claims `claimed`).
         started = trio.current_time()
-        await self.writer.room()
-        await self.alerts.room()
-        held_back = trio.current_time() > started  # waited: re-planned like any claim an outage held back
+        # waited: re-planned like any claim an outage held back (not `time passed`: on a real clock it always has)
+        held_back = await self.writer.room()
+        held_back = await self.alerts.room() or held_back
         states = [st for s in sorted({r.shard for r in rows}) if (st := self._shards.get(s)) is not None]
         async with contextlib.AsyncExitStack() as held:
             for st in states:
@@ -929,15 +931,16 @@ class Engine:
                 await self.ownership.wait_valid()
                 continue
             if held_back:
-                # Claims that waited out an outage: slots now past their grace follow the misfire policy, and
-                # what a lost first attempt inserted is found (ON CONFLICT would hide it from the retry).
-                rows = self._replan_held_back(rows, jobs, self.clock.now_ms())
+                # Claims that waited (an outage, the lease, the writers' room): slots now past their
+                # grace follow the misfire policy.
+                replanned = self._replan_late(rows, jobs, self.clock.now_ms())
+                if replanned is not rows:
+                    # one row per slot: what is sent must be what was inserted (a re-plan may repeat a slot)
+                    rows = list({r.key(): r for r in replanned}.values())
                 if not rows:
                     return
-                # one row per slot: what is sent must be what was inserted (a re-plan may repeat a slot)
-                rows = list({r.key(): r for r in rows}.values())
             try:
-                if failed:
+                if failed:  # what a lost first attempt inserted is ours to send (ON CONFLICT hides it from a retry)
                     node = self.config.node_id
                     adopted = await self.db.call(store.own_unsent_claims, node, rows, token=token)
                 result = await self.db.call(store.claim_slots, self.config.node_id, rows, token=token)
@@ -978,11 +981,12 @@ class Engine:
         state.unsent[(job.id, slot, key.origin)] = entry
         job.unsent += 1
 
-    def _replan_held_back(
+    def _replan_late(
         self, rows: list[ClaimRow], jobs: Mapping[uuid.UUID, LoadedJob], now: int
     ) -> list[ClaimRow]:
-        """Rows held back by an outage, re-planned: a job with a scheduled slot now past its misfire grace has
-        its slots from the first of them planned again in one go (FIRE_ONCE fires once for the whole gap)."""
+        """Rows that waited, re-planned: a job with a scheduled slot now past its misfire grace has its slots from
+        the first of them planned again in one go (FIRE_ONCE fires once for the whole gap). ``rows`` itself when
+        none is late."""
         replan: dict[uuid.UUID, int] = {}
         for r in rows:
             job = jobs.get(r.job_id)

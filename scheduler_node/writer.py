@@ -90,10 +90,13 @@ class Writer(Generic[T]):
         self._put_count += 1
         self._send.send_nowait(item)
 
-    async def room(self) -> None:
-        """Return once fewer than ``max_pending`` items wait to be written."""
+    async def room(self) -> bool:
+        """Return once fewer than ``max_pending`` items wait to be written: True if that took a wait."""
+        waited = False
         while self._put_count - self._waiting - self._written_count >= self.max_pending:
+            waited = True
             await self._progress.wait()
+        return waited
 
     async def flush(self) -> None:
         """Return once everything put before this call is written."""

@@ -107,6 +107,7 @@ class MemoryStore:
     attempts: dict[tuple[ExecKey, int], ResultRow] = field(default_factory=dict)
     alerts: dict[AlertKey, Alert] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)  # the store functions called, in order
+    claimed_again: int = 0  # claim rows refused as already stored: work the engine did for nothing
     execution_counts: dict[tuple[str, int, str], int] = field(default_factory=dict)  # the rollups added
     idempotency: dict[tuple[str, str], tuple[str | None, JobWriteOutcome]] = field(default_factory=dict)
     lag_rows: int = 0
@@ -436,6 +437,7 @@ class MemoryStore:
                 self.cursors[ck] = max(self.cursors.get(ck, r.slot_ms), r.slot_ms)
         done = set(applied)
         conflicts = [r.key() for r in rows if r.shard not in fenced and r.key() not in done]
+        self.claimed_again += len(conflicts)
         return BatchResult(applied=applied, conflicts=conflicts, fenced=fenced)
 
     def own_unsent_claims(self, node: str, rows: Sequence[ClaimRow], *, token: int) -> list[ExecKey]:
@@ -617,6 +619,7 @@ class MemoryStore:
                 applied.append(r.key())
         done = set(applied)
         conflicts = [r.key() for r in rows if r.shard not in fenced and r.key() not in done]
+        self.claimed_again += len(conflicts)
         return BatchResult(applied=applied, conflicts=conflicts, fenced=fenced)
 
     def pending_deliveries(self, shards: Sequence[int], now: datetime, *, limit: int = 100) -> list[Alert]:

@@ -60,8 +60,9 @@ async def test_back_pressure_and_retry(autojump_clock: trio.testing.MockClock) -
             await w.room()
         assert cs.cancelled_caught
         gate.set()
-        await w.room()
+        assert await w.room()  # it had to wait for the stuck batch
         await w.flush()
+        assert not await w.room()
         await w.drain_and_close()
     assert written == list(range(21))  # nothing lost across three failed attempts, order kept
 
