@@ -221,7 +221,7 @@ class JobController(Controller):
          summary="The job's next instants, in UTC and in its zone, with DST notes")  # fmt: skip
     async def preview(self, request: Request[ApiKey, Any, State], job_id: FromPath[str], n: FromQuery[int] = 10) -> Preview:
         job = await self._read(request.app.state, request.user, parse_job_id(job_id))
-        return Preview(preview_instants(job.spec, datetime.now(UTC), check_n(n), job.created_at))
+        return Preview(preview_instants(job.spec, datetime.now(UTC), check_n(n), job.created_at, uuid.UUID(job.id)))
 
     @get("/{job_id:str}/executions", opt=READER, operation_id="listJobExecutions",
          summary="A job's executions, newest slot first, with their attempts")  # fmt: skip

@@ -36,6 +36,7 @@ import msgspec
 
 from .egress import STRICT, EgressPolicy
 from .errors import SpecError
+from .jitter import parse_jitter
 from .schedules import Schedule, check_instant, validate_schedule
 from .targets import parse_target_url
 
@@ -185,6 +186,9 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=False):
     misfire: Misfire = Misfire()
     pause_after_failures: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     alert_webhook: str | None = None
+    # Fire each scheduled slot this much later at most, at an offset fixed per job (protocol.jitter): a herd of
+    # jobs on one schedule spreads over the window instead of one second.
+    jitter: Annotated[str, msgspec.Meta(min_length=1, max_length=64, examples=["30s"])] | None = None
 
 
 class Job(msgspec.Struct, frozen=True, omit_defaults=False):
@@ -303,6 +307,11 @@ def validate_job_spec(spec: JobSpec, egress: EgressPolicy = STRICT) -> None:
             raise SpecError("target.body", f"encodes to {size} bytes, more than {LIMITS.body_bytes}")
         if spec.target.method == HttpMethod.GET:
             raise SpecError("target.body", "a GET request cannot carry a body")
+    if spec.jitter is not None:
+        try:
+            parse_jitter(spec.jitter)
+        except ValueError as e:
+            raise SpecError("jitter", str(e)) from None
     if spec.timeout_ms > LIMITS.max_timeout_ms:
         raise SpecError("timeout_ms", f"at most {LIMITS.max_timeout_ms} ms")
     r = spec.retry

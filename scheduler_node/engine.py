@@ -2,7 +2,8 @@
 
 Rules (DESIGN.md §4, §5):
 - The wheel holds two kinds of entries, both at wall-clock milliseconds: ``CLAIM`` at ``slot - lookahead``
-  and ``FIRE`` at the slot (or at a retry's ``next_attempt_at``). A job in memory has exactly one pending
+  and ``FIRE`` at the slot (or at a retry's ``next_attempt_at``); a job with jitter has its scheduled slots due
+  its offset later (``LoadedJob.due_ms``, ``protocol.jitter``): claimed, sent and judged late from there. A job in memory has exactly one pending
   CLAIM (its next slot) while it is active and its next slot lies within the horizon.
 - Claim ahead: the CLAIM entries due together are claimed in one fenced statement (execution rows inserted
   ``ON CONFLICT DO NOTHING``, ``job_cursor`` raised); only inserted rows get a FIRE entry. Next slots are
@@ -70,6 +71,7 @@ from protocol.errors import (
 )
 from protocol.executions import Execution, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
+from protocol.jitter import jitter_offset_ms
 from protocol.jobs import SEALED_PREFIX, Job, JobSpec, JobState, Target, validate_job_spec
 from protocol.schedules import Every
 from protocol.sealed import SecretBox
@@ -583,7 +585,7 @@ class Engine:
         """Send what was held, slots past their job's grace following its misfire policy."""
         missed: dict[uuid.UUID, list[Pending]] = {}
         for p in held:
-            late = p.slot_ms < now - p.job.spec.misfire.grace_ms
+            late = p.job.due_ms(p.slot_ms, p.origin) < now - p.job.spec.misfire.grace_ms
             if p.attempt == 0 and p.origin is Origin.SCHEDULED and late:
                 missed.setdefault(p.job.id, []).append(p)
             else:
@@ -591,7 +593,7 @@ class Engine:
         for pending in missed.values():
             pending.sort(key=lambda p: p.slot_ms)
             job = self._current(pending[0].job)
-            plan = plan_missed([p.slot_ms for p in pending], now, job.spec.misfire)
+            plan = plan_missed([p.slot_ms for p in pending], now - job.offset_ms, job.spec.misfire)
             fire = set(plan.fire)
             for p in pending:
                 if p.slot_ms in fire:
@@ -621,6 +623,7 @@ class Engine:
         return LoadedJob(
             id=uuid.UUID(job.id), shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
             version=job.version, rule=compile_schedule(job.spec, job.created_at),
+            offset_ms=jitter_offset_ms(uuid.UUID(job.id), job.spec.jitter),
             template=RequestTemplate.for_job(job, node_id=self.config.node_id, target=self._opened(job),
                                              signing_secret=self.config.signing_secrets),
         )  # fmt: skip
@@ -711,7 +714,8 @@ class Engine:
         within the lookahead) are claimed to be sent, at most ``max_catchup`` of them per call so one call stays
         bounded; the rest come with the next CLAIM, due at once. One batch catches a job up, not one per slot.
         """
-        plan = plan_slots(job.slots_after, after_ms, now, job.spec.misfire, self.tuning.lookahead_ms)
+        # planned on the job's clock: its slots are due its jitter's offset after their instants
+        plan = plan_slots(job.slots_after, after_ms, now - job.offset_ms, job.spec.misfire, self.tuning.lookahead_ms)
         epoch = self._shards[job.shard].epoch
         rows = [ClaimRow(job.shard, epoch, job.id, s) for s in plan.send]
         rows += [ClaimRow(job.shard, epoch, job.id, s, status=S.SKIPPED_MISFIRE,
@@ -741,7 +745,7 @@ class Engine:
                 self.jobs.pop(job.id, None)
             return
         job.claim_entry = self._insert(
-            slot - self.tuning.lookahead_ms, Pending(CLAIM, job, slot, Origin.SCHEDULED)
+            slot + job.offset_ms - self.tuning.lookahead_ms, Pending(CLAIM, job, slot, Origin.SCHEDULED)
         )
 
     def _cancel_claim(self, job: LoadedJob) -> None:
@@ -859,7 +863,7 @@ class Engine:
                 continue
             if job.last_claimed_ms is not None and p.slot_ms <= job.last_claimed_ms:
                 continue  # planned since it fell due (a late claim's re-plan reached past it): claimed already
-            if p.slot_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
+            if p.slot_ms + job.offset_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
                 self.overload.late(trio.current_time())
                 rows += self._plan_from(job, p.slot_ms - 1, now)
                 continue
@@ -877,7 +881,7 @@ class Engine:
             job = p.job
             if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE and job.claim_entry is None:
                 nxt = job.next_slot(p.slot_ms)
-                if nxt is None or nxt > limit:
+                if nxt is None or nxt + job.offset_ms > limit:
                     self._schedule_claim(job, nxt, now)  # the usual case: one get_next
                 else:
                     follow += self._plan_from(job, p.slot_ms, now)  # behind: catch up in one batch
@@ -977,7 +981,7 @@ class Engine:
             return
         slot = key.slot_ms
         job = self._current(job)  # reloaded while the claim ran: the slot is the new object's
-        entry = self._insert(slot, Pending(FIRE, job, slot, key.origin))
+        entry = self._insert(job.due_ms(slot, key.origin), Pending(FIRE, job, slot, key.origin))
         state.unsent[(job.id, slot, key.origin)] = entry
         job.unsent += 1
 
@@ -992,7 +996,7 @@ class Engine:
             job = jobs.get(r.job_id)
             if job is None or r.origin is not Origin.SCHEDULED:
                 continue
-            if r.slot_ms >= now - job.spec.misfire.grace_ms:
+            if r.slot_ms + job.offset_ms >= now - job.spec.misfire.grace_ms:
                 continue
             if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE:
                 replan[job.id] = min(replan.get(job.id, r.slot_ms), r.slot_ms)
@@ -1032,7 +1036,7 @@ class Engine:
             self._hold(p)
             return
         if p.attempt == 0 and p.origin is Origin.SCHEDULED:
-            if self.clock.now_ms() - p.slot_ms > job.spec.misfire.grace_ms:  # the node is that far behind
+            if self.clock.now_ms() - p.slot_ms - job.offset_ms > job.spec.misfire.grace_ms:  # the node is behind
                 self.overload.late(trio.current_time())
                 if not send_late(job.spec.misfire.policy, job.late_run):
                     self._record(job, p, S.SKIPPED_MISFIRE, "missed: the node was behind (overloaded)")
@@ -1234,7 +1238,7 @@ class Engine:
             self._finish(job, p, epoch, S.CANCELLED, attempt, finished,
                          {**row_base, "error": "cancelled: replaced by a newer slot"})  # fmt: skip
             return
-        lag = (round(outcome.sent_at * 1000) if outcome.sent_at else started_ms) - p.slot_ms
+        lag = (round(outcome.sent_at * 1000) if outcome.sent_at else started_ms) - job.due_ms(p.slot_ms, p.origin)
         if attempt == 1:
             if p.origin is not Origin.BACKFILL:  # a past slot sent now: its lag says nothing of the node
                 self.metrics.dispatch_lag.record(lag)

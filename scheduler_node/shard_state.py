@@ -77,9 +77,14 @@ class LoadedJob:
     unsent: int = 0  # claimed slots waiting in the wheel for their second
     exhausted: bool = False  # the schedule has no slot left
     late_run: bool = False  # its last scheduled slot came past its grace (the node behind): see misfire.send_late
+    offset_ms: int = 0  # its jitter's offset (protocol.jitter): a scheduled slot is due this long after its instant
 
     _slots: Iterator[int] | None = None  # kept while the job is in the horizon: get_next is ~5x cheaper
     _slots_at: int | None = None  # the slot the kept iterator last returned
+
+    def due_ms(self, slot_ms: int, origin: Origin) -> int:
+        """When a slot of this job is to be sent: scheduled slots after the jitter's offset, others at once."""
+        return slot_ms + self.offset_ms if origin is Origin.SCHEDULED else slot_ms
 
     def slots_after(self, after_ms: int) -> Iterator[int]:
         return self.rule.iter_ms(after_ms)

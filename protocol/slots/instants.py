@@ -15,10 +15,12 @@ with gap=shift it fires at 01:00Z, shown as ``02:00+01:00`` with ``dst: "gap"``.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 import msgspec
 
+from ..jitter import jitter_offset_ms
 from ..jobs import JobSpec
 from .dst import zone
 from .rules import compile_schedule
@@ -32,6 +34,10 @@ class PreviewInstant(msgspec.Struct, frozen=True):
     utc: datetime
     local: datetime  # in the job's zone, with its offset
     dst: str | None = None  # "gap" | "repeat"
+    # A job with jitter (protocol.jitter): when this slot is sent, ``utc`` plus the job's offset. Absent for a
+    # schedule not yet a job: the offset comes from the job's id.
+    fires_at: datetime | None = None
+    jitter_offset_ms: int | None = None
 
 
 def _dst_note(local: datetime) -> str | None:
@@ -46,13 +52,16 @@ def _dst_note(local: datetime) -> str | None:
 
 
 def preview_instants(
-    spec: JobSpec, after: datetime, n: int, created_at: datetime | None = None
+    spec: JobSpec, after: datetime, n: int, created_at: datetime | None = None, job_id: uuid.UUID | None = None
 ) -> list[PreviewInstant]:
-    """The next ``n`` instants strictly after ``after`` (``created_at`` anchors ``every``; default ``after``)."""
+    """The next ``n`` instants strictly after ``after`` (``created_at`` anchors ``every``; default ``after``);
+    with ``job_id``, a job with jitter shows when each is sent."""
     tz = zone(spec.timezone)
     rule = compile_schedule(spec, created_at if created_at is not None else after)
+    offset = jitter_offset_ms(job_id, spec.jitter) if job_id is not None and spec.jitter is not None else None
     out = []
     for t in rule.preview(after, n):
         local = t.astimezone(tz)
-        out.append(PreviewInstant(t, local, _dst_note(local)))
+        fires = None if offset is None else t + timedelta(milliseconds=offset)
+        out.append(PreviewInstant(t, local, _dst_note(local), fires, offset))
     return out

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import trio
 
+from protocol.jitter import jitter_offset_ms
 from scheduler_node.store import Role
 from shardwheel.embedded import EmbeddedEtcd, free_port
 
@@ -116,6 +117,16 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             # Preview: a job's next instants, and a schedule's before it is a job.
             preview = (await r.get(f"/v1/jobs/{job['id']}/preview", params={"n": 3})).json()["instants"]
             assert len(preview) == 3 and all(p["utc"].endswith("Z") or "+00:00" in p["utc"] for p in preview)
+            # A job with jitter: its preview says when each slot is sent (its offset, fixed by its id).
+            jittered = (await w.post("/v1/jobs", json=_job(target.url("/j"), name="j", jitter="30s"))).json()
+            shown = (await r.get(f"/v1/jobs/{jittered['id']}/preview", params={"n": 2})).json()["instants"]
+            offset = jitter_offset_ms(uuid.UUID(jittered["id"]), "30s")
+            assert [p["jitter_offset_ms"] for p in shown] == [offset] * 2
+            assert all(datetime.fromisoformat(p["fires_at"]) - datetime.fromisoformat(p["utc"])
+                       == timedelta(milliseconds=offset) for p in shown)  # fmt: skip
+            assert (await w.delete(f"/v1/jobs/{jittered['id']}")).status_code == 200
+            bad = await w.post("/v1/jobs", json=_job(target.url("/j"), jitter="2h"))
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "jitter"
             spring = await r.post("/v1/schedules/preview", json={
                 "schedule": {"kind": "cron", "cron": "0 30 1 29 3 *"}, "timezone": "Europe/London", "n": 2})
             assert spring.status_code == 200, spring.text
@@ -265,7 +276,7 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
                 op["operationId"] for item in schema["paths"].values() for op in item.values() if "operationId" in op
             }
     rows = await query(db_dsn, "SELECT count(*) AS n FROM jobs")
-    assert rows[0]["n"] == 3  # the three jobs created above (one twice, idempotently)
+    assert rows[0]["n"] == 4  # the four jobs created above (one twice, idempotently; the deleted one counted)
 
 
 async def _at_least(target: Any, path: str, n: int) -> bool:

@@ -16,6 +16,7 @@ import trio
 from protocol.errors import Conflict, DatabaseUnavailable, NotFound, SpecError
 from protocol.executions import TERMINAL, ExecutionStatus, Origin
 from protocol.internal import JobWrite, JobWriteOp
+from protocol.jitter import jitter_offset_ms
 from protocol.jobs import (
     Concurrency,
     JobSpec,
@@ -63,6 +64,36 @@ async def test_an_every_second_job_fires_on_the_second_and_records_each_run(
         ]
         assert w.statuses(job) == {1000 * i: S.SUCCEEDED for i in range(6)}
         assert all(r.dispatch_lag_ms == 0 and r.http_status == 200 for r in w.rows(job).values())
+
+
+async def test_a_job_with_jitter_fires_each_slot_at_its_fixed_offset_and_a_herd_spreads_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """40 jobs every 10 s with 5 s of jitter: each slot goes out at the slot plus its job's offset (the same offset
+    for every slot), carrying the slot, not the send time; lateness counts from the offset; a retry and a trigger
+    are not moved again. Without jitter they all went out at the slot's millisecond."""
+    async with world(lambda r: Reply(status=500) if r.attempt == 1 and r.origin == "scheduled" else Reply()) as w:
+        await w.grant(0)
+        retry = RetryPolicy(max_attempts=2, initial_backoff_ms=1_000, jitter=0.0)
+        jobs = [await w.add_job(spec("10s", jitter="5s", retry=retry)) for _ in range(40)]
+        await w.until(T0_MS + 25_000)
+        trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme")
+        await w.engine.apply_write(jobs[0], trigger)
+        await w.until(T0_MS + 35_000)
+        await w.settle()
+        offsets = {job: jitter_offset_ms(job, "5s") for job in jobs}
+        assert len(set(offsets.values())) > 30 and all(0 <= o < 5_000 for o in offsets.values())
+        for job in jobs:
+            first = [s for s in w.dispatcher.sends_of(job) if s.attempt == 1 and s.origin == "scheduled"]
+            assert [(s.slot_ms - T0_MS, s.at_ms - s.slot_ms) for s in first] == [
+                (slot, offsets[job]) for slot in (0, 10_000, 20_000, 30_000) if slot + offsets[job] <= 35_000]
+            retries = [s for s in w.dispatcher.sends_of(job) if s.attempt == 2]
+            assert retries and {s.at_ms - s.slot_ms - offsets[job] for s in retries} == {1_010}  # sent, 10 ms, backoff
+            assert all(r.dispatch_lag_ms == 0 for (_, origin), r in w.rows(job).items() if origin is Origin.SCHEDULED)
+        manual = [s for s in w.dispatcher.sends_of(jobs[0]) if s.origin == "manual"]
+        assert [s.at_ms for s in manual] == [T0_MS + 25_000]  # now: a trigger is not a scheduled slot
+        per_second = Counter(s.at_ms // 1000 for job in jobs for s in w.dispatcher.sends_of(job) if s.attempt == 1)
+        assert max(per_second.values()) < 40  # spread over the window, not all in one second
 
 
 @pytest.mark.parametrize(
