@@ -117,10 +117,16 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             # Preview: a job's next instants, and a schedule's before it is a job.
             preview = (await r.get(f"/v1/jobs/{job['id']}/preview", params={"n": 3})).json()["instants"]
             assert len(preview) == 3 and all(p["utc"].endswith("Z") or "+00:00" in p["utc"] for p in preview)
-            # A job with jitter: its preview says when each slot is sent (its offset, fixed by its id).
-            jittered = (await w.post("/v1/jobs", json=_job(target.url("/j"), name="j", jitter="30s"))).json()
+            # A job with jitter: sent its offset (fixed by its id) after each slot, which the request still names;
+            # its preview says when each slot is sent.
+            jittered = (await w.post("/v1/jobs", json=_job(target.url("/j"), name="j", jitter="3s"))).json()
+            offset = jitter_offset_ms(uuid.UUID(jittered["id"]), "3s")
+            await wait_for(lambda: _at_least(target, "/j", 1), timeout=10)
+            got_j = target.at("/j")[0]
+            slot = datetime.fromisoformat(got_j.slot)
+            assert slot.microsecond == 0  # a whole second of the every-second cron, not moved by the offset
+            assert 0 <= got_j.at_ms - (slot.timestamp() * 1000 + offset) < 5_000  # never before slot + offset
             shown = (await r.get(f"/v1/jobs/{jittered['id']}/preview", params={"n": 2})).json()["instants"]
-            offset = jitter_offset_ms(uuid.UUID(jittered["id"]), "30s")
             assert [p["jitter_offset_ms"] for p in shown] == [offset] * 2
             assert all(datetime.fromisoformat(p["fires_at"]) - datetime.fromisoformat(p["utc"])
                        == timedelta(milliseconds=offset) for p in shown)  # fmt: skip

@@ -188,7 +188,7 @@ async def test_a_row_a_newer_version_wrote_loads_and_fires(db_dsn: str) -> None:
     async with target_running() as target:
         async with node_running(db_dsn) as node:
             job = await create(node, spec(target.url("/newer"), At(soon(4))))
-        newer = """spec || '{"jitter": "30s"}' || jsonb_build_object('target', spec->'target' || '{"http2": 1}')"""
+        newer = """spec || '{"sla_ms": 500}' || jsonb_build_object('target', spec->'target' || '{"http2": 1}')"""
         await query(db_dsn, f"UPDATE jobs SET spec = {newer} WHERE id = $1", job)
         async with node_running(db_dsn):
 

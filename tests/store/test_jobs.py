@@ -208,7 +208,7 @@ async def test_rows_of_another_version_load_or_read_as_unreadable(store: TrioSto
     newer, _ = await create_job(store, fence)
     bad, _ = await create_job(store, fence)
     good, _ = await create_job(store, fence)
-    newer_fields = """spec || '{"jitter": "30s"}'
+    newer_fields = """spec || '{"sla_ms": 500}'
                       || jsonb_build_object('target', spec->'target' || '{"http2": 1}')"""
     await store.run(store.pool.execute, f"UPDATE jobs SET spec = {newer_fields} WHERE id = $1", newer)
     rrule = """jsonb_set(spec, '{schedule}', '{"kind": "rrule"}')"""
