@@ -140,7 +140,7 @@ def spec_from_flags(args: Any, base: dict[str, Any] | None = None) -> dict[str, 
         kind, value = schedules[0]
         spec["schedule"] = {"kind": kind, kind: value}
     for flag, field in (("name", "name"), ("tz", "timezone"), ("description", "description"),
-                        ("semantics", "semantics")):  # fmt: skip
+                        ("semantics", "semantics"), ("jitter", "jitter")):  # fmt: skip
         if getattr(args, flag) is not None:
             spec[field] = getattr(args, flag)
     if args.tag:

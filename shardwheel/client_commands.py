@@ -434,6 +434,7 @@ def add_client_commands(sub: Any, parents: list[argparse.ArgumentParser],
     c.add_argument("--tag", action="append", help="a tag (repeatable)")
     c.add_argument("--description")
     c.add_argument("--semantics", choices=["AT_LEAST_ONCE", "AT_MOST_ONCE"])
+    c.add_argument("--jitter", help="send each slot at a fixed per-job offset of up to this much: 30s (at most 1h)")
     c.add_argument("--idempotency-key", help="sent as Idempotency-Key: the same key creates the job once")
     c.set_defaults(func=jobs_create)
 

@@ -20,7 +20,7 @@ from shardwheel.logs import JsonFormatter, TextFormatter
 
 def _flags(**given: Any) -> argparse.Namespace:
     names = ("name", "cron", "every", "at", "tz", "url", "method", "header", "body", "tag", "description",
-             "semantics")  # fmt: skip
+             "semantics", "jitter")  # fmt: skip
     return argparse.Namespace(**{n: given.get(n) for n in names})
 
 
@@ -33,8 +33,8 @@ def test_spec_from_flags_and_over_a_file() -> None:
                                                    "headers": {"Authorization": "Bearer a:b", "X-A": "1"},
                                                    "body": {"k": [1]}}}  # fmt: skip
     base = {"name": "file", "schedule": {"kind": "every", "every": "1m"}, "target": {"url": "https://f.example/"}}
-    over = spec_from_flags(_flags(every="5s", body="plain text"), base)
-    assert over["schedule"] == {"kind": "every", "every": "5s"} and over["name"] == "file"
+    over = spec_from_flags(_flags(every="5s", body="plain text", jitter="2s"), base)
+    assert over["schedule"] == {"kind": "every", "every": "5s"} and over["name"] == "file" and over["jitter"] == "2s"
     assert over["target"] == {"url": "https://f.example/", "body": "plain text"}
 
 
