@@ -7,6 +7,7 @@
 - ``silence``: the longest stretch, in ms, in which a set of jobs received no firing at all (a failover's gap).
 - ``sustained``: the highest rate of a ramp whose step kept p99 within the bound and lost nothing.
 - ``recovery_s``: after a load drop, how long until every later second's slots arrived within a bound.
+- ``drain``: a herd of one-shot jobs due at one instant: received, missing, doubled, and when the last arrived.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from .results import SinkRecord
 
-__all__ = ["delivery", "recovery_s", "silence_ms", "sustained", "timeline"]
+__all__ = ["delivery", "drain", "recovery_s", "silence_ms", "sustained", "timeline"]
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -87,3 +88,16 @@ def recovery_s(line: Sequence[Mapping[str, Any]], since: int, bound_ms: float = 
     if not late:
         return 0
     return None if late[-1] == after[-1]["t"] else late[-1] + 1 - since
+
+
+def drain(records: Iterable[SinkRecord], jobs: Iterable[str], due_ms: int) -> dict[str, Any]:
+    """A herd of one-shot ``jobs`` due at ``due_ms``: ``{"jobs", "received", "missing", "duplicates", "drain_s",
+    "per_s"}``; ``drain_s``: from the due instant to the last arrival; ``per_s``: firings per second over it."""
+    herd = set(jobs)
+    seen = Counter(r.job for r in records if r.job in herd)
+    last_ns = max((r.recv_ns for r in records if r.job in herd), default=None)
+    drain_s = None if last_ns is None else max(0.001, (last_ns - due_ms * 1_000_000) / 1e9)
+    received = sum(seen.values())
+    return {"jobs": len(herd), "received": received, "missing": len(herd) - len(seen),
+            "duplicates": received - len(seen), "drain_s": None if drain_s is None else round(drain_s, 3),
+            "per_s": None if drain_s is None else round(received / drain_s, 1)}  # fmt: skip

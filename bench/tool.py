@@ -19,6 +19,9 @@ Scenarios:
 - ``overload``: twice ``--capacity`` offered for ``--duration`` seconds, then half of it as long (the jobs
   ``FIRE_ONCE`` with ``--grace-ms``): delivered and skipped per second in each phase, lateness, and how long the
   lateness took to come back under a second once the load dropped.
+- ``herd``: ``--jobs`` one-shot jobs due in the same second (with ``--jitter``, spread by it) beside
+  ``--background`` jobs firing every second: the herd's drain time and rate, its slots missing or doubled, and
+  the background group's lateness meanwhile.
 - ``api``: the control-API bench (``bench.api``: request rates, latency and CPU per request by kind).
 - ``scale``: ``bench.scale`` (1,000,000 registered jobs: time to ready, memory).
 
@@ -55,12 +58,13 @@ from typing import Any
 import httpx
 import msgspec
 
+from protocol.jitter import parse_jitter
 from shardwheel.api_client import ApiClient
 from shardwheel.embedded import _process_tree, free_port
 
 from .harness import cpu_s, tree_cpu_s
 from .results import ROOT, drift_summary, read_sink, start_sink, stop_sink
-from .timeline import delivery, recovery_s, silence_ms, sustained, timeline
+from .timeline import delivery, drain, recovery_s, silence_ms, sustained, timeline
 
 __all__ = ["main"]
 
@@ -354,6 +358,45 @@ def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str
     return result
 
 
+def herd(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--jobs`` one-shot jobs due at the same second (spread by ``--jitter`` if given) beside ``--background``
+    jobs firing every second: how long the herd took to drain and at what rate, that each of its slots ended
+    once, and how late the background group was meanwhile."""
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    with sink_running(work / "herd-sink.jsonl", args.sink_host, args.sink_port) as port:
+        sink_url = args.sink_url or f"http://127.0.0.1:{port}"
+        background = cluster.create_every_second(args.background, sink_url, f"{tag}-bg", lambda i: "AT_LEAST_ONCE")
+        due = _whole_second(args.warmup + args.jobs / 2_000)  # creating them at ~5,000 jobs/s, with room
+        extra = {"jitter": args.jitter} if args.jitter else {}
+        jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE", start=args.background,
+                                           schedule={"kind": "at", "at": _iso(due)}, **extra)  # fmt: skip
+        if time.time() > due - 1:
+            raise RuntimeError("creating the herd took longer than planned: give a larger --warmup")
+        _progress("herd (before)", due, port)
+        before = cluster.costs()
+        spread = parse_jitter(args.jitter) / 1000 if args.jitter else 0
+        _progress(f"herd ({args.jobs:,} due)", due + spread + args.duration, port)
+        after = cluster.costs()
+        statuses = cluster.slot_statuses(due, due + 1) if before is not None else {}
+        cluster.delete_tag(tag)
+        cluster.delete_tag(f"{tag}-bg")
+    records = read_sink(str(work / "herd-sink.jsonl"))
+    result: dict[str, Any] = {"jitter": args.jitter, "background_jobs": args.background,
+                              "herd": drain(records, jobs, due * 1000)}  # fmt: skip
+    end = due + math.ceil(result["herd"]["drain_s"] or 0) + 1
+    bg = [r for r in records if r.job in background]
+    result["background_drift_ms"] = _drift(bg, due - 2, end)
+    result["herd_drift_ms"] = _drift([r for r in records if r.job in jobs], due, due + 1)
+    # slots of the herd's second still unfinished (background ones included): 0 once every slot has ended
+    result["unfinished"] = sum(n for s in statuses.values() for st, n in s.items() if st in ("claimed", "retry_wait"))
+    result["timeline"] = timeline(records, due - 2, end)
+    if before is not None and after is not None:
+        fired = max(1, result["herd"]["received"])
+        result["per_firing"] = {part: round((after[f"{key}_cpu_s"] - before[f"{key}_cpu_s"]) / fired * 1e6, 1)
+                                for part, key in (("nodes_cpu_us", "nodes"), ("postgres_cpu_us", "pg"))}  # fmt: skip
+    return result
+
+
 def _utc(t: int) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
@@ -530,7 +573,7 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             with dev_cluster(nodes, work / f"dev-{nodes}.log") as cluster:
                 runs.append({"nodes": nodes, **steady(cluster, args, work, f"cluster-{nodes}")})
         return {"runs": runs}
-    run = {"steady": steady, "ramp": ramp, "failover": failover, "overload": overload}[scenario]
+    run = {"steady": steady, "ramp": ramp, "failover": failover, "overload": overload, "herd": herd}[scenario]
     if args.dev:
         with dev_cluster(args.nodes, work / "dev.log") as cluster:
             return run(cluster, args, work)
@@ -543,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example:\n  python -m bench steady --dev --jobs 1000 --duration 30")  # fmt: skip
-    p.add_argument("scenario", choices=["steady", "ramp", "failover", "cluster", "overload", "api", "scale"])
+    p.add_argument("scenario", choices=["steady", "ramp", "failover", "cluster", "overload", "herd", "api", "scale"])
     p.add_argument("--dev", action="store_true", help="start a local cluster (shardwheel dev) for the run")
     p.add_argument("--nodes", type=int, default=3, help="--dev: scheduler nodes (default 3)")
     p.add_argument("--url", default=os.environ.get("SHARDWHEEL_URL"), help="a running cluster's API (env SHARDWHEEL_URL)")
@@ -564,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=6000, help="overload: the rate the cluster holds; twice it is "
                    "offered, then half")
     p.add_argument("--grace-ms", type=int, default=5000, help="overload: the jobs' misfire grace (FIRE_ONCE)")
+    p.add_argument("--jitter", help="herd: the herd's jobs' jitter (e.g. 30s; default none: all in one second)")
+    p.add_argument("--background", type=int, default=100, help="herd: jobs firing every second beside the herd")
     p.add_argument("--procs", type=int, default=2, help="api: generator processes")
     p.add_argument("--api-scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
                    help="api: which kinds of requests")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.results import SinkRecord
-from bench.timeline import delivery, recovery_s, silence_ms, sustained, timeline
+from bench.timeline import delivery, drain, recovery_s, silence_ms, sustained, timeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,3 +75,17 @@ def test_python_m_bench_steady_on_a_dev_cluster(tmp_path: Path) -> None:
     assert result["delivery"]["AT_LEAST_ONCE"] == {"expected": 90, "lost": 0, "duplicates": 0}
     assert [p["fired"] for p in result["timeline"]] == [30, 30, 30] and result["machine"]["commit"]
     assert "| delivery AT_LEAST_ONCE lost | 0 |" in (tmp_path / "steady.md").read_text()
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "x"]), st.floats(0, 5000)), max_size=30))
+def test_drain_against_counting(arrivals: list[tuple[str, float]]) -> None:
+    records = [_record(job, 100, late) for job, late in arrivals]
+    got = drain(records, ["a", "b", "c"], 100_000)
+    herd = [(job, late) for job, late in arrivals if job != "x"]
+    assert got["received"] == len(herd) and got["missing"] == len({"a", "b", "c"} - {j for j, _ in herd})
+    assert got["duplicates"] == len(herd) - len({j for j, _ in herd})
+    if herd:
+        last = max(late for _, late in herd) / 1000
+        assert got["drain_s"] == pytest.approx(max(0.001, last), abs=1e-3)
+    else:
+        assert got["drain_s"] is None and got["per_s"] is None
