@@ -368,8 +368,12 @@ def herd(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
         background = cluster.create_every_second(args.background, sink_url, f"{tag}-bg", lambda i: "AT_LEAST_ONCE")
         due = _whole_second(args.warmup + args.jobs / 2_000)  # creating them at ~5,000 jobs/s, with room
         extra = {"jitter": args.jitter} if args.jitter else {}
-        jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE", start=args.background,
-                                           schedule={"kind": "at", "at": _iso(due)}, **extra)  # fmt: skip
+        tags = [f"{tag}-{k}" for k in range(math.ceil(args.jobs / 10_000))]  # a bulk delete by tag takes 10,000
+        jobs: dict[str, str] = {}
+        for k, herd_tag in enumerate(tags):
+            jobs |= cluster.create_every_second(min(10_000, args.jobs - 10_000 * k), sink_url, herd_tag,
+                                                lambda i: "AT_LEAST_ONCE", start=args.background + 10_000 * k,
+                                                schedule={"kind": "at", "at": _iso(due)}, **extra)  # fmt: skip
         if time.time() > due - 1:
             raise RuntimeError("creating the herd took longer than planned: give a larger --warmup")
         _progress("herd (before)", due, port)
@@ -378,8 +382,8 @@ def herd(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
         _progress(f"herd ({args.jobs:,} due)", due + spread + args.duration, port)
         after = cluster.costs()
         statuses = cluster.slot_statuses(due, due + 1) if before is not None else {}
-        cluster.delete_tag(tag)
-        cluster.delete_tag(f"{tag}-bg")
+        for herd_tag in [*tags, f"{tag}-bg"]:
+            cluster.delete_tag(herd_tag)
     records = read_sink(str(work / "herd-sink.jsonl"))
     result: dict[str, Any] = {"jitter": args.jitter, "background_jobs": args.background,
                               "herd": drain(records, jobs, due * 1000)}  # fmt: skip
