@@ -3,8 +3,9 @@
 Rules (DESIGN.md §4, §5):
 - The wheel holds two kinds of entries, both at wall-clock milliseconds: ``CLAIM`` at ``slot - lookahead``
   and ``FIRE`` at the slot (or at a retry's ``next_attempt_at``); a job with jitter has its scheduled slots due
-  its offset later (``LoadedJob.due_ms``, ``protocol.jitter``): claimed, sent and judged late from there. A job in memory has exactly one pending
-  CLAIM (its next slot) while it is active and its next slot lies within the horizon.
+  its offset later (``LoadedJob.due_ms``, ``protocol.jitter``): claimed, sent and judged late from there. A job
+  in memory has exactly one pending CLAIM (its next slot) while it is active and its next slot lies within the
+  horizon.
 - Claim ahead: the CLAIM entries due together are claimed in one fenced statement (execution rows inserted
   ``ON CONFLICT DO NOTHING``, ``job_cursor`` raised); only inserted rows get a FIRE entry. Next slots are
   computed after the claim and before the burst, so neither the database nor croniter sits between the second
