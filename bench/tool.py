@@ -352,9 +352,7 @@ def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str
                               "overload": phase(t0, t1, high), "after": phase(t1, t2, low),
                               "recovered_after_s": recovery_s(line, t1), "timeline": line}  # fmt: skip
     if before is not None and after is not None:
-        fired = max(1, sum(p["arrived"] for p in line))
-        result["per_firing"] = {part: round((after[f"{key}_cpu_s"] - before[f"{key}_cpu_s"]) / fired * 1e6, 1)
-                                for part, key in (("nodes_cpu_us", "nodes"), ("postgres_cpu_us", "pg"))}  # fmt: skip
+        result["per_firing"] = _per_firing(before, after, sum(p["arrived"] for p in line))
     return result
 
 
@@ -395,10 +393,14 @@ def herd(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
     result["unfinished"] = sum(n for s in statuses.values() for st, n in s.items() if st in ("claimed", "retry_wait"))
     result["timeline"] = timeline(records, due - 2, end)
     if before is not None and after is not None:
-        fired = max(1, result["herd"]["received"])
-        result["per_firing"] = {part: round((after[f"{key}_cpu_s"] - before[f"{key}_cpu_s"]) / fired * 1e6, 1)
-                                for part, key in (("nodes_cpu_us", "nodes"), ("postgres_cpu_us", "pg"))}  # fmt: skip
+        result["per_firing"] = _per_firing(before, after, result["herd"]["received"])
     return result
+
+
+def _per_firing(before: dict[str, float], after: dict[str, float], fired: int) -> dict[str, float]:
+    """The nodes' and PostgreSQL's CPU per firing (µs) between two ``Cluster.costs()``."""
+    return {part: round((after[f"{key}_cpu_s"] - before[f"{key}_cpu_s"]) / max(1, fired) * 1e6, 1)
+            for part, key in (("nodes_cpu_us", "nodes"), ("postgres_cpu_us", "pg"))}  # fmt: skip
 
 
 def _utc(t: int) -> datetime:

@@ -586,8 +586,7 @@ class Engine:
         """Send what was held, slots past their job's grace following its misfire policy."""
         missed: dict[uuid.UUID, list[Pending]] = {}
         for p in held:
-            late = p.job.due_ms(p.slot_ms, p.origin) < now - p.job.spec.misfire.grace_ms
-            if p.attempt == 0 and p.origin is Origin.SCHEDULED and late:
+            if p.attempt == 0 and p.origin is Origin.SCHEDULED and p.job.missed(p.slot_ms, now):
                 missed.setdefault(p.job.id, []).append(p)
             else:
                 self._fire(p)
@@ -621,10 +620,11 @@ class Engine:
         return [JobRow(r.job, cursors.get(r.job_id)) for r in rows]
 
     def _make_job(self, job: Job) -> LoadedJob:
+        job_id = uuid.UUID(job.id)
         return LoadedJob(
-            id=uuid.UUID(job.id), shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
+            id=job_id, shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
             version=job.version, rule=compile_schedule(job.spec, job.created_at),
-            offset_ms=jitter_offset_ms(uuid.UUID(job.id), job.spec.jitter),
+            offset_ms=jitter_offset_ms(job_id, job.spec.jitter),
             template=RequestTemplate.for_job(job, node_id=self.config.node_id, target=self._opened(job),
                                              signing_secret=self.config.signing_secrets),
         )  # fmt: skip
@@ -864,7 +864,7 @@ class Engine:
                 continue
             if job.last_claimed_ms is not None and p.slot_ms <= job.last_claimed_ms:
                 continue  # planned since it fell due (a late claim's re-plan reached past it): claimed already
-            if p.slot_ms + job.offset_ms < now - job.spec.misfire.grace_ms:  # a stall: the misfire policy decides
+            if job.missed(p.slot_ms, now):  # a stall: the misfire policy decides
                 self.overload.late(trio.current_time())
                 rows += self._plan_from(job, p.slot_ms - 1, now)
                 continue
@@ -997,7 +997,7 @@ class Engine:
             job = jobs.get(r.job_id)
             if job is None or r.origin is not Origin.SCHEDULED:
                 continue
-            if r.slot_ms + job.offset_ms >= now - job.spec.misfire.grace_ms:
+            if not job.missed(r.slot_ms, now):
                 continue
             if self.jobs.get(job.id) is job and job.state is JobState.ACTIVE:
                 replan[job.id] = min(replan.get(job.id, r.slot_ms), r.slot_ms)
@@ -1037,7 +1037,7 @@ class Engine:
             self._hold(p)
             return
         if p.attempt == 0 and p.origin is Origin.SCHEDULED:
-            if self.clock.now_ms() - p.slot_ms - job.offset_ms > job.spec.misfire.grace_ms:  # the node is behind
+            if job.missed(p.slot_ms, self.clock.now_ms()):  # the node is that far behind
                 self.overload.late(trio.current_time())
                 if not send_late(job.spec.misfire.policy, job.late_run):
                     self._record(job, p, S.SKIPPED_MISFIRE, "missed: the node was behind (overloaded)")

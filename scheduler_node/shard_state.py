@@ -86,6 +86,10 @@ class LoadedJob:
         """When a slot of this job is to be sent: scheduled slots after the jitter's offset, others at once."""
         return slot_ms + self.offset_ms if origin is Origin.SCHEDULED else slot_ms
 
+    def missed(self, slot_ms: int, now_ms: int) -> bool:
+        """A scheduled slot of this job is past its misfire grace at ``now_ms`` (counted from its due time)."""
+        return slot_ms + self.offset_ms < now_ms - self.spec.misfire.grace_ms
+
     def slots_after(self, after_ms: int) -> Iterator[int]:
         return self.rule.iter_ms(after_ms)
 
