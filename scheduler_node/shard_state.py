@@ -81,6 +81,7 @@ class LoadedJob:
 
     _slots: Iterator[int] | None = None  # kept while the job is in the horizon: get_next is ~5x cheaper
     _slots_at: int | None = None  # the slot the kept iterator last returned
+    _asked: int | None = None  # the ``after_ms`` it was returned for
 
     def due_ms(self, slot_ms: int, origin: Origin) -> int:
         """When a slot of this job is to be sent: scheduled slots after the jitter's offset, others at once."""
@@ -94,9 +95,13 @@ class LoadedJob:
         return self.rule.iter_ms(after_ms)
 
     def next_slot(self, after_ms: int) -> int | None:
-        """The first slot after ``after_ms``, continuing the kept iterator when it stands there."""
+        """The first slot after ``after_ms``, continuing the kept iterator when it stands there; asked again for
+        the same ``after_ms`` it answers without iterating (the claimer orders a herd by it, then plans with it)."""
+        if self._slots is not None and after_ms == self._asked:
+            return self._slots_at
         if self._slots is None or self._slots_at != after_ms:
             self._slots = self.rule.iter_ms(after_ms)
+        self._asked = after_ms
         self._slots_at = next(self._slots, None)
         return self._slots_at
 

@@ -111,6 +111,7 @@ class MemoryStore:
     execution_counts: dict[tuple[str, int, str], int] = field(default_factory=dict)  # the rollups added
     idempotency: dict[tuple[str, str], tuple[str | None, JobWriteOutcome]] = field(default_factory=dict)
     lag_rows: int = 0
+    claim_row_s: float = 0.0  # virtual time a claim statement takes per row (a herd's claims take a while)
     _failures: int = 0
     _down_until: float = -1.0
     _lose_answer_of: set[str] = field(default_factory=set)
@@ -127,6 +128,8 @@ class MemoryStore:
         self._in_flight[token] = trio.current_time()
         try:
             await trio.lowlevel.checkpoint()
+            if name == "claim_slots" and self.claim_row_s:
+                await trio.sleep(len(args[1]) * self.claim_row_s)
             if self._held is not None:
                 await self._held.wait()
             if self._failures or trio.current_time() < self._down_until:

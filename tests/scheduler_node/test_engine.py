@@ -392,6 +392,29 @@ async def test_a_slot_buffered_across_a_reload_of_its_job_is_fired(
         assert {s: st for s, st in statuses.items() if s <= 7_000 and st not in TERMINAL} == {}
 
 
+async def test_a_herd_is_claimed_a_chunk_at_a_time_and_other_jobs_slots_go_ahead_of_its_rest(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """1,000 one-shot jobs due at 1 s beside a job every second (created after them), claims of 100 rows taking
+    0.2 s: the herd's claims take 2 s. The other job's slot in the herd's second is claimed in the first chunk
+    (its next slot comes soonest), its slots due meanwhile between the herd's chunks, and each is sent on its
+    second (claimed after the whole herd, its slots at 1 and 2 s went out 1.7 and 0.7 s late)."""
+    async with world(tuning=EngineTuning(refill_interval_ms=2_000, claim_chunk=100, herd_chunk=100)) as w:
+        await w.grant(0)
+        herd = [await w.add_job(JobSpec(name="h", schedule=At(at(1_000)), target=Target(url="http://127.0.0.1:9/")))
+                for _ in range(1_000)]  # fmt: skip
+        every = await w.add_job(spec())
+        w.store.claim_row_s = 0.002
+        await w.until(T0_MS + 4_500)
+        await w.settle()
+        sends = {s.slot_ms - T0_MS: s.at_ms - T0_MS for s in w.dispatcher.sends_of(every)}
+        assert [sends[slot] for slot in (1_000, 2_000, 3_000, 4_000)] == [1_000, 2_000, 3_000, 4_000]
+        herd_sends = [s for job in herd for s in w.dispatcher.sends_of(job)]
+        assert len(herd_sends) == 1_000 and {s.slot_ms for s in herd_sends} == {T0_MS + 1_000}
+        assert max(s.at_ms for s in herd_sends) - T0_MS >= 2_500  # the herd did take its claims' time
+        assert all(w.statuses(job) == {1_000: S.SUCCEEDED} for job in herd)
+
+
 @pytest.mark.parametrize("edited", [False, True])
 async def test_an_at_job_fires_once_and_completes(
     autojump_clock: trio.testing.MockClock, edited: bool
