@@ -90,11 +90,13 @@ def wait_ready(url: str, timeout: float) -> float:
     raise RuntimeError(f"node at {url} not ready within {timeout}s")
 
 
-def rss_mb(pid: int) -> float:
-    """Peak resident memory (``VmHWM``) of a process in MiB; NaN when it cannot be read (Linux ``/proc``)."""
+def rss_mb(pid: int, now: bool = False) -> float:
+    """Peak resident memory (``VmHWM``; ``now``: the current, ``VmRSS``) of a process in MiB; NaN when it cannot be
+    read (Linux ``/proc``)."""
+    field = "VmRSS:" if now else "VmHWM:"
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass

@@ -8,17 +8,20 @@
 - ``sustained``: the highest rate of a ramp whose step kept p99 within the bound and lost nothing.
 - ``recovery_s``: after a load drop, how long until every later second's slots arrived within a bound.
 - ``drain``: a herd of one-shot jobs due at one instant: received, missing, doubled, and when the last arrived.
+- ``windows``: the firings and drift p50/p99 of each window of ``width`` seconds (a soak's minutes).
+- ``flatness``: a series against its first value: the largest ratio, and whether all stay within a bound.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .results import SinkRecord
 
-__all__ = ["delivery", "drain", "recovery_s", "silence_ms", "sustained", "timeline"]
+__all__ = ["delivery", "drain", "flatness", "recovery_s", "silence_ms", "sustained", "timeline", "windows"]
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -101,3 +104,30 @@ def drain(records: Iterable[SinkRecord], jobs: Iterable[str], due_ms: int) -> di
     return {"jobs": len(herd), "received": received, "missing": len(herd) - len(seen),
             "duplicates": received - len(seen), "drain_s": None if drain_s is None else round(drain_s, 3),
             "per_s": None if drain_s is None else round(received / drain_s, 1)}  # fmt: skip
+
+
+def windows(records: Iterable[SinkRecord], t0: int, t1: int, width: int) -> list[dict[str, Any]]:
+    """One entry per ``width`` seconds of slots in [t0, t1) (the last may be shorter): ``{"t", "fired", "p50_ms",
+    "p99_ms"}``, in one pass over the records (a 30-minute soak has millions)."""
+    drifts: dict[int, list[float]] = defaultdict(list)
+    for r in records:
+        if r.scheduled_ms is not None and t0 * 1000 <= r.scheduled_ms < t1 * 1000:
+            drifts[(r.scheduled_ms // 1000 - t0) // width].append(max(0.0, r.recv_ns / 1e6 - r.scheduled_ms))
+    out = []
+    for k in range(math.ceil((t1 - t0) / width)):
+        values = sorted(drifts.get(k, []))
+        out.append({"t": t0 + k * width, "fired": len(values),
+                    "p50_ms": round(_percentile(values, 50), 1), "p99_ms": round(_percentile(values, 99), 1)})  # fmt: skip
+    return out
+
+
+def flatness(series: Sequence[float], within: float = 0.2) -> dict[str, Any]:
+    """``series`` (a figure per window) against its first value: ``{"first", "last", "max", "max_ratio", "flat"}``;
+    flat when no later value is more than ``within`` above the first (less is fine: cheaper is not growth). NaN
+    values (a window that measured nothing) make it not flat."""
+    first = series[0] if series else float("nan")
+    ratios = [v / first if first > 0 else float("nan") for v in series[1:]]
+    top = max(series, default=float("nan"))
+    return {"first": first, "last": series[-1] if series else float("nan"), "max": top,
+            "max_ratio": round(max(ratios, default=1.0), 3),
+            "flat": bool(series) and all(r <= 1 + within for r in ratios)}  # fmt: skip

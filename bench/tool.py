@@ -22,6 +22,9 @@ Scenarios:
 - ``herd``: ``--jobs`` one-shot jobs due in the same second (with ``--jitter``, spread by it) beside
   ``--background`` jobs firing every second: the herd's drain time and rate, its slots missing or doubled, and
   the background group's lateness meanwhile.
+- ``soak``: ``--jobs`` firings a second for ``--duration`` seconds (30 minutes and more), sampled every
+  ``--sample`` seconds: drift p50/p99, node and PostgreSQL CPU per firing, WAL per firing, the nodes' resident
+  memory and the executions table's size, each against its first window (flat: none more than 20 % above it).
 - ``api``: the control-API bench (``bench.api``: request rates, latency and CPU per request by kind).
 - ``scale``: ``bench.scale`` (1,000,000 registered jobs: time to ready, memory).
 
@@ -62,9 +65,9 @@ from protocol.jitter import parse_jitter
 from shardwheel.api_client import ApiClient
 from shardwheel.embedded import _process_tree, free_port
 
-from .harness import cpu_s, tree_cpu_s
+from .harness import cpu_s, rss_mb, tree_cpu_s
 from .results import ROOT, drift_summary, read_sink, start_sink, stop_sink
-from .timeline import delivery, drain, recovery_s, silence_ms, sustained, timeline
+from .timeline import delivery, drain, flatness, recovery_s, silence_ms, sustained, timeline, windows
 
 __all__ = ["main"]
 
@@ -107,6 +110,13 @@ class Cluster:
         wal = float(self._fetch("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn AS b")[0]["b"])
         return {"nodes_cpu_s": sum(cpu_s(p) for p in self._node_pids()), "pg_cpu_s": tree_cpu_s(postmaster),
                 "wal_bytes": wal, "etcd_bytes": etcd_bytes, "nodes": len(self._node_pids())}  # fmt: skip
+
+    def memory(self) -> dict[str, float]:
+        """The nodes' resident memory and the executions table's size, both in MiB (local clusters only)."""
+        size = self._fetch("SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) AS b FROM pg_inherits"
+                           " WHERE inhparent = 'executions'::regclass")[0]["b"]  # fmt: skip
+        return {"nodes_rss_mb": round(sum(rss_mb(p, now=True) for p in self._node_pids()), 1),
+                "executions_mb": round(int(size) / 2**20, 1)}
 
     def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """One query on the local cluster's PostgreSQL."""
@@ -313,6 +323,40 @@ def ramp(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
             "timeline": timeline(records, windows[0][1], windows[-1][2]) if windows else []}  # fmt: skip
 
 
+def soak(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """``--jobs`` jobs every second for ``--duration`` seconds, a sample of the cluster's costs every ``--sample``
+    seconds: whether drift, CPU per firing and memory stay flat while the history grows."""
+    if cluster.dev is None:
+        raise SystemExit("python -m bench: soak reads the nodes' and PostgreSQL's CPU and memory: give --dev")
+    tag = f"bench-{uuid.uuid4().hex[:8]}"
+    with sink_running(work / "soak-sink.jsonl", args.sink_host, args.sink_port) as port:
+        sink_url = args.sink_url or f"http://127.0.0.1:{port}"
+        jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE")
+        t0 = _whole_second(args.warmup)
+        t1 = t0 + args.duration
+        _progress("soak (before)", t0, port)
+        samples = [{**(cluster.costs() or {}), **cluster.memory()}]
+        for t in range(t0 + args.sample, t1 + args.sample, args.sample):
+            _progress(f"soak (window {len(samples)} of {math.ceil(args.duration / args.sample)})", min(t, t1), port)
+            samples.append({**(cluster.costs() or {}), **cluster.memory()})
+        _progress("soak", t1 + 3, port)  # the last second's firings arrive and are recorded
+        cluster.delete_tag(tag)
+    records = read_sink(str(work / "soak-sink.jsonl"))
+    line = windows(records, t0, t1, args.sample)
+    for w, before, after in zip(line, samples[:-1], samples[1:], strict=True):
+        fired = max(1, w["fired"])
+        w |= {"nodes_cpu_us": round((after["nodes_cpu_s"] - before["nodes_cpu_s"]) / fired * 1e6, 1),
+              "postgres_cpu_us": round((after["pg_cpu_s"] - before["pg_cpu_s"]) / fired * 1e6, 1),
+              "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / fired, 1),
+              "nodes_rss_mb": after["nodes_rss_mb"], "executions_mb": after["executions_mb"]}  # fmt: skip
+    whole = [w for w in line if w["t"] + args.sample <= t1]  # a shorter last window is shown, not judged
+    return {"jobs": args.jobs, "duration_s": args.duration, "sample_s": args.sample,
+            "drift_ms": _drift(records, t0, t1), "delivery": delivery(records, jobs, t0, t1),
+            "flat": {figure: flatness([w[figure] for w in whole])
+                     for figure in ("p99_ms", "nodes_cpu_us", "postgres_cpu_us", "nodes_rss_mb")},
+            "windows": line}  # fmt: skip
+
+
 def overload(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Twice ``--capacity`` offered for ``--duration`` seconds, then half of it for as long: what the cluster
     delivered in each phase (firings arrived per second, whatever their slot), how late, what it skipped, and
@@ -480,6 +524,13 @@ def markdown(scenario: str, result: dict[str, Any], nested: bool = False) -> str
     lines = [f"### `{scenario}`", "", "| figure | value |", "| --- | --: |"]
     lines += [f"| {k} | {v:,} |" if isinstance(v, int | float) and not isinstance(v, bool) else f"| {k} | {v} |"
               for k, v in rows]  # fmt: skip
+    if result.get("windows"):
+        lines += ["", "| window (s) | fired | drift p50 / p99 ms | node / PostgreSQL CPU per firing µs | WAL per firing B "
+                  "| nodes RSS MiB | executions MiB |", "| --: | --: | --: | --: | --: | --: | --: |"]  # fmt: skip
+        t0 = result["windows"][0]["t"]
+        lines += [f"| {w['t'] - t0:,} | {w['fired']:,} | {w['p50_ms']} / {w['p99_ms']} | {w.get('nodes_cpu_us')} / "
+                  f"{w.get('postgres_cpu_us')} | {w.get('wal_bytes')} | {w.get('nodes_rss_mb')} | "
+                  f"{w.get('executions_mb')} |" for w in result["windows"]]  # fmt: skip
     if result.get("steps"):
         lines += ["", "| offered/s | drift p99 ms | lost | duplicates |", "| --: | --: | --: | --: |"]
         lines += [f"| {s['rate']:,} | {s['p99_ms']} | {s['lost']} | {s['duplicates']} |" for s in result["steps"]]
@@ -516,6 +567,24 @@ def plot(scenario: str, result: dict[str, Any], path: Path) -> bool:
         ax.set_yscale("log")
         ax.legend()
         fig.suptitle("shardwheel bench api")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return True
+    if result.get("windows"):  # soak: each figure per window, against the first window's
+        line = result["windows"]
+        xs = [(w["t"] - line[0]["t"]) / 60 for w in line]
+        fig, axes = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
+        panels = [("drift ms", ["p50_ms", "p99_ms"]), ("CPU per firing µs", ["nodes_cpu_us", "postgres_cpu_us"]),
+                  ("resident MiB", ["nodes_rss_mb"]), ("executions MiB", ["executions_mb"])]  # fmt: skip
+        for ax, (label, keys) in zip(axes, panels, strict=True):
+            for key in keys:
+                ax.plot(xs, [w.get(key, float("nan")) for w in line], marker="o", label=key)
+            ax.set_ylabel(label)
+            ax.set_ylim(bottom=0)
+            ax.legend(loc="lower right")
+        axes[-1].set_xlabel("minutes into the window")
+        fig.suptitle(f"shardwheel bench soak: {result.get('jobs', 0):,} firings/s")
+        fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return True
@@ -581,7 +650,8 @@ def _run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             with dev_cluster(nodes, work / f"dev-{nodes}.log") as cluster:
                 runs.append({"nodes": nodes, **steady(cluster, args, work, f"cluster-{nodes}")})
         return {"runs": runs}
-    run = {"steady": steady, "ramp": ramp, "failover": failover, "overload": overload, "herd": herd}[scenario]
+    run = {"steady": steady, "ramp": ramp, "failover": failover, "overload": overload, "herd": herd,
+           "soak": soak}[scenario]  # fmt: skip
     if args.dev:
         with dev_cluster(args.nodes, work / "dev.log") as cluster:
             return run(cluster, args, work)
@@ -594,7 +664,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example:\n  python -m bench steady --dev --jobs 1000 --duration 30")  # fmt: skip
-    p.add_argument("scenario", choices=["steady", "ramp", "failover", "cluster", "overload", "herd", "api", "scale"])
+    p.add_argument("scenario",
+                   choices=["steady", "ramp", "failover", "cluster", "overload", "herd", "soak", "api", "scale"])
     p.add_argument("--dev", action="store_true", help="start a local cluster (shardwheel dev) for the run")
     p.add_argument("--nodes", type=int, default=3, help="--dev: scheduler nodes (default 3)")
     p.add_argument("--url", default=os.environ.get("SHARDWHEEL_URL"), help="a running cluster's API (env SHARDWHEEL_URL)")
@@ -617,6 +688,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-ms", type=int, default=5000, help="overload: the jobs' misfire grace (FIRE_ONCE)")
     p.add_argument("--jitter", help="herd: the herd's jobs' jitter (e.g. 30s; default none: all in one second)")
     p.add_argument("--background", type=int, default=100, help="herd: jobs firing every second beside the herd")
+    p.add_argument("--sample", type=int, default=60, help="soak: seconds per window (each sampled and judged)")
     p.add_argument("--procs", type=int, default=2, help="api: generator processes")
     p.add_argument("--api-scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
                    help="api: which kinds of requests")

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.results import SinkRecord
-from bench.timeline import delivery, drain, recovery_s, silence_ms, sustained, timeline
+from bench.timeline import delivery, drain, flatness, recovery_s, silence_ms, sustained, timeline, windows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,3 +89,23 @@ def test_drain_against_counting(arrivals: list[tuple[str, float]]) -> None:
         assert got["drain_s"] == pytest.approx(max(0.001, last), abs=1e-3)
     else:
         assert got["drain_s"] is None and got["per_s"] is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrivals, st.integers(1, 4))
+def test_windows_hold_each_slot_in_its_window(got: list[tuple[str, int, float]], width: int) -> None:
+    records = [_record(j, s, late) for j, s, late in got]
+    out = windows(records, 101, 108, width)
+    assert [w["t"] for w in out] == list(range(101, 108, width))
+    for w in out:
+        lates = sorted(late for _, s, late in got if w["t"] <= s < min(108, w["t"] + width))
+        assert w["fired"] == len(lates)
+        assert math.isnan(w["p99_ms"]) if not lates else lates[0] - 0.1 <= w["p50_ms"] <= w["p99_ms"] <= lates[-1] + 0.1
+
+
+def test_flatness_is_growth_past_the_first_value() -> None:
+    assert flatness([100, 110, 119.9, 80])["flat"]
+    got = flatness([100, 110, 130, 90])
+    assert not got["flat"] and got["max_ratio"] == 1.3 and (got["first"], got["last"], got["max"]) == (100, 90, 130)
+    assert not flatness([100, float("nan"), 100])["flat"]  # a window that measured nothing
+    assert not flatness([])["flat"] and flatness([5])["flat"]
