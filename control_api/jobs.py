@@ -21,7 +21,7 @@ Rules:
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -35,6 +35,7 @@ from protocol.errors import CallerError, SpecError, VersionMismatch
 from protocol.executions import Execution
 from protocol.ids import new_job_id, parse_job_id
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
+from protocol.jitter import jitter_offset_ms
 from protocol.jobs import Job, JobState, decode_job_spec, decode_untrusted
 from protocol.sealed import redacted
 from protocol.shards import shard_of
@@ -100,7 +101,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 class JobView(Job, frozen=True):
     """A job as ``GET /v1/jobs/{id}`` shows it: ``next_fire_at`` computed from the schedule and the slots
-    already claimed (the stored one is only a lower bound), and the last execution that ended."""
+    already claimed (the stored one is only a lower bound): when its next slot is sent, the slot's instant plus
+    the job's jitter offset; and the last execution that ended."""
 
     last_result: Execution | None = None
 
@@ -109,11 +111,13 @@ _FIRST_SLOTS = FirstSlots()  # the process's: reads of jobs on one schedule comp
 
 
 def _next_fire(job: Job, last_slot: datetime | None) -> datetime | None:
+    """The send time of the first slot not claimed yet whose send (instant + jitter offset) is not past."""
     if job.state is not JobState.ACTIVE:
         return None
-    now = datetime.now(UTC)
-    after = now if last_slot is None else max(now, last_slot)
-    return _FIRST_SLOTS.next_after(job.spec, job.created_at, after)
+    offset = timedelta(milliseconds=jitter_offset_ms(uuid.UUID(job.id), job.spec.jitter))
+    after = datetime.now(UTC) - offset
+    slot = _FIRST_SLOTS.next_after(job.spec, job.created_at, after if last_slot is None else max(after, last_slot))
+    return None if slot is None else slot + offset
 
 
 def shown(job: Job) -> Job:

@@ -1600,13 +1600,15 @@ class Engine:
 
     @staticmethod
     def _next_fire_ms(job: LoadedJob, stored: Job, now: int) -> int | None:
-        """A job just (re)loaded: the slot its next claim is for, else its schedule's next after now."""
+        """A job just (re)loaded: when it next sends (its jitter's offset after the slot): the slot its next claim
+        is for, else its schedule's next not yet due."""
         if job.claim_entry is not None:
-            return job.claim_entry.payload.slot_ms
+            return job.due_ms(job.claim_entry.payload.slot_ms, Origin.SCHEDULED)
         if job.state is not JobState.ACTIVE:
             return None
-        after = max(now - 1, stored.next_fire_at and datetime_to_ms(stored.next_fire_at) - 1 or 0)
-        return next(compile_schedule(stored.spec, stored.created_at).iter_ms(after), None)
+        after = max(now - job.offset_ms - 1, stored.next_fire_at and datetime_to_ms(stored.next_fire_at) - 1 or 0)
+        slot = next(compile_schedule(stored.spec, stored.created_at).iter_ms(after), None)
+        return None if slot is None else job.due_ms(slot, Origin.SCHEDULED)
 
     # ---- introspection -----------------------------------------------------------------------------------
 

@@ -121,6 +121,10 @@ async def test_jobs_through_the_api(db_dsn: str, etcd_server: EmbeddedEtcd, etcd
             # its preview says when each slot is sent.
             jittered = (await w.post("/v1/jobs", json=_job(target.url("/j"), name="j", jitter="3s"))).json()
             offset = jitter_offset_ms(uuid.UUID(jittered["id"]), "3s")
+            # next_fire_at is the next send: a whole second (the cron's slot) plus the offset
+            view = (await r.get(f"/v1/jobs/{jittered['id']}")).json()
+            for shown_at in (jittered["next_fire_at"], view["next_fire_at"]):
+                assert (round(datetime.fromisoformat(shown_at).timestamp() * 1000) - offset) % 1000 == 0
             await wait_for(lambda: _at_least(target, "/j", 1), timeout=10)
             got_j = target.at("/j")[0]
             slot = datetime.fromisoformat(got_j.slot)

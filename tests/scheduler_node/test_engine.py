@@ -30,7 +30,7 @@ from protocol.jobs import (
 from protocol.schedules import At, Cron, Every
 from protocol.slots import compile_schedule
 from protocol.slots.backfill import BackfillRange
-from scheduler_node.clock import ms_to_datetime
+from scheduler_node.clock import datetime_to_ms, ms_to_datetime
 from scheduler_node.dispatch import SendRequest
 from scheduler_node.engine import EngineTuning
 from scheduler_node.store import ClaimRow
@@ -76,6 +76,9 @@ async def test_a_job_with_jitter_fires_each_slot_at_its_fixed_offset_and_a_herd_
         await w.grant(0)
         retry = RetryPolicy(max_attempts=2, initial_backoff_ms=1_000, jitter=0.0)
         jobs = [await w.add_job(spec("10s", jitter="5s", retry=retry)) for _ in range(40)]
+        extra = job_id_in(0)
+        told = await w.engine.apply_write(extra, JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme",
+                                                          spec=spec("10s", jitter="5s")))  # fmt: skip
         await w.until(T0_MS + 25_000)
         trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme")
         await w.engine.apply_write(jobs[0], trigger)
@@ -94,6 +97,8 @@ async def test_a_job_with_jitter_fires_each_slot_at_its_fixed_offset_and_a_herd_
         assert [s.at_ms for s in manual] == [T0_MS + 25_000]  # now: a trigger is not a scheduled slot
         per_second = Counter(s.at_ms // 1000 for job in jobs for s in w.dispatcher.sends_of(job) if s.attempt == 1)
         assert max(per_second.values()) < 40  # spread over the window, not all in one second
+        assert told.next_fire_at is not None  # the write's answer: when its first slot is sent
+        assert w.dispatcher.sends_of(extra)[0].at_ms == datetime_to_ms(told.next_fire_at)
 
 
 @pytest.mark.parametrize(
