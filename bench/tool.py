@@ -5,7 +5,7 @@ The cluster is either a local one this starts (``--dev``: ``shardwheel dev`` in 
 ``--nodes``) or a running one (``--url`` and ``--key``, an admin key for the cluster figures; the sink must then
 be reachable from the nodes: ``--sink-host 0.0.0.0 --sink-port P --sink-url http://<this host>:P``, and the cluster's
 egress policy must allow that address). Jobs are created through ``POST /v1/jobs:batch`` with the tag of the run
-and removed with ``jobs:bulk-delete`` at the end. The load shape of the older benches stays: N jobs firing every
+and, on a running cluster, removed with ``jobs:bulk-delete`` at the end (a ``--dev`` cluster goes with them). The load shape of the older benches stays: N jobs firing every
 second (``* * * * * *``), so all fire on the whole second.
 
 Scenarios:
@@ -344,10 +344,8 @@ def soak(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
     records = read_sink(str(work / "soak-sink.jsonl"))
     line = windows(records, t0, t1, args.sample)
     for w, before, after in zip(line, samples[:-1], samples[1:], strict=True):
-        fired = max(1, w["fired"])
-        w |= {"nodes_cpu_us": round((after["nodes_cpu_s"] - before["nodes_cpu_s"]) / fired * 1e6, 1),
-              "postgres_cpu_us": round((after["pg_cpu_s"] - before["pg_cpu_s"]) / fired * 1e6, 1),
-              "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / fired, 1),
+        w |= {**_per_firing(before, after, w["fired"]),
+              "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / max(1, w["fired"]), 1),
               "nodes_rss_mb": after["nodes_rss_mb"], "executions_mb": after["executions_mb"]}  # fmt: skip
     whole = [w for w in line if w["t"] + args.sample <= t1]  # a shorter last window is shown, not judged
     return {"jobs": args.jobs, "duration_s": args.duration, "sample_s": args.sample,
