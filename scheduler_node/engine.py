@@ -1479,6 +1479,7 @@ class Engine:
         if loaded:
             self._freeze_loaded()
         await self._claim_rows(claims, {job_id: job for job_id, (job, _) in loaded.items()})
+        first_sends = _first_sends(claims)
         for job_id, (i, row) in rows.items():
             if row.shard in result.fenced:
                 out[i] = NotOwnerError(row.shard, None)
@@ -1487,7 +1488,8 @@ class Engine:
             elif (existing := result.existing.get(job_id)) is not None:
                 out[i] = existing.written()
             else:
-                next_fire = self._next_fire_ms(*loaded[job_id], now) if job_id in loaded else later.get(job_id)
+                next_fire = (self._next_fire_ms(*loaded[job_id], now, first_sends.get(job_id)) if job_id in loaded
+                             else later.get(job_id))
                 out[i] = JobWritten(version=1, state=JobState.ACTIVE, created=True, job_id=str(job_id),
                                     next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
                                     created_at=created_at.get(job_id))  # fmt: skip
@@ -1596,12 +1598,15 @@ class Engine:
             job.failures = 0  # a new failure streak (run_rules)
         await self._claim_rows(claims, {job_id: job})
         assert isinstance(row.job, Job)  # _load_job made it
-        return self._next_fire_ms(job, row.job, now)
+        return self._next_fire_ms(job, row.job, now, _first_sends(claims).get(job_id))
 
     @staticmethod
-    def _next_fire_ms(job: LoadedJob, stored: Job, now: int) -> int | None:
-        """A job just (re)loaded: when it next sends (its jitter's offset after the slot): the slot its next claim
+    def _next_fire_ms(job: LoadedJob, stored: Job, now: int, claimed_slot: int | None) -> int | None:
+        """A job just (re)loaded: when it next sends (its jitter's offset after the slot): the earliest slot its
+        load claimed to send (one due within the lookahead, its offset still ahead), else the slot its next claim
         is for, else its schedule's next not yet due."""
+        if claimed_slot is not None:
+            return job.due_ms(claimed_slot, Origin.SCHEDULED)
         if job.claim_entry is not None:
             return job.due_ms(job.claim_entry.payload.slot_ms, Origin.SCHEDULED)
         if job.state is not JobState.ACTIVE:
@@ -1659,6 +1664,15 @@ def _by_next_slot(p: Pending) -> int:
     """A herd's claims in order of their job's next slot after this one (none: last)."""
     nxt = p.job.next_slot(p.slot_ms)
     return _NEVER if nxt is None else nxt
+
+
+def _first_sends(claims: Iterable[ClaimRow]) -> dict[uuid.UUID, int]:
+    """Each job's earliest slot among ``claims`` that is to be sent (not one recorded as skipped)."""
+    first: dict[uuid.UUID, int] = {}
+    for c in claims:
+        if c.status is S.CLAIMED and c.slot_ms < first.get(c.job_id, c.slot_ms + 1):
+            first[c.job_id] = c.slot_ms
+    return first
 
 
 def _first_slot_bound(spec: JobSpec, now: int, first_slots: FirstSlots) -> int:

@@ -7,7 +7,9 @@ HTTP target is covered by the end-to-end tests in ``test_node.py``.
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -15,7 +17,7 @@ import trio
 
 from protocol.errors import Conflict, DatabaseUnavailable, NotFound, SpecError
 from protocol.executions import TERMINAL, ExecutionStatus, Origin
-from protocol.internal import JobWrite, JobWriteOp
+from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jitter import jitter_offset_ms
 from protocol.jobs import (
     Concurrency,
@@ -76,9 +78,13 @@ async def test_a_job_with_jitter_fires_each_slot_at_its_fixed_offset_and_a_herd_
         await w.grant(0)
         retry = RetryPolicy(max_attempts=2, initial_backoff_ms=1_000, jitter=0.0)
         jobs = [await w.add_job(spec("10s", jitter="5s", retry=retry)) for _ in range(40)]
-        extra = job_id_in(0)
-        told = await w.engine.apply_write(extra, JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme",
-                                                          spec=spec("10s", jitter="5s")))  # fmt: skip
+        # the answer's next_fire_at, for an offset within the claim lookahead (claimed at once) and one past it,
+        # by a single write and by a batch's create
+        near, far = _id_with_offset(lambda o: o < 300), _id_with_offset(lambda o: o >= 300)
+        near2, far2 = _id_with_offset(lambda o: o < 300), _id_with_offset(lambda o: o >= 300)
+        write = JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec("10s", jitter="5s"))
+        told = {job: await w.engine.apply_write(job, write) for job in (near, far)}
+        told |= dict(zip((near2, far2), await w.engine.apply_writes([(near2, write), (far2, write)]), strict=True))
         await w.until(T0_MS + 25_000)
         trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme")
         await w.engine.apply_write(jobs[0], trigger)
@@ -97,8 +103,16 @@ async def test_a_job_with_jitter_fires_each_slot_at_its_fixed_offset_and_a_herd_
         assert [s.at_ms for s in manual] == [T0_MS + 25_000]  # now: a trigger is not a scheduled slot
         per_second = Counter(s.at_ms // 1000 for job in jobs for s in w.dispatcher.sends_of(job) if s.attempt == 1)
         assert max(per_second.values()) < 40  # spread over the window, not all in one second
-        assert told.next_fire_at is not None  # the write's answer: when its first slot is sent
-        assert w.dispatcher.sends_of(extra)[0].at_ms == datetime_to_ms(told.next_fire_at)
+        for job, answer in told.items():  # the write's answer: when its first slot is sent
+            assert isinstance(answer, JobWritten) and answer.next_fire_at is not None
+            assert w.dispatcher.sends_of(job)[0].at_ms == datetime_to_ms(answer.next_fire_at)
+
+
+def _id_with_offset(wanted: Callable[[int], bool]) -> uuid.UUID:
+    """A job id in shard 0 whose 5 s jitter offset is ``wanted``."""
+    while not wanted(jitter_offset_ms(job := job_id_in(0), "5s")):
+        pass
+    return job
 
 
 @pytest.mark.parametrize(
