@@ -1488,8 +1488,9 @@ class Engine:
             elif (existing := result.existing.get(job_id)) is not None:
                 out[i] = existing.written()
             else:
-                next_fire = (self._next_fire_ms(*loaded[job_id], now, first_sends.get(job_id)) if job_id in loaded
-                             else later.get(job_id))
+                next_fire = later.get(job_id)
+                if job_id in loaded:
+                    next_fire = self._next_fire_ms(*loaded[job_id], now, first_sends.get(job_id))
                 out[i] = JobWritten(version=1, state=JobState.ACTIVE, created=True, job_id=str(job_id),
                                     next_fire_at=None if next_fire is None else ms_to_datetime(next_fire),
                                     created_at=created_at.get(job_id))  # fmt: skip
@@ -1602,9 +1603,9 @@ class Engine:
 
     @staticmethod
     def _next_fire_ms(job: LoadedJob, stored: Job, now: int, claimed_slot: int | None) -> int | None:
-        """A job just (re)loaded: when it next sends (its jitter's offset after the slot): the earliest slot its
-        load claimed to send (one due within the lookahead, its offset still ahead), else the slot its next claim
-        is for, else its schedule's next not yet due."""
+        """A job just (re)loaded: when it next sends (its jitter's offset after the slot): the earliest slot
+        its load claimed to send (due within the lookahead, its offset still ahead), else the slot its next
+        claim is for, else its schedule's next not yet due."""
         if claimed_slot is not None:
             return job.due_ms(claimed_slot, Origin.SCHEDULED)
         if job.claim_entry is not None:

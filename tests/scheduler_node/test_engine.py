@@ -78,13 +78,14 @@ async def test_a_job_with_jitter_fires_each_slot_at_its_fixed_offset_and_a_herd_
         await w.grant(0)
         retry = RetryPolicy(max_attempts=2, initial_backoff_ms=1_000, jitter=0.0)
         jobs = [await w.add_job(spec("10s", jitter="5s", retry=retry)) for _ in range(40)]
-        # the answer's next_fire_at, for an offset within the claim lookahead (claimed at once) and one past it,
-        # by a single write and by a batch's create
+        # the answer's next_fire_at, for an offset within the claim lookahead (claimed at once) and one
+        # past it, by a single write and by a batch's create
         near, far = _id_with_offset(lambda o: o < 300), _id_with_offset(lambda o: o >= 300)
         near2, far2 = _id_with_offset(lambda o: o < 300), _id_with_offset(lambda o: o >= 300)
         write = JobWrite(op=JobWriteOp.UPSERT, actor="t", tenant="acme", spec=spec("10s", jitter="5s"))
         told = {job: await w.engine.apply_write(job, write) for job in (near, far)}
-        told |= dict(zip((near2, far2), await w.engine.apply_writes([(near2, write), (far2, write)]), strict=True))
+        batch = await w.engine.apply_writes([(near2, write), (far2, write)])
+        told |= dict(zip((near2, far2), batch, strict=True))
         await w.until(T0_MS + 25_000)
         trigger = JobWrite(op=JobWriteOp.TRIGGER, actor="t", tenant="acme")
         await w.engine.apply_write(jobs[0], trigger)
