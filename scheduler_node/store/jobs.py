@@ -619,9 +619,17 @@ async def list_jobs(
     if after is not None:
         add("id > {}", after)
     args.append(limit + 1)
-    rows = await db.fetch(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ${len(args)}", *args
-    )
+    sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ${len(args)}"
+    if tag is not None:
+        rows = await db.fetch(sql, *args)
+    else:
+        # Without a tag the only good plan walks jobs_tenant_id in id order and stops at the limit. When the
+        # statistics underestimate a tenant (a new tenant's bulk import, a table not analysed yet) the planner
+        # prefers a bitmap scan that reads every job of the tenant and sorts them: 0.8 s for 200,000 jobs, per
+        # request. Bitmap scans are off for this statement only.
+        async with transaction(db) as conn:
+            await conn.execute("SET LOCAL enable_bitmapscan = off")
+            rows = await conn.fetch(sql, *args)
     items = [_job(r) for r in rows[:limit]]
     more = len(rows) > limit
     return JobPage(items=items, next_after=uuid.UUID(items[-1].id) if more else None)
