@@ -155,8 +155,8 @@ async def _generate(port: int, scenario: str, key: str, ids: list[str], seed: in
     for _, writer in opened:
         writer.close()
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"latencies": latencies, "sent_at": sent_at, "statuses": statuses, "unexpected": unexpected, "elapsed": elapsed,
-            "cpu_s": usage.ru_utime + usage.ru_stime}  # fmt: skip
+    return {"latencies": latencies, "sent_at": sent_at, "statuses": statuses, "unexpected": unexpected,
+            "elapsed": elapsed, "cpu_s": usage.ru_utime + usage.ru_stime}  # fmt: skip
 
 
 def _worker(out: Any, *args: Any) -> None:
