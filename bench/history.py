@@ -1,0 +1,111 @@
+"""History bench: PostgreSQL's cost per firing as the day's executions partition grows, without a node.
+
+The firing path's two statements, as the node runs them (``store.claim_slots`` then ``store.write_results``
+with an attempt row), for ``--jobs`` jobs every second of slots, paced at ``--rate`` batches a second, all in
+one day's partition. Every ``--every`` batches: PostgreSQL's CPU per firing since the last line (autovacuum
+included: the postmaster's whole process tree), the share of the result writes that were HOT updates,
+autovacuum passes of the partition so far, and its size. What the 30-minute soak shows in half an hour with a
+node, a sink and their noise, this shows in minutes (issue 16, part 4; docs/capacity.md).
+
+Example::
+
+    python -m bench.history --jobs 3000 --batches 960 --rate 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from protocol.executions import ExecutionStatus, Origin
+from protocol.jobs import JobSpec, Target
+from protocol.schedules import Every
+from protocol.shards import shard_of
+from scheduler_node.store import ClaimRow, ResultRow, bump_epoch, claim_slots, write_results
+from scheduler_node.store.partitions import ensure_partitions, partition_name
+from scheduler_node.store.pool import create_pool
+from shardwheel.embedded import EmbeddedPostgres
+
+from .harness import insert_jobs, prepare_db, tree_cpu_s
+
+__all__ = ["main", "run_history"]
+
+
+async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, every: int) -> list[dict[str, Any]]:
+    ids = await insert_jobs(dsn, [JobSpec(name="h", schedule=Every("1s"), target=Target(url="https://h.example/"))]
+                            * jobs)  # fmt: skip
+    pool = await create_pool(dsn, min_size=2, max_size=4)
+    try:
+        today = datetime.now(UTC).date()
+        await ensure_partitions(pool, today, 1)
+        part = partition_name("executions", today)
+        epochs = {s: await bump_epoch(pool, s, "history") for s in {shard_of(j) for j in ids}}
+        first_slot = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
+        lines: list[dict[str, Any]] = []
+        started = time.monotonic()
+        cpu_mark, batch_mark = tree_cpu_s(postmaster), 0
+        for b in range(batches):
+            slot = first_slot + b * 1000
+            claims = [ClaimRow(shard_of(j), epochs[shard_of(j)], j, slot) for j in ids]
+            await claim_slots(pool, "history", claims)
+            await write_results(pool, [_succeeded(c.shard, c.epoch, c.job_id, slot) for c in claims], report=False)
+            ahead = started + (b + 1) / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            if (b + 1) % every == 0:
+                cpu = tree_cpu_s(postmaster)
+                stats = await pool.fetchrow(
+                    "SELECT n_tup_upd, n_tup_hot_upd, autovacuum_count, pg_total_relation_size(relid) AS size"
+                    " FROM pg_stat_user_tables WHERE relname = $1", part,
+                )  # fmt: skip
+                assert stats is not None
+                lines.append({
+                    "rows": (b + 1) * jobs,
+                    "pg_cpu_us_per_firing": round((cpu - cpu_mark) / ((b + 1 - batch_mark) * jobs) * 1e6, 1),
+                    "hot_pct": round(100 * stats["n_tup_hot_upd"] / max(1, stats["n_tup_upd"]), 1),
+                    "autovacuums": stats["autovacuum_count"], "partition_mib": stats["size"] // 2**20,
+                    "behind_s": round(max(0.0, -ahead), 1),
+                })  # fmt: skip
+                print(json.dumps(lines[-1]), flush=True)
+                cpu_mark, batch_mark = cpu, b + 1
+        return lines
+    finally:
+        await pool.close()
+
+
+def _succeeded(shard: int, epoch: int, job_id: uuid.UUID, slot: int) -> ResultRow:
+    sent = slot + 50
+    return ResultRow(shard, epoch, job_id, slot, Origin.SCHEDULED, ExecutionStatus.SUCCEEDED, 1, sent_ms=sent,
+                     finished_ms=sent + 5, http_status=200, duration_ms=5, dispatch_lag_ms=1,
+                     attempt_started_ms=sent, attempt_finished_ms=sent + 5)  # fmt: skip
+
+
+def run_history(jobs: int, batches: int, rate: float, every: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="sw-history-") as tmp_s:
+        tmp = Path(tmp_s)
+        with EmbeddedPostgres(tmp / "pg", durable=True) as pg:
+            postmaster = int((tmp / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+            dsn = asyncio.run(prepare_db(pg.dsn, "sw_history"))
+            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=3000, help="jobs, each with a slot every second")
+    p.add_argument("--batches", type=int, default=960, help="seconds of slots to claim and finish")
+    p.add_argument("--rate", type=float, default=2.0, help="batches a second (firings/s = jobs x rate)")
+    p.add_argument("--every", type=int, default=120, help="batches per printed line")
+    args = p.parse_args(argv)
+    run_history(args.jobs, args.batches, args.rate, args.every)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
