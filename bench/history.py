@@ -38,7 +38,8 @@ from .harness import insert_jobs, prepare_db, tree_cpu_s
 __all__ = ["main", "run_history"]
 
 
-async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, every: int) -> list[dict[str, Any]]:
+async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, every: int,
+               fillfactor: int | None) -> list[dict[str, Any]]:  # fmt: skip
     ids = await insert_jobs(dsn, [JobSpec(name="h", schedule=Every("1s"), target=Target(url="https://h.example/"))]
                             * jobs)  # fmt: skip
     pool = await create_pool(dsn, min_size=2, max_size=4)
@@ -46,6 +47,8 @@ async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, 
         today = datetime.now(UTC).date()
         await ensure_partitions(pool, today, 1)
         part = partition_name("executions", today)
+        if fillfactor is not None:  # an experiment: room on each page for an updated row's new version
+            await pool.execute(f"ALTER TABLE {part} SET (fillfactor = {int(fillfactor)})")
         epochs = {s: await bump_epoch(pool, s, "history") for s in {shard_of(j) for j in ids}}
         first_slot = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
         lines: list[dict[str, Any]] = []
@@ -87,13 +90,14 @@ def _succeeded(shard: int, epoch: int, job_id: uuid.UUID, slot: int) -> ResultRo
                      attempt_started_ms=sent, attempt_finished_ms=sent + 5)  # fmt: skip
 
 
-def run_history(jobs: int, batches: int, rate: float, every: int) -> list[dict[str, Any]]:
+def run_history(jobs: int, batches: int, rate: float, every: int,
+                fillfactor: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sw-history-") as tmp_s:
         tmp = Path(tmp_s)
         with EmbeddedPostgres(tmp / "pg", durable=True) as pg:
             postmaster = int((tmp / "pg" / "data" / "postmaster.pid").read_text().split()[0])
             dsn = asyncio.run(prepare_db(pg.dsn, "sw_history"))
-            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every))
+            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every, fillfactor))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=960, help="seconds of slots to claim and finish")
     p.add_argument("--rate", type=float, default=2.0, help="batches a second (firings/s = jobs x rate)")
     p.add_argument("--every", type=int, default=120, help="batches per printed line")
+    p.add_argument("--fillfactor", type=int, choices=range(10, 101), metavar="10-100",
+                   help="the partition's fillfactor (default: the schema's)")
     args = p.parse_args(argv)
-    run_history(args.jobs, args.batches, args.rate, args.every)
+    run_history(args.jobs, args.batches, args.rate, args.every, args.fillfactor)
     return 0
 
 
