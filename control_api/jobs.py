@@ -52,7 +52,7 @@ from .idempotency import idempotency_of
 from .limits import check_quota
 from .schedules import Preview, check_n
 
-__all__ = ["JobController", "JobList"]
+__all__ = ["JobController", "JobList", "next_send_at"]
 
 
 class JobList(msgspec.Struct, frozen=True):
@@ -110,13 +110,17 @@ class JobView(Job, frozen=True):
 _FIRST_SLOTS = FirstSlots()  # the process's: reads of jobs on one schedule compute its next slot once
 
 
-def _next_fire(job: Job, last_slot: datetime | None) -> datetime | None:
-    """The send time of the first slot not claimed yet whose send (instant + jitter offset) is not past."""
+def next_send_at(job: Job, last_slot: datetime | None, now: datetime) -> datetime | None:
+    """When an active job's next slot is sent (its instant plus the jitter offset): the newest claimed slot
+    (``last_slot``) while its send is still ahead (a node claims a slot up to 300 ms before it sends it), else
+    the first slot not claimed yet whose send is not past."""
     if job.state is not JobState.ACTIVE:
         return None
     offset = timedelta(milliseconds=jitter_offset_ms(uuid.UUID(job.id), job.spec.jitter))
-    after = datetime.now(UTC) - offset
-    slot = _FIRST_SLOTS.next_after(job.spec, job.created_at, after if last_slot is None else max(after, last_slot))
+    if last_slot is not None and last_slot + offset > now:
+        return last_slot + offset
+    after = now - offset if last_slot is None else max(now - offset, last_slot)
+    slot = _FIRST_SLOTS.next_after(job.spec, job.created_at, after)
     return None if slot is None else slot + offset
 
 
@@ -172,7 +176,8 @@ class JobController(Controller):
         detail = await get_job_detail(state.pool, shard_of(jid, state.shard_count), jid, tenant=request.user.tenant)
         job = shown(detail.job)
         view = JobView(**msgspec.structs.asdict(job), last_result=detail.last_result)
-        view = msgspec.structs.replace(view, next_fire_at=_next_fire(detail.job, detail.last_slot))
+        now = datetime.now(UTC)
+        view = msgspec.structs.replace(view, next_fire_at=next_send_at(detail.job, detail.last_slot, now))
         return Response(msgspec.json.encode(view), media_type="application/json",
                         headers={"etag": f'"{job.version}"'})  # fmt: skip
 
