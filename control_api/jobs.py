@@ -119,8 +119,8 @@ def next_send_at(job: Job, last_slot: datetime | None, now: datetime) -> datetim
     offset = timedelta(milliseconds=jitter_offset_ms(uuid.UUID(job.id), job.spec.jitter))
     if last_slot is not None and last_slot + offset > now:
         return last_slot + offset
-    after = now - offset if last_slot is None else max(now - offset, last_slot)
-    slot = _FIRST_SLOTS.next_after(job.spec, job.created_at, after)
+    # otherwise every claimed slot's send is past: the next is the first slot whose send is not
+    slot = _FIRST_SLOTS.next_after(job.spec, job.created_at, now - offset)
     return None if slot is None else slot + offset
 
 
