@@ -45,6 +45,7 @@ from protocol.jobs import JobSpec, Target
 from protocol.schedules import At
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
+from .disk import DiskWatch
 from .harness import ROOT, insert_jobs, prepare_db, profiled, tree_cpu_s, wait_ready
 
 __all__ = ["run_api_bench"]
@@ -111,10 +112,11 @@ async def _generate(port: int, scenario: str, key: str, ids: list[str], seed: in
     """One generator process: closed loop over ``conns`` connections, or open loop at ``rate`` req/s."""
     requests = _Requests(scenario, key, ids, seed)
     latencies: list[float] = []
-    sent_at: list[float] = []  # each request's intended send, seconds into the run: where a tail came from
+    sent_at: list[float] = []  # each request's intended send, wall clock: where a tail came from
     statuses: dict[str, int] = {}
     unexpected: list[int] = []
     start = time.perf_counter()
+    wall = time.time() - start  # perf_counter -> wall clock, to line a stall up with other processes' logs
     stop = start + duration
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     opened = []
@@ -129,7 +131,7 @@ async def _generate(port: int, scenario: str, key: str, ids: list[str], seed: in
         writer.write(data)
         status = await _answer(reader)
         latencies.append(time.perf_counter() - intended)
-        sent_at.append(intended - start)
+        sent_at.append(wall + intended)
         statuses[str(status)] = statuses.get(str(status), 0) + 1
         if status != want and len(unexpected) < 5:
             unexpected.append(status)
@@ -169,20 +171,21 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int, duration: float,
-                 pids: dict[str, int], pg_pid: int | None) -> dict[str, Any]:  # fmt: skip
+                 pids: dict[str, int], pg_pid: int | None, pg_data: Path) -> dict[str, Any]:  # fmt: skip
     rate = {"create500": 500.0, "mixed": 200.0}.get(scenario)
     conns = {"batch": 2, "create500": 32, "mixed": 16}.get(scenario, 8)
     cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
     pg0 = tree_cpu_s(pg_pid) if pg_pid else None
     pipes, workers = [], []
-    for i in range(procs):
-        parent, child = multiprocessing.Pipe(duplex=False)
-        w = multiprocessing.Process(target=_worker, args=(child, port, scenario, key, ids, i + 1, conns,
-                                                          None if rate is None else rate / procs, duration))  # fmt: skip
-        w.start()
-        pipes.append(parent)
-        workers.append(w)
-    results = [p.recv() for p in pipes]
+    with DiskWatch(pg_data) as disk:
+        for i in range(procs):
+            parent, child = multiprocessing.Pipe(duplex=False)
+            w = multiprocessing.Process(target=_worker, args=(child, port, scenario, key, ids, i + 1, conns,
+                                                              None if rate is None else rate / procs, duration))  # fmt: skip
+            w.start()
+            pipes.append(parent)
+            workers.append(w)
+        results = [p.recv() for p in pipes]
     for w in workers:
         w.join()
     cpu = {name: tree_cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
@@ -212,6 +215,8 @@ def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int,
         "seconds_p99_over_100ms": sum(v > 100 for v in p99_by_second.values()),
         "worst_second_p99_ms": round(max(p99_by_second.values(), default=float("nan")), 1),
         "unexpected": sorted({u for r in results for u in r["unexpected"]}),
+        "p99_ms_by_second": {s: round(v, 1) for s, v in p99_by_second.items()},  # unix second -> p99
+        "disk_stalls_ms": [[round(at, 2), round(s * 1000)] for at, s in disk.stalls(0.1)],
         "cpu_us_per_request": {k: round(v / max(1, answered) * 1e6, 1) for k, v in cpu.items()},
     }  # fmt: skip
 
@@ -264,10 +269,11 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
                                             cwd=ROOT, env=env, stdin=subprocess.DEVNULL))  # fmt: skip
             wait_ready(f"http://127.0.0.1:{api_port}", 60)
             pids = {"api": started[1].pid, "node": started[0].pid}  # the API's workers are its children
-            pg_pid = _postmaster_pid(tmp / "pg" / "data")
+            pg_data = tmp / "pg" / "data"
+            pg_pid = _postmaster_pid(pg_data)
             # Warm up (connections, caches) while the node settles the jobs inserted for the reads.
-            run_scenario(api_port, key, ids, "get", procs, warmup, pids, pg_pid)
-            return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_pid) for s in scenarios]
+            run_scenario(api_port, key, ids, "get", procs, warmup, pids, pg_pid, pg_data)
+            return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_pid, pg_data) for s in scenarios]
         finally:
             for p in started:
                 # py-spy writes its profile on SIGINT and passes it on to the profiled process
@@ -283,14 +289,16 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| scenario | offered/s | answered/s | jobs/s | p50 ms | p99 ms | worst second's p99 ms (seconds over "
-             "100 ms) | µs CPU per request (API / node / PostgreSQL / generators) | statuses |",
-             "|---|--:|--:|--:|--:|--:|--:|---|---|"]  # fmt: skip
+             "100 ms) | disk stalls ≥ 100 ms (longest ms) | µs CPU per request (API / node / PostgreSQL / generators) "
+             "| statuses |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|---|---|"]  # fmt: skip
     for r in results:
         c = r["cpu_us_per_request"]
+        stalls = r["disk_stalls_ms"]
         cpu = " / ".join(str(c.get(k, "-")) for k in ("api", "node", "postgres", "generators"))
         lines.append(f"| {r['scenario']} | {r['offered_per_s'] or 'max'} | {r['per_s']} | {r['jobs_per_s'] or '-'} |"
                      f" {r['p50_ms']} | {r['p99_ms']} | {r['worst_second_p99_ms']} ({r['seconds_p99_over_100ms']}) |"
-                     f" {cpu} | {r['statuses']} |")  # fmt: skip
+                     f" {len(stalls)} ({max((ms for _, ms in stalls), default=0)}) | {cpu} | {r['statuses']} |")  # fmt: skip
     return "\n".join(lines)
 
 
