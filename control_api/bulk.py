@@ -28,7 +28,7 @@ from litestar.datastructures import State
 
 from protocol import problems
 from protocol.errors import ShardwheelError, SpecError
-from protocol.ids import new_job_id, parse_job_id
+from protocol.ids import new_job_id, new_job_ids, parse_job_id
 from protocol.internal import MAX_WRITE_BATCH, JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import JobSpec, JobState, decode_job_spec, decode_untrusted
 from protocol.problems import Problem
@@ -112,9 +112,12 @@ class BulkController(Controller):
         items: list[ItemResult | None] = [None] * len(body.jobs)
         writes: list[tuple[int, uuid.UUID, JobWrite]] = []
         actor = f"key:{key.prefix}"
-        for i, raw in enumerate(body.jobs):
-            seed = None if idempotency is None else f"{key.tenant}\0{idempotency.key}\0{i}".encode()
-            job_id = new_job_id(first_used_ms, seed)
+        if idempotency is None:
+            new_ids = new_job_ids(len(body.jobs))
+        else:  # the ids the first request with this key made: its time, and seeds from the key and the index
+            new_ids = [new_job_id(first_used_ms, f"{key.tenant}\0{idempotency.key}\0{i}".encode())
+                       for i in range(len(body.jobs))]  # fmt: skip
+        for i, (raw, job_id) in enumerate(zip(body.jobs, new_ids, strict=True)):
             try:
                 spec = request.app.state.secrets.seal_headers(decode_job_spec(raw, request.app.state.egress),
                                                               tenant=key.tenant, job_id=str(job_id))  # fmt: skip

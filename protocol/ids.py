@@ -17,7 +17,7 @@ import uuid
 
 from .errors import SpecError
 
-__all__ = ["new_job_id", "parse_job_id", "uuid7_time_ms"]
+__all__ = ["new_job_id", "new_job_ids", "parse_job_id", "uuid7_time_ms"]
 
 _CANONICAL = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -26,12 +26,22 @@ def new_job_id(now_ms: int | None = None, seed: bytes | None = None) -> uuid.UUI
     """A UUIDv7 for ``now_ms`` (default: now); with ``seed``, its random bits are the seed's hash, so the same
     seed and time give the same id (the jobs of a batch sent again with its Idempotency-Key)."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    bits = os.urandom(10) if seed is None else hashlib.sha256(seed).digest()[:10]
+    return _uuid7(ms, os.urandom(10) if seed is None else hashlib.sha256(seed).digest()[:10])
+
+
+def new_job_ids(count: int) -> list[uuid.UUID]:
+    """``count`` UUIDv7s for now from one read of the system's random source (a batch's: one syscall, not
+    ``count``)."""
+    ms = time.time_ns() // 1_000_000
+    bits = os.urandom(10 * count)
+    return [_uuid7(ms, bits[i : i + 10]) for i in range(0, 10 * count, 10)]
+
+
+def _uuid7(ms: int, bits: bytes) -> uuid.UUID:
     rand = int.from_bytes(bits, "big")
     rand_a = rand >> 68  # 12 bits
     rand_b = rand & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return uuid.UUID(int=value)
+    return uuid.UUID(int=(ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 
 
 def uuid7_time_ms(job_id: uuid.UUID) -> int:

@@ -212,6 +212,8 @@ _RESERVED_HEADERS = frozenset(
 )
 _WHITESPACE = re.compile(r"[ \r\n\t]")
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/=-]*")
+_CONTROL = re.compile(r"[\x00-\x1f]")
+_CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def _check_url(field: str, url: str, egress: EgressPolicy) -> None:
@@ -273,11 +275,11 @@ def validate_job_spec(spec: JobSpec, egress: EgressPolicy = STRICT) -> None:
         raise SpecError("name", "must not be empty")
     if len(spec.name) > LIMITS.name_chars:
         raise SpecError("name", f"longer than {LIMITS.name_chars} characters")
-    if any(ord(c) < 32 for c in spec.name):
+    if _CONTROL.search(spec.name):
         raise SpecError("name", "contains control characters")
     if len(spec.description) > LIMITS.description_chars:
         raise SpecError("description", f"longer than {LIMITS.description_chars} characters")
-    if any(c < " " and c not in "\t\n\r" for c in spec.description):
+    if _CONTROL_BUT_WHITESPACE.search(spec.description):
         raise SpecError("description", "contains control characters")
     if len(spec.tags) > LIMITS.tags:
         raise SpecError("tags", f"at most {LIMITS.tags} tags, got {len(spec.tags)}")
@@ -393,22 +395,38 @@ def _field_names(cls: type[msgspec.Struct]) -> dict[str, str]:
 _FIELD_NAMES: dict[type[msgspec.Struct], dict[str, str]] = {}
 
 
-def _unknown_field(raw: Any, decoded: Any, path: str) -> str | None:
-    """The first key of the document ``raw`` that decoding it into ``decoded`` did not use. Only structs are
-    walked: a plain dict or ``Any`` in the types (target.headers, target.body) holds the user's own keys."""
-    if isinstance(decoded, msgspec.Struct) and type(raw) is dict:
+def _unknown_field(raw: Any, decoded: Any) -> str | None:
+    """The path of the first key of the document ``raw`` that decoding it into ``decoded`` did not use. Only
+    structs are walked: a plain dict or ``Any`` in the types (target.headers, target.body) holds the user's own
+    keys."""
+    parts = _unknown_parts(raw, decoded)
+    if parts is None:
+        return None
+    path = ""
+    for part in reversed(parts):
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else part
+    return path
+
+
+def _unknown_parts(raw: Any, decoded: Any) -> list[str | int] | None:
+    """``_unknown_field``'s path, innermost part first: built on the way out, so a document with no unknown key
+    formats nothing."""
+    if isinstance(decoded, msgspec.Struct):
+        if type(raw) is not dict:
+            return None
         names = _field_names(type(decoded))
         for k, v in raw.items():
             attr = names.get(k)
             if attr is None:
-                return f"{path}.{k}" if path else k
+                return [k]
             if attr and (type(v) is dict or type(v) is list):
-                found = _unknown_field(v, getattr(decoded, attr), f"{path}.{k}" if path else k)
-                if found is not None:
+                if (found := _unknown_parts(v, getattr(decoded, attr))) is not None:
+                    found.append(k)
                     return found
     elif type(decoded) is list and type(raw) is list:
         for i, (r, d) in enumerate(zip(raw, decoded, strict=False)):
-            if (found := _unknown_field(r, d, f"{path}[{i}]")) is not None:
+            if (type(d) is list or isinstance(d, msgspec.Struct)) and (found := _unknown_parts(r, d)) is not None:
+                found.append(i)
                 return found
     return None
 
@@ -450,7 +468,7 @@ def decode_job_spec(data: bytes | str, egress: EgressPolicy = STRICT) -> JobSpec
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as e:
         raise spec_error_from_msgspec(e) from None
-    if (unknown := _unknown_field(raw, spec, "")) is not None:
+    if (unknown := _unknown_field(raw, spec)) is not None:
         raise SpecError(unknown, "unknown field")
     validate_job_spec(spec, egress)
     return spec

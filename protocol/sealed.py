@@ -89,6 +89,8 @@ class SecretBox:
     def seal_headers(self, spec: JobSpec, *, tenant: str, job_id: str, stored: JobSpec | None = None) -> JobSpec:
         """``spec`` with every header value sealed; ``"<redacted>"`` keeps the stored (sealed) value of that
         header, a value sealed already (a merge patch's untouched header) stays as it is."""
+        if not spec.target.headers:
+            return spec
         previous = {n.lower(): v for n, v in (stored.target.headers if stored else {}).items()}
         headers: dict[str, str] = {}
         for name, value in spec.target.headers.items():

@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit
@@ -67,6 +68,7 @@ class TargetUrl(NamedTuple):
     request_target: str  # origin-form: percent-encoded path and query, never empty
 
 
+@functools.lru_cache(maxsize=4096)  # jobs share targets: a batch of 1,000 often names one URL (errors are not cached)
 def parse_target_url(url: str) -> TargetUrl:
     """Origin, ``Host`` value and request target of an absolute http(s) URL; ``ValueError`` if it has none."""
     try:

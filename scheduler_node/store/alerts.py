@@ -26,7 +26,7 @@ import msgspec
 
 from protocol.errors import NotFound
 from protocol.executions import Origin
-from protocol.ids import new_job_id
+from protocol.ids import new_job_ids
 
 from .epochs import FENCE_CTE, FENCED_SHARDS_SQL, BatchResult, fence_arrays
 from .pool import Executor
@@ -131,7 +131,7 @@ async def insert_alerts(db: Executor, rows: Sequence[AlertRow]) -> BatchResult[A
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
     records = await db.fetch(
         _INSERT_SQL, shards, epochs,
-        [r.shard for r in rows], [new_job_id() for _ in rows], [r.job_id for r in rows], [r.tenant for r in rows],
+        [r.shard for r in rows], new_job_ids(len(rows)), [r.job_id for r in rows], [r.tenant for r in rows],
         [r.scheduled_at for r in rows], [r.origin.value for r in rows], [r.kind for r in rows],
         [r.message for r in rows], [r.webhook for r in rows], [msgspec.json.encode(r.payload).decode() for r in rows],
     )  # fmt: skip

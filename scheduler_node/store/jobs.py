@@ -56,7 +56,7 @@ from protocol.errors import (
     VersionMismatch,
 )
 from protocol.executions import Execution
-from protocol.ids import new_job_id
+from protocol.ids import new_job_ids
 from protocol.internal import JobWrite, JobWriteOp, JobWritten
 from protocol.jobs import Job, JobSpec, JobState
 
@@ -412,7 +412,7 @@ async def create_jobs(db: Executor, rows: Sequence[NewJob]) -> CreatedJobs:
     records = await db.fetch(
         _CREATE_SQL, shards, epochs, [r.shard for r in rows], [r.job_id for r in rows], [r.tenant for r in rows],
         [r.actor for r in rows], [r.spec for r in rows],
-        [new_job_id() for _ in rows], [r.next_fire_at for r in rows],
+        new_job_ids(len(rows)), [r.next_fire_at for r in rows],
     )  # fmt: skip
     fenced = frozenset(r["fenced_shard"] for r in records if r["fenced_shard"] is not None)
     specs = {r.job_id: r.spec for r in rows}
@@ -517,7 +517,7 @@ async def set_job_states(db: Executor, changes: Sequence[StateChange]) -> BatchR
     records = await db.fetch(
         _STATES_SQL, shards, epochs, [c.shard for c in changes], [c.job_id for c in changes],
         [c.tenant for c in changes], [c.state.value for c in changes], [c.reason or None for c in changes],
-        [new_job_id() for _ in changes],
+        new_job_ids(len(changes)),
     )  # fmt: skip
     applied = [(r["job_id"], r["version"]) for r in records if r["job_id"] is not None]
     return BatchResult(applied=applied, conflicts=[],

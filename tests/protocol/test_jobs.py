@@ -113,6 +113,9 @@ INVALID = [
     (with_("target.body", json.loads("[" * 40 + "]" * 40)), "target.body", "nested more than 32"),
     (with_("target.body", "x").replace(b'"x"', b"[" * 100_000 + b"]" * 100_000), "", "nested too deeply"),
     (with_("target", {"url": "https://example.com/", "retries": 3}), "target.retries", "unknown field"),
+    (with_("", 1), "", "unknown field"),  # an empty key names no field: the problem alone
+    (with_("dst", {"": 1}), "dst.", "unknown field"),
+    (with_("retry", {"max_attempts": 2, "x": {"y": 1}}), "retry.x", "unknown field"),
     (with_("schedule", ...), "schedule", "required"),
     (b"{not json", "", "malformed"),
 ]
