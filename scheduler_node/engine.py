@@ -1448,17 +1448,27 @@ class Engine:
                            out: list[JobWritten | ShardwheelError | None]) -> None:  # fmt: skip
         rows: dict[uuid.UUID, tuple[int, NewJob]] = {}
         now = self.clock.now_ms()
+        now_dt = ms_to_datetime(now)
+        epochs: dict[int, int | NotOwnerError] = {}  # a batch names each shard many times: asked once
         for i in indices:
             job_id, w = items[i]
             shard = shard_of(job_id, self.config.shard_count)
             try:
                 spec = self._checked_spec(w)
-                epoch = await self._write_epoch(shard)
-            except (CallerError, NotOwnerError) as e:
+            except CallerError as e:
                 out[i] = e
                 continue
+            if (epoch := epochs.get(shard)) is None:
+                try:
+                    epoch = epochs[shard] = await self._write_epoch(shard)
+                except NotOwnerError as e:
+                    epoch = epochs[shard] = e
+            if isinstance(epoch, NotOwnerError):
+                out[i] = epoch
+                continue
+            first = _first_slot_bound(spec, now, self._first_slots, now_dt)
             rows[job_id] = (i, NewJob(shard, epoch, job_id, w.tenant, w.actor, spec,
-                                      ms_to_datetime(_first_slot_bound(spec, now, self._first_slots))))  # fmt: skip
+                                      now_dt if first == now else ms_to_datetime(first)))  # fmt: skip
         if not rows:
             return
         result = await self.db.call(store.create_jobs, [r for _, r in rows.values()])
@@ -1676,14 +1686,14 @@ def _first_sends(claims: Iterable[ClaimRow]) -> dict[uuid.UUID, int]:
     return first
 
 
-def _first_slot_bound(spec: JobSpec, now: int, first_slots: FirstSlots) -> int:
+def _first_slot_bound(spec: JobSpec, now: int, first_slots: FirstSlots, now_dt: datetime | None = None) -> int:
     """A lower bound of a job's first slot from ``now`` (ms), stored as its ``next_fire_at``: a job whose first
     slot is past the horizon (an hourly cron, an ``at`` next year) is then not loaded again at every refill
     until it is near. An ``every`` schedule without ``start_at`` is anchored at the row's creation time, which
     PostgreSQL sets: ``now`` is its bound."""
     if isinstance(spec.schedule, Every) and spec.start_at is None:
         return now
-    first = first_slots.at_or_after(spec, ms_to_datetime(now), now)
+    first = first_slots.at_or_after(spec, now_dt or ms_to_datetime(now), now)
     return now if first is None else max(now, first)
 
 

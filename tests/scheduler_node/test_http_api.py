@@ -118,6 +118,11 @@ async def test_inputs_that_answered_500_are_refused_naming_the_field_and_store_n
             assert r.status_code in (413, 422) and r.headers["content-type"] == "application/problem+json"
             await _field_refused(c, "00000000-0000-0000-0000-000000000000", body("tenant", "acme"), "id")
             await _field_refused(c, "not-a-uuid", body("tenant", "acme"), "id")
+            write = json.loads(body("tenant", "acme"))
+            batch = {"items": [{"job_id": job, "write": write}, {"job_id": "00000000-0000-0000-0000-000000000000",
+                                                                 "write": write}]}  # fmt: skip
+            r = await c.post("/internal/v1/jobs:batch", json=batch, headers=auth)
+            assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["items[1].job_id"], r.text
             # A newer writer's message (a field this version does not know, in the write and in the spec).
             newer = json.loads(body("spec.name", "newer"))
             newer["priority"] = 3
