@@ -7,6 +7,11 @@ included: the postmaster's whole process tree), the share of the result writes t
 autovacuum passes of the partition so far, and its size. What the 30-minute soak shows in half an hour with a
 node, a sink and their noise, this shows in minutes (issue 16, part 4; docs/capacity.md).
 
+Results go in statements of ``--chunk`` (the node's writer sends a batch every few milliseconds; one statement
+for a whole second of slots leaves no committed versions to prune and understates HOT). ``--explain FILE``
+appends both statements' plans at each line's size (EXPLAIN ANALYZE, rolled back): where a window's cost
+jumps, the plan that changed.
+
 Example::
 
     python -m bench.history --jobs 3000 --batches 960 --rate 2
@@ -24,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from protocol.executions import ExecutionStatus, Origin
 from protocol.jobs import JobSpec, Target
 from protocol.schedules import Every
@@ -38,8 +45,28 @@ from .harness import insert_jobs, prepare_db, tree_cpu_s
 __all__ = ["main", "run_history"]
 
 
+class _Explained:
+    """An executor for ``claim_slots`` / ``write_results`` that runs each statement under ``EXPLAIN (ANALYZE,
+    BUFFERS)`` in a transaction it rolls back, keeps the plans and answers no rows (nothing is written)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.plans: list[str] = []
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self.pool.acquire() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                lines = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
+            finally:
+                await tx.rollback()
+        self.plans.append("\n".join(r[0] for r in lines))
+        return []
+
+
 async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, every: int,
-               fillfactor: int | None) -> list[dict[str, Any]]:  # fmt: skip
+               fillfactor: int | None, chunk: int, explain: Path | None) -> list[dict[str, Any]]:  # fmt: skip
     ids = await insert_jobs(dsn, [JobSpec(name="h", schedule=Every("1s"), target=Target(url="https://h.example/"))]
                             * jobs)  # fmt: skip
     pool = await create_pool(dsn, min_size=2, max_size=4)
@@ -57,8 +84,19 @@ async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, 
         for b in range(batches):
             slot = first_slot + b * 1000
             claims = [ClaimRow(shard_of(j), epochs[shard_of(j)], j, slot) for j in ids]
-            await claim_slots(pool, "history", claims)
-            await write_results(pool, [_succeeded(c.shard, c.epoch, c.job_id, slot) for c in claims], report=False)
+            results = [_succeeded(c.shard, c.epoch, c.job_id, slot) for c in claims]
+            if explain is not None and (b + 1) % every == 0:  # the plans at this size, before the batch itself
+                shown = _Explained(pool)
+                await claim_slots(shown, "history", claims)
+                await claim_slots(pool, "history", claims)
+                await write_results(shown, results[:chunk], report=False)
+                with explain.open("a") as f:
+                    f.write(f"--- {(b + 1) * jobs} rows: claim of {len(claims)}, result write of {chunk}\n")
+                    f.write("\n\n".join(shown.plans) + "\n\n")
+            else:
+                await claim_slots(pool, "history", claims)
+            for i in range(0, len(results), chunk):  # as the node's writer sends them: a statement per batch
+                await write_results(pool, results[i : i + chunk], report=False)
             ahead = started + (b + 1) / rate - time.monotonic()
             if ahead > 0:
                 await asyncio.sleep(ahead)
@@ -90,14 +128,14 @@ def _succeeded(shard: int, epoch: int, job_id: uuid.UUID, slot: int) -> ResultRo
                      attempt_started_ms=sent, attempt_finished_ms=sent + 5)  # fmt: skip
 
 
-def run_history(jobs: int, batches: int, rate: float, every: int,
-                fillfactor: int | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_history(jobs: int, batches: int, rate: float, every: int, fillfactor: int | None = None,
+                chunk: int = 500, explain: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sw-history-") as tmp_s:
         tmp = Path(tmp_s)
         with EmbeddedPostgres(tmp / "pg", durable=True) as pg:
             postmaster = int((tmp / "pg" / "data" / "postmaster.pid").read_text().split()[0])
             dsn = asyncio.run(prepare_db(pg.dsn, "sw_history"))
-            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every, fillfactor))
+            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every, fillfactor, chunk, explain))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=int, default=120, help="batches per printed line")
     p.add_argument("--fillfactor", type=int, choices=range(10, 101), metavar="10-100",
                    help="the partition's fillfactor (default: the schema's)")
+    p.add_argument("--chunk", type=int, default=500, help="results per result write (the node's writer batches)")
+    p.add_argument("--explain", type=Path, help="append both statements' plans (EXPLAIN ANALYZE) at each line here")
     args = p.parse_args(argv)
-    run_history(args.jobs, args.batches, args.rate, args.every, args.fillfactor)
+    run_history(args.jobs, args.batches, args.rate, args.every, args.fillfactor, args.chunk, args.explain)
     return 0
 
 
