@@ -46,7 +46,7 @@ from protocol.schedules import At
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
 from .disk import DiskWatch
-from .harness import ROOT, insert_jobs, prepare_db, profiled, tree_cpu_s, wait_ready
+from .harness import ROOT, insert_jobs, prepare_db, profiled, stop_on_sigterm, tree_cpu_s, wait_ready
 
 __all__ = ["run_api_bench"]
 
@@ -305,6 +305,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0])
     p.add_argument("--scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
                    choices=["healthz", "get", "create", "create500", "mixed", "batch"])

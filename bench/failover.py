@@ -32,7 +32,7 @@ from protocol.schedules import Cron
 from scheduler_node.coordination import EtcdCoordinator, KeyLayout
 from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, free_port
 
-from .harness import ROOT, insert_jobs, prepare_db
+from .harness import ROOT, insert_jobs, prepare_db, stop_on_sigterm
 from .results import read_sink, start_sink, stop_sink, window_figures
 
 __all__ = ["main", "run_failover"]
@@ -102,6 +102,7 @@ def run_failover(jobs: int, ttl: int, before_s: int = 10, after_s: int = 15) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=300)
     p.add_argument("--ttl", type=int, default=5, help="lease TTL in seconds")

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -137,6 +138,17 @@ def tree_cpu_s(root: int) -> float:
                 grew = True
     ticks = sum(times[p][0] for p in tree if p in times) + times.get(root, (0, 0))[1]
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds the bench like Ctrl-C, so the ``finally`` and ``with`` blocks stop the PostgreSQL, etcd and
+    nodes it started (by default Python dies at once on SIGTERM and leaves them running: a PostgreSQL of a
+    killed ``bench.history`` kept running and competing for the cores through the next runs)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def profiled(part: str) -> list[str]:

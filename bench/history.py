@@ -40,7 +40,7 @@ from scheduler_node.store.partitions import ensure_partitions, partition_name
 from scheduler_node.store.pool import create_pool
 from shardwheel.embedded import EmbeddedPostgres
 
-from .harness import insert_jobs, prepare_db, tree_cpu_s
+from .harness import insert_jobs, prepare_db, stop_on_sigterm, tree_cpu_s
 
 __all__ = ["main", "run_history"]
 
@@ -139,6 +139,7 @@ def run_history(jobs: int, batches: int, rate: float, every: int, fillfactor: in
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__.split("\n\n")[0])
     p.add_argument("--jobs", type=int, default=3000, help="jobs, each with a slot every second")
     p.add_argument("--batches", type=int, default=960, help="seconds of slots to claim and finish")

@@ -32,7 +32,7 @@ from protocol.jobs import JobSpec, RetryPolicy, Target
 from protocol.schedules import Cron, Every
 from shardwheel.embedded import EmbeddedPostgres, free_port
 
-from .harness import ROOT, insert_jobs, prepare_db, rss_mb, wait_ready
+from .harness import ROOT, insert_jobs, prepare_db, rss_mb, stop_on_sigterm, wait_ready
 from .results import start_sink, stop_sink
 
 __all__ = ["main", "run_scale"]
@@ -87,6 +87,7 @@ def run_scale(jobs: int, in_horizon: int, run_s: int = 20) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=1_000_000)
     p.add_argument("--in-horizon", type=int, default=100_000)

@@ -44,7 +44,7 @@ from protocol.jobs import JobSpec, Target
 from protocol.schedules import Cron
 from shardwheel.embedded import EmbeddedPostgres, free_port
 
-from .harness import ROOT, cpu_s, insert_jobs, prepare_db, profile_window, rss_mb, wait_ready
+from .harness import ROOT, cpu_s, insert_jobs, prepare_db, profile_window, rss_mb, stop_on_sigterm, wait_ready
 from .results import read_sink, start_sink, stop_sink, window_figures
 
 __all__ = ["main", "run_steady"]
@@ -167,6 +167,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m bench.steady", description=__doc__.splitlines()[0])
     p.add_argument(
         "--jobs", type=int, nargs="+", default=[100, 1000], help="N values to run, e.g. 100 1000 5000"

@@ -65,7 +65,7 @@ from protocol.jitter import parse_jitter
 from shardwheel.api_client import ApiClient
 from shardwheel.embedded import _process_tree, free_port
 
-from .harness import cpu_s, rss_mb, tree_cpu_s
+from .harness import cpu_s, rss_mb, stop_on_sigterm, tree_cpu_s
 from .results import ROOT, drift_summary, read_sink, start_sink, stop_sink
 from .timeline import delivery, drain, flatness, recovery_s, silence_ms, sustained, timeline, windows
 
@@ -696,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_sigterm()
     args = build_parser().parse_args(argv)
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="sw-bench-") as tmp:
