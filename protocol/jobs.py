@@ -395,38 +395,22 @@ def _field_names(cls: type[msgspec.Struct]) -> dict[str, str]:
 _FIELD_NAMES: dict[type[msgspec.Struct], dict[str, str]] = {}
 
 
-def _unknown_field(raw: Any, decoded: Any) -> str | None:
-    """The path of the first key of the document ``raw`` that decoding it into ``decoded`` did not use. Only
-    structs are walked: a plain dict or ``Any`` in the types (target.headers, target.body) holds the user's own
-    keys."""
-    parts = _unknown_parts(raw, decoded)
-    if parts is None:
-        return None
-    path = ""
-    for part in reversed(parts):
-        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else part
-    return path
-
-
-def _unknown_parts(raw: Any, decoded: Any) -> list[str | int] | None:
-    """``_unknown_field``'s path, innermost part first: built on the way out, so a document with no unknown key
-    formats nothing."""
-    if isinstance(decoded, msgspec.Struct):
-        if type(raw) is not dict:
-            return None
+def _unknown_field(raw: Any, decoded: Any, path: str) -> str | None:
+    """The first key of the document ``raw`` that decoding it into ``decoded`` did not use. Only structs are
+    walked: a plain dict or ``Any`` in the types (target.headers, target.body) holds the user's own keys."""
+    if isinstance(decoded, msgspec.Struct) and type(raw) is dict:
         names = _field_names(type(decoded))
         for k, v in raw.items():
             attr = names.get(k)
             if attr is None:
-                return [k]
+                return f"{path}.{k}" if path else k
             if attr and (type(v) is dict or type(v) is list):
-                if (found := _unknown_parts(v, getattr(decoded, attr))) is not None:
-                    found.append(k)
+                found = _unknown_field(v, getattr(decoded, attr), f"{path}.{k}" if path else k)
+                if found is not None:
                     return found
     elif type(decoded) is list and type(raw) is list:
         for i, (r, d) in enumerate(zip(raw, decoded, strict=False)):
-            if (type(d) is list or isinstance(d, msgspec.Struct)) and (found := _unknown_parts(r, d)) is not None:
-                found.append(i)
+            if (found := _unknown_field(r, d, f"{path}[{i}]")) is not None:
                 return found
     return None
 
@@ -468,7 +452,7 @@ def decode_job_spec(data: bytes | str, egress: EgressPolicy = STRICT) -> JobSpec
         spec = msgspec.convert(raw, JobSpec)
     except msgspec.ValidationError as e:
         raise spec_error_from_msgspec(e) from None
-    if (unknown := _unknown_field(raw, spec)) is not None:
+    if (unknown := _unknown_field(raw, spec, "")) is not None:
         raise SpecError(unknown, "unknown field")
     validate_job_spec(spec, egress)
     return spec

@@ -137,3 +137,11 @@ def test_garbage_is_a_spec_error_never_a_crash(data: bytes | str) -> None:
         decode_job_spec(data)
     except SpecError:
         pass
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=30))
+def test_control_characters_are_found_as_by_their_code_points(text: str) -> None:
+    from protocol.jobs import _CONTROL, _CONTROL_BUT_WHITESPACE
+
+    assert (_CONTROL.search(text) is not None) == any(ord(c) < 32 for c in text)
+    assert (_CONTROL_BUT_WHITESPACE.search(text) is not None) == any(ord(c) < 32 and c not in "\t\n\r" for c in text)
