@@ -173,10 +173,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_scenario(port: int, key: str, ids: list[str], scenario: str, procs: int, duration: float,
-                 pids: dict[str, int], pg_pid: int | None, pg_data: Path) -> dict[str, Any]:  # fmt: skip
+                 pids: dict[str, int], pg_data: Path) -> dict[str, Any]:  # fmt: skip
     rate = {"create500": 500.0, "mixed": 200.0}.get(scenario)
     conns = {"batch": 2, "create500": 32, "mixed": 16}.get(scenario, 8)
     cpu0 = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+    pg_pid = _postmaster_pid(pg_data)
     pg0 = tree_cpu_s(pg_pid) if pg_pid else None
     pipes, workers = [], []
     with DiskWatch(pg_data) as disk:
@@ -272,10 +273,9 @@ def run_api_bench(scenarios: list[str], *, jobs: int, procs: int, duration: floa
             wait_ready(f"http://127.0.0.1:{api_port}", 60)
             pids = {"api": started[1].pid, "node": started[0].pid}  # the API's workers are its children
             pg_data = tmp / "pg" / "data"
-            pg_pid = _postmaster_pid(pg_data)
             # Warm up (connections, caches) while the node settles the jobs inserted for the reads.
-            run_scenario(api_port, key, ids, "get", procs, warmup, pids, pg_pid, pg_data)
-            return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_pid, pg_data) for s in scenarios]
+            run_scenario(api_port, key, ids, "get", procs, warmup, pids, pg_data)
+            return [run_scenario(api_port, key, ids, s, procs, duration, pids, pg_data) for s in scenarios]
         finally:
             for p in started:
                 # py-spy writes its profile on SIGINT and passes it on to the profiled process
