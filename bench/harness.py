@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from protocol.jobs import JobSpec
 from protocol.shards import HASH_NAME, shard_of
 from shardwheel.embedded import dsn_with_database
 
-__all__ = ["ROOT", "cpu_s", "insert_jobs", "prepare_db", "profile_window", "profiled", "rss_mb", "tree_cpu_s", "wait_ready"]
+__all__ = ["ROOT", "cpu_s", "fill_history", "insert_jobs", "prepare_db", "profile_window", "profiled", "rss_mb",
+           "tree_cpu_s", "wait_ready"]
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: the cwd of the processes the bench starts
 
@@ -76,6 +78,55 @@ async def insert_jobs(
     finally:
         await conn.close()
     return ids
+
+
+async def fill_history(dsn: str, jobs: list[uuid.UUID], days: int, rows: int, until: datetime,
+                       today_rows: int = 0) -> int:  # fmt: skip
+    """About ``rows`` finished executions of ``jobs`` (each with its attempt) over the ``days`` UTC days before
+    ``until``'s, and ``today_rows`` more in ``until``'s day before ``until``, as the firing path leaves them, in
+    slot order, then vacuumed and analysed: the history a long-running cluster has, for a soak to run on.
+    Straight into each day's partitions (one INSERT ... SELECT per table and day, no node). The rows written."""
+    from scheduler_node.store.partitions import ensure_partitions
+
+    today = until.date()
+    midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+    spans = [(midnight - timedelta(days=d), timedelta(days=1), rows // days) for d in range(days, 0, -1) if rows]
+    if today_rows:
+        if until - midnight < timedelta(minutes=1):
+            raise ValueError("history of today needs the run to start a minute or more after 00:00 UTC")
+        spans.append((midnight, until - midnight, today_rows))
+    shards = [shard_of(j) for j in jobs]
+    conn = await asyncpg.connect(dsn)
+    written = 0
+    try:
+        await ensure_partitions(conn, today - timedelta(days=days), days + 1)
+        for start, length, n in spans:
+            per_job = max(1, n // len(jobs))
+            # Slot order across jobs, as the node writes them: generate_series outside, the jobs inside.
+            source = ("FROM generate_series(0, $4::int - 1) AS k, unnest($1::int[], $2::uuid[]) AS j(shard, id),"
+                      " LATERAL (SELECT $3::timestamptz + $5::interval * k AS t) AS s ORDER BY k")  # fmt: skip
+            args = (shards, jobs, start, per_job, length / per_job)
+            status = await conn.execute(
+                "INSERT INTO executions (shard, job_id, scheduled_at, origin, epoch, node, status, attempt,"
+                " claimed_at, sent_at, finished_at, http_status, duration_ms, dispatch_lag_ms)"
+                " SELECT j.shard, j.id, t, 'scheduled', 1, 'history', 'succeeded', 1, t, t + interval '50 ms',"
+                f" t + interval '55 ms', 200, 5, 50 {source}",
+                *args,
+            )  # fmt: skip
+            written += int(status.split()[-1])
+            await conn.execute(
+                "INSERT INTO execution_attempts (shard, job_id, scheduled_at, origin, attempt, epoch, node,"
+                " started_at, finished_at, http_status, duration_ms)"
+                " SELECT j.shard, j.id, t, 'scheduled', 1, 1, 'history', t + interval '50 ms', t + interval '55 ms',"
+                f" 200, 5 {source}",
+                *args,
+            )  # fmt: skip
+        # As a cluster's history is by then: vacuumed (visibility map set) and analysed, so no first vacuum of
+        # millions of rows lands inside the window measured.
+        await conn.execute("VACUUM (ANALYZE) executions, execution_attempts")
+    finally:
+        await conn.close()
+    return written
 
 
 def wait_ready(url: str, timeout: float) -> float:

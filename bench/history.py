@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import tempfile
 import time
 import uuid
@@ -66,7 +67,7 @@ class _Explained:
 
 
 async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, every: int,
-               fillfactor: int | None, chunk: int, explain: Path | None) -> list[dict[str, Any]]:  # fmt: skip
+               settings: dict[str, str], chunk: int, explain: Path | None) -> list[dict[str, Any]]:  # fmt: skip
     ids = await insert_jobs(dsn, [JobSpec(name="h", schedule=Every("1s"), target=Target(url="https://h.example/"))]
                             * jobs)  # fmt: skip
     pool = await create_pool(dsn, min_size=2, max_size=4)
@@ -74,8 +75,8 @@ async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, 
         today = datetime.now(UTC).date()
         await ensure_partitions(pool, today, 1)
         part = partition_name("executions", today)
-        if fillfactor is not None:  # an experiment: room on each page for an updated row's new version
-            await pool.execute(f"ALTER TABLE {part} SET (fillfactor = {int(fillfactor)})")
+        if settings:  # an experiment: the partition's storage parameters (fillfactor, autovacuum_*, vacuum_*)
+            await pool.execute(f"ALTER TABLE {part} SET ({', '.join(f'{k} = {v}' for k, v in settings.items())})")
         epochs = {s: await bump_epoch(pool, s, "history") for s in {shard_of(j) for j in ids}}
         first_slot = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
         lines: list[dict[str, Any]] = []
@@ -128,14 +129,26 @@ def _succeeded(shard: int, epoch: int, job_id: uuid.UUID, slot: int) -> ResultRo
                      attempt_started_ms=sent, attempt_finished_ms=sent + 5)  # fmt: skip
 
 
-def run_history(jobs: int, batches: int, rate: float, every: int, fillfactor: int | None = None,
+def run_history(jobs: int, batches: int, rate: float, every: int, settings: dict[str, str] | None = None,
                 chunk: int = 500, explain: Path | None = None) -> list[dict[str, Any]]:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="sw-history-") as tmp_s:
         tmp = Path(tmp_s)
         with EmbeddedPostgres(tmp / "pg", durable=True) as pg:
             postmaster = int((tmp / "pg" / "data" / "postmaster.pid").read_text().split()[0])
             dsn = asyncio.run(prepare_db(pg.dsn, "sw_history"))
-            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every, fillfactor, chunk, explain))
+            return asyncio.run(_run(dsn, postmaster, jobs, batches, rate, every, settings or {}, chunk,
+                                    explain))
+
+
+_SETTING = re.compile(r"(?P<key>[a-z_]+)=(?P<value>[a-z0-9_.]+)")
+
+
+def _setting(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of a storage parameter; both plain words, so they go into the ALTER TABLE as they are."""
+    m = _SETTING.fullmatch(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE of lowercase words or numbers")
+    return m["key"], m["value"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=int, default=960, help="seconds of slots to claim and finish")
     p.add_argument("--rate", type=float, default=2.0, help="batches a second (firings/s = jobs x rate)")
     p.add_argument("--every", type=int, default=120, help="batches per printed line")
-    p.add_argument("--fillfactor", type=int, choices=range(10, 101), metavar="10-100",
-                   help="the partition's fillfactor (default: the schema's)")
+    p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="a storage parameter of the day's partition, e.g. fillfactor=70 or vacuum_index_cleanup=off"
+                        " (repeatable; default: the schema's)")
     p.add_argument("--chunk", type=int, default=500, help="results per result write (the node's writer batches)")
     p.add_argument("--explain", type=Path, help="append both statements' plans (EXPLAIN ANALYZE) at each line here")
     args = p.parse_args(argv)
-    run_history(args.jobs, args.batches, args.rate, args.every, args.fillfactor, args.chunk, args.explain)
+    run_history(args.jobs, args.batches, args.rate, args.every, dict(args.settings), args.chunk, args.explain)
     return 0
 
 

@@ -25,6 +25,9 @@ Scenarios:
 - ``soak``: ``--jobs`` firings a second for ``--duration`` seconds (30 minutes and more), sampled every
   ``--sample`` seconds: drift p50/p99, node and PostgreSQL CPU per firing, WAL per firing, the nodes' resident
   memory and the executions table's size, each against its first window (flat: none more than 20 % above it).
+  With ``--history-rows``, the jobs' history of the ``--history-days`` before today is written first (straight
+  into PostgreSQL), and halfway through, the oldest day is dropped as a node's retention drops it; with
+  ``--today-rows``, today's partition holds that many rows before the run (a cluster measured past midnight).
 - ``api``: the control-API bench (``bench.api``: request rates, latency and CPU per request by kind).
 - ``scale``: ``bench.scale`` (1,000,000 registered jobs: time to ready, memory).
 
@@ -54,7 +57,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +120,35 @@ class Cluster:
                            " WHERE inhparent = 'executions'::regclass")[0]["b"]  # fmt: skip
         return {"nodes_rss_mb": round(sum(rss_mb(p, now=True) for p in self._node_pids()), 1),
                 "executions_mb": round(int(size) / 2**20, 1)}
+
+    def fill_history(self, jobs: list[str], days: int, rows: int, until: datetime, today_rows: int) -> int:
+        """``bench.harness.fill_history`` on the local cluster's PostgreSQL: the execution rows written."""
+        import asyncio
+
+        from .harness import fill_history
+
+        assert self.pg_dsn is not None
+        return asyncio.run(fill_history(self.pg_dsn, [uuid.UUID(j) for j in jobs], days, rows, until, today_rows))
+
+    def drop_days_before(self, day: date) -> dict[str, Any]:
+        """Retention now, by the nodes' own ``drop_partitions_before``: the partitions dropped, those busy, and
+        how long it took."""
+        import asyncio
+
+        import asyncpg
+
+        from scheduler_node.store.partitions import drop_partitions_before
+
+        async def drop() -> Any:
+            conn = await asyncpg.connect(self.pg_dsn)
+            try:
+                return await drop_partitions_before(conn, day)
+            finally:
+                await conn.close()
+
+        took = time.monotonic()
+        done = asyncio.run(drop())
+        return {"dropped": done.dropped, "busy": done.busy, "took_ms": round((time.monotonic() - took) * 1000, 1)}
 
     def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """One query on the local cluster's PostgreSQL."""
@@ -329,9 +361,20 @@ def soak(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
     if cluster.dev is None:
         raise SystemExit("python -m bench: soak reads the nodes' and PostgreSQL's CPU and memory: give --dev")
     tag = f"bench-{uuid.uuid4().hex[:8]}"
+    history: dict[str, Any] = {}
     with sink_running(work / "soak-sink.jsonl", args.sink_host, args.sink_port) as port:
         sink_url = args.sink_url or f"http://127.0.0.1:{port}"
         jobs = cluster.create_every_second(args.jobs, sink_url, tag, lambda i: "AT_LEAST_ONCE")
+        today = datetime.now(UTC).date()
+        if args.history_rows or args.today_rows:
+            print(f"soak: writing {args.history_rows:,} rows of history over {args.history_days} days and "
+                  f"{args.today_rows:,} of today", file=sys.stderr)  # fmt: skip
+            took = time.monotonic()
+            # Today's history ends a minute before now: the new jobs' own slots start after it.
+            until = datetime.now(UTC) - timedelta(minutes=1)
+            history["history_rows"] = cluster.fill_history(list(jobs), args.history_days, args.history_rows, until,
+                                                           args.today_rows)  # fmt: skip
+            history["history_fill_s"] = round(time.monotonic() - took, 1)
         t0 = _whole_second(args.warmup)
         t1 = t0 + args.duration
         _progress("soak (before)", t0, port)
@@ -339,6 +382,10 @@ def soak(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
         for t in range(t0 + args.sample, t1 + args.sample, args.sample):
             _progress(f"soak (window {len(samples)} of {math.ceil(args.duration / args.sample)})", min(t, t1), port)
             samples.append({**(cluster.costs() or {}), **cluster.memory()})
+            if args.history_rows and "retention" not in history and t >= t0 + args.duration // 2:
+                # What a node's hourly retention does when the oldest day falls out of the window, mid-run.
+                history["retention"] = {"at_s": round(time.time() - t0, 1),
+                                        **cluster.drop_days_before(today - timedelta(days=args.history_days - 1))}
         _progress("soak", t1 + 3, port)  # the last second's firings arrive and are recorded
         cluster.delete_tag(tag)
     records = read_sink(str(work / "soak-sink.jsonl"))
@@ -348,7 +395,7 @@ def soak(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
               "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / max(1, w["fired"]), 1),
               "nodes_rss_mb": after["nodes_rss_mb"], "executions_mb": after["executions_mb"]}  # fmt: skip
     whole = [w for w in line if w["t"] + args.sample <= t1]  # a shorter last window is shown, not judged
-    return {"jobs": args.jobs, "duration_s": args.duration, "sample_s": args.sample,
+    return {"jobs": args.jobs, "duration_s": args.duration, "sample_s": args.sample, **history,
             "drift_ms": _drift(records, t0, t1), "delivery": delivery(records, jobs, t0, t1),
             "flat": {figure: flatness([w[figure] for w in whole])
                      for figure in ("p99_ms", "nodes_cpu_us", "postgres_cpu_us", "nodes_rss_mb")},
@@ -515,6 +562,8 @@ def markdown(scenario: str, result: dict[str, Any], nested: bool = False) -> str
                 add(f"{prefix}{k} " if not prefix else f"{prefix}{k} ", v)
         elif not isinstance(value, list):
             rows.append((prefix.strip(), value))
+        elif all(isinstance(v, str) for v in value):  # names (a soak's dropped partitions)
+            rows.append((prefix.strip(), ", ".join(value) or "none"))
 
     for key, value in result.items():
         if key not in ("timeline", "steps", "params", "machine", "runs", "kill_at"):
@@ -687,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jitter", help="herd: the herd's jobs' jitter (e.g. 30s; default none: all in one second)")
     p.add_argument("--background", type=int, default=100, help="herd: jobs firing every second beside the herd")
     p.add_argument("--sample", type=int, default=60, help="soak: seconds per window (each sampled and judged)")
+    p.add_argument("--history-rows", type=int, default=0, help="soak: execution rows of the jobs written over the "
+                   "--history-days before today first; the oldest day is dropped by retention halfway (default 0)")
+    p.add_argument("--history-days", type=int, choices=range(1, 31), metavar="1-30", default=7,
+                   help="soak: days the history spans (default 7)")
+    p.add_argument("--today-rows", type=int, default=0, help="soak: execution rows of the jobs written into today's "
+                   "partition before the run (a cluster measured past midnight; default 0: today's starts empty)")
     p.add_argument("--procs", type=int, default=2, help="api: generator processes")
     p.add_argument("--api-scenarios", nargs="+", default=["get", "create", "create500", "mixed", "batch"],
                    help="api: which kinds of requests")

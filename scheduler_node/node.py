@@ -73,7 +73,7 @@ class NodeConfig:
     clock_offset_ms: int = 0
     alert_webhook: str | None = None
     pool_size: int = 8
-    retention_days: int = 30  # executions older than this are dropped, a day partition at a time
+    retention_days: int = 30  # executions of days older than this are dropped, a day partition at a time
     etcd: str | None = None  # etcd endpoint(s): cluster mode (leases, rebalancing); None: static --shards
     etcd_prefix: str = "/shardwheel"
     etcd_tls: EtcdTls | None = None  # https to etcd: its CA, and a client certificate for --client-cert-auth
@@ -93,8 +93,9 @@ class NodeConfig:
         starts)."""
         secret = cluster_secret(self.cluster_secret, dev=self.dev)
         secrets_key(self.secrets_key, dev=self.dev)
-        for name, value, low in (("--port", self.port, 0), ("--lease-ttl", self.lease_ttl_s, 1)):
-            if not low <= value <= (65_535 if name == "--port" else 3_600):
+        for name, value, low, high in (("--port", self.port, 0, 65_535), ("--lease-ttl", self.lease_ttl_s, 1, 3_600),
+                                       ("--retention-days", self.retention_days, 1, 36_500)):
+            if not low <= value <= high:
                 raise ValueError(f"{name} {value} is out of range")
         if self.engine.horizon_ms <= self.engine.lookahead_ms or self.engine.lookahead_ms < 0:
             raise ValueError("--horizon-ms must be larger than --lookahead-ms, which must not be negative")
@@ -107,17 +108,21 @@ class NodeConfig:
 
 async def _partition_maintenance(db: TrioStore, health: StoreHealth, retention_days: int, *,
                                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:  # fmt: skip
-    """Day partitions a week ahead, and retention, at start and hourly (every node may: it is serialised)."""
+    """Day partitions a week ahead, and retention, at start and hourly (every node may: it is serialised).
+    A partition a long reader kept from being dropped is tried again a minute later."""
     while True:
         today = datetime.now(UTC).date()
         created = await health.retry("partitions", db.call, ensure_partitions, today - timedelta(days=1), 8)
         cutoff = today - timedelta(days=retention_days)
-        dropped = await health.retry("partitions", db.call, drop_partitions_before, cutoff)
-        if created or dropped:
-            log.info("partitions: created %s, dropped %s", created, dropped)
+        retention = await health.retry("partitions", db.call, drop_partitions_before, cutoff)
+        if created or retention.dropped:
+            log.info("partitions: created %s, dropped %s", created, retention.dropped)
+        if retention.busy:
+            log.warning("partitions: %s not dropped (a long query held executions; lock_timeout): again in 60 s",
+                        retention.busy)  # fmt: skip
         task_status.started()
         task_status = trio.TASK_STATUS_IGNORED
-        await trio.sleep(3600)
+        await trio.sleep(60 if retention.busy else 3600)
 
 
 async def _publish_status(engine: Engine, ownership: EtcdOwnership, clock_check: ClockCheck,

@@ -176,6 +176,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             etcd_prefix=args.etcd_prefix, etcd_tls=_etcd_tls(args), lease_ttl_s=args.lease_ttl,
             advertise_host=args.advertise_host,
             clock_limit_ms=args.clock_limit_ms, etcd_join_timeout_s=args.etcd_join_timeout, dev=args.dev,
+            retention_days=args.retention_days,
             **_given(store_outage_limit_s=args.store_outage_limit),
             **({"node_id": args.node_id} if args.node_id else {}),
         ).checked()
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--advertise-host", default=os.environ.get("SHARDWHEEL_ADVERTISE_HOST"),
                    help="host other processes use to reach this node (env SHARDWHEEL_ADVERTISE_HOST; "
                         "default: --host)")
+    n.add_argument("--retention-days", type=_ranged(int, 1, 36_500), default=_env_int("SHARDWHEEL_RETENTION_DAYS", 30),
+                   help="days of execution history kept; older day partitions are dropped hourly "
+                        "(env SHARDWHEEL_RETENTION_DAYS; default 30)")
     n.add_argument("--clock-limit-ms", type=_ranged(float, 0.001, 60_000), default=50.0,
                    help="largest clock offset from PostgreSQL at which the node still owns shards")
     n.add_argument("--store-outage-limit", type=_ranged(float, 0.001, 86_400),

@@ -26,6 +26,7 @@ import abc
 import importlib.util
 import os
 import pwd
+import random
 import signal
 import socket
 import ssl
@@ -53,8 +54,34 @@ __all__ = [
 PG_SYSTEM_USER = "pgserver"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
+
+
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port nothing listens on, for a server this process starts next. Below the kernel's ephemeral range: a
+    port the kernel picked for us (bind to 0) is one it also gives to outgoing connections, and one of those
+    (a test's client, another test process) took it before the server bound it ("Address already in use")."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # that range is full: any port
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

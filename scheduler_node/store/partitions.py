@@ -13,7 +13,10 @@ Rules:
   ACCESS EXCLUSIVE first (it must not receive a row of that day between the move and the attach), which
   briefly holds up statements that touch DEFAULT. DEFAULT is normally (near) empty, so this is short.
 - ``drop_partitions_before(day)`` drops the day partitions wholly before ``day`` and deletes DEFAULT's rows
-  before ``day``: retention is a cheap DROP, never a big DELETE.
+  before ``day``: retention is a cheap DROP, never a big DELETE. Dropping a partition takes an ACCESS EXCLUSIVE
+  lock on the parent, and while it waits for one every claim and result write queues behind it: so each drop
+  waits at most ``lock_timeout_ms`` (a long reader of ``executions`` holding it off), and a partition it could
+  not lock is reported ``busy`` and left for the next run, not waited for.
 
 Example: ``await ensure_partitions(pool, date.today() - timedelta(days=1), 8)`` -> yesterday to a week ahead.
 """
@@ -21,11 +24,14 @@ Example: ``await ensure_partitions(pool, date.today() - timedelta(days=1), 8)`` 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+
+import asyncpg
 
 from .pool import Connection, Executor, transaction
 
-__all__ = ["PARTITIONED_TABLES", "drop_partitions_before", "ensure_partitions", "partition_name"]
+__all__ = ["PARTITIONED_TABLES", "Retention", "drop_partitions_before", "ensure_partitions", "partition_name"]
 
 PARTITIONED_TABLES = ("executions", "execution_attempts")
 # pg_advisory_xact_lock key: "shardwheel partitions".
@@ -93,24 +99,42 @@ async def ensure_partitions(db: Executor, start_day: date, days: int) -> list[st
 _DAY_PARTITION = re.compile(r"(?P<table>[a-z_]+)_p(?P<day>\d{8})")
 
 
-async def drop_partitions_before(db: Executor, day: date) -> list[str]:
-    """Drop the day partitions that end on or before ``day`` 00:00Z and DEFAULT's rows before it; the names."""
-    dropped: list[str] = []
+@dataclass
+class Retention:
+    """What one retention run did: the partitions dropped, and those it could not lock in time."""
+
+    dropped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # not locked within the timeout: for the next run
+
+
+async def drop_partitions_before(db: Executor, day: date, *, lock_timeout_ms: int = 200) -> Retention:
+    """Drop the day partitions that end on or before ``day`` 00:00Z and DEFAULT's rows before it."""
+    done = Retention()
     cutoff, _ = _bounds(day)
-    async with transaction(db) as conn:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
-        for table in PARTITIONED_TABLES:
-            rows = await conn.fetch(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-                " WHERE i.inhparent = $1::regclass ORDER BY c.relname",
-                table,
-            )
-            for r in rows:
-                m = _DAY_PARTITION.fullmatch(r["relname"])
-                if m is None or m["table"] != table:
-                    continue
-                if datetime.strptime(m["day"], "%Y%m%d").date() < day:
-                    await conn.execute(f"DROP TABLE {r['relname']}")
-                    dropped.append(r["relname"])
-            await conn.execute(f"DELETE FROM {table}_default WHERE scheduled_at < $1", cutoff)
-    return dropped
+    for table in PARTITIONED_TABLES:
+        rows = await db.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = $1::regclass ORDER BY c.relname",
+            table,
+        )
+        for r in rows:
+            m = _DAY_PARTITION.fullmatch(r["relname"])
+            if m is None or m["table"] != table or datetime.strptime(m["day"], "%Y%m%d").date() >= day:
+                continue
+            # One transaction per partition, so the parent's lock is held for one DROP at a time.
+            try:
+                async with transaction(db) as conn:
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK_KEY)
+                    await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+                    if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", r["relname"]):
+                        await conn.execute(f"DROP TABLE {r['relname']}")
+                        done.dropped.append(r["relname"])
+            except asyncpg.LockNotAvailableError:
+                done.busy.append(r["relname"])
+        try:
+            async with transaction(db) as conn:  # DEFAULT alone: the parent is not locked by it
+                await conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+                await conn.execute(f"DELETE FROM {table}_default WHERE scheduled_at < $1", cutoff)
+        except asyncpg.LockNotAvailableError:
+            done.busy.append(f"{table}_default")
+    return done

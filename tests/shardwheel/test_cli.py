@@ -71,6 +71,7 @@ def test_every_command_error_is_one_line_naming_the_problem(db_dsn: str, tmp_pat
         ((*node, "--dsn", db_dsn, "--port", port_in_use), 1, f"cannot listen on 127.0.0.1:{port_in_use}"),
         ((*node, "--dsn", db_dsn, "--lease-ttl", "0"), 2, "--lease-ttl: 0 is out of range"),
         ((*node, "--dsn", db_dsn, "--horizon-ms", "-5"), 2, "--horizon-ms: -5 is out of range"),
+        ((*node, "--dsn", db_dsn, "--retention-days", "0"), 2, "--retention-days: 0 is out of range"),
         (("node", "--dsn", db_dsn), 1, "--cluster-secret is empty; it must be at least 32 bytes"),
         (("node", "--dsn", db_dsn, "--cluster-secret", "short"), 1, "--cluster-secret is 5 bytes"),
         ((*node, "--dsn", db_dsn, "--previous-signing-secret", "x"), 1, "needs --signing-secret"),
@@ -93,6 +94,8 @@ def test_every_command_error_is_one_line_naming_the_problem(db_dsn: str, tmp_pat
             assert out.returncode == code and "Traceback" not in out.stderr, (args, out.returncode, out.stderr[-2000:])
             assert says in lines[-1] and lines[-1].startswith("shardwheel: error:"), (args, lines[-1])
             assert len(lines) == 1 or args[0] == "node", (args, lines)
+        bad_env = run(*node, "--dsn", db_dsn, env={"SHARDWHEEL_RETENTION_DAYS": "0"}, timeout=60)
+        assert bad_env.returncode == 1 and "--retention-days 0 is out of range" in bad_env.stderr
         debug = run("--debug", *node, "--dsn", "postgresql://nope", timeout=60)
         assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
         assert debug.stderr.strip().splitlines()[-1].startswith("shardwheel: error: cannot connect")

@@ -11,7 +11,7 @@ import pyetcd
 import pytest
 
 from protocol.errors import InfrastructureError
-from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, dsn_with_database
+from shardwheel.embedded import EmbeddedEtcd, EmbeddedPostgres, dsn_with_database, free_port
 
 
 def test_postgres_answers_on_loopback(pg_server: EmbeddedPostgres) -> None:
@@ -40,6 +40,16 @@ def test_etcd_answers_with_leases(etcd_server: EmbeddedEtcd, etcd_prefix: str) -
         assert client.get(f"{etcd_prefix}/k")[0] is None
     finally:
         client.close()
+
+
+def test_free_ports_are_never_ones_the_kernel_gives_outgoing_connections() -> None:
+    # A port from bind(0) is in the ephemeral range, where a client's connection could take it before the
+    # server binds it (seen once in CI: PostgreSQL "Address already in use" on its freshly picked port).
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50 and all(1024 <= p < low for p in ports), (low, high, ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # free indeed
 
 
 def test_postgres_port_taken_is_a_clear_error(tmp_path: Path) -> None:

@@ -147,12 +147,40 @@ async def test_a_day_without_partition_lands_in_default_then_moves(store: TrioSt
     # Retention: the day partition goes; DEFAULT rows before the cutoff are deleted too.
     old = T0 - timedelta(days=3)
     await store.call(claim_slots, "n1", [ClaimRow(52, f.epoch, job, ms(old))])
-    dropped = await store.call(drop_partitions_before, T0.date() + timedelta(days=1))
-    assert dropped == ["executions_p20310506", "execution_attempts_p20310506"]
+    retention = await store.call(drop_partitions_before, T0.date() + timedelta(days=1))
+    assert retention.dropped == ["executions_p20310506", "execution_attempts_p20310506"] and retention.busy == []
     assert await rows_of(store, 52) == {}
     assert (
         await store.call(ensure_partitions, T0.date() + timedelta(days=1), 1) == []
     )  # the later day remains
+
+
+async def test_retention_never_queues_the_firing_path_behind_a_long_reader(store: TrioStore, db_dsn: str) -> None:
+    # A DROP of a partition needs the parent's ACCESS EXCLUSIVE lock; while it waited for one, every claim and
+    # result write would queue behind it. So it waits at most its lock_timeout, and what it could not lock is
+    # left for the next run.
+    f = await own(store, 54)
+    day = T0.date() - timedelta(days=40)
+    await store.call(ensure_partitions, day, 1)
+    old = T0 - timedelta(days=40)
+    await store.call(claim_slots, "n1", [ClaimRow(54, f.epoch, job_in_shard(54), ms(old))])
+    reader = await store.run(asyncpg.connect, db_dsn)
+    try:
+        tx = reader.transaction()
+        await store.run(tx.start)
+        await store.run(reader.fetchval, "SELECT count(*) FROM executions WHERE shard = 54")  # holds its lock
+        held = await store.call(drop_partitions_before, day + timedelta(days=1), lock_timeout_ms=50)
+        assert held.busy == [f"executions_p{day:%Y%m%d}"]
+        assert held.dropped == [f"execution_attempts_p{day:%Y%m%d}"]  # not read: not held
+        # Nothing was left locked: a claim goes through.
+        now = await store.call(claim_slots, "n1", [ClaimRow(54, f.epoch, job_in_shard(54), ms(T0))])
+        assert len(now.applied) == 1
+        await store.run(tx.rollback)
+    finally:
+        await store.run(reader.close)
+    again = await store.call(drop_partitions_before, day + timedelta(days=1), lock_timeout_ms=50)
+    assert again.dropped == [f"executions_p{day:%Y%m%d}"] and again.busy == []
+    assert ms(old) not in {k.slot_ms for k in await rows_of(store, 54)}
 
 
 async def test_takeover_resumes_or_loses_per_semantics(store: TrioStore) -> None:
