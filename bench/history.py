@@ -1,10 +1,10 @@
 """History bench: PostgreSQL's cost per firing as the day's executions partition grows, without a node.
 
 The firing path's two statements, as the node runs them (``store.claim_slots`` then ``store.write_results``
-with an attempt row), for ``--jobs`` jobs every second of slots, paced at ``--rate`` batches a second, all in
-one day's partition. Every ``--every`` batches: PostgreSQL's CPU per firing since the last line (autovacuum
-included: the postmaster's whole process tree), the share of the result writes that were HOT updates,
-autovacuum passes of the partition so far, and its size. What the 30-minute soak shows in half an hour with a
+of a first attempt that succeeded), for ``--jobs`` jobs every second of slots, paced at ``--rate`` batches a
+second, all in one day's partition. Every ``--every`` batches: PostgreSQL's CPU per firing since the last line
+(autovacuum included: the postmaster's whole process tree), its WAL bytes per firing, the share of the result
+writes that were HOT updates, autovacuum passes of the partition so far, and its size. What the 30-minute soak shows in half an hour with a
 node, a sink and their noise, this shows in minutes (issue 16, part 4; docs/capacity.md).
 
 Results go in statements of ``--chunk`` (the node's writer sends a batch every few milliseconds; one statement
@@ -81,7 +81,8 @@ async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, 
         first_slot = int(datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp() * 1000)
         lines: list[dict[str, Any]] = []
         started = time.monotonic()
-        cpu_mark, batch_mark = tree_cpu_s(postmaster), 0
+        wal_sql = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8"
+        cpu_mark, batch_mark, wal_mark = tree_cpu_s(postmaster), 0, await pool.fetchval(wal_sql)
         for b in range(batches):
             slot = first_slot + b * 1000
             claims = [ClaimRow(shard_of(j), epochs[shard_of(j)], j, slot) for j in ids]
@@ -102,7 +103,7 @@ async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, 
             if ahead > 0:
                 await asyncio.sleep(ahead)
             if (b + 1) % every == 0:
-                cpu = tree_cpu_s(postmaster)
+                cpu, wal = tree_cpu_s(postmaster), await pool.fetchval(wal_sql)
                 stats = await pool.fetchrow(
                     "SELECT n_tup_upd, n_tup_hot_upd, autovacuum_count, pg_total_relation_size(relid) AS size"
                     " FROM pg_stat_user_tables WHERE relname = $1", part,
@@ -111,12 +112,13 @@ async def _run(dsn: str, postmaster: int, jobs: int, batches: int, rate: float, 
                 lines.append({
                     "rows": (b + 1) * jobs,
                     "pg_cpu_us_per_firing": round((cpu - cpu_mark) / ((b + 1 - batch_mark) * jobs) * 1e6, 1),
+                    "wal_bytes_per_firing": round((wal - wal_mark) / ((b + 1 - batch_mark) * jobs)),
                     "hot_pct": round(100 * stats["n_tup_hot_upd"] / max(1, stats["n_tup_upd"]), 1),
                     "autovacuums": stats["autovacuum_count"], "partition_mib": stats["size"] // 2**20,
                     "behind_s": round(max(0.0, -ahead), 1),
                 })  # fmt: skip
                 print(json.dumps(lines[-1]), flush=True)
-                cpu_mark, batch_mark = cpu, b + 1
+                cpu_mark, batch_mark, wal_mark = cpu, b + 1, wal
         return lines
     finally:
         await pool.close()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -111,12 +112,18 @@ def windows(records: Iterable[SinkRecord], t0: int, t1: int, width: int) -> list
 
 
 def flatness(series: Sequence[float], within: float = 0.2) -> dict[str, Any]:
-    """``series`` (a figure per window) against its first value: ``{"first", "last", "max", "max_ratio", "flat"}``;
-    flat when no later value is more than ``within`` above the first (less is fine: cheaper is not growth). NaN
-    values (a window that measured nothing) make it not flat."""
+    """``series`` (a figure per window) against its first value: ``{"first", "last", "max", "max_ratio", "flat",
+    "trend", "grows"}``. ``flat`` when no later value is more than ``within`` above the first (less is fine:
+    cheaper is not growth); NaN values (a window that measured nothing) make it not flat. ``trend``: the median
+    of the last third of the windows over that of the first third, and ``grows`` when it is more than ``within``
+    above 1: growth with time, where ``flat`` also counts one window's spike (a checkpoint, a disk stall)."""
     first = series[0] if series else float("nan")
     ratios = [v / first if first > 0 else float("nan") for v in series[1:]]
     top = max(series, default=float("nan"))
+    third = max(1, len(series) // 3)
+    early, late = statistics.median(series[:third] or [math.nan]), statistics.median(series[-third:] or [math.nan])
+    trend = late / early if early > 0 else float("nan")
     return {"first": first, "last": series[-1] if series else float("nan"), "max": top,
             "max_ratio": round(max(ratios, default=1.0), 3),
-            "flat": bool(series) and all(r <= 1 + within for r in ratios)}  # fmt: skip
+            "flat": bool(series) and all(r <= 1 + within for r in ratios),
+            "trend": round(trend, 3), "grows": not trend <= 1 + within}  # fmt: skip

@@ -24,7 +24,8 @@ Scenarios:
   the background group's lateness meanwhile.
 - ``soak``: ``--jobs`` firings a second for ``--duration`` seconds (30 minutes and more), sampled every
   ``--sample`` seconds: drift p50/p99, node and PostgreSQL CPU per firing, WAL per firing, the nodes' resident
-  memory and the executions table's size, each against its first window (flat: none more than 20 % above it).
+  memory, the executions table's size and the disk's write stalls, each against its first window (flat: none
+  more than 20 % above it; grows: the last third's median more than 20 % above the first third's).
   With ``--history-rows``, the jobs' history of the ``--history-days`` before today is written first (straight
   into PostgreSQL), and halfway through, the oldest day is dropped as a node's retention drops it; with
   ``--today-rows``, today's partition holds that many rows before the run (a cluster measured past midnight).
@@ -68,6 +69,7 @@ from protocol.jitter import parse_jitter
 from shardwheel.api_client import ApiClient
 from shardwheel.embedded import _process_tree, free_port
 
+from .disk import DiskWatch
 from .harness import cpu_s, rss_mb, stop_on_sigterm, tree_cpu_s
 from .results import ROOT, drift_summary, read_sink, start_sink, stop_sink
 from .timeline import delivery, drain, flatness, recovery_s, silence_ms, sustained, timeline, windows
@@ -379,21 +381,27 @@ def soak(cluster: Cluster, args: argparse.Namespace, work: Path) -> dict[str, An
         t1 = t0 + args.duration
         _progress("soak (before)", t0, port)
         samples = [{**(cluster.costs() or {}), **cluster.memory()}]
-        for t in range(t0 + args.sample, t1 + args.sample, args.sample):
-            _progress(f"soak (window {len(samples)} of {math.ceil(args.duration / args.sample)})", min(t, t1), port)
-            samples.append({**(cluster.costs() or {}), **cluster.memory()})
-            if args.history_rows and "retention" not in history and t >= t0 + args.duration // 2:
-                # What a node's hourly retention does when the oldest day falls out of the window, mid-run.
-                history["retention"] = {"at_s": round(time.time() - t0, 1),
-                                        **cluster.drop_days_before(today - timedelta(days=args.history_days - 1))}
-        _progress("soak", t1 + 3, port)  # the last second's firings arrive and are recorded
+        assert cluster.pg_data is not None  # --dev
+        with DiskWatch(cluster.pg_data) as disk:  # a drift spike beside a stall of the disk is the disk's
+            for t in range(t0 + args.sample, t1 + args.sample, args.sample):
+                _progress(f"soak (window {len(samples)} of {math.ceil(args.duration / args.sample)})", min(t, t1),
+                          port)  # fmt: skip
+                samples.append({**(cluster.costs() or {}), **cluster.memory()})
+                if args.history_rows and "retention" not in history and t >= t0 + args.duration // 2:
+                    # What a node's hourly retention does when the oldest day falls out of the window, mid-run.
+                    history["retention"] = {"at_s": round(time.time() - t0, 1), **cluster.drop_days_before(
+                        today - timedelta(days=args.history_days - 1))}  # fmt: skip
+            _progress("soak", t1 + 3, port)  # the last second's firings arrive and are recorded
         cluster.delete_tag(tag)
     records = read_sink(str(work / "soak-sink.jsonl"))
     line = windows(records, t0, t1, args.sample)
+    stalls = disk.stalls(0.1)
     for w, before, after in zip(line, samples[:-1], samples[1:], strict=True):
+        mine = [s for at, s in stalls if w["t"] <= at < w["t"] + args.sample]
         w |= {**_per_firing(before, after, w["fired"]),
               "wal_bytes": round((after["wal_bytes"] - before["wal_bytes"]) / max(1, w["fired"]), 1),
-              "nodes_rss_mb": after["nodes_rss_mb"], "executions_mb": after["executions_mb"]}  # fmt: skip
+              "nodes_rss_mb": after["nodes_rss_mb"], "executions_mb": after["executions_mb"],
+              "disk_stalls": len(mine), "disk_stall_max_ms": round(max(mine, default=0) * 1000)}  # fmt: skip
     whole = [w for w in line if w["t"] + args.sample <= t1]  # a shorter last window is shown, not judged
     return {"jobs": args.jobs, "duration_s": args.duration, "sample_s": args.sample, **history,
             "drift_ms": _drift(records, t0, t1), "delivery": delivery(records, jobs, t0, t1),
@@ -573,11 +581,13 @@ def markdown(scenario: str, result: dict[str, Any], nested: bool = False) -> str
               for k, v in rows]  # fmt: skip
     if result.get("windows"):
         lines += ["", "| window (s) | fired | drift p50 / p99 ms | node / PostgreSQL CPU per firing µs | WAL per firing B "
-                  "| nodes RSS MiB | executions MiB |", "| --: | --: | --: | --: | --: | --: | --: |"]  # fmt: skip
+                  "| nodes RSS MiB | executions MiB | disk stalls ≥ 100 ms (longest ms) |",
+                  "| --: | --: | --: | --: | --: | --: | --: | --: |"]  # fmt: skip
         t0 = result["windows"][0]["t"]
         lines += [f"| {w['t'] - t0:,} | {w['fired']:,} | {w['p50_ms']} / {w['p99_ms']} | {w.get('nodes_cpu_us')} / "
                   f"{w.get('postgres_cpu_us')} | {w.get('wal_bytes')} | {w.get('nodes_rss_mb')} | "
-                  f"{w.get('executions_mb')} |" for w in result["windows"]]  # fmt: skip
+                  f"{w.get('executions_mb')} | {w.get('disk_stalls')} ({w.get('disk_stall_max_ms')}) |"
+                  for w in result["windows"]]  # fmt: skip
     if result.get("steps"):
         lines += ["", "| offered/s | drift p99 ms | lost | duplicates |", "| --: | --: | --: | --: |"]
         lines += [f"| {s['rate']:,} | {s['p99_ms']} | {s['lost']} | {s['duplicates']} |" for s in result["steps"]]

@@ -13,8 +13,12 @@ Rules:
   inserted (by the ``token`` both attempts carry): they are ours to send, though the retry's ``ON CONFLICT``
   would not return them. The token keeps out rows of the node's other claims, which may have been sent.
 - ``write_results`` updates a row only if its epoch is the writer's and it is not terminal, so a stale node's
-  late result is dropped; it inserts one ``execution_attempts`` row per reported HTTP attempt. Several results
-  for one execution in a batch: the last one (batch order) sets the row, every attempt is recorded.
+  late result is dropped; it inserts one ``execution_attempts`` row per reported HTTP attempt, except for a run
+  that ended at its first attempt (most of them): the execution's own row holds that attempt exactly (sent and
+  finished at the attempt's start and end, its status, duration and error), and the readers
+  (``list_attempts``, ``list_executions(with_attempts=True)``) take it from there: one row write and ~a fifth of
+  the WAL less per firing. Several results for one execution in a batch: the last one (batch order) sets the
+  row, every attempt is recorded.
 - ``take_over_shard`` (after ``bump_epoch``, before claiming): unfinished rows of older epochs are
   re-stamped with the new epoch and returned to be resumed (sent again, retries continued from ``attempt`` /
   ``next_attempt_at``), except AT_MOST_ONCE rows that may have been sent, which become ``lost``: ``claimed``
@@ -92,6 +96,17 @@ RESULT_STATUSES = frozenset(TERMINAL | {S.RETRY_WAIT})
 # (2,000 results against 300,000 active rows: 88 s, holding the claims' row locks). Spelled this way the probe
 # goes by primary key, and a full scan of that index is costed at its true size.
 _NOT_FINISHED = "e.status NOT IN (" + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL)) + ")"
+
+
+# A result that ended its run at the first attempt, whose attempt the execution's row as written (``u``) holds
+# exactly: what ``_attempt_in_row`` reads back.
+_IN_EXECUTION_ROW = (
+    "coalesce(i.attempt = 1 AND u.attempt = 1 AND u.status IN ("
+    + ", ".join(f"'{t.value}'" for t in sorted(TERMINAL)) + ") AND u.sent_at = i.attempt_started_at"
+    " AND u.finished_at IS NOT DISTINCT FROM i.attempt_finished_at AND u.http_status IS NOT DISTINCT FROM"
+    " i.http_status AND u.duration_ms IS NOT DISTINCT FROM i.duration_ms AND u.error IS NOT DISTINCT FROM i.error,"
+    " false)"
+)
 
 
 class ExecKey(NamedTuple):
@@ -303,7 +318,8 @@ upd AS (
       AND e.epoch = f.epoch AND {_NOT_FINISHED}
       -- constant bounds let the planner prune partitions at executor start
       AND e.scheduled_at BETWEEN {_ts("$3::int8")} AND {_ts("$4::int8")}
-    RETURNING e.shard, e.job_id, e.scheduled_at, e.origin, e.epoch, e.node
+    RETURNING e.shard, e.job_id, e.scheduled_at, e.origin, e.epoch, e.node, e.status, e.attempt, e.sent_at,
+              e.finished_at, e.http_status, e.duration_ms, e.error
 ),
 attempts AS (
     INSERT INTO execution_attempts
@@ -314,7 +330,7 @@ attempts AS (
     FROM input i
     JOIN upd u ON u.shard = i.shard AND u.job_id = i.job_id AND u.scheduled_at = i.scheduled_at
               AND u.origin = i.origin
-    WHERE i.attempt_started_at IS NOT NULL
+    WHERE i.attempt_started_at IS NOT NULL AND NOT ({_IN_EXECUTION_ROW})
     ON CONFLICT DO NOTHING
 )
 SELECT {_KEY_MS} FROM upd
@@ -546,13 +562,21 @@ async def list_executions(
     if not with_attempts or not rows:
         return [_execution(r) for r in rows]
     attempts: dict[tuple[datetime, str], list[ExecutionAttempt]] = {}
+    for r in rows:
+        if (first := _attempt_in_row(r)) is not None:
+            attempts[r["scheduled_at"], r["origin"]] = [first]  # unless rows of its own say otherwise (below)
+    stored: set[tuple[datetime, str]] = set()
     for a in await db.fetch(
         "SELECT scheduled_at, origin, attempt, started_at, finished_at, http_status, duration_ms, error"
         " FROM execution_attempts WHERE shard = $1 AND job_id = $2 AND scheduled_at = ANY($3::timestamptz[])"
         " ORDER BY attempt",
         shard, job_id, [r["scheduled_at"] for r in rows],
     ):  # fmt: skip
-        attempts.setdefault((a["scheduled_at"], a["origin"]), []).append(_attempt(a))
+        key = a["scheduled_at"], a["origin"]
+        if key not in stored:
+            stored.add(key)
+            attempts[key] = []
+        attempts[key].append(_attempt(a))
     return [_execution(r, attempts.get((r["scheduled_at"], r["origin"]))) for r in rows]
 
 
@@ -596,13 +620,29 @@ def _attempt(a: asyncpg.Record) -> ExecutionAttempt:
     )  # fmt: skip
 
 
+def _attempt_in_row(r: asyncpg.Record) -> ExecutionAttempt | None:
+    """The first attempt of a run that ended with it, as its execution's row holds it (``write_results`` then
+    stores no attempt row); None for any other execution."""
+    if r["attempt"] != 1 or r["sent_at"] is None or ExecutionStatus(r["status"]) not in TERMINAL:
+        return None
+    return ExecutionAttempt(attempt=1, started_at=r["sent_at"], finished_at=r["finished_at"],
+                            http_status=r["http_status"], duration_ms=r["duration_ms"], error=r["error"])  # fmt: skip
+
+
 async def list_attempts(db: Executor, key: ExecKey) -> list[ExecutionAttempt]:
+    where = f"shard = $1 AND job_id = $2 AND scheduled_at = {_ts('$3::int8')} AND origin = $4"
+    args = (key.shard, key.job_id, key.slot_ms, Origin(key.origin).value)
     rows = await db.fetch(
         "SELECT attempt, started_at, finished_at, http_status, duration_ms, error FROM execution_attempts"
-        f" WHERE shard = $1 AND job_id = $2 AND scheduled_at = {_ts('$3::int8')} AND origin = $4 ORDER BY attempt",
-        key.shard, key.job_id, key.slot_ms, Origin(key.origin).value,
+        f" WHERE {where} ORDER BY attempt",
+        *args,
     )  # fmt: skip
-    return [_attempt(a) for a in rows]
+    if rows:
+        return [_attempt(a) for a in rows]
+    execution = await db.fetchrow(f"SELECT attempt, sent_at, finished_at, http_status, duration_ms, error, status"
+                                  f" FROM executions WHERE {where}", *args)  # fmt: skip
+    first = None if execution is None else _attempt_in_row(execution)
+    return [] if first is None else [first]
 
 
 async def failed_executions(

@@ -105,6 +105,11 @@ def test_windows_hold_each_slot_in_its_window(got: list[tuple[str, int, float]],
 
 def test_flatness_is_growth_past_the_first_value() -> None:
     assert flatness([100, 110, 119.9, 80])["flat"]
+    # One window's spike is not flat, but not growth either; a rise that stays is both.
+    spike = flatness([100, 90, 110, 100, 180, 95, 100, 95, 105])
+    assert not spike["flat"] and spike["trend"] == 1.0 and not spike["grows"]
+    rise = flatness([100, 100, 100, 125, 125, 125, 130, 130, 130])
+    assert not rise["flat"] and rise["trend"] == 1.3 and rise["grows"]
     got = flatness([100, 110, 130, 90])
     assert not got["flat"] and got["max_ratio"] == 1.3 and (got["first"], got["last"], got["max"]) == (100, 90, 130)
     assert not flatness([100, float("nan"), 100])["flat"]  # a window that measured nothing

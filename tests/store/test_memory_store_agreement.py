@@ -31,6 +31,7 @@ from scheduler_node.store import (
     delete_unsent_claims,
     get_job,
     job_cursors,
+    list_attempts,
     own_unsent_claims,
     set_job_states,
     take_over_shard,
@@ -139,6 +140,11 @@ async def _rows(db: TrioStore) -> dict[ExecKey, tuple[Any, ...]]:
         tried.setdefault(ExecKey(SHARD, a["job_id"], ms(a["scheduled_at"]), Origin(a["origin"])), []).append(
             a["attempt"]
         )
+
+    for r in recs:  # a run that ended at its first attempt keeps it in its own row (list_attempts reads it there)
+        key = ExecKey(SHARD, r["job_id"], ms(r["scheduled_at"]), Origin(r["origin"]))
+        if key not in tried and (listed := await db.call(list_attempts, key)):
+            tried[key] = [a.attempt for a in listed]
 
     def opt(t: Any) -> int | None:
         return None if t is None else ms(t)
