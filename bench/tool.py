@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -135,37 +135,30 @@ class Cluster:
     def drop_days_before(self, day: date) -> dict[str, Any]:
         """Retention now, by the nodes' own ``drop_partitions_before``: the partitions dropped, those busy, and
         how long it took."""
+        from scheduler_node.store.partitions import drop_partitions_before
+
+        took = time.monotonic()
+        done = self._on_db(lambda conn: drop_partitions_before(conn, day))
+        return {"dropped": done.dropped, "busy": done.busy, "took_ms": round((time.monotonic() - took) * 1000, 1)}
+
+    def _on_db(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
+        """``work(connection)`` on the local cluster's PostgreSQL, on a connection of its own."""
         import asyncio
 
         import asyncpg
 
-        from scheduler_node.store.partitions import drop_partitions_before
-
-        async def drop() -> Any:
+        async def run() -> Any:
             conn = await asyncpg.connect(self.pg_dsn)
             try:
-                return await drop_partitions_before(conn, day)
+                return await work(conn)
             finally:
                 await conn.close()
 
-        took = time.monotonic()
-        done = asyncio.run(drop())
-        return {"dropped": done.dropped, "busy": done.busy, "took_ms": round((time.monotonic() - took) * 1000, 1)}
+        return asyncio.run(run())
 
     def _fetch(self, sql: str, *args: Any) -> list[Any]:
         """One query on the local cluster's PostgreSQL."""
-        import asyncio
-
-        import asyncpg
-
-        async def fetch() -> list[Any]:
-            conn = await asyncpg.connect(self.pg_dsn)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return asyncio.run(fetch())
+        return list(self._on_db(lambda conn: conn.fetch(sql, *args)))
 
     def rows(self, t0: int, t1: int) -> dict[str, int]:
         """Execution and attempt rows of the slots in [t0, t1) (local clusters only)."""

@@ -561,23 +561,20 @@ async def list_executions(
     )
     if not with_attempts or not rows:
         return [_execution(r) for r in rows]
-    attempts: dict[tuple[datetime, str], list[ExecutionAttempt]] = {}
-    for r in rows:
-        if (first := _attempt_in_row(r)) is not None:
-            attempts[r["scheduled_at"], r["origin"]] = [first]  # unless rows of its own say otherwise (below)
-    stored: set[tuple[datetime, str]] = set()
+    stored: dict[tuple[datetime, str], list[ExecutionAttempt]] = {}
     for a in await db.fetch(
         "SELECT scheduled_at, origin, attempt, started_at, finished_at, http_status, duration_ms, error"
         " FROM execution_attempts WHERE shard = $1 AND job_id = $2 AND scheduled_at = ANY($3::timestamptz[])"
         " ORDER BY attempt",
         shard, job_id, [r["scheduled_at"] for r in rows],
     ):  # fmt: skip
-        key = a["scheduled_at"], a["origin"]
-        if key not in stored:
-            stored.add(key)
-            attempts[key] = []
-        attempts[key].append(_attempt(a))
-    return [_execution(r, attempts.get((r["scheduled_at"], r["origin"]))) for r in rows]
+        stored.setdefault((a["scheduled_at"], a["origin"]), []).append(_attempt(a))
+
+    def attempts(r: asyncpg.Record) -> list[ExecutionAttempt]:
+        first = _attempt_in_row(r)
+        return stored.get((r["scheduled_at"], r["origin"])) or ([] if first is None else [first])
+
+    return [_execution(r, attempts(r)) for r in rows]
 
 
 async def list_tenant_executions(
