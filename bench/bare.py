@@ -39,8 +39,9 @@ def first_attempt(
 
 
 async def fire_every_second(port: int, jobs: int, duration: int, connections: int = 256,
-                            warmup: int = 2) -> tuple[int, int]:  # fmt: skip
-    """Fire for ``warmup + duration`` seconds; returns the measured window [t0, t1) in unix seconds."""
+                            warmup: int = 2) -> tuple[int, int, float]:  # fmt: skip
+    """Fire for ``warmup + duration`` seconds; returns the measured window [t0, t1) in unix seconds and the CPU
+    seconds this process used in it (the floor of the node's CPU per firing)."""
     url = f"http://127.0.0.1:{port}/fire"
     templates = [RequestTemplate.build(f"bare-{i:07d}", Target(url=url), node_id="bare") for i in range(jobs)]
     valid_until = trio.current_time() + 3600.0
@@ -54,8 +55,14 @@ async def fire_every_second(port: int, jobs: int, duration: int, connections: in
         gc.freeze()  # what the node does once its shards are loaded
         first = math.ceil(time.time() + 0.5)
         t0, t1 = first + warmup, first + warmup + duration
-        for second in range(first, t1):
+        cpu0 = cpu1 = 0.0
+        for second in range(first, t1 + 1):
             await trio.sleep(max(0.0, second - time.time()))
+            if second == t0:
+                cpu0 = time.process_time()
+            elif second == t1:
+                cpu1 = time.process_time()
+                break
             slot_ms = second * 1000
             for i, t in enumerate(templates):
                 d.submit(first_attempt(t, slot_ms, may_send))
@@ -63,4 +70,4 @@ async def fire_every_second(port: int, jobs: int, duration: int, connections: in
                     await trio.lowlevel.checkpoint()  # as the node's driver does: first sends out early
         while d.statistics().in_flight or d.statistics().waiting:
             await trio.sleep(0.01)
-    return t0, t1
+    return t0, t1, cpu1 - cpu0

@@ -144,12 +144,16 @@ def run_bare(jobs: int, duration: int, *, connections: int = 256) -> dict[str, A
         out = os.path.join(tmp, "sink.jsonl")
         sink, port = start_sink(out)
         try:
-            t0, t1 = trio.run(fire_every_second, port, jobs, duration, connections)
+            t0, t1, cpu = trio.run(fire_every_second, port, jobs, duration, connections)
         finally:
             stop_sink(sink)
         records = read_sink(out)
     figures, _ = window_figures(records, t0, t1, jobs)
-    return {"scenario": "bare_dispatcher", **figures}
+    return {
+        "scenario": "bare_dispatcher",
+        **figures,
+        "node_cpu_per_firing_us": round(cpu / max(1.0, figures["firings_per_s"] * duration) * 1e6, 1),
+    }
 
 
 def markdown(results: list[dict[str, Any]]) -> str:

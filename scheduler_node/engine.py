@@ -982,7 +982,7 @@ class Engine:
                 if failed:  # what a lost first attempt inserted is ours to send (ON CONFLICT hides it from a retry)
                     node = self.config.node_id
                     adopted = await self.db.call(store.own_unsent_claims, node, rows, token=token)
-                result = await self.db.call(store.claim_slots, self.config.node_id, rows, token=token)
+                result = await self.db.call(store.claim_rows, self.config.node_id, rows, token=token)
                 break
             except DatabaseUnavailable as e:
                 held_back = failed = True
@@ -992,19 +992,19 @@ class Engine:
         self.metrics.claim_latency.record((trio.current_time() - started) * 1000)
         for fence in _stale_fences(rows, result.fenced):
             self.lose_shard(*fence)
-        status = {r.key(): r.status for r in rows}
-        for key in adopted:
-            status[key] = S.CLAIMED  # claimed already, by us: sent whatever the re-plan said
-        for key in [*result.applied, *adopted]:
-            job = jobs.get(key.job_id)
+        for r in result.applied:
+            job = jobs.get(r.job_id)
             if job is None:
                 continue
-            if status[key] is not S.CLAIMED:
-                self._counted(job, status[key])
+            if r.status is not S.CLAIMED:
+                self._counted(job, r.status)
                 continue
-            self._enqueue(key, job)
+            self._enqueue(r, job)
+        for key in adopted:  # claimed already, by us: sent whatever the re-plan said
+            if (job := jobs.get(key.job_id)) is not None:
+                self._enqueue(key, job)
 
-    def _enqueue(self, key: ExecKey, job: LoadedJob) -> None:
+    def _enqueue(self, key: ExecKey | ClaimRow, job: LoadedJob) -> None:
         """A slot just claimed, into the wheel for its time (unsent until its first attempt goes out)."""
         state = self._shards.get(job.shard)
         if state is None:

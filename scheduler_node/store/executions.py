@@ -6,8 +6,8 @@ Rules:
 - One statement per batch: rows travel as parallel arrays through ``unnest`` and every part of the operation
   (fence, insert, cursor upsert, attempt rows) is a data-modifying CTE of that one statement. asyncpg's
   ``executemany`` would cost a round trip per row; here 10,000 rows cost one.
-- ``claim_slots`` inserts with ``ON CONFLICT DO NOTHING`` and returns exactly the rows it inserted: only those
-  may be sent. It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
+- ``claim_rows`` inserts with ``ON CONFLICT DO NOTHING`` and returns exactly the rows it inserted: only those
+  may be sent (``claim_slots``: the same, answered with keys). It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
   each job; manual and backfill slots do not move the cursor (they are not part of the schedule).
 - ``own_unsent_claims`` finds, before a claim is retried after an outage, the rows its lost first attempt
   inserted (by the ``token`` both attempts carry): they are ours to send, though the retry's ``ON CONFLICT``
@@ -70,6 +70,7 @@ __all__ = [
     "ResultRow",
     "TakeoverResult",
     "bound_excerpt",
+    "claim_rows",
     "claim_slots",
     "delete_unsent_claims",
     "execution_counts",
@@ -201,9 +202,9 @@ def _split(
 _CLAIM_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
-    SELECT shard, job_id, {_ts("slot_ms")} AS scheduled_at, origin, status, attempt, error
+    SELECT shard, job_id, {_ts("slot_ms")} AS scheduled_at, origin, status, attempt, error, ord
     FROM unnest($4::int[], $5::uuid[], $6::int8[], $7::text[], $8::text[], $9::int[], $10::text[])
-        AS t(shard, job_id, slot_ms, origin, status, attempt, error)
+        WITH ORDINALITY AS t(shard, job_id, slot_ms, origin, status, attempt, error, ord)
 ),
 ins AS (
     INSERT INTO executions AS e
@@ -212,8 +213,9 @@ ins AS (
     SELECT i.shard, i.job_id, i.scheduled_at, i.origin, f.epoch, $3, i.status, i.attempt, now(),
            CASE WHEN i.status <> 'claimed' THEN now() END, i.error, $11
     FROM input i JOIN fence f ON f.shard = i.shard
-    -- Key order: two overlapping batches take their locks in the same order and cannot deadlock.
-    ORDER BY i.shard, i.job_id, i.scheduled_at, i.origin
+    -- Key order: two overlapping batches take their locks in the same order and cannot deadlock. A slot twice
+    -- in the batch: its first row is inserted, the second is a conflict.
+    ORDER BY i.shard, i.job_id, i.scheduled_at, i.origin, i.ord
     ON CONFLICT DO NOTHING
     RETURNING e.shard, e.job_id, e.scheduled_at, e.origin
 ),
@@ -224,30 +226,64 @@ cursor_upsert AS (
     ON CONFLICT (shard, job_id) DO UPDATE SET last_slot = excluded.last_slot
         WHERE c.last_slot < excluded.last_slot
 )
-SELECT {_KEY_MS} FROM ins
-UNION ALL
-SELECT s, NULL, NULL, NULL FROM ({FENCED_SHARDS_SQL}) fenced
+-- One row: the batch positions of the slots inserted (a slot twice in the batch matches both of its rows: told
+-- apart by the count), and the fenced shards.
+SELECT (SELECT count(*) FROM ins) AS inserted,
+       ARRAY(SELECT i.ord FROM ins JOIN input i ON i.shard = ins.shard AND i.job_id = ins.job_id
+                 AND i.scheduled_at = ins.scheduled_at AND i.origin = ins.origin) AS positions,
+       ARRAY({FENCED_SHARDS_SQL}) AS fenced
 """
 
 
-async def claim_slots(
+async def claim_rows(
     db: Executor, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
-) -> BatchResult[ExecKey]:
-    """Claim slots in one fenced statement; ``applied`` is exactly what was inserted (and may be sent).
-    ``token`` marks the rows as this claim's, for ``own_unsent_claims`` should its answer be lost."""
+) -> BatchResult[ClaimRow]:
+    """Claim slots in one fenced statement; ``applied`` is exactly the rows inserted (they may be sent), in batch
+    order, the batch's own objects. ``token`` marks the rows as this claim's, for ``own_unsent_claims`` should
+    its answer be lost.
+
+    The answer is one row of positions, not a row per slot: decoding a row and making its key cost the node
+    ~10 % of its CPU per firing (docs/bench.md, session 16).
+    """
     if not rows:
         return BatchResult(applied=[], conflicts=[], fenced=frozenset())
     for r in rows:
         if r.status not in CLAIMABLE:
             raise ValueError(f"a claim cannot insert status {r.status!s}")
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
-    records = await db.fetch(
+    record = await db.fetchrow(
         _CLAIM_SQL, shards, epochs, node,
         [r.shard for r in rows], [r.job_id for r in rows], [r.slot_ms for r in rows],
         [r.origin.value for r in rows], [r.status.value for r in rows], [r.attempt for r in rows],
         [r.error for r in rows], token,
     )  # fmt: skip
-    return _split(records, [r.key() for r in rows], shards)
+    assert record is not None
+    fenced = frozenset(record["fenced"])
+    positions: list[int] = record["positions"]
+    if len(positions) == len(rows) == record["inserted"]:
+        return BatchResult(applied=list(rows), conflicts=[], fenced=fenced)
+    positions.sort()
+    if len(positions) != record["inserted"]:  # a slot twice in the batch: only its first row was inserted
+        first: dict[ExecKey, int] = {}
+        for i in positions:
+            first.setdefault(rows[i - 1].key(), i)
+        positions = list(first.values())
+    taken = set(positions)
+    return BatchResult(
+        applied=[rows[i - 1] for i in positions],
+        conflicts=[r for i, r in enumerate(rows, 1) if i not in taken and r.shard not in fenced],
+        fenced=fenced,
+    )
+
+
+async def claim_slots(
+    db: Executor, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
+) -> BatchResult[ExecKey]:
+    """``claim_rows`` answered with the slots' keys."""
+    r = await claim_rows(db, node, rows, token=token)
+    return BatchResult(
+        applied=[c.key() for c in r.applied], conflicts=[c.key() for c in r.conflicts], fenced=r.fenced
+    )
 
 
 _OWN_UNSENT_SQL = f"""

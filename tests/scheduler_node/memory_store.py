@@ -128,7 +128,7 @@ class MemoryStore:
         self._in_flight[token] = trio.current_time()
         try:
             await trio.lowlevel.checkpoint()
-            if name == "claim_slots" and self.claim_row_s:
+            if name in ("claim_rows", "claim_slots") and self.claim_row_s:
                 await trio.sleep(len(args[1]) * self.claim_row_s)
             if self._held is not None:
                 await self._held.wait()
@@ -411,18 +411,22 @@ class MemoryStore:
 
     # ---- executions ------------------------------------------------------------------------------------
 
-    def claim_slots(
+    def claim_rows(
         self, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
-    ) -> BatchResult[ExecKey]:
+    ) -> BatchResult[ClaimRow]:
         for r in rows:
             if r.status not in CLAIMABLE:
                 raise ValueError(f"a claim cannot insert status {r.status!s}")
         fenced = self._fenced([(r.shard, r.epoch) for r in rows])
-        applied: list[ExecKey] = []
+        applied: list[ClaimRow] = []
+        conflicts: list[ClaimRow] = []
         now = self.now_ms()
         for r in rows:
             key = r.key()
-            if r.shard in fenced or key in self.rows:
+            if r.shard in fenced:
+                continue
+            if key in self.rows:
+                conflicts.append(r)
                 continue
             self.rows[key] = Row(
                 r.status,
@@ -434,14 +438,20 @@ class MemoryStore:
                 finished_ms=None if r.status is S.CLAIMED else now,
                 claim_token=token,
             )
-            applied.append(key)
+            applied.append(r)
             if r.origin is Origin.SCHEDULED:
                 ck = (r.shard, r.job_id)
                 self.cursors[ck] = max(self.cursors.get(ck, r.slot_ms), r.slot_ms)
-        done = set(applied)
-        conflicts = [r.key() for r in rows if r.shard not in fenced and r.key() not in done]
         self.claimed_again += len(conflicts)
         return BatchResult(applied=applied, conflicts=conflicts, fenced=fenced)
+
+    def claim_slots(
+        self, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
+    ) -> BatchResult[ExecKey]:
+        r = self.claim_rows(node, rows, token=token)
+        return BatchResult(
+            applied=[c.key() for c in r.applied], conflicts=[c.key() for c in r.conflicts], fenced=r.fenced
+        )
 
     def own_unsent_claims(self, node: str, rows: Sequence[ClaimRow], *, token: int) -> list[ExecKey]:
         out = []

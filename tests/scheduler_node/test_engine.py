@@ -577,7 +577,7 @@ async def test_a_claim_whose_answer_was_lost_is_sent_not_stranded(
 ) -> None:
     async with world() as w:
         await w.grant(0)
-        w.store.lose_answer("claim_slots")  # the job's first claim commits, its answer never arrives
+        w.store.lose_answer("claim_rows")  # the job's first claim commits, its answer never arrives
         job = await w.add_job(spec("1h"))
         await w.until(T0_MS + 100)
         # A trigger whose write and claim commit but whose answer is lost; the API's retry carries the same

@@ -17,6 +17,7 @@ from scheduler_node.store import (
     ResultRow,
     bound_excerpt,
     bump_epoch,
+    claim_rows,
     claim_slots,
     delete_unsent_claims,
     drop_partitions_before,
@@ -86,6 +87,30 @@ async def test_claims_insert_once_and_raise_the_cursor(store: TrioStore) -> None
     with pytest.raises(ValueError, match="cannot insert status succeeded"):
         await store.call(claim_slots, "n1", [ClaimRow(50, f.epoch, job, ms(T0), SCHED, S.SUCCEEDED)])
 
+
+
+async def test_claim_rows_answers_with_the_batch_own_rows(store: TrioStore) -> None:
+    f = await own(store, 49)
+    job, other = job_in_shard(49), job_in_shard(49)
+    t = [ms(s) for s in slots(3)]
+    skip = ClaimRow(49, f.epoch, other, t[0], SCHED, S.SKIPPED_MISFIRE, error="missed")
+    batch = [ClaimRow(49, f.epoch, job, t[2]), skip, ClaimRow(49, f.epoch, job, t[0])]
+    first = await store.call(claim_rows, "n1", batch)
+    # All inserted: the very objects, in batch order (not key order), each with its status.
+    assert first.conflicts == [] and all(a is b for a, b in zip(first.applied, batch, strict=True))
+    # A slot twice in one batch: its first row is inserted, the second is a conflict; with a stored slot.
+    twice = [
+        ClaimRow(49, f.epoch, job, t[0]),  # stored already
+        ClaimRow(49, f.epoch, job, t[1], SCHED, S.SKIPPED_MISFIRE, error="missed"),
+        ClaimRow(49, f.epoch, job, t[1]),
+    ]
+    r = await store.call(claim_rows, "n1", twice)
+    assert r.applied == [twice[1]] and r.conflicts == [twice[0], twice[2]] and r.fenced == frozenset()
+    assert (await rows_of(store, 49))[twice[1].key()]["status"] == "skipped_misfire"
+    # Fenced: nothing inserted, nothing a conflict, the shard named.
+    await store.call(bump_epoch, 49, "n2")
+    r = await store.call(claim_rows, "n1", [ClaimRow(49, f.epoch, job, ms(slots(4)[3]))])
+    assert (r.applied, r.conflicts, r.fenced) == ([], [], frozenset({49}))
 
 async def test_ten_thousand_rows_are_one_statement(store: TrioStore, db_dsn: str) -> None:
     f = await own(store, 51)

@@ -27,7 +27,7 @@ from scheduler_node.store import (
     StateChange,
     TakeoverResult,
     bump_epoch,
-    claim_slots,
+    claim_rows,
     delete_unsent_claims,
     get_job,
     job_cursors,
@@ -68,7 +68,7 @@ claims = st.tuples(
     st.just("claim"),
     node,
     stale,
-    st.lists(st.tuples(slot_keys, claim_status), min_size=1, max_size=6, unique_by=lambda r: r[0]),
+    st.lists(st.tuples(slot_keys, claim_status), min_size=1, max_size=6),  # a slot twice: its first row
     token,
 )
 operation = st.one_of(
@@ -95,6 +95,11 @@ operations = st.tuples(
 
 def _batch(r: BatchResult[Any]) -> tuple[Any, ...]:
     return sorted(r.applied), sorted(r.conflicts), r.fenced
+
+
+def _claimed(r: BatchResult[ClaimRow]) -> tuple[Any, ...]:
+    """The rows themselves, in batch order: which of two rows of one slot was inserted matters (its status)."""
+    return [(c.key(), c.status) for c in r.applied], [(c.key(), c.status) for c in r.conflicts], r.fenced
 
 
 def _takeover(r: TakeoverResult) -> tuple[Any, ...]:
@@ -255,7 +260,7 @@ async def test_the_memory_store_answers_and_stores_what_postgresql_does(db_dsn: 
                     )
                     for k, status in op[3]
                 ]
-                db_out, mem_out = await pair.both(claim_slots, op[1], rows, token=op[4], norm=_batch)
+                db_out, mem_out = await pair.both(claim_rows, op[1], rows, token=op[4], norm=_claimed)
             elif kind == "result":
                 e = current - 1 if op[1] else current
                 results = []

@@ -18,7 +18,7 @@ import pytest
 
 SHARD_KEYED = ("jobs", "job_cursor", "executions", "execution_attempts", "shard_epochs", "alerts", "audit_log")
 FIRING_PATH = {
-    "scheduler_node.store.executions": ["claim_slots", "own_unsent_claims", "write_results", "delete_unsent_claims",
+    "scheduler_node.store.executions": ["claim_rows", "own_unsent_claims", "write_results", "delete_unsent_claims",
                                         "take_over_shard", "job_cursors", "unsent_fired_claims"],
     "scheduler_node.store.jobs": ["due_jobs", "jobs_by_id", "raise_next_fire_at", "create_jobs",
                                  "_set_state"],
