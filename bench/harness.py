@@ -203,9 +203,11 @@ def profiled(part: str) -> list[str]:
 
 
 def profile_window(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
-    """``BENCH_PROFILE_NODE=<file>``: py-spy attached to ``pid`` for ``seconds`` (a measured window only)."""
+    """``BENCH_PROFILE_NODE=<file>``: py-spy attached to ``pid`` for ``seconds`` (a measured window only), at
+    ``BENCH_PROFILE_RATE`` samples a second (py-spy's default 100 if unset)."""
     out = os.environ.get("BENCH_PROFILE_NODE")
     if not out:
         return None
-    return subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "--pid", str(pid),
+    rate = os.environ.get("BENCH_PROFILE_RATE", "100")
+    return subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "--pid", str(pid), "--rate", rate,
                              "--duration", str(round(seconds)), "--nonblocking"], stdout=subprocess.DEVNULL)  # fmt: skip

@@ -43,6 +43,7 @@ from .coordination.trio_adapter import TrioCoordinator
 from .dispatch import Dispatcher, DispatcherConfig
 from .engine import Engine, EngineConfig, EngineTuning
 from .etcd_ownership import EtcdOwnership
+from .gc_guard import node_thresholds
 from .http_api import NodeHttpApp
 from .http_server import serve
 from .metrics import Metrics
@@ -293,4 +294,5 @@ class Node:
 
 
 async def run_node(config: NodeConfig) -> None:
-    await Node(config).run()
+    with node_thresholds():
+        await Node(config).run()

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scheduler_node.gc_guard import GcGuard
+from scheduler_node.gc_guard import NODE_THRESHOLDS, GcGuard, node_thresholds
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +32,11 @@ def test_a_collector_turned_off_by_the_process_is_left_alone() -> None:
     assert not guard.hold()
     guard.release()
     assert not gc.isenabled()
+
+
+def test_node_thresholds_hold_while_the_node_runs_and_are_given_back() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), node_thresholds():
+        assert gc.get_threshold() == NODE_THRESHOLDS and NODE_THRESHOLDS[0] > before[0]
+        raise RuntimeError("the node failed")
+    assert gc.get_threshold() == before
