@@ -629,7 +629,7 @@ class Engine:
         return [JobRow(r.job, cursors.get(r.job_id)) for r in rows]
 
     def _make_job(self, job: Job) -> LoadedJob:
-        job_id = uuid.UUID(job.id)
+        job_id = store.job_uuid(job.id)
         return LoadedJob(
             id=job_id, shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
             version=job.version, rule=compile_schedule(job.spec, job.created_at),
