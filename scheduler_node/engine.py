@@ -106,6 +106,7 @@ from .store import (
     ResultRow,
     StateChange,
     UnreadableJob,
+    job_uuid,
 )
 from .store_health import StoreHealth
 from .trio_store import TrioStore
@@ -629,7 +630,7 @@ class Engine:
         return [JobRow(r.job, cursors.get(r.job_id)) for r in rows]
 
     def _make_job(self, job: Job) -> LoadedJob:
-        job_id = store.job_uuid(job.id)
+        job_id = job_uuid(job.id)
         return LoadedJob(
             id=job_id, shard=job.shard, tenant=job.tenant, spec=job.spec, state=job.state,
             version=job.version, rule=compile_schedule(job.spec, job.created_at),
@@ -1158,8 +1159,9 @@ class Engine:
 
     def _counted(self, job: LoadedJob, status: ExecutionStatus) -> None:
         """A slot ended: the node's metric and the tenant's rollup (``GET /v1/stats``)."""
-        self.metrics.results.inc(status=status.value)
-        self.rollup.result(job.tenant, self.clock.now_ms(), status.value)
+        # the member itself, a str (``.value`` is a Python property: ~0.1 µs a read on the firing path)
+        self.metrics.results.inc(status=status)
+        self.rollup.result(job.tenant, self.clock.now_ms(), status)
 
     async def _rollup_loop(self) -> None:
         while True:
@@ -1203,7 +1205,7 @@ class Engine:
                 template=job.template,
                 scheduled_at_ms=p.slot_ms,
                 attempt=p.attempt + 1,
-                origin=p.origin.value,
+                origin=p.origin,
                 timeout_s=job.spec.timeout_ms / 1000,
                 body_contains=job.spec.success.body_contains,
                 may_send=self._may_send,
@@ -1331,7 +1333,7 @@ class Engine:
         return now if now is not None and now.runs is job.runs else job
 
     def _maybe_complete(self, job: LoadedJob) -> None:
-        if completes(job.state, job.exhausted, len(job.runs), job.unsent, job.buffered is not None):
+        if job.exhausted and completes(job.state, job.exhausted, len(job.runs), job.unsent, job.buffered is not None):
             self._change_state(job, JobState.COMPLETED, "no slot left")
 
     def _change_state(self, job: LoadedJob, state: JobState, reason: str) -> None:

@@ -3,9 +3,12 @@
 Rules:
 - Every write here is fenced (see ``epochs``): it joins to the ``fence`` CTE, so the rows of a shard whose
   epoch moved on are not written and the shard comes back in ``BatchResult.fenced``.
-- One statement per batch: rows travel as parallel arrays through ``unnest`` and every part of the operation
+- One statement per batch: rows travel as one array through ``unnest`` and every part of the operation
   (fence, insert, cursor upsert, attempt rows) is a data-modifying CTE of that one statement. asyncpg's
-  ``executemany`` would cost a round trip per row; here 10,000 rows cost one.
+  ``executemany`` would cost a round trip per row; here 10,000 rows cost one. The firing path's two
+  statements take an array of rows (``claim_input``, ``result_input``: each ``ClaimRow`` / ``ResultRow`` as a
+  tuple): asyncpg checks each element of an array in Python, so sixteen arrays of scalars cost the node ~3.5
+  µs of CPU per result row against ~1.4 µs for one array of rows (docs/bench.md, session 16).
 - ``claim_rows`` inserts with ``ON CONFLICT DO NOTHING`` and returns exactly the rows it inserted: only those
   may be sent (``claim_slots``: the same, answered with keys). It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
   each job; manual and backfill slots do not move the cursor (they are not part of the schedule).
@@ -56,6 +59,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
+from msgspec.structs import astuple
 
 from protocol.errors import Fenced
 from protocol.executions import ACTIVE, TERMINAL, Execution, ExecutionAttempt, ExecutionStatus, Origin
@@ -165,6 +169,10 @@ class TakeoverResult(msgspec.Struct, frozen=True):
     cancelled: list[Execution]  # their job was deleted
 
 
+_EXCERPT = ResultRow.__struct_fields__.index("response_excerpt")
+_SURELY_FITS = EXCERPT_BYTES // 4  # characters: at most 4 bytes each in UTF-8
+
+
 def bound_excerpt(text: str | None) -> str | None:
     """``text`` cut to at most EXCERPT_BYTES of UTF-8, never inside a character."""
     if text is None:
@@ -203,15 +211,14 @@ _CLAIM_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
     SELECT shard, job_id, {_ts("slot_ms")} AS scheduled_at, origin, status, attempt, error, ord
-    FROM unnest($4::int[], $5::uuid[], $6::int8[], $7::text[], $8::text[], $9::int[], $10::text[])
-        WITH ORDINALITY AS t(shard, job_id, slot_ms, origin, status, attempt, error, ord)
+    FROM unnest($4::claim_input[]) WITH ORDINALITY AS t(shard, epoch, job_id, slot_ms, origin, status, attempt, error, ord)
 ),
 ins AS (
     INSERT INTO executions AS e
         (shard, job_id, scheduled_at, origin, epoch, node, status, attempt, claimed_at, finished_at, error,
          claim_token)
     SELECT i.shard, i.job_id, i.scheduled_at, i.origin, f.epoch, $3, i.status, i.attempt, now(),
-           CASE WHEN i.status <> 'claimed' THEN now() END, i.error, $11
+           CASE WHEN i.status <> 'claimed' THEN now() END, i.error, $5
     FROM input i JOIN fence f ON f.shard = i.shard
     -- Key order: two overlapping batches take their locks in the same order and cannot deadlock. A slot twice
     -- in the batch: its first row is inserted, the second is a conflict.
@@ -251,12 +258,7 @@ async def claim_rows(
         if r.status not in CLAIMABLE:
             raise ValueError(f"a claim cannot insert status {r.status!s}")
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
-    record = await db.fetchrow(
-        _CLAIM_SQL, shards, epochs, node,
-        [r.shard for r in rows], [r.job_id for r in rows], [r.slot_ms for r in rows],
-        [r.origin.value for r in rows], [r.status.value for r in rows], [r.attempt for r in rows],
-        [r.error for r in rows], token,
-    )  # fmt: skip
+    record = await db.fetchrow(_CLAIM_SQL, shards, epochs, node, [astuple(r) for r in rows], token)
     assert record is not None
     fenced = frozenset(record["fenced"])
     positions: list[int] = record["positions"]
@@ -325,13 +327,9 @@ input AS (
            {_ts("finished_ms")} AS finished_at, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
            {_ts("attempt_started_ms")} AS attempt_started_at, {_ts("attempt_finished_ms")} AS attempt_finished_at,
            ord
-    FROM unnest(
-        $5::int[], $6::uuid[], $7::int8[], $8::text[], $9::text[], $10::int[], $11::int8[],
-        $12::int8[], $13::int8[], $14::int[], $15::int[], $16::int[], $17::text[], $18::text[],
-        $19::int8[], $20::int8[]
-    ) WITH ORDINALITY AS t(shard, job_id, slot_ms, origin, status, attempt, next_attempt_ms,
-                           sent_ms, finished_ms, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
-                           attempt_started_ms, attempt_finished_ms, ord)
+    FROM unnest($5::result_input[]) WITH ORDINALITY AS t(shard, epoch, job_id, slot_ms, origin, status, attempt,
+        next_attempt_ms, sent_ms, finished_ms, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
+        attempt_started_ms, attempt_finished_ms, ord)
 ),
 latest AS (
     -- The last result of each execution in batch order sets the row; the first send's time and lag are kept.
@@ -393,16 +391,13 @@ async def write_results(
             raise ValueError(f"a result cannot set status {r.status!s}")
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
     slots = [r.slot_ms for r in rows]
+    inputs = [astuple(r) for r in rows]
+    for i, r in enumerate(rows):
+        if r.response_excerpt is not None and len(r.response_excerpt) > _SURELY_FITS:
+            inputs[i] = (*inputs[i][:_EXCERPT], bound_excerpt(r.response_excerpt), *inputs[i][_EXCERPT + 1 :])
     records = await db.fetch(
-        _RESULTS_SQL if report else _RESULTS_FENCED_SQL, shards, epochs,
-        min(slots), max(slots),
-        [r.shard for r in rows], [r.job_id for r in rows], slots, [r.origin.value for r in rows],
-        [r.status.value for r in rows], [r.attempt for r in rows], [r.next_attempt_ms for r in rows],
-        [r.sent_ms for r in rows], [r.finished_ms for r in rows], [r.http_status for r in rows],
-        [r.duration_ms for r in rows], [r.dispatch_lag_ms for r in rows], [r.error for r in rows],
-        [bound_excerpt(r.response_excerpt) for r in rows], [r.attempt_started_ms for r in rows],
-        [r.attempt_finished_ms for r in rows],
-    )  # fmt: skip
+        _RESULTS_SQL if report else _RESULTS_FENCED_SQL, shards, epochs, min(slots), max(slots), inputs
+    )
     if not report:
         return BatchResult(applied=[], conflicts=[], fenced=frozenset(r["shard"] for r in records))
     wanted = list(dict.fromkeys(r.key() for r in rows))

@@ -112,6 +112,32 @@ async def test_claim_rows_answers_with_the_batch_own_rows(store: TrioStore) -> N
     r = await store.call(claim_rows, "n1", [ClaimRow(49, f.epoch, job, ms(slots(4)[3]))])
     assert (r.applied, r.conflicts, r.fenced) == ([], [], frozenset({49}))
 
+async def test_the_batch_row_types_are_the_rows_as_tuples(store: TrioStore) -> None:
+    # A batch is [astuple(row) for row in rows] sent as an array of claim_input / result_input: the types'
+    # attributes must be the structs' fields, in order.
+    for type_name, struct in (("claim_input", ClaimRow), ("result_input", ResultRow)):
+        attributes = await store.run(
+            store.pool.fetch,
+            "SELECT a.attname FROM pg_attribute a JOIN pg_type t ON a.attrelid = t.typrelid"
+            " WHERE t.oid = $1::regtype AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            type_name,
+        )
+        assert [a["attname"] for a in attributes] == list(struct.__struct_fields__)
+
+
+async def test_a_long_excerpt_is_cut_on_write(store: TrioStore) -> None:
+    f = await own(store, 48)
+    job = job_in_shard(48)
+    keys = (await store.call(claim_slots, "n1", [ClaimRow(48, f.epoch, job, ms(t)) for t in slots(3)])).applied
+    long = "\ufffd" * 400  # 400 characters, 1,200 bytes
+    await store.call(write_results, [result(keys[0], f.epoch, S.SUCCEEDED, response_excerpt=long),
+                                     result(keys[1], f.epoch, S.SUCCEEDED, response_excerpt="ok"),
+                                     result(keys[2], f.epoch, S.SUCCEEDED)])  # fmt: skip
+    stored = await rows_of(store, 48)
+    assert stored[keys[0]]["response_excerpt"] == bound_excerpt(long) and len(bound_excerpt(long) or "") == 341
+    assert (stored[keys[1]]["response_excerpt"], stored[keys[2]]["response_excerpt"]) == ("ok", None)
+
+
 async def test_ten_thousand_rows_are_one_statement(store: TrioStore, db_dsn: str) -> None:
     f = await own(store, 51)
     jobs = [job_in_shard(51) for _ in range(100)]
