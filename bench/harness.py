@@ -209,5 +209,6 @@ def profile_window(pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
     if not out:
         return None
     rate = os.environ.get("BENCH_PROFILE_RATE", "100")
-    return subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "--pid", str(pid), "--rate", rate,
-                             "--duration", str(round(seconds)), "--nonblocking"], stdout=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.Popen(["py-spy", "record", "--format", "raw", "-o", out, "--pid", str(pid),
+                             "--rate", rate, "--duration", str(round(seconds)), "--nonblocking"],
+                            stdout=subprocess.DEVNULL)  # fmt: skip

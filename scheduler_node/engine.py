@@ -766,7 +766,7 @@ class Engine:
 
     def _insert(self, when_ms: int, pending: Pending) -> Entry[Pending]:
         entry = self.wheel.insert(when_ms, pending)
-        if when_ms < self._wake_below:  # else the driver wakes for it anyway (it is not asleep, or sleeps less)
+        if when_ms < self._wake_below:  # else the driver wakes for it anyway (not asleep, or sleeping less)
             self._wakeup.set()
         return entry
 
@@ -1274,13 +1274,15 @@ class Engine:
             self._end_run(job, p.slot_ms, p.origin)
             self._finish(job, ResultRow(shard, epoch, job.id, p.slot_ms, p.origin, S.CANCELLED, attempt,
                                         finished_ms=finished, duration_ms=duration_ms,
-                                        error="cancelled: replaced by a newer slot", attempt_started_ms=started_ms,
+                                        error="cancelled: replaced by a newer slot",
+                                        attempt_started_ms=started_ms,
                                         attempt_finished_ms=finished))  # fmt: skip
             return
         sent_ms = lag = None  # the first send's: a retry's row keeps them
         if attempt == 1:
             sent_ms = started_ms
-            lag = (round(outcome.sent_at * 1000) if outcome.sent_at else started_ms) - job.due_ms(p.slot_ms, p.origin)
+            sent_at_ms = round(outcome.sent_at * 1000) if outcome.sent_at else started_ms
+            lag = sent_at_ms - job.due_ms(p.slot_ms, p.origin)
             if p.origin is not Origin.BACKFILL:  # a past slot sent now: its lag says nothing of the node
                 self.metrics.dispatch_lag.record(lag)
                 self.rollup.lag(job.tenant, started_ms, lag)
@@ -1293,9 +1295,9 @@ class Engine:
             self.metrics.retries.inc()
             if not run.cancelled:
                 run.retry_entry = self._insert(next_at, Pending(FIRE, job, p.slot_ms, p.origin, attempt))
-            self._put_result(ResultRow(shard, epoch, job.id, p.slot_ms, p.origin, S.RETRY_WAIT, attempt, next_at,
-                                       sent_ms, None, outcome.http_status, duration_ms, lag, outcome.error, excerpt,
-                                       started_ms, finished))  # fmt: skip
+            self._put_result(ResultRow(shard, epoch, job.id, p.slot_ms, p.origin, S.RETRY_WAIT, attempt,
+                                       next_at, sent_ms, None, outcome.http_status, duration_ms, lag,
+                                       outcome.error, excerpt, started_ms, finished))  # fmt: skip
             return
         assert status is not None
         self._end_run(job, p.slot_ms, p.origin)
@@ -1333,7 +1335,8 @@ class Engine:
         return now if now is not None and now.runs is job.runs else job
 
     def _maybe_complete(self, job: LoadedJob) -> None:
-        if job.exhausted and completes(job.state, job.exhausted, len(job.runs), job.unsent, job.buffered is not None):
+        runs_out = job.exhausted  # checked first: most jobs never run out of slots (the call is per outcome)
+        if runs_out and completes(job.state, runs_out, len(job.runs), job.unsent, job.buffered is not None):
             self._change_state(job, JobState.COMPLETED, "no slot left")
 
     def _change_state(self, job: LoadedJob, state: JobState, reason: str) -> None:

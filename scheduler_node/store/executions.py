@@ -10,8 +10,9 @@ Rules:
   tuple): asyncpg checks each element of an array in Python, so sixteen arrays of scalars cost the node ~3.5
   µs of CPU per result row against ~1.4 µs for one array of rows (docs/bench.md, session 16).
 - ``claim_rows`` inserts with ``ON CONFLICT DO NOTHING`` and returns exactly the rows it inserted: only those
-  may be sent (``claim_slots``: the same, answered with keys). It raises ``job_cursor.last_slot`` (never lowers it) to the newest inserted *scheduled* slot of
-  each job; manual and backfill slots do not move the cursor (they are not part of the schedule).
+  may be sent (``claim_slots``: the same, answered with keys). It raises ``job_cursor.last_slot`` (never
+  lowers it) to the newest inserted *scheduled* slot of each job; manual and backfill slots do not move the
+  cursor (they are not part of the schedule).
 - ``own_unsent_claims`` finds, before a claim is retried after an outage, the rows its lost first attempt
   inserted (by the ``token`` both attempts carry): they are ours to send, though the retry's ``ON CONFLICT``
   would not return them. The token keeps out rows of the node's other claims, which may have been sent.
@@ -211,7 +212,8 @@ _CLAIM_SQL = f"""
 WITH {FENCE_CTE},
 input AS (
     SELECT shard, job_id, {_ts("slot_ms")} AS scheduled_at, origin, status, attempt, error, ord
-    FROM unnest($4::claim_input[]) WITH ORDINALITY AS t(shard, epoch, job_id, slot_ms, origin, status, attempt, error, ord)
+    FROM unnest($4::claim_input[])
+        WITH ORDINALITY AS t(shard, epoch, job_id, slot_ms, origin, status, attempt, error, ord)
 ),
 ins AS (
     INSERT INTO executions AS e
@@ -233,8 +235,8 @@ cursor_upsert AS (
     ON CONFLICT (shard, job_id) DO UPDATE SET last_slot = excluded.last_slot
         WHERE c.last_slot < excluded.last_slot
 )
--- One row: the batch positions of the slots inserted (a slot twice in the batch matches both of its rows: told
--- apart by the count), and the fenced shards.
+-- One row: the batch positions of the slots inserted (a slot twice in the batch matches both of its rows:
+-- told apart by the count), and the fenced shards.
 SELECT (SELECT count(*) FROM ins) AS inserted,
        ARRAY(SELECT i.ord FROM ins JOIN input i ON i.shard = ins.shard AND i.job_id = ins.job_id
                  AND i.scheduled_at = ins.scheduled_at AND i.origin = ins.origin) AS positions,
@@ -245,9 +247,9 @@ SELECT (SELECT count(*) FROM ins) AS inserted,
 async def claim_rows(
     db: Executor, node: str, rows: Sequence[ClaimRow], *, token: int | None = None
 ) -> BatchResult[ClaimRow]:
-    """Claim slots in one fenced statement; ``applied`` is exactly the rows inserted (they may be sent), in batch
-    order, the batch's own objects. ``token`` marks the rows as this claim's, for ``own_unsent_claims`` should
-    its answer be lost.
+    """Claim slots in one fenced statement; ``applied`` is exactly the rows inserted (they may be sent), in
+    batch order, the batch's own objects. ``token`` marks the rows as this claim's, for ``own_unsent_claims``
+    should its answer be lost.
 
     The answer is one row of positions, not a row per slot: decoding a row and making its key cost the node
     ~10 % of its CPU per firing (docs/bench.md, session 16).
@@ -327,9 +329,9 @@ input AS (
            {_ts("finished_ms")} AS finished_at, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
            {_ts("attempt_started_ms")} AS attempt_started_at, {_ts("attempt_finished_ms")} AS attempt_finished_at,
            ord
-    FROM unnest($5::result_input[]) WITH ORDINALITY AS t(shard, epoch, job_id, slot_ms, origin, status, attempt,
-        next_attempt_ms, sent_ms, finished_ms, http_status, duration_ms, dispatch_lag_ms, error, response_excerpt,
-        attempt_started_ms, attempt_finished_ms, ord)
+    FROM unnest($5::result_input[]) WITH ORDINALITY AS t(shard, epoch, job_id, slot_ms, origin, status,
+        attempt, next_attempt_ms, sent_ms, finished_ms, http_status, duration_ms, dispatch_lag_ms, error,
+        response_excerpt, attempt_started_ms, attempt_finished_ms, ord)
 ),
 latest AS (
     -- The last result of each execution in batch order sets the row; the first send's time and lag are kept.

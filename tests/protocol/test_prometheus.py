@@ -1,4 +1,4 @@
-"""Latency summaries: values kept and put into the histogram in bulk read exactly as values recorded one by one."""
+"""Latency summaries: values kept and put into the histogram in bulk read as values recorded one by one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ values = st.lists(
 
 
 @given(first=values, second=values)
-def test_a_summary_reads_as_a_histogram_recorded_value_by_value(first: list[float], second: list[float]) -> None:
+def test_a_summary_reads_as_a_histogram_recorded_one_by_one(first: list[float], second: list[float]) -> None:
     summary = LatencySummary("lag", "help", highest_ms=3_600_000)
     reference = HdrHistogram(1, 3_600_000, 3)
     for ms in first:
