@@ -1,13 +1,13 @@
 """The node's garbage collector: its thresholds for a process that makes tens of thousands of short-lived
 objects a second, and held off for a burst of sends and given back (one owner, no flag kept in step by hand).
 
-``node_thresholds()``: the young generation is collected every 100,000 net allocations instead of 700, the
-middle one every 50 young passes. At 10,000 firings/s a node with the defaults ran ~46 young, ~4 middle and
-~0.4 full passes a second, ~0.7, 5 and 32 ms each (the young generation holds a second's lists and dicts of
+``node_thresholds()``: the young generation is collected every 10,000 net allocations instead of 700; the
+older ones keep their defaults (10, 10). At 10,000 firings/s a node with the defaults ran ~46 young, ~4 middle
+and ~0.4 full passes a second, ~0.7, 5 and 32 ms each (the young generation holds a second's lists and dicts of
 10,000 references), ~10 % of its CPU, and they found ~10 objects a second to free: nearly everything dies by
-its reference count. Measured (docs/bench.md, session 16): node CPU per firing 70.6 -> 65.0 µs, median of
-three interleaved runs, drift p99 611 -> 422 ms. Garbage in cycles waits longer for its pass; it is rare and
-bounded.
+its reference count. (100,000, 50, 100), tried first, saved as much (70.6 -> 65.0 µs per firing, median of
+three interleaved runs) but put the full pass hours apart: in a 10-minute soak the node's RSS crept up ~0.7
+MiB a minute (cyclic garbage that reached the old generation waits for a full pass). docs/bench.md, session 16.
 
 A tick firing 64 slots or more turns the collector off (collections of the burst's young objects landed between
 its sends and pushed the last ones later); it comes back on once the burst's outcomes are recorded, or when the
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 __all__ = ["NODE_THRESHOLDS", "GcGuard", "node_thresholds"]
 
-NODE_THRESHOLDS = (100_000, 50, 100)
+NODE_THRESHOLDS = (10_000, 10, 10)
 
 
 @contextlib.contextmanager
