@@ -1335,8 +1335,10 @@ class Engine:
         return now if now is not None and now.runs is job.runs else job
 
     def _maybe_complete(self, job: LoadedJob) -> None:
-        runs_out = job.exhausted  # checked first: most jobs never run out of slots (the call is per outcome)
-        if runs_out and completes(job.state, runs_out, len(job.runs), job.unsent, job.buffered is not None):
+        # job.exhausted first: most jobs never run out of slots, and this runs per outcome
+        if job.exhausted and completes(
+            job.state, job.exhausted, len(job.runs), job.unsent, job.buffered is not None
+        ):
             self._change_state(job, JobState.COMPLETED, "no slot left")
 
     def _change_state(self, job: LoadedJob, state: JobState, reason: str) -> None:

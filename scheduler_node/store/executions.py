@@ -60,7 +60,7 @@ from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
-from msgspec.structs import astuple
+from msgspec.structs import astuple, replace
 
 from protocol.errors import Fenced
 from protocol.executions import ACTIVE, TERMINAL, Execution, ExecutionAttempt, ExecutionStatus, Origin
@@ -170,7 +170,6 @@ class TakeoverResult(msgspec.Struct, frozen=True):
     cancelled: list[Execution]  # their job was deleted
 
 
-_EXCERPT = ResultRow.__struct_fields__.index("response_excerpt")
 _SURELY_FITS = EXCERPT_BYTES // 4  # characters: at most 4 bytes each in UTF-8
 
 
@@ -393,10 +392,11 @@ async def write_results(
             raise ValueError(f"a result cannot set status {r.status!s}")
     shards, epochs = fence_arrays((r.shard, r.epoch) for r in rows)
     slots = [r.slot_ms for r in rows]
-    inputs = [astuple(r) for r in rows]
-    for i, r in enumerate(rows):
-        if r.response_excerpt is not None and len(r.response_excerpt) > _SURELY_FITS:
-            inputs[i] = (*inputs[i][:_EXCERPT], bound_excerpt(r.response_excerpt), *inputs[i][_EXCERPT + 1 :])
+    inputs = [
+        astuple(r if r.response_excerpt is None or len(r.response_excerpt) <= _SURELY_FITS
+                else replace(r, response_excerpt=bound_excerpt(r.response_excerpt)))
+        for r in rows
+    ]  # fmt: skip
     records = await db.fetch(
         _RESULTS_SQL if report else _RESULTS_FENCED_SQL, shards, epochs, min(slots), max(slots), inputs
     )
